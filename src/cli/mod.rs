@@ -1,0 +1,47 @@
+//! The command line: one clap enum, one small module per subcommand.
+//! Exit codes: 0 clean, 1 divergence found, 2 bad input or error (clap's usage errors are 2 too).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod doctor;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shardfuzz",
+    version,
+    about = "Differential testing and fuzzing of sharded (DTensor-style) tensor programs: torchtitan's MoE router on a simulated DTensor vs an unsharded libtorch reference",
+    after_help = "Exit status: 0 no divergence, 1 divergence found, 2 bad input or error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the libtorch in use, CUDA devices, thread counts and the venv location
+    Doctor(doctor::Args),
+}
+
+/// An error worth exit status 2, printed as `shardfuzz: <message>`.
+pub type CliResult = anyhow::Result<ExitCode>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::device::init();
+    if let Err(msg) = crate::device::check_libtorch() {
+        eprintln!("shardfuzz: {msg}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.cmd {
+        Command::Doctor(a) => doctor::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shardfuzz: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
