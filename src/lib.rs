@@ -11,3 +11,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod dtensor;
+pub mod harness;
+pub mod placement;
+pub mod router;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod doctor;
+mod replay;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Show the libtorch in use, CUDA devices, thread counts and the venv location
     Doctor(doctor::Args),
+    /// Replay case files and report divergences (exit 1 when any)
+    Replay(replay::Args),
 }
 
 /// An error worth exit status 2, printed as `shardfuzz: <message>`.
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.cmd {
         Command::Doctor(a) => doctor::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     match result {
         Ok(code) => code,

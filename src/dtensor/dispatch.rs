@@ -1,0 +1,165 @@
+//! Running one op on DTensors, as DTensor's dispatcher does: check the arguments, propagate
+//! sharding (once per distinct view of the global shapes, since ranks that disagree on a shape
+//! decide on their own), redistribute the inputs, run the local op on every rank, and wrap the
+//! results with the chosen output placements.
+
+use super::error::{DTensorError, Result};
+use super::local::{self, torch_err};
+use super::op::Op;
+use super::redistribute::redistribute;
+use super::rules::{self, Arg, Strategy};
+use super::tensor::DTensor;
+use super::Ctx;
+use crate::placement::Placement;
+use tch::{Kind, Scalar, Tensor};
+
+/// A tensor argument: a DTensor, or a plain tensor (which DTensor refuses unless it is a
+/// single element).
+pub enum TArg<'a> {
+    D(&'a DTensor),
+    Plain(&'a Tensor),
+}
+
+/// Runs `op` on DTensor arguments.
+pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
+    let n = args[0].mesh.size();
+    // Ranks that see the same global shapes decide together.
+    let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+    for r in 0..n {
+        let view: Vec<Vec<usize>> = args.iter().map(|a| a.shape_of(r).to_vec()).collect();
+        match groups.iter_mut().find(|(v, _)| *v == view) {
+            Some((_, ranks)) => ranks.push(r),
+            None => groups.push((view, vec![r])),
+        }
+    }
+    let mut decisions: Vec<(Strategy, Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+    for (view, ranks) in &groups {
+        let rargs: Vec<Arg> = args
+            .iter()
+            .zip(view)
+            .map(|(a, s)| Arg { meta: super::meta::Meta::new(s.clone(), a.dtype), placements: a.placements.clone() })
+            .collect();
+        let proposal = rules::propose(op, &rargs, &args[0].mesh, ctx.rules)?;
+        let chosen = rules::select(op, &proposal, &rargs, &args[0].mesh)?;
+        let out_shapes = proposal.out_metas.iter().map(|m| m.shape.clone()).collect();
+        decisions.push((chosen, out_shapes, ranks.clone()));
+    }
+    let strategy = decisions[0].0.clone();
+    if let Some((other, _, ranks)) = decisions.iter().find(|d| d.0 != strategy) {
+        return Err(DTensorError::RankDesync {
+            op: op.aten_name(),
+            detail: format!("rank {} chose inputs {:?}, rank 0 chose {:?}", ranks[0], other.ins, strategy.ins),
+        });
+    }
+
+    let moved: Vec<DTensor> = args
+        .iter()
+        .zip(&strategy.ins)
+        .map(|(a, want)| redistribute(ctx, a, want))
+        .collect::<Result<_>>()?;
+    let mut per_rank: Vec<Vec<Tensor>> = Vec::with_capacity(n);
+    for r in 0..n {
+        let locals: Vec<&Tensor> = moved.iter().map(|d| &d.locals[r]).collect();
+        // A view's local shape is what the output placements give this rank (PyTorch computes it
+        // the same way, so a wrong rule shows up as libtorch's own view error).
+        let view_shape = if matches!(op, Op::View { .. }) {
+            let d = decisions.iter().find(|d| d.2.contains(&r)).expect("every rank decided");
+            local_i64(&crate::placement::layout::local_shape(&d.1[0], &args[0].mesh, &strategy.outs[0], &args[0].mesh.coord(r)))
+        } else {
+            Vec::new()
+        };
+        per_rank.push(run_local(op, &locals, &view_shape)?);
+    }
+    let mut outs = Vec::with_capacity(op.n_outputs());
+    for k in 0..op.n_outputs() {
+        let locals: Vec<Tensor> = per_rank.iter_mut().map(|v| std::mem::replace(&mut v[k], Tensor::new())).collect();
+        let mut rank_shapes = vec![Vec::new(); n];
+        for (_, shapes, ranks) in &decisions {
+            for &r in ranks {
+                rank_shapes[r] = shapes[k].clone();
+            }
+        }
+        let agree = rank_shapes.iter().all(|s| *s == rank_shapes[0]);
+        outs.push(DTensor {
+            mesh: args[0].mesh.clone(),
+            placements: strategy.outs[k].clone(),
+            shape: rank_shapes[0].clone(),
+            rank_shapes: if agree { None } else { Some(rank_shapes) },
+            dtype: local::dtype(locals[0].kind()),
+            locals,
+        });
+    }
+    Ok(outs)
+}
+
+/// Runs `op` with possibly plain tensor arguments: plain tensors of more than one element are
+/// refused with DTensor's mixed-argument error.
+pub fn call_mixed(ctx: &mut Ctx, op: &Op, args: &[TArg]) -> Result<Vec<DTensor>> {
+    let mut ds: Vec<DTensor> = Vec::new();
+    let mesh = args.iter().find_map(|a| match a {
+        TArg::D(d) => Some(d.mesh.clone()),
+        TArg::Plain(_) => None,
+    });
+    for a in args {
+        match a {
+            TArg::D(d) => ds.push((*d).clone()),
+            TArg::Plain(t) => {
+                let Some(mesh) = &mesh else { return Err(DTensorError::Unsupported("no DTensor argument".into())) };
+                if t.numel() != 1 {
+                    return Err(DTensorError::MixedTensor { op: op.aten_name() });
+                }
+                let locals = (0..mesh.size()).map(|_| t.shallow_clone()).collect();
+                ds.push(DTensor::from_local(locals, mesh, &vec![Placement::Replicate; mesh.ndim()], Some(local::shape(t)))?);
+            }
+        }
+    }
+    let refs: Vec<&DTensor> = ds.iter().collect();
+    call(ctx, op, &refs)
+}
+
+/// The local computation of `op` on one rank's tensors.
+fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> {
+    let one = |t: std::result::Result<Tensor, tch::TchError>| t.map(|t| vec![t]).map_err(torch_err);
+    match op {
+        Op::View { .. } => one(x[0].f_view_(view_shape)),
+        Op::Unsqueeze { dim } => one(x[0].f_unsqueeze(*dim)),
+        Op::T => one(x[0].f_tr()),
+        Op::Mm => one(x[0].f_mm(x[1])),
+        Op::Sigmoid => one(x[0].f_sigmoid()),
+        Op::ToDtype(d) => one(x[0].f_to_kind(local::kind(*d))),
+        Op::Add => one(x[0].f_add(x[1])),
+        Op::Sub => one(x[0].f_sub(x[1])),
+        Op::Mul => one(x[0].f_mul(x[1])),
+        Op::Div => one(x[0].f_div(x[1])),
+        Op::AddScalar(s) => one(x[0].f_add_scalar(Scalar::float(*s))),
+        Op::MulScalar(s) => one(x[0].f_mul_scalar(Scalar::float(*s))),
+        Op::DivScalar(s) => one(x[0].f_div_scalar(Scalar::float(*s))),
+        Op::MaskedFill(v) => one(x[0].f_masked_fill(x[1], Scalar::float(*v))),
+        Op::Softmax { dim } => one(x[0].f_softmax(*dim, x[0].kind())),
+        Op::Sum { dims, keepdim } => {
+            let k = if x[0].is_floating_point() { x[0].kind() } else { Kind::Int64 };
+            one(x[0].f_sum_dim_intlist(dims.as_slice(), *keepdim, k))
+        }
+        Op::Cumsum { dim, dtype } => {
+            let k = dtype.map(local::kind).unwrap_or(if x[0].is_floating_point() { x[0].kind() } else { Kind::Int64 });
+            one(x[0].f_cumsum(*dim, k))
+        }
+        Op::Topk { k, dim, largest, sorted } => {
+            let (v, i) = x[0].f_topk(*k as i64, *dim, *largest, *sorted).map_err(torch_err)?;
+            Ok(vec![v, i])
+        }
+        Op::Sort { dim, stable, descending } => {
+            let (v, i) = x[0].f_sort_stable(*stable, *dim, *descending).map_err(torch_err)?;
+            Ok(vec![v, i])
+        }
+        Op::Gather { dim } => one(x[0].f_gather(*dim, x[1], false)),
+        Op::ScatterValue { dim, value, .. } => one(x[0].f_scatter_value(*dim, x[1], Scalar::float(*value))),
+        Op::ScatterSrc { dim, .. } => one(x[0].f_scatter(*dim, x[1], x[2])),
+        Op::ZerosLike(d) => one(x[0].f_zeros_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
+        Op::OnesLike(d) => one(x[0].f_ones_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
+    }
+}
+
+fn local_i64(s: &[usize]) -> Vec<i64> {
+    s.iter().map(|&d| d as i64).collect()
+}

@@ -1,0 +1,62 @@
+//! The narrow surface through which the simulated DTensor reaches libtorch: dtype mapping,
+//! chunking, and fallible calls that turn libtorch errors into [`DTensorError::Local`].
+
+use super::error::DTensorError;
+use super::meta::DType;
+use tch::{Kind, Tensor};
+
+pub fn kind(d: DType) -> Kind {
+    match d {
+        DType::F32 => Kind::Float,
+        DType::F64 => Kind::Double,
+        DType::BF16 => Kind::BFloat16,
+        DType::F16 => Kind::Half,
+        DType::Bool => Kind::Bool,
+        DType::I64 => Kind::Int64,
+        DType::I32 => Kind::Int,
+    }
+}
+
+pub fn dtype(k: Kind) -> DType {
+    match k {
+        Kind::Float => DType::F32,
+        Kind::Double => DType::F64,
+        Kind::BFloat16 => DType::BF16,
+        Kind::Half => DType::F16,
+        Kind::Bool => DType::Bool,
+        Kind::Int64 => DType::I64,
+        Kind::Int => DType::I32,
+        other => panic!("dtype {other:?} is not used by the simulated DTensor"),
+    }
+}
+
+pub fn shape(t: &Tensor) -> Vec<usize> {
+    t.size().into_iter().map(|d| d as usize).collect()
+}
+
+pub fn i64s(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&d| d as i64).collect()
+}
+
+/// Maps a libtorch error to the Python exception PyTorch would raise, keeping libtorch's first
+/// line (tch appends a C++ backtrace that no Python user sees).
+pub fn torch_err(e: tch::TchError) -> DTensorError {
+    let full = e.to_string();
+    let text = full.strip_prefix("Torch(\"").unwrap_or(&full);
+    let first = text.lines().next().unwrap_or(text).trim_end_matches("\")").to_string();
+    let kind = if first.contains("out of bounds") || first.contains("out of range") { "IndexError" } else { "RuntimeError" };
+    DTensorError::Local { kind, message: first }
+}
+
+/// Piece `idx` of `t` chunked `n` ways along `dim` (torch.chunk layout, possibly empty).
+pub fn chunk(t: &Tensor, dim: usize, n: usize, idx: usize) -> Tensor {
+    let size = t.size()[dim] as usize;
+    let (len, off) = crate::placement::layout::chunk(size, n, idx);
+    t.narrow(dim as i64, off as i64, len as i64)
+}
+
+/// Rows `positions` of `t` along `dim`.
+pub fn select_positions(t: &Tensor, dim: usize, positions: &[usize]) -> Tensor {
+    let idx = Tensor::from_slice(&i64s(positions)).to_device(t.device());
+    t.index_select(dim as i64, &idx)
+}

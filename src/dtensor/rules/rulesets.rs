@@ -1,0 +1,103 @@
+//! The rule sets a run can select, one per PyTorch release, as data: each difference names the
+//! upstream change it follows. Everything not listed here is shared by all sets.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleSet {
+    /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; flattening a sharded
+    /// inner dim replicates it.
+    Torch212,
+    /// PyTorch 2.13.0 (pytorch@cf30153c): scatter keeps `Shard(d)` on non-scatter dims of equal
+    /// global size (pytorch#186149); flattening a sharded inner dim gives `_StridedShard`.
+    Torch213,
+    /// PyTorch 2.14 (pytorch@08187d9e): scatter re-registered as a single-dim strategy whose
+    /// placeholders also expand to `_StridedShard` matching the inputs; src must share the rank.
+    Torch214,
+}
+
+/// How scatter/scatter_ may be sharded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterRule {
+    /// `[R]*n` only (PyTorch <= 2.12, "TODO: see if we can support input sharding pattern").
+    ReplicateOnly,
+    /// all-R plus `[S(d)]*n` for every non-scatter d where self, index (and a tensor src) agree in
+    /// global size; `strided` also offers `_StridedShard(d, sf)` when an input has it.
+    ShardNonScatterDims { strided: bool },
+}
+
+/// What a view does when it would merge a sharded inner dim into the dim before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlattenRule {
+    /// Only the first (outermost) dim of a flattened group may stay sharded; others are
+    /// replicated first (an all_gather).
+    ReplicateInner,
+    /// A sharded inner dim becomes `_StridedShard` on the flattened dim, with no communication.
+    StridedShard,
+}
+
+impl RuleSet {
+    pub const ALL: [RuleSet; 3] = [RuleSet::Torch212, RuleSet::Torch213, RuleSet::Torch214];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleSet::Torch212 => "torch-2.12",
+            RuleSet::Torch213 => "torch-2.13",
+            RuleSet::Torch214 => "torch-2.14",
+        }
+    }
+
+    /// pytorch#186149 (first released in 2.13.0); single-dim re-registration in 2.14.
+    pub fn scatter(self) -> ScatterRule {
+        match self {
+            RuleSet::Torch212 => ScatterRule::ReplicateOnly,
+            RuleSet::Torch213 => ScatterRule::ShardNonScatterDims { strided: false },
+            RuleSet::Torch214 => ScatterRule::ShardNonScatterDims { strided: true },
+        }
+    }
+
+    /// Verified on 2.12.1 / 2.13.0 (router.md §10.1, docs/pytorch-facts.md).
+    pub fn flatten(self) -> FlattenRule {
+        match self {
+            RuleSet::Torch212 => FlattenRule::ReplicateInner,
+            RuleSet::Torch213 | RuleSet::Torch214 => FlattenRule::StridedShard,
+        }
+    }
+
+    /// Whether local_map computes an output's global shape from every rank's local size
+    /// (pytorch#172927). Not in 2.12.1 or 2.13.0 (VERIFIED); the first release with it is not
+    /// known, so 2.14 keeps the even-shard assumption too.
+    pub fn local_map_exact_shapes(self) -> bool {
+        false
+    }
+}
+
+impl FromStr for RuleSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RuleSet::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("unknown rule set '{s}' (expected torch-2.12, torch-2.13 or torch-2.14)"))
+    }
+}
+
+impl fmt::Display for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for RuleSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RuleSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

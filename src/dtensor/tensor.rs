@@ -1,0 +1,148 @@
+//! The simulated DTensor: a global spec (mesh, placements, shape, dtype) plus one local tensor
+//! per rank. Values are immutable: an in-place op yields a new DTensor under the in-place
+//! sharding rules, so replicated locals can share storage.
+
+use super::error::{DTensorError, Result};
+use super::local;
+use super::meta::{DType, Meta};
+use super::redistribute::redistribute_quiet;
+use crate::placement::{layout, normalize_all, Mesh, Placement, PlacementError};
+use std::sync::Arc;
+use tch::Tensor;
+
+pub struct DTensor {
+    pub mesh: Arc<Mesh>,
+    /// One per mesh dim, shard dims normalised.
+    pub placements: Vec<Placement>,
+    /// The global shape rank 0 believes in.
+    pub shape: Vec<usize>,
+    /// Set only when ranks believe in different global shapes (a `from_local` without `shape=`
+    /// on uneven shards); `rank_shapes[r]` is rank r's.
+    pub rank_shapes: Option<Vec<Vec<usize>>>,
+    pub dtype: DType,
+    pub locals: Vec<Tensor>,
+}
+
+impl Clone for DTensor {
+    fn clone(&self) -> Self {
+        DTensor {
+            mesh: self.mesh.clone(),
+            placements: self.placements.clone(),
+            shape: self.shape.clone(),
+            rank_shapes: self.rank_shapes.clone(),
+            dtype: self.dtype,
+            locals: self.locals.iter().map(|t| t.shallow_clone()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DTensor({:?} {} {})", self.shape, self.dtype, crate::placement::short_list(&self.placements))
+    }
+}
+
+impl DTensor {
+    /// `distribute_tensor(global, mesh, placements)`: every rank keeps its chunk. Partial is
+    /// refused, as in PyTorch.
+    pub fn distribute(global: &Tensor, mesh: &Arc<Mesh>, placements: &[Placement]) -> Result<DTensor> {
+        let shape = local::shape(global);
+        if placements.len() != mesh.ndim() {
+            return Err(PlacementError::WrongLength { found: placements.len(), mesh_ndim: mesh.ndim() }.into());
+        }
+        let ps = normalize_all(placements, shape.len())?;
+        if let Some((i, p)) = ps.iter().enumerate().find(|(_, p)| p.is_partial()) {
+            return Err(DTensorError::Unsupported(format!(
+                "Trying to distribute tensor with unsupported placements {} on device mesh dimension {i}!",
+                p.repr()
+            )));
+        }
+        let locals = (0..mesh.size())
+            .map(|r| {
+                let idx = layout::local_indices(&shape, mesh, &ps, &mesh.coord(r));
+                let mut t = global.shallow_clone();
+                for (d, ix) in idx.iter().enumerate() {
+                    if ix.len() == shape[d] {
+                        continue;
+                    }
+                    let contiguous = ix.windows(2).all(|w| w[1] == w[0] + 1);
+                    t = if contiguous {
+                        let off = ix.first().copied().unwrap_or(shape[d]);
+                        t.narrow(d as i64, off as i64, ix.len() as i64)
+                    } else {
+                        local::select_positions(&t, d, ix)
+                    };
+                }
+                t
+            })
+            .collect();
+        Ok(DTensor {
+            mesh: mesh.clone(),
+            placements: ps,
+            shape,
+            rank_shapes: None,
+            dtype: local::dtype(global.kind()),
+            locals,
+        })
+    }
+
+    /// `DTensor.from_local(locals, mesh, placements, shape=shape)`. Without `shape`, each rank
+    /// infers its own global shape assuming even shards (what local_map's re-wrap does on
+    /// torch 2.12/2.13); ranks that infer different shapes are kept apart in `rank_shapes`.
+    pub fn from_local(locals: Vec<Tensor>, mesh: &Arc<Mesh>, placements: &[Placement], shape: Option<Vec<usize>>) -> Result<DTensor> {
+        assert_eq!(locals.len(), mesh.size(), "one local tensor per rank");
+        let ndim = locals[0].dim();
+        let ps = normalize_all(placements, ndim)?;
+        let dtype = local::dtype(locals[0].kind());
+        let (shape, rank_shapes) = match shape {
+            Some(s) => (s, None),
+            None => {
+                let per: Vec<Vec<usize>> = (0..mesh.size())
+                    .map(|r| layout::from_local_global_shape(&local::shape(&locals[r]), mesh, &ps))
+                    .collect();
+                let agree = per.iter().all(|s| *s == per[0]);
+                (per[0].clone(), if agree { None } else { Some(per) })
+            }
+        };
+        Ok(DTensor { mesh: mesh.clone(), placements: ps, shape, rank_shapes, dtype, locals })
+    }
+
+    pub fn meta(&self) -> Meta {
+        Meta::new(self.shape.clone(), self.dtype)
+    }
+
+    /// Rank r's belief about the global shape.
+    pub fn shape_of(&self, rank: usize) -> &[usize] {
+        match &self.rank_shapes {
+            Some(v) => &v[rank],
+            None => &self.shape,
+        }
+    }
+
+    /// Every rank's global shape (equal unless a re-wrap made them differ).
+    pub fn rank_global_shapes(&self) -> Vec<Vec<usize>> {
+        (0..self.mesh.size()).map(|r| self.shape_of(r).to_vec()).collect()
+    }
+
+    pub fn local_shapes(&self) -> Vec<Vec<usize>> {
+        self.locals.iter().map(local::shape).collect()
+    }
+
+    pub fn to_local(&self, rank: usize) -> &Tensor {
+        &self.locals[rank]
+    }
+
+    /// `full_tensor()`: redistribute to all-Replicate through the simulated collectives (not
+    /// logged: reading a result is not part of the program under test) and take rank 0's copy.
+    pub fn full_tensor(&self) -> Result<Tensor> {
+        let r = vec![Placement::Replicate; self.mesh.ndim()];
+        let full = redistribute_quiet(self, &r)?;
+        Ok(full.locals[0].shallow_clone())
+    }
+
+    /// A same-spec DTensor with other locals (the result of an elementwise local op).
+    pub fn with_locals(&self, locals: Vec<Tensor>) -> DTensor {
+        let dtype = local::dtype(locals[0].kind());
+        DTensor { locals, dtype, ..self.clone() }
+    }
+}

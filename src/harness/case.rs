@@ -1,0 +1,298 @@
+//! A case (`shardfuzz.case/1`): everything one differential run needs, as a JSON file that can
+//! be replayed. Field names are fixed by the spec (case-format.md); unknown fields are errors,
+//! and every invalid value is reported with the path of its field.
+
+use super::tensor_data::TensorData;
+use crate::dtensor::{DType, RuleSet};
+use crate::placement::{Mesh, Placement};
+use crate::router::{Groups, RouterConfig, RouterRev, ScoreFunc, Size1};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+pub const CASE_FORMAT: &str = "shardfuzz.case/1";
+/// Most simulated ranks a case may ask for (the generator stays at 16).
+pub const MAX_RANKS: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSpec {
+    pub shape: Vec<usize>,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dims {
+    pub batch: usize,
+    pub seq: usize,
+    pub model: usize,
+    pub experts: usize,
+    pub top_k: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSpec {
+    pub score_func: ScoreFunc,
+    pub route_norm: bool,
+    pub route_scale: f64,
+    pub groups: Option<Groups>,
+    pub expert_bias: bool,
+    pub force_load_balance: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub x: Vec<Placement>,
+    pub gate: Vec<Placement>,
+    pub expert_bias: Option<Vec<Placement>>,
+    pub counts_contract: Vec<Placement>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionSpec {
+    pub router: RouterRev,
+    pub rules: RuleSet,
+    pub size1: Size1,
+}
+
+/// How input values are drawn from `data.seed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Style {
+    /// x ~ N(0,1), gate ~ N(0,1)/sqrt(D), bias ~ N(0,1)e-3.
+    Normal,
+    /// Pairs of identical gate rows and a zero bias: exact ties between experts.
+    Ties,
+    /// Logits in the hundreds: sigmoid saturates to 1.0 and softmax to one-hot.
+    Saturated,
+    /// x scaled by 1e3: large but finite logits.
+    Large,
+    /// Small integers (-2..=2) everywhere: exact arithmetic, many ties.
+    SmallInt,
+}
+
+impl Style {
+    pub const ALL: [Style; 5] = [Style::Normal, Style::Ties, Style::Saturated, Style::Large, Style::SmallInt];
+    pub fn name(self) -> &'static str {
+        match self {
+            Style::Normal => "normal",
+            Style::Ties => "ties",
+            Style::Saturated => "saturated",
+            Style::Large => "large",
+            Style::SmallInt => "small_int",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    pub seed: u64,
+    pub style: Style,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tensors {
+    pub x: TensorData,
+    pub gate: TensorData,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_bias: Option<TensorData>,
+}
+
+/// Where a case runs: `cpu`, `cuda` or `cuda:N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CaseDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for CaseDevice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(CaseDevice::Cpu),
+            "cuda" => Ok(CaseDevice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(CaseDevice::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl fmt::Display for CaseDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaseDevice::Cpu => write!(f, "cpu"),
+            CaseDevice::Cuda(0) => write!(f, "cuda"),
+            CaseDevice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for CaseDevice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CaseDevice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<CaseDevice> for crate::device::Dev {
+    fn from(d: CaseDevice) -> Self {
+        match d {
+            CaseDevice::Cpu => crate::device::Dev::Cpu,
+            CaseDevice::Cuda(n) => crate::device::Dev::Cuda(n),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub format: String,
+    pub mesh: MeshSpec,
+    pub dims: Dims,
+    pub router: RouterSpec,
+    pub layout: Layout,
+    pub revision: RevisionSpec,
+    pub dtype: DType,
+    pub device: CaseDevice,
+    pub data: Data,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<Tensors>,
+}
+
+/// An invalid case, with the path of the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CaseError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CaseError> {
+    Err(CaseError(msg.into()))
+}
+
+impl Case {
+    /// Parses and validates a case from JSON text.
+    pub fn from_json(text: &str) -> Result<Case, CaseError> {
+        let c: Case = serde_json::from_str(text).map_err(|e| CaseError(format!("invalid case JSON: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a case serializes")
+    }
+
+    pub fn mesh(&self) -> Result<Mesh, CaseError> {
+        Mesh::new(self.mesh.shape.clone(), self.mesh.names.clone()).map_err(|e| CaseError(format!("mesh: {e}")))
+    }
+
+    pub fn router_config(&self) -> Result<RouterConfig, CaseError> {
+        let r = &self.router;
+        RouterConfig::new(
+            self.dims.experts,
+            self.dims.top_k,
+            r.score_func,
+            r.route_norm,
+            r.route_scale,
+            r.groups.map(|g| (g.num_groups, Some(g.num_limited))),
+            r.expert_bias,
+            r.force_load_balance,
+        )
+        .map_err(|e| {
+            let field = match e.field {
+                "experts" | "top_k" => format!("dims.{}", e.field),
+                f => format!("router.{f}"),
+            };
+            CaseError(format!("{field}: {}", e.message))
+        })
+    }
+
+    pub fn revision(&self) -> crate::router::Revision {
+        crate::router::Revision { router: self.revision.router, rules: self.revision.rules, size1: self.revision.size1 }
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.mesh.shape.iter().product()
+    }
+
+    /// Every check a case must pass before anything runs.
+    pub fn validate(&self) -> Result<(), CaseError> {
+        if self.format != CASE_FORMAT {
+            return err(format!("format: expected \"{CASE_FORMAT}\", found \"{}\"", self.format));
+        }
+        if self.mesh.shape.is_empty() || self.mesh.shape.len() > 3 {
+            return err(format!("mesh.shape: 1 to 3 mesh dims, found {}", self.mesh.shape.len()));
+        }
+        let mesh = self.mesh()?;
+        if mesh.size() > MAX_RANKS {
+            return err(format!("mesh.shape: {} ranks is more than the {MAX_RANKS} simulated ranks allowed", mesh.size()));
+        }
+        let d = &self.dims;
+        for (name, v) in [("batch", d.batch), ("seq", d.seq), ("model", d.model)] {
+            if v == 0 {
+                return err(format!("dims.{name}: must be at least 1"));
+            }
+        }
+        self.router_config()?;
+        if !matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return err(format!("dtype: expected f32, bf16 or f16, found {}", self.dtype));
+        }
+        let check = |field: &str, ps: &[Placement], ndim: usize, distributed: bool| -> Result<(), CaseError> {
+            if ps.len() != mesh.ndim() {
+                return err(format!("layout.{field}: expected {} placements (one per mesh dim), found {}", mesh.ndim(), ps.len()));
+            }
+            for (i, p) in ps.iter().enumerate() {
+                p.normalized(ndim).map_err(|_| CaseError(format!("layout.{field}[{i}]: {p} is out of range for a {ndim}-d tensor")))?;
+                if distributed && p.is_partial() {
+                    return err(format!("layout.{field}[{i}]: {p} cannot be distributed (Partial placements only come out of ops)"));
+                }
+                if matches!(p, Placement::StridedShard { .. }) {
+                    return err(format!("layout.{field}[{i}]: _StridedShard cannot be declared in a case"));
+                }
+            }
+            Ok(())
+        };
+        check("x", &self.layout.x, 3, true)?;
+        check("gate", &self.layout.gate, 2, true)?;
+        check("counts_contract", &self.layout.counts_contract, 1, false)?;
+        match (&self.layout.expert_bias, self.router.expert_bias) {
+            (Some(ps), true) => check("expert_bias", ps, 1, true)?,
+            (None, false) => {}
+            (Some(_), false) => return err("layout.expert_bias: must be null when router.expert_bias is false"),
+            (None, true) => return err("layout.expert_bias: placements are required when router.expert_bias is true"),
+        }
+        if let Some(t) = &self.tensors {
+            let want = |name: &str, td: &TensorData, shape: &[usize], dtype: DType| -> Result<(), CaseError> {
+                if td.shape != shape {
+                    return err(format!("tensors.{name}.shape: expected {shape:?} from dims, found {:?}", td.shape));
+                }
+                if td.dtype != dtype {
+                    return err(format!("tensors.{name}.dtype: expected {dtype}, found {}", td.dtype));
+                }
+                td.validate(&format!("tensors.{name}")).map_err(CaseError)
+            };
+            want("x", &t.x, &[d.batch, d.seq, d.model], self.dtype)?;
+            want("gate", &t.gate, &[d.experts, d.model], self.dtype)?;
+            match (&t.expert_bias, self.router.expert_bias) {
+                (Some(b), true) => want("expert_bias", b, &[d.experts], DType::F32)?,
+                (None, false) => {}
+                (Some(_), false) => return err("tensors.expert_bias: present but router.expert_bias is false"),
+                (None, true) => return err("tensors.expert_bias: missing while router.expert_bias is true"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Input tensors of a case: from `tensors` when present, else drawn from `data.seed` in the
+//! named style with a portable generator (ChaCha8), so the same seed gives the same values on
+//! every machine and libtorch version. Values are rounded to the case dtype by libtorch.
+
+use super::case::{Case, Style, Tensors};
+use super::tensor_data::{TensorData, Values};
+use crate::dtensor::DType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Tensor};
+
+/// The router's input tensors on a device.
+pub struct Inputs {
+    pub x: Tensor,
+    pub gate: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// Standard normal by Box-Muller: portable, unlike libtorch's generators.
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn draw(rng: &mut ChaCha8Rng, n: usize, f: impl Fn(&mut ChaCha8Rng) -> f64) -> Vec<f64> {
+    (0..n).map(|_| f(rng)).collect()
+}
+
+/// Draws the values of `x`, `gate` and `expert_bias` for a case (unrounded).
+pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+    let d = case.dims;
+    let mut rng = ChaCha8Rng::seed_from_u64(case.data.seed);
+    let (nx, ng, e) = (d.batch * d.seq * d.model, d.experts * d.model, d.experts);
+    let inv_sqrt_d = 1.0 / (d.model as f64).sqrt();
+    let small_int = |r: &mut ChaCha8Rng| r.random_range(-2i32..=2) as f64;
+    let (x, gate, bias) = match case.data.style {
+        Style::Normal => (draw(&mut rng, nx, normal), draw(&mut rng, ng, |r| normal(r) * inv_sqrt_d), draw(&mut rng, e, |r| normal(r) * 1e-3)),
+        Style::Ties => {
+            let x = draw(&mut rng, nx, normal);
+            // Experts 2i and 2i+1 share a gate row: their logits are bitwise equal.
+            let mut gate = draw(&mut rng, ng, |r| normal(r) * inv_sqrt_d);
+            for ex in (1..d.experts).step_by(2) {
+                let (a, b) = gate.split_at_mut(ex * d.model);
+                b[..d.model].copy_from_slice(&a[(ex - 1) * d.model..]);
+            }
+            (x, gate, vec![0.0; e])
+        }
+        Style::Saturated => (draw(&mut rng, nx, normal), draw(&mut rng, ng, |r| normal(r) * 40.0 * inv_sqrt_d), draw(&mut rng, e, |r| normal(r) * 1e-3)),
+        Style::Large => (draw(&mut rng, nx, |r| normal(r) * 1e3), draw(&mut rng, ng, |r| normal(r) * inv_sqrt_d), draw(&mut rng, e, |r| normal(r) * 1e-3)),
+        Style::SmallInt => (draw(&mut rng, nx, small_int), draw(&mut rng, ng, small_int), vec![0.0; e]),
+    };
+    (x, gate, case.router.expert_bias.then_some(bias))
+}
+
+fn tensor(values: &[f64], shape: &[usize], dtype: DType, device: Device) -> Tensor {
+    let td = TensorData { shape: shape.to_vec(), dtype, values: Values::Float(values.to_vec()) };
+    td.to_tensor(device)
+}
+
+/// The case's inputs on `device`: inline tensors win over the seed.
+pub fn inputs(case: &Case, device: Device) -> Inputs {
+    if let Some(t) = &case.tensors {
+        return Inputs { x: t.x.to_tensor(device), gate: t.gate.to_tensor(device), bias: t.expert_bias.as_ref().map(|b| b.to_tensor(device)) };
+    }
+    let d = case.dims;
+    let (x, gate, bias) = draw_values(case);
+    Inputs {
+        x: tensor(&x, &[d.batch, d.seq, d.model], case.dtype, device),
+        gate: tensor(&gate, &[d.experts, d.model], case.dtype, device),
+        bias: bias.map(|b| tensor(&b, &[d.experts], DType::F32, device)),
+    }
+}
+
+/// The case's inputs as inline tensors (rounded to their dtypes), for self-contained files.
+pub fn inline(case: &Case) -> Tensors {
+    let i = inputs(case, Device::Cpu);
+    Tensors { x: TensorData::from_tensor(&i.x), gate: TensorData::from_tensor(&i.gate), expert_bias: i.bias.as_ref().map(TensorData::from_tensor) }
+}

@@ -1,0 +1,19 @@
+//! The differential harness: cases, data, the runner, oracles and outcomes.
+
+pub mod case;
+pub mod data;
+pub mod oracle;
+pub mod outcome;
+pub mod replay;
+pub mod runner;
+pub mod tensor_data;
+
+/// FNV-1a, for fingerprints that must be stable across runs and machines.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

@@ -1,0 +1,201 @@
+//! The outcome of a case (`shardfuzz.outcome/1`, what `replay --json` prints): both sides'
+//! outputs, the sharded side's placements, shapes and communication, and the verdicts.
+
+use super::case::Case;
+use super::oracle::{Judgement, NearTies, Verdict};
+use super::runner::Run;
+use super::tensor_data::{RawSeq, TensorData, Values, ValuesAs};
+use crate::dtensor::{local, CommRecord, DTensor, DTensorError, DType};
+use crate::placement::Placement;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub const OUTCOME_FORMAT: &str = "shardfuzz.outcome/1";
+
+/// A JSON object whose keys keep their order (outputs print in router order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ordered<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<T> Ordered<T> {
+    pub fn get(&self, k: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+}
+
+impl<T: Serialize> Serialize for Ordered<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Ordered<T>, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = a.next_entry::<String, T>()? {
+                    v.push((k, x));
+                }
+                Ok(Ordered(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorInfo {
+    pub kind: String,
+    pub message: String,
+}
+
+impl From<&DTensorError> for ErrorInfo {
+    fn from(e: &DTensorError) -> Self {
+        ErrorInfo { kind: e.kind().into(), message: e.to_string() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceSide {
+    pub ok: bool,
+    pub outputs: Ordered<TensorData>,
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
+}
+
+/// One sharded output: its spec as every rank sees it, and its gathered values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardedOutput {
+    pub placements: Vec<Placement>,
+    pub global_shape: Vec<usize>,
+    pub rank_global_shapes: Vec<Vec<usize>>,
+    pub local_shapes: Vec<Vec<usize>>,
+    pub dtype: DType,
+    pub values: Values,
+}
+
+impl Serialize for ShardedOutput {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("ShardedOutput", 6)?;
+        st.serialize_field("placements", &self.placements)?;
+        st.serialize_field("global_shape", &self.global_shape)?;
+        st.serialize_field("rank_global_shapes", &self.rank_global_shapes)?;
+        st.serialize_field("local_shapes", &self.local_shapes)?;
+        st.serialize_field("dtype", &self.dtype)?;
+        st.serialize_field("values", &ValuesAs(&self.values, self.dtype))?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardedOutput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire {
+            placements: Vec<Placement>,
+            global_shape: Vec<usize>,
+            rank_global_shapes: Vec<Vec<usize>>,
+            local_shapes: Vec<Vec<usize>>,
+            dtype: DType,
+            values: RawSeq,
+        }
+        let w = Wire::deserialize(d)?;
+        let values = w.values.into_values(w.dtype).map_err(serde::de::Error::custom)?;
+        Ok(ShardedOutput { placements: w.placements, global_shape: w.global_shape, rank_global_shapes: w.rank_global_shapes, local_shapes: w.local_shapes, dtype: w.dtype, values })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedSide {
+    pub ok: bool,
+    pub outputs: Ordered<ShardedOutput>,
+    pub comms: Vec<CommRecord>,
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub format: String,
+    pub case: Case,
+    pub reference: ReferenceSide,
+    pub sharded: ShardedSide,
+    pub verdicts: Vec<Verdict>,
+    /// One signature per verdict, in order (an addition to the base format).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_ties: Option<NearTies>,
+    /// Provenance of outcomes recorded on real PyTorch (golden files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pytorch: Option<serde_json::Value>,
+}
+
+fn sharded_output(d: &DTensor) -> ShardedOutput {
+    let values = match d.full_tensor() {
+        Ok(t) => TensorData::from_tensor(&t).values,
+        Err(_) => Values::Float(Vec::new()),
+    };
+    ShardedOutput {
+        placements: d.placements.clone(),
+        global_shape: d.shape.clone(),
+        rank_global_shapes: d.rank_global_shapes(),
+        local_shapes: d.local_shapes(),
+        dtype: d.dtype,
+        values,
+    }
+}
+
+impl Outcome {
+    /// Assembles the outcome of `run` for `case` (which should carry its tensors inline).
+    pub fn build(case: &Case, run: &Run, j: &Judgement) -> Outcome {
+        let reference = match &run.reference {
+            Ok(r) => ReferenceSide { ok: true, outputs: Ordered(r.named().into_iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect()), error: None },
+            Err(e) => ReferenceSide { ok: false, outputs: Ordered::default(), error: Some(e.into()) },
+        };
+        let sharded = match &run.sharded {
+            Ok(s) => ShardedSide {
+                ok: true,
+                outputs: Ordered(s.named().into_iter().map(|(n, d)| (n.to_string(), sharded_output(d))).collect()),
+                comms: run.comms.clone(),
+                error: None,
+            },
+            Err(e) => ShardedSide { ok: false, outputs: Ordered::default(), comms: run.comms.clone(), error: Some(e.into()) },
+        };
+        Outcome {
+            format: OUTCOME_FORMAT.into(),
+            case: case.clone(),
+            reference,
+            sharded,
+            signatures: j.verdicts.iter().map(|v| v.signature(case)).collect(),
+            verdicts: j.verdicts.clone(),
+            near_ties: Some(j.near_ties),
+            pytorch: None,
+        }
+    }
+}
+
+/// The shape of a tensor as a Vec (helper for callers that hold tensors).
+pub fn shape_of(t: &tch::Tensor) -> Vec<usize> {
+    local::shape(t)
+}

@@ -1,0 +1,40 @@
+//! The MoE router of torchtitan, twice: an unsharded libtorch reference and a sharded version
+//! on the simulated DTensor, in the revisions upstream went through (router.md §9).
+
+pub mod config;
+pub mod contract;
+pub mod reference;
+pub mod revision;
+pub mod sharded;
+
+pub use config::{Groups, Preset, RouterConfig, ScoreFunc};
+pub use revision::{Revision, RouterRev, Size1};
+
+/// What the router and MoE.forward's routing part produce, for either side.
+#[derive(Debug)]
+pub struct RouterOutputs<T> {
+    pub topk_scores: T,
+    pub topk_ids: T,
+    pub scores: T,
+    pub routing_map: T,
+    pub counts: T,
+    /// The node-limited routing mask (B, L, G), when expert groups are on.
+    pub group_mask: Option<T>,
+}
+
+impl<T> RouterOutputs<T> {
+    /// Outputs in report order with their names.
+    pub fn named(&self) -> Vec<(&'static str, &T)> {
+        let mut v = vec![
+            ("topk_scores", &self.topk_scores),
+            ("topk_ids", &self.topk_ids),
+            ("scores", &self.scores),
+            ("routing_map", &self.routing_map),
+            ("counts", &self.counts),
+        ];
+        if let Some(g) = &self.group_mask {
+            v.push(("group_mask", g));
+        }
+        v
+    }
+}
