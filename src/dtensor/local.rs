@@ -43,6 +43,7 @@ pub fn i64s(v: &[usize]) -> Vec<i64> {
 pub fn torch_err(e: tch::TchError) -> DTensorError {
     let full = e.to_string();
     let text = full.strip_prefix("Torch(\"").unwrap_or(&full);
+    let text = text.strip_prefix("Internal torch error: ").unwrap_or(text);
     let first = text.lines().next().unwrap_or(text).trim_end_matches("\")").to_string();
     let kind = if first.contains("out of bounds") || first.contains("out of range") { "IndexError" } else { "RuntimeError" };
     DTensorError::Local { kind, message: first }
@@ -52,7 +53,8 @@ pub fn torch_err(e: tch::TchError) -> DTensorError {
 pub fn chunk(t: &Tensor, dim: usize, n: usize, idx: usize) -> Tensor {
     let size = t.size()[dim] as usize;
     let (len, off) = crate::placement::layout::chunk(size, n, idx);
-    t.narrow(dim as i64, off as i64, len as i64)
+    // PyTorch's shards are contiguous (`_split_tensor` clones them); views depend on it.
+    t.narrow(dim as i64, off as i64, len as i64).contiguous()
 }
 
 /// Rows `positions` of `t` along `dim`.

@@ -73,7 +73,7 @@ impl DTensor {
                         local::select_positions(&t, d, ix)
                     };
                 }
-                t
+                t.contiguous()
             })
             .collect();
         Ok(DTensor {

@@ -6,11 +6,11 @@ use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleSet {
-    /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; flattening a sharded
-    /// inner dim replicates it.
+    /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; a strict view that
+    /// cannot keep a shard replicates it silently.
     Torch212,
     /// PyTorch 2.13.0 (pytorch@cf30153c): scatter keeps `Shard(d)` on non-scatter dims of equal
-    /// global size (pytorch#186149); flattening a sharded inner dim gives `_StridedShard`.
+    /// global size (pytorch#186149); a strict view that cannot keep a shard raises.
     Torch213,
     /// PyTorch 2.14 (pytorch@08187d9e): scatter re-registered as a single-dim strategy whose
     /// placeholders also expand to `_StridedShard` matching the inputs; src must share the rank.
@@ -27,14 +27,13 @@ pub enum ScatterRule {
     ShardNonScatterDims { strided: bool },
 }
 
-/// What a view does when it would merge a sharded inner dim into the dim before it.
+/// What a strict view (`view`, `_unsafe_view`) does with a shard it cannot keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlattenRule {
-    /// Only the first (outermost) dim of a flattened group may stay sharded; others are
-    /// replicated first (an all_gather).
-    ReplicateInner,
-    /// A sharded inner dim becomes `_StridedShard` on the flattened dim, with no communication.
-    StridedShard,
+pub enum ViewRule {
+    /// Replicate it first: a silent all_gather (PyTorch 2.12).
+    Replicate,
+    /// Raise "This operation would remove or reshape sharded dimension ..." (PyTorch 2.13).
+    Raise,
 }
 
 impl RuleSet {
@@ -57,11 +56,12 @@ impl RuleSet {
         }
     }
 
-    /// Verified on 2.12.1 / 2.13.0 (router.md §10.1, docs/pytorch-facts.md).
-    pub fn flatten(self) -> FlattenRule {
+    /// `_view_ops.py` of 2.13.0 raises where 2.12.1 replicated (router.md §10.1, VERIFIED with
+    /// gloo ranks, docs/pytorch-facts.md).
+    pub fn view(self) -> ViewRule {
         match self {
-            RuleSet::Torch212 => FlattenRule::ReplicateInner,
-            RuleSet::Torch213 | RuleSet::Torch214 => FlattenRule::StridedShard,
+            RuleSet::Torch212 => ViewRule::Replicate,
+            RuleSet::Torch213 | RuleSet::Torch214 => ViewRule::Raise,
         }
     }
 
