@@ -4,8 +4,11 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod common;
 mod doctor;
+mod gen;
 mod replay;
+mod run;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +28,10 @@ pub enum Command {
     Doctor(doctor::Args),
     /// Replay case files and report divergences (exit 1 when any)
     Replay(replay::Args),
+    /// Write generated cases to a directory
+    Gen(gen::Args),
+    /// Run random cases in this process, one line per new divergence signature
+    Run(run::Args),
 }
 
 /// An error worth exit status 2, printed as `shardfuzz: <message>`.
@@ -33,6 +40,8 @@ pub type CliResult = anyhow::Result<ExitCode>;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::device::init();
+    // Cases are small: one intra-op thread is fastest, and parallelism comes from processes.
+    tch::set_num_threads(1);
     if let Err(msg) = crate::device::check_libtorch() {
         eprintln!("shardfuzz: {msg}");
         return ExitCode::from(2);
@@ -40,6 +49,8 @@ pub fn main() -> ExitCode {
     let result = match cli.cmd {
         Command::Doctor(a) => doctor::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Gen(a) => gen::run(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,7 @@ use super::rules::{self, Arg, Strategy};
 use super::tensor::DTensor;
 use super::Ctx;
 use crate::placement::Placement;
-use tch::{Kind, Scalar, Tensor};
+use tch::{Kind, Tensor};
 
 /// A tensor argument: a DTensor, or a plain tensor (which DTensor refuses unless it is a
 /// single element).
@@ -131,10 +131,11 @@ fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> 
         Op::Sub => one(x[0].f_sub(x[1])),
         Op::Mul => one(x[0].f_mul(x[1])),
         Op::Div => one(x[0].f_div(x[1])),
-        Op::AddScalar(s) => one(x[0].f_add_scalar(Scalar::float(*s))),
-        Op::MulScalar(s) => one(x[0].f_mul_scalar(Scalar::float(*s))),
-        Op::DivScalar(s) => one(x[0].f_div_scalar(Scalar::float(*s))),
-        Op::MaskedFill(v) => one(x[0].f_masked_fill(x[1], Scalar::float(*v))),
+        // Arithmetic with a Python scalar cannot fail; the operators keep its promotion rules.
+        Op::AddScalar(s) => Ok(vec![x[0] + *s]),
+        Op::MulScalar(s) => Ok(vec![x[0] * *s]),
+        Op::DivScalar(s) => Ok(vec![x[0] / *s]),
+        Op::MaskedFill(v) => one(x[0].f_masked_fill_tensor(x[1], &local::scalar(*v, x[0]))),
         Op::Softmax { dim } => one(x[0].f_softmax(*dim, x[0].kind())),
         Op::Sum { dims, keepdim } => {
             let k = if x[0].is_floating_point() { x[0].kind() } else { Kind::Int64 };
@@ -153,7 +154,7 @@ fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> 
             Ok(vec![v, i])
         }
         Op::Gather { dim } => one(x[0].f_gather(*dim, x[1], false)),
-        Op::ScatterValue { dim, value, .. } => one(x[0].f_scatter_value(*dim, x[1], Scalar::float(*value))),
+        Op::ScatterValue { dim, value, .. } => one(x[0].f_scatter(*dim, x[1], &local::filled(*value, x[0], x[1]))),
         Op::ScatterSrc { dim, .. } => one(x[0].f_scatter(*dim, x[1], x[2])),
         Op::ZerosLike(d) => one(x[0].f_zeros_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
         Op::OnesLike(d) => one(x[0].f_ones_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),

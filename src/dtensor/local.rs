@@ -62,3 +62,16 @@ pub fn select_positions(t: &Tensor, dim: usize, positions: &[usize]) -> Tensor {
     let idx = Tensor::from_slice(&i64s(positions)).to_device(t.device());
     t.index_select(dim as i64, &idx)
 }
+
+/// `value` as a tensor of `like`'s dtype, shaped like `shape_of` (expanded, no copy).
+///
+/// Fallible libtorch calls must not take a `tch::Scalar`: tch frees the scalar before it reads
+/// the error, and the free then panics on the pending error. Values go in as tensors instead.
+pub fn filled(value: f64, like: &Tensor, shape_of: &Tensor) -> Tensor {
+    scalar(value, like).expand(shape_of.size(), false)
+}
+
+/// `value` as a 0-dim tensor of `like`'s dtype and device.
+pub fn scalar(value: f64, like: &Tensor) -> Tensor {
+    Tensor::from(value).to_kind(like.kind()).to_device(like.device())
+}

@@ -2,6 +2,7 @@
 
 pub mod case;
 pub mod data;
+pub mod generate;
 pub mod oracle;
 pub mod outcome;
 pub mod replay;

@@ -19,7 +19,8 @@ fn scatter_site(ctx: &mut Ctx, how: Site, this: &DTensor, placements_of: &DTenso
             let ins = [placements_of.placements.clone(), index.placements.clone()];
             let outs = [placements_of.placements.clone()];
             let mut r = local_map(ctx, &[this, index], &ins, &outs, false, |_, t| {
-                t[0].f_scatter_value(-1, t[1], i64::from(value)).map(|t| vec![t]).map_err(torch_err)
+                let src = crate::dtensor::local::filled(if value { 1.0 } else { 0.0 }, t[0], t[1]);
+                t[0].f_scatter(-1, t[1], &src).map(|t| vec![t]).map_err(torch_err)
             })?;
             Ok(r.swap_remove(0))
         }
@@ -72,14 +73,16 @@ pub fn run(ctx: &mut Ctx, cfg: &RouterConfig, rev: RouterRev, x: &DTensor, gate:
 
     let mut group_mask = None;
     if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
-        ctx.label("group_mask");
+        ctx.label("group_scores");
         let (gn, gk) = (g.num_groups as i64, g.num_limited);
         let grouped = ctx.op1(Op::View { shape: vec![b, l, gn, p as i64], unsafe_view: false }, &[&choice])?;
         let top2 = call(ctx, &Op::Topk { k: 2, dim: -1, largest: true, sorted: true }, &[&grouped])?.swap_remove(0);
         let gscores = ctx.op1(Op::Sum { dims: vec![-1], keepdim: false }, &[&top2])?;
         let gidx = call(ctx, &Op::Topk { k: gk, dim: -1, largest: true, sorted: false }, &[&gscores])?.swap_remove(1);
+        ctx.label("group_mask");
         let ones = ctx.op1(Op::OnesLike(Some(DType::Bool)), &[&gscores])?;
         let mask = scatter_site(ctx, site1, &ones, &ones, &gidx, false)?;
+        ctx.label("scores_for_choice");
         let mask4 = ctx.op1(Op::Unsqueeze { dim: -1 }, &[&mask])?;
         let masked = ctx.op1(Op::MaskedFill(f64::NEG_INFINITY), &[&grouped, &mask4])?;
         choice = ctx.op1(Op::View { shape: vec![b, l, e], unsafe_view: false }, &[&masked])?;

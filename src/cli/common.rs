@@ -1,0 +1,103 @@
+//! Flags shared by the commands that run cases, and their parsing into harness settings.
+
+use crate::device::{self, Dev, DeviceArg};
+use crate::dtensor::RuleSet;
+use crate::harness::case::CaseDevice;
+use crate::harness::generate::{GenConfig, SizeClass};
+use crate::router::RouterRev;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Device to run cases on: auto (CUDA when present), cpu, cuda, cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    /// Router revisions to draw from (comma-separated; default all): local_map_counts,
+    /// inplace_scatter, out_of_place_scatter, local_map_both
+    #[arg(long, value_delimiter = ',')]
+    pub router: Vec<RouterRev>,
+    /// DTensor rule sets to draw from (comma-separated; default all): torch-2.12, torch-2.13, torch-2.14
+    #[arg(long, value_delimiter = ',')]
+    pub rules: Vec<RuleSet>,
+    /// Case sizes: small (<= 4 ranks, <= 64 tokens), medium (<= 16 ranks), large (real presets, GPU)
+    #[arg(long, default_value = "small")]
+    pub size: SizeArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SizeArg {
+    Small,
+    Medium,
+    Large,
+}
+
+impl GenArgs {
+    pub fn device(&self) -> anyhow::Result<Dev> {
+        device::resolve(self.device).map_err(anyhow::Error::msg)
+    }
+
+    pub fn config(&self, dev: Dev) -> GenConfig {
+        GenConfig {
+            size: match self.size {
+                SizeArg::Small => SizeClass::Small,
+                SizeArg::Medium => SizeClass::Medium,
+                SizeArg::Large => SizeClass::Large,
+            },
+            routers: self.router.clone(),
+            rules: self.rules.clone(),
+            device: to_case_device(dev),
+            max_ranks: 16,
+        }
+    }
+}
+
+pub fn to_case_device(d: Dev) -> CaseDevice {
+    match d {
+        Dev::Cpu => CaseDevice::Cpu,
+        Dev::Cuda(n) => CaseDevice::Cuda(n),
+    }
+}
+
+/// Parses `90s`, `30m`, `2h`, `1h30m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration '{s}' (examples: 90s, 30m, 2h, 1h30m)");
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

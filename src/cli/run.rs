@@ -1,0 +1,60 @@
+//! `shardfuzz run`: a plain random run in this process, one line per divergence.
+
+use super::common::{parse_duration, GenArgs};
+use super::CliResult;
+use crate::harness::{generate, oracle, runner};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seed of the case stream
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of cases to run
+    #[arg(long, conflicts_with = "time")]
+    pub cases: Option<u64>,
+    /// Time budget instead of a case count (e.g. 30s, 5m)
+    #[arg(long, value_parser = parse_duration)]
+    pub time: Option<Duration>,
+    /// Print every divergence, not only the first of each signature
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub gen: GenArgs,
+}
+
+pub fn run(a: Args) -> CliResult {
+    let dev = a.gen.device()?;
+    let cfg = a.gen.config(dev);
+    let limit = a.cases.unwrap_or(if a.time.is_some() { u64::MAX } else { 1000 });
+    let start = Instant::now();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut n = 0u64;
+    let mut diverging = 0u64;
+    while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
+        let case = generate::nth(a.seed, n, &cfg);
+        let run = runner::run(&case, dev.tch()).map_err(anyhow::Error::msg)?;
+        let j = oracle::judge(&case, &run);
+        if !j.verdicts.is_empty() {
+            diverging += 1;
+        }
+        for v in &j.verdicts {
+            let sig = v.signature(&case);
+            let count = seen.entry(sig.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 || a.all {
+                println!("case {n} seed {}: {sig}: {}", a.seed, v.detail);
+            }
+        }
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "shardfuzz: {n} cases in {secs:.1}s ({:.0} cases/s), {diverging} diverging, {} signature(s)",
+        n as f64 / secs.max(1e-9),
+        seen.len()
+    );
+    Ok(if diverging > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
