@@ -2,7 +2,6 @@
 
 use crate::device::{self, Dev, DeviceArg};
 use crate::dtensor::RuleSet;
-use crate::harness::case::CaseDevice;
 use crate::harness::generate::{GenConfig, SizeClass};
 use crate::router::RouterRev;
 use std::time::Duration;
@@ -45,18 +44,12 @@ impl GenArgs {
             },
             routers: self.router.clone(),
             rules: self.rules.clone(),
-            device: to_case_device(dev),
+            device: dev.into(),
             max_ranks: 16,
         }
     }
 }
 
-pub fn to_case_device(d: Dev) -> CaseDevice {
-    match d {
-        Dev::Cpu => CaseDevice::Cpu,
-        Dev::Cuda(n) => CaseDevice::Cuda(n),
-    }
-}
 
 /// Parses `90s`, `30m`, `2h`, `1h30m` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

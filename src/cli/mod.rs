@@ -7,8 +7,13 @@ use std::process::ExitCode;
 mod common;
 mod doctor;
 mod gen;
+pub mod import;
+mod nightly;
 mod replay;
+mod report;
 mod run;
+mod shrink;
+mod worker;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +37,16 @@ pub enum Command {
     Gen(gen::Args),
     /// Run random cases in this process, one line per new divergence signature
     Run(run::Args),
+    /// A campaign: worker subprocesses, buckets, shrinking, reports (report.md/json, junit.xml, html)
+    Nightly(nightly::Args),
+    /// Minimize a case while it keeps a divergence signature
+    Shrink(shrink::Args),
+    /// Re-render a campaign report, optionally with a regression section against a baseline
+    Report(report::Args),
+    /// Turn a libFuzzer input (crash artifact) into a case JSON
+    Import(import::Args),
+    #[command(hide = true)]
+    Worker(worker::Args),
 }
 
 /// An error worth exit status 2, printed as `shardfuzz: <message>`.
@@ -51,6 +66,11 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Gen(a) => gen::run(a),
         Command::Run(a) => run::run(a),
+        Command::Nightly(a) => nightly::run(a),
+        Command::Shrink(a) => shrink::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Import(a) => import::run(a),
+        Command::Worker(a) => worker::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,7 @@ pub enum DTensorError {
     // === sharding propagation ===
     #[error("{op}: in-place operations that require placement changes are not supported. The input has placement {}, but no valid strategy preserves this placement. Please use the out-of-place version of this operation instead.", repr_tuple(.placements))]
     InPlacePlacementChange { op: String, placements: Vec<Placement> },
-    #[error("{op}: got mixed torch.Tensor and DTensor, need to convert all torch.Tensor to DTensor before calling distributed operators!")]
+    #[error("{op} got mixed torch.Tensor and DTensor, need to convert all torch.Tensor to DTensor before calling distributed operators!")]
     MixedTensor { op: String },
     #[error("Operator {op} does not have a sharding strategy registered.")]
     NoStrategy { op: String },

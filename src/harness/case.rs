@@ -149,6 +149,15 @@ impl<'de> Deserialize<'de> for CaseDevice {
     }
 }
 
+impl From<crate::device::Dev> for CaseDevice {
+    fn from(d: crate::device::Dev) -> Self {
+        match d {
+            crate::device::Dev::Cpu => CaseDevice::Cpu,
+            crate::device::Dev::Cuda(n) => CaseDevice::Cuda(n),
+        }
+    }
+}
+
 impl From<CaseDevice> for crate::device::Dev {
     fn from(d: CaseDevice) -> Self {
         match d {
@@ -191,8 +200,9 @@ impl Case {
         Ok(c)
     }
 
+    /// The case as JSON that reads well by hand (compact arrays); values round-trip exactly.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a case serializes")
+        super::json::pretty(self)
     }
 
     pub fn mesh(&self) -> Result<Mesh, CaseError> {

@@ -1,13 +1,19 @@
 //! The differential harness: cases, data, the runner, oracles and outcomes.
 
+pub mod bucket;
+pub mod campaign;
 pub mod case;
 pub mod data;
 pub mod generate;
+pub mod json;
 pub mod oracle;
 pub mod outcome;
 pub mod replay;
+pub mod report;
 pub mod runner;
+pub mod shrink;
 pub mod tensor_data;
+pub mod worker;
 
 /// FNV-1a, for fingerprints that must be stable across runs and machines.
 pub fn hash64(bytes: &[u8]) -> u64 {

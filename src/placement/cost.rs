@@ -44,7 +44,8 @@ pub fn redistribute_cost(mesh: &Mesh, src: &[Placement], dst: &[Placement], glob
         } else if c.is_partial() && t.is_shard() {
             cost += collective_cost(bytes_gb, n, n - 1);
             bytes_gb /= n as f64;
-        } else if c.is_shard() && t.is_partial() {
+        } else if (c.is_shard() && t.is_partial()) || (c.is_partial() && t.is_partial()) {
+            // Neither S -> P nor P(a) -> P(b) can be redistributed.
             return f64::INFINITY;
         }
     }

@@ -74,7 +74,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 }
             }
             let dtype = l.dtype;
-            Ok(Proposal { out_metas: vec![Meta::new(vec![l.shape[0], r.shape[1]], dtype)], strategies: expand(&rows, mesh.ndim()), expanded: true })
+            Ok(Proposal { out_metas: vec![Meta::new(vec![l.shape[0], r.shape[1]], dtype)], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
         }
         _ => unreachable!("matrix::propose called for {op:?}"),
     }

@@ -40,21 +40,33 @@ pub struct Strategy {
     pub ins: Vec<Vec<Placement>>,
 }
 
+/// Which strategies the shardability filter (`is_tensor_shardable`) drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// Derived from the input itself: nothing to filter.
+    None,
+    /// Expanded rows: any strategy with an input too short for its shards.
+    All,
+    /// Pointwise rows (`allow_uneven_sharding`): only inputs that would be redistributed into a
+    /// layout too short for them; an input already laid out that way is accepted as is.
+    Redistributed,
+}
+
 /// What a family offers for one call.
 #[derive(Clone, Debug)]
 pub struct Proposal {
     pub out_metas: Vec<Meta>,
     pub strategies: Vec<Strategy>,
-    /// Built from single-mesh-dim rows: apply the shardability filter.
-    pub expanded: bool,
+    pub filter: Filter,
 }
 
 impl Proposal {
     /// A family that derives exactly one strategy from its inputs.
     pub fn single(out_metas: Vec<Meta>, s: Strategy) -> Proposal {
-        Proposal { out_metas, strategies: vec![s], expanded: false }
+        Proposal { out_metas, strategies: vec![s], filter: Filter::None }
     }
 }
+
 
 /// One row of a single-mesh-dim rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +121,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         | Op::AddScalar(_)
         | Op::MulScalar(_)
         | Op::DivScalar(_)
-        | Op::MaskedFill(_) => pointwise::propose(op, args),
+        | Op::MaskedFill(_) => pointwise::propose(op, args, mesh),
         Op::Softmax { .. } | Op::Sum { .. } | Op::Cumsum { .. } => reduction::propose(op, args),
         Op::Topk { .. } | Op::Sort { .. } => sort::propose(op, args, mesh),
         Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } => scatter_gather::propose(op, args, mesh, rules),
@@ -132,7 +144,13 @@ pub fn select(op: &Op, p: &Proposal, args: &[Arg], mesh: &Mesh) -> Result<Strate
     let mut cands: Vec<&Strategy> = p
         .strategies
         .iter()
-        .filter(|s| !p.expanded || s.ins.iter().zip(args).all(|(pl, a)| layout::is_shardable(&a.meta.shape, mesh, pl)))
+        .filter(|s| {
+            s.ins.iter().zip(args).all(|(pl, a)| match p.filter {
+                Filter::None => true,
+                Filter::All => layout::is_shardable(&a.meta.shape, mesh, pl),
+                Filter::Redistributed => *pl == a.placements || layout::is_shardable(&a.meta.shape, mesh, pl),
+            })
+        })
         .collect();
     if op.is_inplace() {
         let cur = &args[0].placements;

@@ -1,28 +1,79 @@
-//! Pointwise ops (`_pointwise_ops.py`): follow the input with the most shards (ties: the one of
-//! higher rank), re-index its shard dims to the broadcast output, and move every other input to
-//! match, with broadcast dims replicated.
+//! Pointwise ops (`_pointwise_ops.py`): single-mesh-dim rules, expanded over the mesh and
+//! chosen by cost like any other rule (VERIFIED on 2.12.1 and 2.13.0, docs/pytorch-facts.md §3-4).
 //!
-//! A Partial in the followed input survives only when the op is linear in it:
-//! - linearity 0 (`_to_copy`, `mul`/`div` by a Python scalar): P(x) -> P(x);
-//! - linearity 1 (`add`/`sub` of tensors): P(sum) + P(sum) -> P(sum); a Replicate operand is
-//!   partitioned to match (R -> P divides by the group size);
-//! - linearity 2 (`mul`/`div` of tensors): the followed operand stays Partial, the other must be R;
-//! - adding a Python scalar to a Partial would add it once per rank (pytorch#163193): reduce first;
-//! - anything else (sigmoid, masked_fill) turns Partial into Replicate.
+//! Rows `[out, in...]` for one mesh dim:
+//! - all Replicate;
+//! - `Shard(d)` on every output dim d, each input sharded on the dim it broadcasts to d from
+//!   (Replicate where it broadcasts): offered only for the shard kinds present among the inputs
+//!   (`Shard`, or `_StridedShard(sf)` for each split factor present), so with no shard anywhere a
+//!   Partial input can only be reduced to Replicate;
+//! - Partial rows, by what the op is linear or monotone in ([`partial_rows`]).
 
-use super::{Arg, Proposal, Strategy};
+use super::{expand, Arg, Proposal, Row};
 use crate::dtensor::error::{DTensorError, Result};
 use crate::dtensor::meta::{torch_size, DType, Meta};
 use crate::dtensor::op::Op;
-use crate::placement::Placement;
+use crate::placement::{Mesh, Placement, ReduceOp};
 
-fn linearity(op: &Op) -> i32 {
+/// Partial rows of an op, `[out, in...]`, each with why it holds.
+fn partial_rows(op: &Op) -> Vec<Row> {
+    use Placement::Partial as P;
+    use Placement::Replicate as R;
+    use ReduceOp::*;
+    let mut rows = Vec::new();
+    let mut push = |o: Placement, ins: &[Placement]| rows.push(Row::new(&[o], ins));
     match op {
-        Op::ToDtype(_) | Op::MulScalar(_) | Op::DivScalar(_) => 0,
-        Op::Add | Op::Sub => 1,
-        Op::Mul | Op::Div => 2,
-        _ => -1,
+        // A dtype cast commutes with every reduction (up to rounding).
+        Op::ToDtype(_) => {
+            for r in [Sum, Avg, Max, Min] {
+                push(P(r), &[P(r)]);
+            }
+        }
+        // Scaling by a constant commutes with sum and avg (not with max: the scale may be negative).
+        Op::MulScalar(_) | Op::DivScalar(_) => {
+            for r in [Sum, Avg] {
+                push(P(r), &[P(r)]);
+            }
+        }
+        // Non-decreasing: f(max_i x_i) = max_i f(x_i), likewise min.
+        Op::Sigmoid => {
+            for r in [Max, Min] {
+                push(P(r), &[P(r)]);
+            }
+        }
+        // sum_i a_i + sum_i b_i = sum_i (a_i + b_i), avg likewise; avg_i a_i + c = avg_i (a_i + c);
+        // max_i a_i + c = max_i (a_i + c).
+        Op::Add | Op::Sub => {
+            for r in [Sum, Avg] {
+                push(P(r), &[P(r), P(r)]);
+            }
+            push(P(Avg), &[P(Avg), R]);
+            push(P(Avg), &[R, P(Avg)]);
+            for r in [Max, Min] {
+                push(P(r), &[P(r), R]);
+                if matches!(op, Op::Add) {
+                    push(P(r), &[R, P(r)]);
+                }
+            }
+        }
+        // (sum_i a_i) * c = sum_i (a_i * c): one side partial, the other replicated.
+        Op::Mul => {
+            for r in [Sum, Avg] {
+                push(P(r), &[P(r), R]);
+                push(P(r), &[R, P(r)]);
+            }
+        }
+        // Only the numerator may be partial.
+        Op::Div => {
+            for r in [Sum, Avg] {
+                push(P(r), &[P(r), R]);
+            }
+        }
+        // Adding a Python scalar to a partial would add it once per rank (pytorch#163193);
+        // masked_fill is not linear.
+        _ => {}
     }
+    rows
 }
 
 /// Broadcast shape as TensorIterator computes it (add, mul, ...), with its error text.
@@ -99,12 +150,18 @@ fn out_dtype(op: &Op, args: &[Arg]) -> DType {
     }
 }
 
-pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
+pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
     let shapes: Vec<&[usize]> = args.iter().map(|a| a.meta.shape.as_slice()).collect();
     let common = match op {
         Op::MaskedFill(_) => {
-            let c = broadcast_refs(&shapes)?;
-            // masked_fill keeps self's shape: the mask must broadcast to it, not widen it.
+            if args[1].meta.dtype != DType::Bool {
+                return Err(DTensorError::Shape(format!(
+                    "masked_fill_ only supports boolean masks, but got mask with dtype {}",
+                    args[1].meta.dtype.torch_name().trim_start_matches("torch.")
+                )));
+            }
+            // The meta function broadcasts (mask, value, self) in that order.
+            let c = broadcast_refs(&[shapes[1], &[], shapes[0]])?;
             if c != args[0].meta.shape {
                 return Err(DTensorError::Shape(format!(
                     "masked_fill_ only supports boolean masks broadcastable to self: mask {} vs self {}",
@@ -117,101 +174,94 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
         _ if args.len() == 2 => broadcast_iter(shapes[0], shapes[1])?,
         _ => args[0].meta.shape.clone(),
     };
-    if let Op::MaskedFill(_) = op {
-        if args[1].meta.dtype != DType::Bool {
-            return Err(DTensorError::Shape(format!("masked_fill_ only supports boolean masks, but got mask with dtype {}", args[1].meta.dtype.torch_name().trim_start_matches("torch."))));
-        }
-    }
+    let maps: Vec<Vec<Option<usize>>> = args.iter().map(|a| dims_map(&common, &a.meta.shape)).collect();
 
-    // The followed input: most shards, then higher rank; the first wins ties.
-    let shards = |a: &Arg| a.placements.iter().filter(|p| p.is_shard()).count();
-    let mut follow = 0;
-    for (i, a) in args.iter().enumerate().skip(1) {
-        let f = &args[follow];
-        if shards(a) > shards(f) || (shards(a) == shards(f) && a.meta.ndim() > f.meta.ndim()) {
-            follow = i;
+    // Shard kinds present among the inputs.
+    let mut kinds: Vec<Placement> = Vec::new();
+    for p in args.iter().flat_map(|a| &a.placements) {
+        let k = match *p {
+            Placement::Shard(_) => Placement::Shard(0),
+            Placement::StridedShard { sf, .. } => Placement::StridedShard { dim: 0, sf },
+            _ => continue,
+        };
+        if !kinds.contains(&k) {
+            kinds.push(k);
         }
     }
-    let lin = linearity(op);
-    let scalar_add = matches!(op, Op::AddScalar(_));
-    let fa = &args[follow];
-    let out: Vec<Placement> = fa
-        .placements
-        .iter()
-        .map(|&p| match p {
-            Placement::Shard(d) | Placement::StridedShard { dim: d, .. } => p.with_dim(d + (common.len() - fa.meta.ndim()) as i64),
-            Placement::Partial(r) if lin >= 0 && r.is_linear() && !scalar_add => p,
-            Placement::Partial(_) => Placement::Replicate,
-            Placement::Replicate => p,
-        })
-        .collect();
-    let ins = args
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let map = dims_map(&common, &a.meta.shape);
-            out.iter()
-                .map(|&p| match p {
-                    Placement::Shard(d) | Placement::StridedShard { dim: d, .. } => match map[d as usize] {
-                        Some(id) => p.with_dim(id as i64),
-                        None => Placement::Replicate,
-                    },
-                    Placement::Partial(_) if lin == 2 && i != follow => Placement::Replicate,
-                    other => other,
-                })
-                .collect()
-        })
-        .collect();
-    Ok(Proposal::single(vec![Meta::new(common, out_dtype(op, args))], Strategy { outs: vec![out], ins }))
+    let mut rows = vec![Row::replicate(1, args.len())];
+    for k in &kinds {
+        for d in 0..common.len() {
+            let ins: Vec<Placement> = maps.iter().map(|m| m[d].map_or(Placement::Replicate, |i| k.with_dim(i as i64))).collect();
+            rows.push(Row::new(&[k.with_dim(d as i64)], &ins));
+        }
+    }
+    rows.extend(partial_rows(op));
+    Ok(Proposal { out_metas: vec![Meta::new(common, out_dtype(op, args))], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::Redistributed })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtensor::rules::{select, Strategy};
     use crate::placement::{Placement::*, ReduceOp};
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
     }
 
-    #[test]
-    fn bias_add_follows_the_sharded_scores() {
-        let p = propose(&Op::Add, &[arg(&[2, 4, 8], &[Shard(1)]), arg(&[8], &[Replicate])]).unwrap();
-        let s = &p.strategies[0];
-        assert_eq!(s.outs[0], vec![Shard(1)]);
-        assert_eq!(s.ins[1], vec![Replicate]);
-        // A sharded bias is followed when the scores are replicated, so the output is sharded on E.
-        let p = propose(&Op::Add, &[arg(&[2, 4, 8], &[Replicate]), arg(&[8], &[Shard(0)])]).unwrap();
-        assert_eq!(p.strategies[0].outs[0], vec![Shard(2)]);
-        assert_eq!(p.strategies[0].ins[0], vec![Shard(2)]);
+    fn pick(op: Op, args: &[Arg], mesh: &Mesh) -> Strategy {
+        select(&op, &propose(&op, args, mesh).unwrap(), args, mesh).unwrap()
     }
 
     #[test]
-    fn partial_survives_only_linear_ops() {
-        let a = arg(&[4], &[Partial(ReduceOp::Sum)]);
-        assert_eq!(propose(&Op::MulScalar(2.0), &[a.clone()]).unwrap().strategies[0].outs[0], vec![Partial(ReduceOp::Sum)]);
-        assert_eq!(propose(&Op::Sigmoid, &[a.clone()]).unwrap().strategies[0].outs[0], vec![Replicate]);
-        assert_eq!(propose(&Op::AddScalar(1.0), &[a.clone()]).unwrap().strategies[0].outs[0], vec![Replicate]);
-        let p = propose(&Op::Add, &[a.clone(), arg(&[4], &[Replicate])]).unwrap();
-        assert_eq!(p.strategies[0].ins[1], vec![Partial(ReduceOp::Sum)]);
-        let p = propose(&Op::Mul, &[a, arg(&[4], &[Replicate])]).unwrap();
-        assert_eq!(p.strategies[0].ins[1], vec![Replicate]);
+    fn bias_add_matches_pytorch() {
+        let m = Mesh::tp(2);
+        let s = pick(Op::Add, &[arg(&[2, 4, 8], &[Shard(1)]), arg(&[8], &[Replicate])], &m);
+        assert_eq!((s.outs[0].clone(), s.ins[1].clone()), (vec![Shard(1)], vec![Replicate]));
+        // A sharded bias on replicated scores: scores are chunked for free, output S(2).
+        let s = pick(Op::Add, &[arg(&[2, 4, 8], &[Replicate]), arg(&[8], &[Shard(0)])], &m);
+        assert_eq!(s.outs[0], vec![Shard(2)]);
+        // R + P(sum): the replicated side is partitioned (free), output P(sum).
+        let p = Partial(ReduceOp::Sum);
+        let s = pick(Op::Add, &[arg(&[2, 4, 8], &[Replicate]), arg(&[8], &[p])], &m);
+        assert_eq!(s.outs[0], vec![p]);
+        // S(2) + P(sum): the bias is reduce-scattered.
+        let s = pick(Op::Add, &[arg(&[2, 4, 8], &[Shard(2)]), arg(&[8], &[p])], &m);
+        assert_eq!((s.outs[0].clone(), s.ins[1].clone()), (vec![Shard(2)], vec![Shard(0)]));
     }
 
     #[test]
-    fn masked_fill_mask_broadcast_dim_is_replicated() {
-        let mut mask = arg(&[2, 4, 4, 1], &[Shard(3)]);
+    fn partial_handling_matches_pytorch() {
+        let m = Mesh::tp(2);
+        let (sum, max) = (Partial(ReduceOp::Sum), Partial(ReduceOp::Max));
+        assert_eq!(pick(Op::MulScalar(2.5), &[arg(&[4], &[sum])], &m).outs[0], vec![sum]);
+        assert_eq!(pick(Op::Sigmoid, &[arg(&[4], &[sum])], &m).outs[0], vec![Replicate]);
+        assert_eq!(pick(Op::Sigmoid, &[arg(&[4], &[max])], &m).outs[0], vec![max]);
+        assert_eq!(pick(Op::AddScalar(1e-20), &[arg(&[4], &[sum])], &m).outs[0], vec![Replicate]);
+        // With a shard elsewhere on the mesh, a partial is reduce-scattered instead.
+        let m2 = Mesh::new(vec![2, 2], vec!["dp".into(), "tp".into()]).unwrap();
+        assert_eq!(pick(Op::Sigmoid, &[arg(&[2, 4, 8], &[sum, Shard(1)])], &m2).outs[0], vec![Shard(0), Shard(1)]);
+    }
+
+    #[test]
+    fn masked_fill_keeps_a_short_shard_and_moves_the_smaller_operand() {
+        let m = Mesh::tp(2);
+        let mut mask = arg(&[2, 1, 4, 1], &[Shard(1)]);
         mask.meta.dtype = DType::Bool;
-        let p = propose(&Op::MaskedFill(f64::NEG_INFINITY), &[arg(&[2, 4, 4, 2], &[Shard(1)]), mask]).unwrap();
-        assert_eq!(p.strategies[0].outs[0], vec![Shard(1)]);
+        let s = pick(Op::MaskedFill(f64::NEG_INFINITY), &[arg(&[2, 1, 4, 2], &[Shard(1)]), mask], &m);
+        assert_eq!(s.outs[0], vec![Shard(1)]);
+        let mut mask = arg(&[2, 4, 4, 1], &[Shard(1)]);
+        mask.meta.dtype = DType::Bool;
+        let s = pick(Op::MaskedFill(f64::NEG_INFINITY), &[arg(&[2, 4, 4, 2], &[Shard(0)]), mask], &m);
+        assert_eq!((s.outs[0].clone(), s.ins[1].clone()), (vec![Shard(0)], vec![Shard(0)]));
     }
 
     #[test]
     fn refs_broadcast_error_text() {
-        let e = broadcast_refs(&[&[2, 5, 4, 2], &[2, 6, 4, 1]]).unwrap_err();
+        let e = broadcast_refs(&[&[2, 6, 4, 1], &[], &[2, 5, 4, 2]]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "Attempting to broadcast a dimension of length 6 at -3! Mismatching argument at index 1 had torch.Size([2, 6, 4, 1]); but expected shape should be broadcastable to [2, 5, 4, 2]"
+            "Attempting to broadcast a dimension of length 5 at -3! Mismatching argument at index 2 had torch.Size([2, 5, 4, 2]); but expected shape should be broadcastable to [2, 6, 4, 2]"
         );
         assert_eq!(broadcast_iter(&[2, 4, 8], &[8]).unwrap(), vec![2, 4, 8]);
         assert!(broadcast_iter(&[2, 4, 8], &[3]).is_err());

@@ -57,7 +57,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 rows.push(Row::new(&[s], &[s, s]));
             }
             rows.push(Row::new(&[Shard(d as i64)], &[Replicate, Shard(d as i64)]));
-            Ok(Proposal { out_metas: vec![Meta::new(index.shape.clone(), input.dtype)], strategies: expand(&rows, mesh.ndim()), expanded: true })
+            Ok(Proposal { out_metas: vec![Meta::new(index.shape.clone(), input.dtype)], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
         }
         Op::ScatterValue { dim, .. } | Op::ScatterSrc { dim, .. } => {
             let (this, index) = (&args[0].meta, &args[1].meta);
@@ -90,7 +90,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                     }
                 }
             }
-            Ok(Proposal { out_metas: vec![this.clone()], strategies: expand(&rows, mesh.ndim()), expanded: true })
+            Ok(Proposal { out_metas: vec![this.clone()], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
         }
         _ => unreachable!("scatter_gather::propose called for {op:?}"),
     }

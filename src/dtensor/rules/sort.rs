@@ -33,7 +33,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
         rows.push(Row::new(&[s, s], &[s]));
     }
     let metas = vec![Meta::new(out_shape.clone(), a.meta.dtype), Meta::new(out_shape, DType::I64)];
-    Ok(Proposal { out_metas: metas, strategies: expand(&rows, mesh.ndim()), expanded: true })
+    Ok(Proposal { out_metas: metas, strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
 }
 
 #[cfg(test)]

@@ -1,0 +1,129 @@
+//! `shardfuzz nightly`: a campaign across router revisions x rule sets x devices, with worker
+//! subprocesses, bucketing, shrinking and reports.
+
+use super::common::{parse_duration, SizeArg};
+use super::CliResult;
+use crate::device::{self, DeviceArg};
+use crate::dtensor::RuleSet;
+use crate::harness::campaign::{self, Config};
+use crate::harness::generate::{GenConfig, SizeClass};
+use crate::harness::report::Report;
+use crate::harness::shrink::Budget;
+use crate::harness::worker::Fault;
+use crate::router::RouterRev;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Time budget (e.g. 30m, 2h); shrinking gets the last quarter of it
+    #[arg(long, value_parser = parse_duration, required_unless_present = "cases")]
+    pub time: Option<Duration>,
+    /// Number of cases instead of a time budget (deterministic: same seed and count, same report)
+    #[arg(long)]
+    pub cases: Option<u64>,
+    /// Seed of the case stream
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker processes (default: one per CPU core)
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Directory for report.md, report.json, junit.xml, report.html, cases/ and repro/
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Devices, comma-separated (auto, cpu, cuda, cuda:N); cases alternate between them
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub device: Vec<DeviceArg>,
+    /// Router revisions to draw from (default all)
+    #[arg(long, value_delimiter = ',')]
+    pub router: Vec<RouterRev>,
+    /// Rule sets to draw from (default all)
+    #[arg(long, value_delimiter = ',')]
+    pub rules: Vec<RuleSet>,
+    /// Case sizes: small, medium or large
+    #[arg(long, default_value = "small")]
+    pub size: SizeArg,
+    /// A case running longer than this is killed and kept as a `timeout` reproducer
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub per_case_timeout: Duration,
+    /// Longest shrink of one bucket
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub shrink_time: Duration,
+    /// Most candidates tried while shrinking one bucket
+    #[arg(long, default_value_t = 2000)]
+    pub shrink_tries: usize,
+    /// Do not shrink
+    #[arg(long)]
+    pub no_shrink: bool,
+    /// Where minimized reproducers are copied as well
+    #[arg(long, default_value = "corpus/repro")]
+    pub corpus: PathBuf,
+    /// Do not copy reproducers to --corpus
+    #[arg(long)]
+    pub no_corpus: bool,
+    /// An earlier campaign directory: adds a regression section (new, fixed, still failing)
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Test hook: make a worker abort, segfault or hang on case N (abort@N, segv@N, hang@N)
+    #[arg(long, hide = true)]
+    pub inject_fault: Option<Fault>,
+}
+
+pub fn run(a: Args) -> CliResult {
+    let mut devices = Vec::new();
+    for d in &a.device {
+        let dev = device::resolve(*d).map_err(anyhow::Error::msg)?;
+        if !devices.contains(&dev.into()) {
+            devices.push(dev.into());
+        }
+    }
+    let baseline = match &a.baseline {
+        Some(dir) => Some(Report::load(dir)?),
+        None => None,
+    };
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let cfg = Config {
+        seed: a.seed,
+        cases: a.cases,
+        time: a.time,
+        jobs,
+        out: a.out.clone(),
+        corpus: (!a.no_corpus).then(|| a.corpus.clone()),
+        gen: GenConfig {
+            size: match a.size {
+                SizeArg::Small => SizeClass::Small,
+                SizeArg::Medium => SizeClass::Medium,
+                SizeArg::Large => SizeClass::Large,
+            },
+            routers: a.router.clone(),
+            rules: a.rules.clone(),
+            device: devices[0],
+            max_ranks: 16,
+        },
+        devices,
+        per_case_timeout: a.per_case_timeout,
+        shrink: Budget { max_tries: a.shrink_tries, max_time: a.shrink_time },
+        no_shrink: a.no_shrink,
+        fault: a.inject_fault,
+        exe: std::env::current_exe()?,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    campaign::catch_sigint();
+    let mut report = campaign::run(&cfg)?;
+    if let (Some(b), Some(dir)) = (&baseline, &a.baseline) {
+        report.compare(b, &dir.display().to_string());
+        report.write(&a.out)?;
+    }
+    eprintln!(
+        "shardfuzz: {} cases in {:.0}s ({:.0}/s), {} diverging, {} bucket(s){}; report in {}",
+        report.cases,
+        report.timing.wall_s,
+        report.timing.cases_per_s,
+        report.diverging_cases,
+        report.buckets.len(),
+        if report.interrupted { " (interrupted)" } else { "" },
+        a.out.join("report.md").display()
+    );
+    Ok(if report.buckets.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

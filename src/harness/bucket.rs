@@ -1,0 +1,116 @@
+//! Buckets: divergences grouped by signature, each keeping its count, its first case and its
+//! smallest case; and the one-line explanations reports print next to them.
+
+use super::oracle::{Class, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// The parts of a signature (`class:output:router:rules:key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigParts<'a> {
+    pub class: &'a str,
+    pub output: &'a str,
+    pub router: &'a str,
+    pub rules: &'a str,
+    pub key: &'a str,
+}
+
+pub fn parts(sig: &str) -> SigParts<'_> {
+    let mut it = sig.splitn(5, ':');
+    let mut next = || it.next().unwrap_or("");
+    SigParts { class: next(), output: next(), router: next(), rules: next(), key: next() }
+}
+
+/// A file-name-safe form of a signature.
+pub fn slug(sig: &str) -> String {
+    let mut s = String::with_capacity(sig.len());
+    for ch in sig.chars() {
+        match ch {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => s.push(ch),
+            '(' | ')' | '[' | ']' => {}
+            '>' => s.push_str("to"),
+            '@' => s.push_str("at"),
+            _ => s.push('_'),
+        }
+    }
+    while s.contains("__") {
+        s = s.replace("__", "_");
+    }
+    s.trim_matches('_').to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShrinkInfo {
+    pub tried: usize,
+    pub kept: usize,
+    pub ms: u64,
+    pub truncated: bool,
+    /// Ranks, tokens (B*L), experts, model dim of the minimized case.
+    pub ranks: usize,
+    pub tokens: usize,
+    pub experts: usize,
+    pub model: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub signature: String,
+    pub class: Class,
+    pub count: u64,
+    pub first_index: u64,
+    pub smallest_index: u64,
+    /// (ranks, tokens, experts x model, mesh dims) of the smallest case seen.
+    pub smallest_size: (usize, usize, usize, usize),
+    /// The verdict of the smallest case.
+    pub detail: String,
+    pub explanation: String,
+    /// Paths, relative to the campaign directory.
+    pub first_case: String,
+    pub repro: Option<String>,
+    pub shrink: Option<ShrinkInfo>,
+}
+
+/// One line saying what a bucket means.
+pub fn explain(v: &Verdict) -> String {
+    let key = v.key.as_str();
+    let has = |s: &str| key.contains(s);
+    match v.class {
+        Class::Error if has("inplace_placement_change") => "in-place scatter_ on a sharded self: no strategy keeps self's placement (torch <= 2.12 scatters all-Replicate only; 2.13+ needs a non-scatter dim at least as long as its shard count)".into(),
+        Class::Error if has("view_of_sharded_dim") => "the gate's view to (B*L, D) drops a sharded dim shorter than its shard count; torch 2.13 raises where 2.12 all-gathered silently".into(),
+        Class::Error if has("cannot_flatten_unevenly") => "an unevenly sharded batch cannot be flattened by the gate's view".into(),
+        Class::Error if has("cannot_unflatten_tensor_with") => "two mesh dims shard one token dim: the gate's flatten records a split factor the unflatten cannot match (PyTorch view bug)".into(),
+        Class::Error if has("cannot_unflatten_unevenly") => "a sharded dim split into pieces that do not divide by the mesh size (expert groups over sharded experts)".into(),
+        Class::Error if has("cannot_shard_unevenly") => "nested uneven token shards cannot be flattened into a _StridedShard".into(),
+        Class::Error if has("shape_is_invalid_for_input") => "view propagation accepted a nested flatten whose local view shape does not fit the local shard (PyTorch view bug)".into(),
+        Class::Error if has("mixed_tensor") => "force-load-balance builds a plain int64 index that meets DTensor scores (every revision)".into(),
+        Class::Error if has("index_is_out_of_bounds") => "a local_map scatter gets global expert ids on a local shard of experts (gate sharded on experts)".into(),
+        Class::Error if has("expected_index_to_be_no") || has("size_does_not_match") => "a local_map scatter gets scores and ids with different layouts, so their local shapes disagree".into(),
+        Class::Error if has("attempting_to_broadcast") => "a local_map re-wrap gave a rank-dependent global shape; the next op's broadcast check fails on real ranks".into(),
+        Class::Error if has("rank_desync") => "ranks that disagree on a global shape chose different sharding strategies (real ranks would hang)".into(),
+        Class::Error => format!("only one side raised: {}", v.detail),
+        Class::Placement if key.split(',').all(|p| p.ends_with("@1") && p.starts_with("P(")) => "counts come out Replicate on a size-1 mesh axis where the contract keeps Partial (torchtitan#3762 with size1=keep)".into(),
+        Class::Placement if has("->R") && has("P(") && !has("R->") => "counts come out Replicate where the contract expects Partial: a scatter (or an earlier op) fell back to Replicate".into(),
+        Class::Placement if has("R->P(") => "counts are Partial where the contract says Replicate: an EP-on (token-sharded) layout meets an EP-off contract".into(),
+        Class::Placement if has("->S(") => "counts are sharded on experts: the routing map kept an expert-dim shard from the gate or bias".into(),
+        Class::Placement => format!("counts placements differ from the contract ({key})"),
+        Class::Shape => "a local_map re-wrap without shape= on uneven shards: ranks infer different global shapes (pytorch#172812)".into(),
+        Class::Comm => "a collective at a scatter site that the rule set promises to run locally".into(),
+        Class::Value => format!("sharded {} differ from the reference beyond the derived error bound", v.output.as_deref().unwrap_or("values")),
+        Class::Nondeterminism => "the same case gave different results twice".into(),
+        Class::Crash => format!("the worker died running this case ({key})"),
+        Class::Timeout => "the worker exceeded the per-case time limit".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_split_and_slug() {
+        let s = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1";
+        let p = parts(s);
+        assert_eq!((p.class, p.output, p.router, p.rules, p.key), ("placement", "counts", "inplace_scatter", "torch-2.13", "P(sum)->R@1"));
+        assert_eq!(slug(s), "placement_counts_inplace_scatter_torch-2.13_Psum-toRat1");
+        assert_eq!(parts("error:-:a:b:RuntimeError:view_of_sharded_dim").key, "RuntimeError:view_of_sharded_dim");
+    }
+}
