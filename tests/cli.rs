@@ -36,7 +36,7 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn bad_case_files_exit_2_with_one_clear_line() {
-    let golden = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/02_tp2_s1_inplace_torch213.outcome.json")).unwrap();
+    let golden = std::fs::read_to_string(crate::root().join("tests/golden/02_tp2_s1_inplace_torch213.outcome.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&golden).unwrap();
     let case = v["case"].clone();
     let variants: Vec<(&str, String, &str)> = vec![
@@ -66,7 +66,7 @@ fn bad_case_files_exit_2_with_one_clear_line() {
 
 #[test]
 fn replay_exit_codes_and_json_round_trip() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/");
+    let dir = crate::root().join("tests/golden/").display().to_string();
     let o = run(&["replay", "--once", &format!("{dir}02_tp2_s1_inplace_torch213.outcome.json")]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(&["replay", "--once", "--json", &format!("{dir}01_tp2_s1_inplace_torch212.outcome.json")]);

@@ -9,7 +9,7 @@ use shardfuzz::harness::tensor_data::Values;
 use std::path::PathBuf;
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    crate::root().join("tests/golden")
 }
 
 fn golden_files() -> Vec<PathBuf> {

@@ -6,3 +6,9 @@ mod golden;
 mod campaign;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
+
+/// The repository root: `SHARDFUZZ_ROOT` when set (a test binary carried to another machine),
+/// else where this crate was built.
+pub fn root() -> std::path::PathBuf {
+    std::env::var_os("SHARDFUZZ_ROOT").map(Into::into).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
