@@ -6,6 +6,8 @@ mod golden;
 mod campaign;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
+/// The simulated DTensor op by op against full tensors, and redistribution round trips.
+mod ops;
 
 /// The repository root: `SHARDFUZZ_ROOT` when set (a test binary carried to another machine),
 /// else where this crate was built.

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod contract;
+pub mod dispatch;
 pub mod reference;
 pub mod revision;
 pub mod sharded;

@@ -5,7 +5,10 @@
 //!   (and the Gk-th group) exceeds the bound: closer calls are near-ties, counted, not reported;
 //! - `routing_map` and `group_mask` exact on decided tokens; `counts` exact after removing the
 //!   contribution of undecided tokens on both sides, and always equal to the sharded side's own
-//!   routing map summed (a count/map inconsistency is a bug whatever the ties).
+//!   routing map summed (a count/map inconsistency is a bug whatever the ties);
+//! - `offsets`: on every rank, the local counts must describe the local ids, as the experts'
+//!   token reorder needs (`router::dispatch`); checked where the counts pass their contract (else
+//!   torchtitan stops at the contract, reported by the placement oracle).
 
 use super::tolerance::Bounds;
 use super::{Class, Judgement, Verdict};
@@ -144,6 +147,15 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
     }
     if rnet != snet {
         cx.push("counts", "values", json!(rc), json!(sc), "counts differ from the reference's on tokens whose choice was decided".into());
+    }
+
+    // Each rank's counts must describe its own ids (GroupedExperts' offsets). Checked only where
+    // the counts satisfy their contract: otherwise torchtitan raises at the contract first.
+    let contract = crate::router::contract::resolve(&case.layout.counts_contract, &run.mesh, case.revision.size1);
+    let contract_ok = crate::router::contract::matches(&s.counts.placements, &contract, 1).unwrap_or(false);
+    let problems = if contract_ok { crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts) } else { Vec::new() };
+    for msg in problems {
+        cx.push("offsets", "inconsistent", json!("local counts matching local ids"), json!(msg.clone()), format!("{msg} (counts {} next to ids {})", crate::placement::short_list(&s.counts.placements), crate::placement::short_list(&s.topk_ids.placements)));
     }
 
     if let (Some(rg), Some(sg)) = (&r.group_mask, &s.group_mask) {

@@ -1,0 +1,276 @@
+//! Property tests of the simulated DTensor, op by op: for every placement combination on 1-D
+//! and 2-D meshes (even, uneven, empty shards, size-1 axes), the gathered result equals the op
+//! on full tensors (exactly for integer and bool results, within float rounding otherwise), or
+//! the sharded side raises one of PyTorch's documented errors. And redistribution round trips.
+
+use shardfuzz::dtensor::redistribute::{redistribute, redistribute_quiet};
+use shardfuzz::dtensor::{call, Ctx, DTensor, DTensorError, Op, RuleSet};
+use shardfuzz::placement::{Mesh, Placement, ReduceOp};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+fn meshes() -> Vec<Arc<Mesh>> {
+    [vec![2], vec![3], vec![1, 2], vec![2, 2], vec![2, 1]]
+        .into_iter()
+        .map(|s| {
+            let names = ["dp", "tp"][2 - s.len()..].iter().map(|n| n.to_string()).collect();
+            Arc::new(Mesh::new(s, names).unwrap())
+        })
+        .collect()
+}
+
+/// Placements to try on one mesh dim for a tensor of rank `ndim`.
+fn options(ndim: usize, partial: bool) -> Vec<Placement> {
+    let mut v = vec![Placement::Replicate];
+    v.extend((0..ndim as i64).map(Placement::Shard));
+    if partial {
+        v.push(Placement::Partial(ReduceOp::Sum));
+        v.push(Placement::Partial(ReduceOp::Max));
+    }
+    v
+}
+
+fn combos(mesh: &Mesh, ndim: usize, partial: bool) -> Vec<Vec<Placement>> {
+    let opts = options(ndim, partial);
+    let mut out = vec![vec![]];
+    for _ in 0..mesh.ndim() {
+        out = out.into_iter().flat_map(|p: Vec<Placement>| opts.iter().map(move |o| [p.clone(), vec![*o]].concat())).collect();
+    }
+    out
+}
+
+/// A DTensor holding `full` with `ps`; Partial dims get unequal pieces (60/40-style weights for
+/// sum, rank 0 holding the maximum for max) so a wrong rule cannot pass by symmetry.
+fn make(full: &Tensor, mesh: &Arc<Mesh>, ps: &[Placement]) -> DTensor {
+    let r: Vec<Placement> = ps.iter().map(|p| if p.is_partial() { Placement::Replicate } else { *p }).collect();
+    let mut dt = DTensor::distribute(full, mesh, &r).unwrap();
+    for (md, p) in ps.iter().enumerate() {
+        if let Placement::Partial(op) = p {
+            for fiber in mesh.fibers(md) {
+                let n = fiber.len() as f64;
+                for (i, &rank) in fiber.iter().enumerate() {
+                    let t = &dt.locals[rank];
+                    dt.locals[rank] = match op {
+                        ReduceOp::Sum => {
+                            let w = (i as f64 + 1.0) / (n * (n + 1.0) / 2.0);
+                            if t.is_floating_point() { t * w } else { if i == 0 { t.shallow_clone() } else { t.zeros_like() } }
+                        }
+                        ReduceOp::Max => if i == 0 { t.shallow_clone() } else if t.is_floating_point() { t - 1.5 } else { t - 2 },
+                        _ => unreachable!(),
+                    };
+                }
+            }
+        }
+    }
+    dt.placements = ps.to_vec();
+    dt
+}
+
+/// Errors PyTorch documents for some placements (the property holds "or both raise").
+fn documented(e: &DTensorError) -> bool {
+    match e {
+        DTensorError::InPlacePlacementChange { .. } | DTensorError::ViewOfShardedDim { .. } | DTensorError::ViewUneven(_) | DTensorError::Placement(_) => true,
+        // A view PyTorch accepts whose local view shape does not fit (its own bug).
+        DTensorError::Local { message, .. } => message.contains("is invalid for input of size"),
+        _ => false,
+    }
+}
+
+fn same(what: &str, a: &Tensor, b: &Tensor) {
+    assert_eq!(a.size(), b.size(), "{what}: shape");
+    if a.is_floating_point() {
+        let ok = a.to_kind(Kind::Double).allclose(&b.to_kind(Kind::Double), 1e-5, 1e-6, true);
+        assert!(ok, "{what}: values differ\n{a}\n{b}");
+    } else {
+        assert!(a.to_kind(Kind::Int64).equal(&b.to_kind(Kind::Int64)), "{what}: values differ\n{a}\n{b}");
+    }
+}
+
+/// Runs `op` on every placement combination of the inputs and checks the property.
+fn check(name: &str, op: Op, inputs: &[Tensor], partial: &[bool], expected: &[Tensor], rules: RuleSet) -> usize {
+    let mut ran = 0;
+    for mesh in meshes() {
+        let per_input: Vec<Vec<Vec<Placement>>> = inputs.iter().zip(partial).map(|(t, &p)| combos(&mesh, t.dim(), p)).collect();
+        let mut idx = vec![0usize; inputs.len()];
+        'combos: loop {
+            let ps: Vec<&Vec<Placement>> = idx.iter().zip(&per_input).map(|(&i, c)| &c[i]).collect();
+            let dts: Vec<DTensor> = inputs.iter().zip(&ps).map(|(t, p)| make(t, &mesh, p)).collect();
+            let refs: Vec<&DTensor> = dts.iter().collect();
+            let mut ctx = Ctx::new(rules);
+            let what = format!("{name} on mesh {:?} with {:?}", mesh.shape(), ps);
+            match call(&mut ctx, &op, &refs) {
+                Ok(outs) => {
+                    for (k, (o, e)) in outs.iter().zip(expected).enumerate() {
+                        assert_eq!(o.shape, shardfuzz::dtensor::local::shape(e), "{what}: output {k} global shape");
+                        same(&format!("{what} output {k} {:?}", o.placements), &o.full_tensor().unwrap(), e);
+                    }
+                    ran += 1;
+                }
+                Err(e) => assert!(documented(&e), "{what}: undocumented error {e:?}"),
+            }
+            // Next combination (odometer over the inputs' placement lists).
+            let mut d = 0;
+            loop {
+                if d == idx.len() {
+                    break 'combos;
+                }
+                idx[d] += 1;
+                if idx[d] < per_input[d].len() {
+                    break;
+                }
+                idx[d] = 0;
+                d += 1;
+            }
+        }
+    }
+    assert!(ran > 0, "{name}: no placement combination ran");
+    ran
+}
+
+fn randn(shape: &[i64], seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn(shape, (Kind::Float, tch::Device::Cpu))
+}
+
+/// Ids of the k largest of each row (distinct per row, valid for scatter).
+fn ids(b: i64, l: i64, e: i64, k: i64, seed: i64) -> Tensor {
+    randn(&[b, l, e], seed).topk(k, -1, true, true).1
+}
+
+#[test]
+fn pointwise_ops() {
+    for (b, l, e) in [(2, 4, 6), (2, 5, 3), (1, 3, 4)] {
+        let x = randn(&[b, l, e], 1);
+        let bias = randn(&[e], 2);
+        for rules in [RuleSet::Torch212, RuleSet::Torch213] {
+            check("sigmoid", Op::Sigmoid, &[x.shallow_clone()], &[true], &[x.sigmoid()], rules);
+            check("add bias", Op::Add, &[x.shallow_clone(), bias.shallow_clone()], &[true, true], &[&x + &bias], rules);
+            check("mul", Op::Mul, &[x.shallow_clone(), bias.shallow_clone()], &[true, false], &[&x * &bias], rules);
+            check("add scalar", Op::AddScalar(1e-20), &[x.shallow_clone()], &[true], &[&x + 1e-20], rules);
+            check("mul scalar", Op::MulScalar(2.5), &[x.shallow_clone()], &[true], &[&x * 2.5], rules);
+        }
+        let den = x.abs().sum_dim_intlist([-1i64].as_slice(), true, Kind::Float) + 1.0;
+        check("div", Op::Div, &[x.shallow_clone(), den.shallow_clone()], &[true, false], &[&x / &den], RuleSet::Torch213);
+        let xb = x.to_kind(Kind::BFloat16);
+        check("to f32", Op::ToDtype(shardfuzz::dtensor::DType::F32), &[xb.shallow_clone()], &[false], &[xb.to_kind(Kind::Float)], RuleSet::Torch213);
+    }
+}
+
+#[test]
+fn masked_fill_and_likes() {
+    let x = randn(&[2, 5, 2, 2], 3);
+    let mask = randn(&[2, 5, 2, 1], 4).gt(0.0);
+    let expected = x.masked_fill(&mask, f64::NEG_INFINITY);
+    check("masked_fill", Op::MaskedFill(f64::NEG_INFINITY), &[x.shallow_clone(), mask.shallow_clone()], &[false, false], &[expected], RuleSet::Torch213);
+    let s = randn(&[2, 3, 4], 5);
+    check("zeros_like", Op::ZerosLike(Some(shardfuzz::dtensor::DType::Bool)), &[s.shallow_clone()], &[true], &[s.zeros_like().to_kind(Kind::Bool)], RuleSet::Torch213);
+    check("ones_like", Op::OnesLike(Some(shardfuzz::dtensor::DType::Bool)), &[s.shallow_clone()], &[true], &[s.ones_like().to_kind(Kind::Bool)], RuleSet::Torch213);
+}
+
+#[test]
+fn reductions_and_scans() {
+    for (b, l, e) in [(2, 4, 6), (2, 5, 3), (3, 1, 4)] {
+        let x = randn(&[b, l, e], 6);
+        let map = x.gt(0.3);
+        check("sum bool (0,1)", Op::Sum { dims: vec![0, 1], keepdim: false }, &[map.shallow_clone()], &[false], &[map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64)], RuleSet::Torch213);
+        check("sum -1 keepdim", Op::Sum { dims: vec![-1], keepdim: true }, &[x.shallow_clone()], &[true], &[x.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)], RuleSet::Torch213);
+        check("softmax", Op::Softmax { dim: -1 }, &[x.shallow_clone()], &[true], &[x.softmax(-1, Kind::Float)], RuleSet::Torch213);
+        let c = map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
+        check("cumsum", Op::Cumsum { dim: 0, dtype: None }, &[c.shallow_clone()], &[true], &[c.cumsum(0, Kind::Int64)], RuleSet::Torch213);
+    }
+}
+
+#[test]
+fn sort_family() {
+    for (b, l, e) in [(2, 4, 6), (2, 5, 3), (1, 3, 5)] {
+        let x = randn(&[b, l, e], 7);
+        for sorted in [true, false] {
+            let (v, i) = x.topk(2, -1, true, sorted);
+            let (v, i) = if sorted { (v, i) } else {
+                // Unsorted topk's order is unspecified: compare after sorting by value.
+                let (sv, order) = v.sort(-1, true);
+                (sv, i.gather(-1, &order, false))
+            };
+            let op = Op::Topk { k: 2, dim: -1, largest: true, sorted: true };
+            check("topk", op, &[x.shallow_clone()], &[true], &[v, i], RuleSet::Torch213);
+        }
+    }
+    let flat = ids(2, 5, 8, 3, 8).reshape([-1]);
+    let (v, i) = flat.sort_stable(true, 0, false);
+    check("argsort", Op::Sort { dim: 0, stable: true, descending: false }, &[flat.shallow_clone()], &[false], &[v, i], RuleSet::Torch213);
+}
+
+#[test]
+fn gather_and_scatter() {
+    for (b, l, e, k) in [(2, 4, 6, 2), (2, 5, 4, 3), (1, 3, 4, 1)] {
+        let s = randn(&[b, l, e], 9);
+        let i = ids(b, l, e, k, 10);
+        check("gather", Op::Gather { dim: -1 }, &[s.shallow_clone(), i.shallow_clone()], &[false, false], &[s.gather(-1, &i, false)], RuleSet::Torch213);
+        let z = s.zeros_like().to_kind(Kind::Bool);
+        let expected = z.scatter_value(-1, &i, 1i64);
+        for rules in RuleSet::ALL {
+            for inplace in [false, true] {
+                let op = Op::ScatterValue { dim: -1, value: 1.0, inplace };
+                check("scatter", op, &[z.shallow_clone(), i.shallow_clone()], &[false, false], &[expected.shallow_clone()], rules);
+            }
+        }
+    }
+}
+
+#[test]
+fn matrix_and_views() {
+    for (b, l, d, e) in [(2, 4, 4, 6), (2, 5, 3, 4), (3, 2, 2, 3)] {
+        let x = randn(&[b, l, d], 11);
+        let w = randn(&[e, d], 12);
+        check("t", Op::T, &[w.shallow_clone()], &[true], &[w.tr()], RuleSet::Torch213);
+        let x2 = x.reshape([b * l, d]);
+        check("mm", Op::Mm, &[x2.shallow_clone(), w.tr()], &[true, true], &[x2.mm(&w.tr())], RuleSet::Torch213);
+        for rules in [RuleSet::Torch212, RuleSet::Torch213] {
+            check("flatten", Op::View { shape: vec![b * l, d], unsafe_view: false }, &[x.shallow_clone()], &[true], &[x2.shallow_clone()], rules);
+            check("unflatten", Op::View { shape: vec![b, l, d], unsafe_view: true }, &[x2.shallow_clone()], &[true], &[x.shallow_clone()], rules);
+        }
+        let g = randn(&[b, l, 4, 2], 13);
+        let flat = g.reshape([b, l, 8]);
+        check("group view", Op::View { shape: vec![b, l, 4, 2], unsafe_view: false }, &[flat.shallow_clone()], &[true], &[g.shallow_clone()], RuleSet::Torch213);
+        check("group flatten", Op::View { shape: vec![b, l, 8], unsafe_view: false }, &[g.shallow_clone()], &[true], &[flat], RuleSet::Torch213);
+        let m = randn(&[b, l, 4], 14);
+        check("unsqueeze", Op::Unsqueeze { dim: -1 }, &[m.shallow_clone()], &[true], &[m.unsqueeze(-1)], RuleSet::Torch213);
+    }
+}
+
+#[test]
+fn redistribute_round_trips_every_pair() {
+    let mut n = 0;
+    for mesh in meshes() {
+        for shape in [[4i64, 6], [5, 3], [1, 3], [3, 1]] {
+            let full = randn(&shape, 15);
+            let srcs = combos(&mesh, 2, true);
+            let dsts = combos(&mesh, 2, false);
+            for src in &srcs {
+                let dt = make(&full, &mesh, src);
+                for dst in &dsts {
+                    let mut ctx = Ctx::new(RuleSet::Torch213);
+                    let moved = match redistribute(&mut ctx, &dt, dst) {
+                        Ok(m) => m,
+                        Err(e) => panic!("{src:?} -> {dst:?} on {:?}: {e}", mesh.shape()),
+                    };
+                    assert_eq!(moved.placements, *dst);
+                    assert_eq!(moved.shape, dt.shape);
+                    same(&format!("{src:?} -> {dst:?} on {:?} {shape:?}", mesh.shape()), &moved.full_tensor().unwrap(), &full);
+                    // Local shapes follow the chunk layout of the target.
+                    let want = shardfuzz::placement::layout::local_shapes(&moved.shape, &mesh, dst);
+                    assert_eq!(moved.local_shapes(), want, "{src:?} -> {dst:?}");
+                    // And back, when the source has no Partial.
+                    if src.iter().all(|p| !p.is_partial()) {
+                        let back = redistribute_quiet(&moved, src).unwrap();
+                        for (a, b) in back.locals.iter().zip(&dt.locals) {
+                            same("round trip local", a, b);
+                        }
+                    }
+                    n += 1;
+                }
+            }
+        }
+    }
+    assert!(n > 1000, "{n} round trips");
+}
