@@ -8,6 +8,8 @@ mod campaign;
 mod cli;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
+/// The router: router.md §7 and §10 facts, presets, features, hand-built reference examples.
+mod router;
 
 /// The repository root: `SHARDFUZZ_ROOT` when set (a test binary carried to another machine),
 /// else where this crate was built.
