@@ -20,6 +20,10 @@ pub struct Args {
     /// Inline the input tensors (self-contained files) instead of only their seed
     #[arg(long)]
     pub inline: bool,
+    /// Write fuzzer inputs instead of JSON: bytes that the fuzz targets decode to these cases
+    /// (seed corpora for `router_diff`); uses the default generator settings
+    #[arg(long, conflicts_with = "inline")]
+    pub fuzz_bytes: bool,
     #[command(flatten)]
     pub gen: GenArgs,
 }
@@ -29,6 +33,11 @@ pub fn run(a: Args) -> CliResult {
     let cfg = a.gen.config(dev);
     std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
     for i in 0..a.count {
+        if a.fuzz_bytes {
+            let path = a.out.join(format!("seed-{}-{i:06}", a.seed));
+            std::fs::write(&path, generate::seed_bytes(a.seed, i)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            continue;
+        }
         let mut case = generate::nth(a.seed, i, &cfg);
         if a.inline {
             case.tensors = Some(crate::harness::data::inline(&case));

@@ -10,6 +10,7 @@ pub mod local;
 pub mod local_map;
 pub mod meta;
 pub mod op;
+pub mod plant;
 pub mod redistribute;
 pub mod rules;
 pub mod tensor;

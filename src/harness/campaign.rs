@@ -123,6 +123,8 @@ struct Worker {
     generation: u64,
     /// Jobs sent and not answered, oldest (the one running) first, with the time it started.
     jobs: VecDeque<(Work, Instant)>,
+    /// The worker has loaded libtorch; time limits apply from then on.
+    ready: bool,
 }
 
 /// Jobs queued per worker, so that it never waits for the coordinator between cases.
@@ -153,7 +155,7 @@ fn spawn(cfg: &Config, id: usize, generation: u64, tx: &Sender<(usize, u64, Msg)
         }
         let _ = tx.send((id, generation, Msg::Gone));
     });
-    Ok(Worker { child, stdin, generation, jobs: VecDeque::new() })
+    Ok(Worker { child, stdin, generation, jobs: VecDeque::new(), ready: false })
 }
 
 /// What the coordinator has learned so far.
@@ -390,6 +392,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         let mut dead: Option<(usize, Option<i32>, Option<i32>)> = None;
         match msg {
             Ok((id, generation, m)) if workers[id].generation == generation => match m {
+                Msg::Reply(Reply::Ready) => {
+                    workers[id].ready = true;
+                    if let Some(front) = workers[id].jobs.front_mut() {
+                        front.1 = Instant::now();
+                    }
+                }
                 Msg::Reply(reply) => {
                     let job = workers[id].jobs.pop_front();
                     // The next queued job starts now.
@@ -434,6 +442,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                                 }
                             }
                         }
+                        (Reply::Ready, _) => unreachable!("handled above"),
                         (Reply::Failed { message }, job) => {
                             bar.println(format!("shardfuzz: worker could not run {job:?}: {message}"));
                             if let Some((Work::Run(_), _)) = job {
@@ -453,7 +462,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         }
         // Per-case time limit.
         for (id, w) in workers.iter_mut().enumerate() {
-            if let Some((work, t)) = w.jobs.front() {
+            if let (true, Some((work, t))) = (w.ready, w.jobs.front()) {
                 let limit = match work {
                     Work::Run(_) => cfg.per_case_timeout,
                     Work::Shrink => cfg.shrink.max_time + cfg.per_case_timeout * 2,

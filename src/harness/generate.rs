@@ -64,6 +64,42 @@ impl Source for Bytes<'_, '_> {
     }
 }
 
+/// Draws from a seeded stream and records, for each choice, the bytes that make
+/// `arbitrary::Unstructured` decode the same choice: fuzzing seeds that map to generator cases.
+pub struct Recorder {
+    pub rng: ChaCha8Rng,
+    pub bytes: Vec<u8>,
+}
+
+impl Source for Recorder {
+    fn below(&mut self, n: u32) -> u32 {
+        let n = n.max(1);
+        let v = self.rng.random_range(0..n);
+        // `int_in_range(0..=n-1)` reads big-endian bytes while the range needs them.
+        let delta = n - 1;
+        let mut width = 0;
+        while width < 4 && (delta >> (width * 8)) > 0 {
+            width += 1;
+        }
+        for i in (0..width).rev() {
+            self.bytes.push((v >> (i * 8)) as u8);
+        }
+        v
+    }
+    fn u64(&mut self) -> u64 {
+        let v: u64 = self.rng.random();
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+        v
+    }
+}
+
+/// The fuzzer input bytes that decode (through `Arbitrary`) to case `index` of seed `seed`.
+pub fn seed_bytes(seed: u64, index: u64) -> Vec<u8> {
+    let mut r = Recorder { rng: ChaCha8Rng::seed_from_u64(case_seed(seed, index)), bytes: Vec::new() };
+    generate(&mut r, &GenConfig::default());
+    r.bytes
+}
+
 /// How big generated cases get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SizeClass {
@@ -319,6 +355,16 @@ mod tests {
         let three_d = cases.iter().filter(|c| c.mesh.shape.len() == 3).count();
         for (what, n) in [("short", short), ("uneven", uneven), ("size-1 axes", size1), ("groups", groups), ("3-D", three_d)] {
             assert!(n > 100, "{what}: only {n} of 2000 cases");
+        }
+    }
+
+    #[test]
+    fn recorded_bytes_decode_to_the_same_case() {
+        for i in 0..300 {
+            let bytes = seed_bytes(5, i);
+            let mut u = arbitrary::Unstructured::new(&bytes);
+            let c = <Case as arbitrary::Arbitrary>::arbitrary(&mut u).unwrap();
+            assert_eq!(c, nth(5, i, &GenConfig::default()), "case {i}");
         }
     }
 

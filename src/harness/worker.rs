@@ -64,6 +64,8 @@ pub enum Reply {
     },
     /// The job could not run (an invalid case from a shrink request, say).
     Failed { message: String },
+    /// Sent once at start: libtorch is loaded and jobs can run (time limits start now).
+    Ready,
 }
 
 /// Cases whose index is a multiple of this are also run twice (nondeterminism probe).
@@ -157,6 +159,10 @@ pub fn serve(seed: u64, cfg: &GenConfig, devices: &[CaseDevice], fault: Option<F
     }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
+    crate::device::init();
+    serde_json::to_writer(&mut out, &Reply::Ready)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
     for line in stdin.lock().lines() {
         let line = line?;
         let reply = match serde_json::from_str::<Job>(&line) {

@@ -87,15 +87,23 @@ pub fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, Pl
 }
 
 /// Plans `src -> dst` (both normalised, one placement per mesh dim). Moves on size-1 mesh dims
-/// are dropped: they change nothing and PyTorch skips them.
+/// are dropped: they change nothing, and PyTorch skips them when executing.
 pub fn plan(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Transform>, PlacementError> {
+    let mut steps = plan_all(mesh, src, dst)?;
+    steps.retain(|t| mesh.dim_size(t.mesh_dim) > 1);
+    Ok(steps)
+}
+
+/// The full plan, size-1 mesh dims included: what PyTorch's cost model charges for.
+pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Transform>, PlacementError> {
     let n = mesh.ndim();
     if src.len() != n || dst.len() != n {
         return Err(PlacementError::WrongLength { found: src.len().min(dst.len()), mesh_ndim: n });
     }
     let mut steps: Vec<(usize, Placement, Placement)> = Vec::new();
     let mut cur = src.to_vec();
-    if n > 1 && src.iter().any(|p| p.is_shard()) {
+    let num_shards: usize = src.iter().enumerate().filter(|(_, p)| p.is_shard()).map(|(i, _)| mesh.dim_size(i)).product();
+    if n > 1 && num_shards > 1 {
         for md in (0..n).rev() {
             let mut target = dst[md];
             if let Some(d) = target.shard_dim() {
@@ -128,7 +136,6 @@ pub fn plan(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Tra
             out.push(Transform { mesh_dim: md, from, to, collective: c });
         }
     }
-    out.retain(|t| mesh.dim_size(t.mesh_dim) > 1);
     Ok(out)
 }
 

@@ -30,7 +30,7 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
     match op {
         Op::Softmax { dim } => {
             let d = norm_dim(*dim, nd)?;
-            let ps = replicate_dims(&a.placements, &[d], true);
+            let ps = if crate::dtensor::plant::active("softmax-keeps-shard") { a.placements.clone() } else { replicate_dims(&a.placements, &[d], true) };
             Ok(Proposal::single(vec![a.meta.clone()], Strategy { outs: vec![ps.clone()], ins: vec![ps] }))
         }
         Op::Cumsum { dim, dtype } => {
@@ -55,7 +55,8 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
             let outs: Vec<Placement> = ins
                 .iter()
                 .map(|&p| match p.shard_dim() {
-                    Some(d) if rd.contains(&(d as usize)) => Placement::Partial(ReduceOp::Sum),
+                    Some(d) if rd.contains(&(d as usize)) && !crate::dtensor::plant::active("sum-shard-stays-shard") => Placement::Partial(ReduceOp::Sum),
+                    Some(_) if crate::dtensor::plant::active("sum-shard-stays-shard") => Placement::Shard(0),
                     Some(d) if !keepdim => p.with_dim(d - rd.iter().filter(|&&r| r < d as usize).count() as i64),
                     _ => p,
                 })

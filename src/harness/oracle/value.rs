@@ -13,6 +13,7 @@
 use super::tolerance::Bounds;
 use super::{Class, Judgement, Verdict};
 use crate::dtensor::DTensor;
+use crate::placement::Placement;
 use crate::harness::case::Case;
 use crate::harness::runner::Run;
 use crate::router::RouterOutputs;
@@ -153,7 +154,14 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
     // the counts satisfy their contract: otherwise torchtitan raises at the contract first.
     let contract = crate::router::contract::resolve(&case.layout.counts_contract, &run.mesh, case.revision.size1);
     let contract_ok = crate::router::contract::matches(&s.counts.placements, &contract, 1).unwrap_or(false);
-    let problems = if contract_ok { crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts) } else { Vec::new() };
+    // The experts receive ids and counts laid out to match (tokens split where counts are
+    // partial); other pairings are stopped by their input contracts before any offsets exist.
+    let paired = s.counts.placements.iter().zip(&s.topk_ids.placements).all(|(c, i)| match (c, i) {
+        (Placement::Partial(_), i) => i.shard_dim().is_some_and(|d| d == 0 || d == 1),
+        (Placement::Replicate, Placement::Replicate) => true,
+        _ => false,
+    });
+    let problems = if contract_ok && paired { crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts) } else { Vec::new() };
     for msg in problems {
         cx.push("offsets", "inconsistent", json!("local counts matching local ids"), json!(msg.clone()), format!("{msg} (counts {} next to ids {})", crate::placement::short_list(&s.counts.placements), crate::placement::short_list(&s.topk_ids.placements)));
     }

@@ -1,0 +1,37 @@
+//! bytes -> Case (through `arbitrary`, valid by construction) -> run both routers -> panic with
+//! the signature when an oracle reports a divergence that is not already known. The panic
+//! message starts with the signature, so libFuzzer's deduplication groups by it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shardfuzz::harness::case::Case;
+use shardfuzz::harness::{oracle, runner};
+use std::sync::OnceLock;
+
+/// Signatures already explained (docs/findings.md); override with SHARDFUZZ_KNOWN=<file>.
+fn known() -> &'static Vec<String> {
+    static K: OnceLock<Vec<String>> = OnceLock::new();
+    K.get_or_init(|| {
+        let text = match std::env::var("SHARDFUZZ_KNOWN") {
+            Ok(p) => std::fs::read_to_string(p).expect("SHARDFUZZ_KNOWN names a readable file"),
+            Err(_) => include_str!("../known_signatures.txt").to_string(),
+        };
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+    })
+}
+
+fuzz_target!(|case: Case| {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        shardfuzz::device::init();
+        tch::set_num_threads(1);
+    });
+    let run = runner::run(&case, tch::Device::Cpu).expect("generated cases are valid");
+    let j = oracle::judge(&case, &run);
+    for v in &j.verdicts {
+        let sig = v.signature(&case);
+        if !known().iter().any(|k| *k == sig) {
+            panic!("{sig}: {}", v.detail);
+        }
+    }
+});
