@@ -139,7 +139,8 @@ class Harness:
             elif isinstance(p, Partial):
                 op = p.reduce_op
                 if op in ("sum", "avg"):
-                    delta = (torch.arange(t.numel(), dtype=t.dtype).reshape(t.shape) % 3 + 0.5)
+                    half = 0.5 if t.dtype.is_floating_point else 1
+                    delta = (torch.arange(t.numel()).reshape(t.shape) % 3 + half).to(t.dtype)
                     if op == "avg":
                         base = t * n
                     else:
@@ -305,6 +306,9 @@ def main(sections):
         w = int(sys.argv[sys.argv.index("--world") + 1])
         H = Harness(w)
         sections[w](H)
+        if H.gloo:
+            dist.barrier()
+            dist.destroy_process_group()
         return
     only = None
     if "--only" in sys.argv:
@@ -314,8 +318,8 @@ def main(sections):
         if only is not None and w != only:
             continue
         if GLOO:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(w),
-                   "--master_port", str(29500 + w), sys.argv[0], "--world", str(w)]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(w), sys.argv[0], "--world", str(w)]
         else:
             cmd = [sys.executable, sys.argv[0], "--world", str(w)]
         r = subprocess.run(cmd)
