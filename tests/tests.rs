@@ -4,6 +4,8 @@
 mod golden;
 /// Campaigns through the binary: crash and hang isolation, determinism, reports.
 mod campaign;
+/// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
+mod cuda;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.

@@ -2,7 +2,7 @@
 
 use crate::device::{self, Dev, DeviceArg};
 use crate::dtensor::RuleSet;
-use crate::harness::generate::{GenConfig, SizeClass};
+use crate::harness::generate::{GenConfig, LayoutMix, ShapeMix, SizeClass};
 use crate::router::RouterRev;
 use std::time::Duration;
 
@@ -21,6 +21,21 @@ pub struct GenArgs {
     /// Case sizes: small (<= 4 ranks, <= 64 tokens), medium (<= 16 ranks), large (real presets, GPU)
     #[arg(long, default_value = "small")]
     pub size: SizeArg,
+    #[command(flatten)]
+    pub focus: Focus,
+}
+
+/// Narrows the generator to the layouts and shapes a question is about.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Focus {
+    /// Router-tensor layouts: any (torchtitan's plus 30% what-if layouts) or torchtitan (only
+    /// the layouts torchtitan produces)
+    #[arg(long, default_value = "any")]
+    pub layouts: LayoutMix,
+    /// Shapes: any (short, uneven, empty shards) or valid (every sharded dim at least as long as
+    /// its shard count, batch even; uneven sequences stay)
+    #[arg(long, default_value = "any")]
+    pub shapes: ShapeMix,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -30,23 +45,36 @@ pub enum SizeArg {
     Large,
 }
 
+impl SizeArg {
+    pub fn class(self) -> SizeClass {
+        match self {
+            SizeArg::Small => SizeClass::Small,
+            SizeArg::Medium => SizeClass::Medium,
+            SizeArg::Large => SizeClass::Large,
+        }
+    }
+}
+
+/// The generator settings of the flags shared by `run`, `gen`, `nightly` and `worker`.
+pub fn gen_config(size: SizeArg, routers: &[RouterRev], rules: &[RuleSet], device: crate::harness::case::CaseDevice, focus: &Focus) -> GenConfig {
+    GenConfig {
+        size: size.class(),
+        routers: routers.to_vec(),
+        rules: rules.to_vec(),
+        device,
+        max_ranks: 16,
+        layouts: focus.layouts,
+        shapes: focus.shapes,
+    }
+}
+
 impl GenArgs {
     pub fn device(&self) -> anyhow::Result<Dev> {
         device::resolve(self.device).map_err(anyhow::Error::msg)
     }
 
     pub fn config(&self, dev: Dev) -> GenConfig {
-        GenConfig {
-            size: match self.size {
-                SizeArg::Small => SizeClass::Small,
-                SizeArg::Medium => SizeClass::Medium,
-                SizeArg::Large => SizeClass::Large,
-            },
-            routers: self.router.clone(),
-            rules: self.rules.clone(),
-            device: dev.into(),
-            max_ranks: 16,
-        }
+        gen_config(self.size, &self.router, &self.rules, dev.into(), &self.focus)
     }
 }
 

@@ -14,6 +14,9 @@ pub struct Args {
     /// How many cases to write
     #[arg(long, default_value_t = 100)]
     pub count: u64,
+    /// Index of the first case (`run` prints the index of each case it reports)
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
     /// Directory to write case-<seed>-<index>.json files into (created if missing)
     #[arg(long)]
     pub out: PathBuf,
@@ -32,7 +35,7 @@ pub fn run(a: Args) -> CliResult {
     let dev = a.gen.device()?;
     let cfg = a.gen.config(dev);
     std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
-    for i in 0..a.count {
+    for i in a.start..a.start.saturating_add(a.count) {
         if a.fuzz_bytes {
             let path = a.out.join(format!("seed-{}-{i:06}", a.seed));
             std::fs::write(&path, generate::seed_bytes(a.seed, i)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod common;
 mod doctor;
 mod gen;
@@ -45,6 +46,8 @@ pub enum Command {
     Report(report::Args),
     /// Turn a libFuzzer input (crash artifact) into a case JSON
     Import(import::Args),
+    /// Benchmark: cases/s per device and size, phase breakdown, time to detect, shrink time
+    Bench(bench::Args),
     #[command(hide = true)]
     Worker(worker::Args),
 }
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Shrink(a) => shrink::run(a),
         Command::Report(a) => report::run(a),
         Command::Import(a) => import::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Worker(a) => worker::run(a),
     };
     match result {

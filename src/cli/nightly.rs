@@ -1,12 +1,11 @@
 //! `shardfuzz nightly`: a campaign across router revisions x rule sets x devices, with worker
 //! subprocesses, bucketing, shrinking and reports.
 
-use super::common::{parse_duration, SizeArg};
+use super::common::{gen_config, parse_duration, Focus, SizeArg};
 use super::CliResult;
 use crate::device::{self, DeviceArg};
 use crate::dtensor::RuleSet;
 use crate::harness::campaign::{self, Config};
-use crate::harness::generate::{GenConfig, SizeClass};
 use crate::harness::report::Report;
 use crate::harness::shrink::Budget;
 use crate::harness::worker::Fault;
@@ -44,6 +43,8 @@ pub struct Args {
     /// Case sizes: small, medium or large
     #[arg(long, default_value = "small")]
     pub size: SizeArg,
+    #[command(flatten)]
+    pub focus: Focus,
     /// A case running longer than this is killed and kept as a `timeout` reproducer
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub per_case_timeout: Duration,
@@ -90,17 +91,7 @@ pub fn run(a: Args) -> CliResult {
         jobs,
         out: a.out.clone(),
         corpus: (!a.no_corpus).then(|| a.corpus.clone()),
-        gen: GenConfig {
-            size: match a.size {
-                SizeArg::Small => SizeClass::Small,
-                SizeArg::Medium => SizeClass::Medium,
-                SizeArg::Large => SizeClass::Large,
-            },
-            routers: a.router.clone(),
-            rules: a.rules.clone(),
-            device: devices[0],
-            max_ranks: 16,
-        },
+        gen: gen_config(a.size, &a.router, &a.rules, devices[0], &a.focus),
         devices,
         per_case_timeout: a.per_case_timeout,
         shrink: Budget { max_tries: a.shrink_tries, max_time: a.shrink_time },

@@ -21,6 +21,13 @@ pub struct Args {
     /// Print every divergence, not only the first of each signature
     #[arg(long)]
     pub all: bool,
+    /// Write the first case of each new signature to DIR/<signature slug>.json (before the next case runs)
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+    /// Also run every case on the CPU and compare it with the --device run (`device` verdicts);
+    /// needs a CUDA device
+    #[arg(long)]
+    pub cross_device: bool,
     #[command(flatten)]
     pub gen: GenArgs,
 }
@@ -28,7 +35,11 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     let dev = a.gen.device()?;
     let cfg = a.gen.config(dev);
+    anyhow::ensure!(!a.cross_device || dev != crate::device::Dev::Cpu, "--cross-device compares CPU with CUDA, and --device resolved to cpu (no CUDA device here)");
     let limit = a.cases.unwrap_or(if a.time.is_some() { u64::MAX } else { 1000 });
+    if let Some(dir) = &a.save {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--save {}: {e}", dir.display()))?;
+    }
     let start = Instant::now();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     let mut n = 0u64;
@@ -36,7 +47,11 @@ pub fn run(a: Args) -> CliResult {
     while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
         let case = generate::nth(a.seed, n, &cfg);
         let run = runner::run(&case, dev.tch()).map_err(anyhow::Error::msg)?;
-        let j = oracle::judge(&case, &run);
+        let mut j = oracle::judge(&case, &run);
+        if a.cross_device {
+            let cpu = runner::run(&case, tch::Device::Cpu).map_err(anyhow::Error::msg)?;
+            oracle::device::check(&case, &cpu, &run, &mut j);
+        }
         if !j.verdicts.is_empty() {
             diverging += 1;
         }
@@ -44,6 +59,12 @@ pub fn run(a: Args) -> CliResult {
             let sig = v.signature(&case);
             let count = seen.entry(sig.clone()).or_insert(0);
             *count += 1;
+            if *count == 1 {
+                if let Some(dir) = &a.save {
+                    let path = dir.join(format!("{}.json", crate::harness::bucket::slug(&sig)));
+                    std::fs::write(&path, case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                }
+            }
             if *count == 1 || a.all {
                 println!("case {n} seed {}: {sig}: {}", a.seed, v.detail);
             }
@@ -56,5 +77,11 @@ pub fn run(a: Args) -> CliResult {
         n as f64 / secs.max(1e-9),
         seen.len()
     );
+    // The tally is what one reads after a long run; most frequent first, ties by signature.
+    let mut tally: Vec<(&String, &u64)> = seen.iter().collect();
+    tally.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (sig, count) in tally {
+        eprintln!("{count:>9}  {sig}");
+    }
     Ok(if diverging > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

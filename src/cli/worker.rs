@@ -1,10 +1,9 @@
 //! `shardfuzz worker` (hidden): the subprocess a campaign talks to over stdin/stdout.
 
-use super::common::SizeArg;
+use super::common::{gen_config, Focus, SizeArg};
 use super::CliResult;
 use crate::dtensor::RuleSet;
 use crate::harness::case::CaseDevice;
-use crate::harness::generate::{GenConfig, SizeClass};
 use crate::harness::worker::{self, Fault};
 use crate::router::RouterRev;
 use std::process::ExitCode;
@@ -15,6 +14,8 @@ pub struct Args {
     pub seed: u64,
     #[arg(long, default_value = "small")]
     pub size: SizeArg,
+    #[command(flatten)]
+    pub focus: Focus,
     #[arg(long, value_delimiter = ',')]
     pub router: Vec<RouterRev>,
     #[arg(long, value_delimiter = ',')]
@@ -30,17 +31,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CliResult {
-    let cfg = GenConfig {
-        size: match a.size {
-            SizeArg::Small => SizeClass::Small,
-            SizeArg::Medium => SizeClass::Medium,
-            SizeArg::Large => SizeClass::Large,
-        },
-        routers: a.router,
-        rules: a.rules,
-        device: a.devices[0],
-        max_ranks: 16,
-    };
+    let cfg = gen_config(a.size, &a.router, &a.rules, a.devices[0], &a.focus);
     worker::serve(a.seed, &cfg, &a.devices, a.inject_fault, a.inflight.as_deref())?;
     Ok(ExitCode::SUCCESS)
 }

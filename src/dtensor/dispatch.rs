@@ -153,9 +153,18 @@ fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> 
             let (v, i) = x[0].f_sort_stable(*stable, *dim, *descending).map_err(torch_err)?;
             Ok(vec![v, i])
         }
-        Op::Gather { dim } => one(x[0].f_gather(*dim, x[1], false)),
-        Op::ScatterValue { dim, value, .. } => one(x[0].f_scatter(*dim, x[1], &local::filled(*value, x[0], x[1]))),
-        Op::ScatterSrc { dim, .. } => one(x[0].f_scatter(*dim, x[1], x[2])),
+        Op::Gather { dim } => {
+            local::check_index(x[0], *dim, x[1])?;
+            one(x[0].f_gather(*dim, x[1], false))
+        }
+        Op::ScatterValue { dim, value, .. } => {
+            local::check_index(x[0], *dim, x[1])?;
+            one(x[0].f_scatter(*dim, x[1], &local::filled(*value, x[0], x[1])))
+        }
+        Op::ScatterSrc { dim, .. } => {
+            local::check_index(x[0], *dim, x[1])?;
+            one(x[0].f_scatter(*dim, x[1], x[2]))
+        }
         Op::ZerosLike(d) => one(x[0].f_zeros_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
         Op::OnesLike(d) => one(x[0].f_ones_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
     }

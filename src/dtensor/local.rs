@@ -45,8 +45,29 @@ pub fn torch_err(e: tch::TchError) -> DTensorError {
     let text = full.strip_prefix("Torch(\"").unwrap_or(&full);
     let text = text.strip_prefix("Internal torch error: ").unwrap_or(text);
     let first = text.lines().next().unwrap_or(text).trim_end_matches("\")").to_string();
-    let kind = if first.contains("out of bounds") || first.contains("out of range") { "IndexError" } else { "RuntimeError" };
+    // Only c10::IndexError (TORCH_CHECK_INDEX: dim wrapping) reaches Python as IndexError; the
+    // scatter/gather kernels' "index i is out of bounds" is a plain TORCH_CHECK, a RuntimeError
+    // (checked on torch 2.13.0 with gloo ranks, docs/findings.md).
+    let kind = if first.starts_with("Dimension out of range") { "IndexError" } else { "RuntimeError" };
     DTensorError::Local { kind, message: first }
+}
+
+/// On CUDA, an index out of range is a device-side assert that kills the CUDA context for the
+/// rest of the process; check on the host first and raise the IndexError the CPU kernel raises.
+/// (The CPU kernel checks itself, so CPU runs skip this and its device sync.)
+pub fn check_index(this: &Tensor, dim: i64, index: &Tensor) -> Result<(), DTensorError> {
+    if this.device() == tch::Device::Cpu || index.numel() == 0 {
+        return Ok(());
+    }
+    let nd = this.dim().max(1) as i64;
+    let d = if dim < 0 { dim + nd } else { dim };
+    let size = if this.dim() == 0 { 1 } else { this.size().get(d as usize).copied().unwrap_or(0) };
+    let (lo, hi) = (index.min().int64_value(&[]), index.max().int64_value(&[]));
+    let bad = if lo < 0 { Some(lo) } else if hi >= size { Some(hi) } else { None };
+    match bad {
+        Some(i) => Err(DTensorError::Local { kind: "RuntimeError", message: format!("index {i} is out of bounds for dimension {d} with size {size}") }),
+        None => Ok(()),
+    }
 }
 
 /// Piece `idx` of `t` chunked `n` ways along `dim` (torch.chunk layout, possibly empty).

@@ -67,6 +67,9 @@ pub struct Bucket {
     pub first_case: String,
     pub repro: Option<String>,
     pub shrink: Option<ShrinkInfo>,
+    /// Names of the known upstream bugs (`known::Known`) the first case is an instance of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known: Vec<String>,
 }
 
 /// One line saying what a bucket means.
@@ -96,6 +99,7 @@ pub fn explain(v: &Verdict) -> String {
         Class::Comm => "a collective at a scatter site that the rule set promises to run locally".into(),
         Class::Value => format!("sharded {} differ from the reference beyond the derived error bound", v.output.as_deref().unwrap_or("values")),
         Class::Nondeterminism => "the same case gave different results twice".into(),
+        Class::Device => format!("CPU and CUDA disagree on the same case ({key})"),
         Class::Crash => format!("the worker died running this case ({key})"),
         Class::Timeout => "the worker exceeded the per-case time limit".into(),
     }

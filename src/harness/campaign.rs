@@ -81,6 +81,10 @@ fn worker_args(cfg: &Config) -> Vec<String> {
         cfg.seed.to_string(),
         "--size".into(),
         format!("{:?}", cfg.gen.size).to_lowercase(),
+        "--layouts".into(),
+        cfg.gen.layouts.name().into(),
+        "--shapes".into(),
+        cfg.gen.shapes.name().into(),
         "--devices".into(),
         list(cfg.devices.iter().map(|d| match d {
             CaseDevice::Cpu => "cpu",
@@ -249,6 +253,7 @@ impl State {
                             first_case,
                             repro: None,
                             shrink: None,
+                            known: super::known::Known::of(&sig, case).into_iter().map(|k| k.name().to_string()).collect(),
                         },
                     );
                     self.smallest.insert(sig.clone(), case.clone());

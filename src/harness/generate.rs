@@ -120,11 +120,82 @@ pub struct GenConfig {
     pub rules: Vec<RuleSet>,
     pub device: CaseDevice,
     pub max_ranks: usize,
+    pub layouts: LayoutMix,
+    pub shapes: ShapeMix,
 }
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig { size: SizeClass::Small, routers: RouterRev::ALL.to_vec(), rules: RuleSet::ALL.to_vec(), device: CaseDevice::Cpu, max_ranks: 16 }
+        GenConfig {
+            size: SizeClass::Small,
+            routers: RouterRev::ALL.to_vec(),
+            rules: RuleSet::ALL.to_vec(),
+            device: CaseDevice::Cpu,
+            max_ranks: 16,
+            layouts: LayoutMix::Any,
+            shapes: ShapeMix::Any,
+        }
+    }
+}
+
+/// Which router-tensor layouts to draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutMix {
+    /// torchtitan's layouts most of the time, what-if layouts (30%) otherwise.
+    Any,
+    /// Only the layouts torchtitan itself produces (router.md §4).
+    Torchtitan,
+}
+
+/// Which shapes to draw relative to the shard counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShapeMix {
+    /// Short, uneven and empty shards included: where sharding bugs live.
+    Any,
+    /// Shapes DTensor accepts for the layout: every sharded x dim at least as long as its shard
+    /// count, the flattened batch dim even (router.md §10.1); uneven sequences stay.
+    Valid,
+}
+
+impl LayoutMix {
+    pub const NAMES: [&'static str; 2] = ["any", "torchtitan"];
+    pub fn name(self) -> &'static str {
+        match self {
+            LayoutMix::Any => "any",
+            LayoutMix::Torchtitan => "torchtitan",
+        }
+    }
+}
+
+impl std::str::FromStr for LayoutMix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(LayoutMix::Any),
+            "torchtitan" => Ok(LayoutMix::Torchtitan),
+            _ => Err(format!("unknown layout mix '{s}' (expected one of: {})", Self::NAMES.join(", "))),
+        }
+    }
+}
+
+impl ShapeMix {
+    pub const NAMES: [&'static str; 2] = ["any", "valid"];
+    pub fn name(self) -> &'static str {
+        match self {
+            ShapeMix::Any => "any",
+            ShapeMix::Valid => "valid",
+        }
+    }
+}
+
+impl std::str::FromStr for ShapeMix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "any" => Ok(ShapeMix::Any),
+            "valid" => Ok(ShapeMix::Valid),
+            _ => Err(format!("unknown shape mix '{s}' (expected one of: {})", Self::NAMES.join(", "))),
+        }
     }
 }
 
@@ -217,9 +288,9 @@ fn token_shard(p: Placement) -> bool {
     matches!(p, Placement::Shard(0 | 1 | -2 | -3))
 }
 
-fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool) -> Layout {
+fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> Layout {
     let ep_on = s.chance(60);
-    let what_if = s.chance(30);
+    let what_if = s.chance(30) && mix == LayoutMix::Any;
     let x: Vec<Placement> = mesh
         .names
         .iter()
@@ -269,6 +340,18 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool) -> Layout {
     Layout { x, gate, expert_bias, counts_contract }
 }
 
+/// Grows dims until DTensor accepts them for this layout (see `ShapeMix::Valid`).
+fn make_valid(dims: &mut Dims, mesh: &MeshSpec, layout: &Layout) {
+    let shards = |placements: &[Placement], ndim: i64, dim: i64| -> usize {
+        placements.iter().zip(&mesh.shape).filter(|(p, _)| matches!(p, Placement::Shard(d) if d.rem_euclid(ndim) == dim)).map(|(_, &n)| n).product()
+    };
+    let nb = shards(&layout.x, 3, 0);
+    dims.batch = dims.batch.max(nb).div_ceil(nb) * nb;
+    dims.seq = dims.seq.max(shards(&layout.x, 3, 1));
+    // Expert counts are left alone: growing them would break the expert groups.
+    dims.model = dims.model.max(shards(&layout.x, 3, 2)).max(shards(&layout.gate, 2, 1));
+}
+
 /// One random case. Always valid (`Case::validate` passes).
 pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
     let mesh = mesh(s, cfg);
@@ -289,7 +372,11 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
             force_load_balance: s.chance(3),
         }
     };
-    let layout = layout(s, &mesh, router.expert_bias);
+    let layout = layout(s, &mesh, router.expert_bias, cfg.layouts);
+    let mut dims = dims;
+    if cfg.shapes == ShapeMix::Valid {
+        make_valid(&mut dims, &mesh, &layout);
+    }
     let routers = if cfg.routers.is_empty() { RouterRev::ALL.to_vec() } else { cfg.routers.clone() };
     let rules = if cfg.rules.is_empty() { RuleSet::ALL.to_vec() } else { cfg.rules.clone() };
     let revision = RevisionSpec { router: s.pick(&routers), rules: s.pick(&rules), size1: s.pick(&[Size1::Keep, Size1::Normalize]) };

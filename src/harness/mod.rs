@@ -1,11 +1,13 @@
 //! The differential harness: cases, data, the runner, oracles and outcomes.
 
+pub mod bench;
 pub mod bucket;
 pub mod campaign;
 pub mod case;
 pub mod data;
 pub mod generate;
 pub mod json;
+pub mod known;
 pub mod oracle;
 pub mod outcome;
 pub mod replay;

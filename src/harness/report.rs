@@ -162,6 +162,28 @@ impl Report {
         let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
         let _ = writeln!(s, "{}\n", md_table(&hdr, &rows));
 
+        let _ = writeln!(s, "## Known upstream bugs\n");
+        let _ = writeln!(s, "The bugs of the comparison table in router.md (§5, §9, §10); a bucket counts when its first case is an instance.\n");
+        let krows: Vec<Vec<String>> = super::known::Known::ALL
+            .iter()
+            .map(|k| {
+                let hits: Vec<&Bucket> = self.buckets.iter().filter(|b| b.known.iter().any(|n| n == k.name())).collect();
+                let first = hits.iter().map(|b| b.first_index).min();
+                // The smallest minimized reproducer among the matching buckets.
+                let best = hits.iter().filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b))).min_by_key(|t| (t.0, t.1, t.2));
+                vec![
+                    k.name().to_string(),
+                    if hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", hits.len()) },
+                    first.map_or("-".into(), |i| i.to_string()),
+                    match best {
+                        Some((r, t, _, b)) => format!("[{r} rank(s), {t} token(s)]({})", b.repro.as_deref().unwrap_or(&b.first_case)),
+                        None => hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
+                    },
+                ]
+            })
+            .collect();
+        let _ = writeln!(s, "{}\n", md_table(&["bug", "status", "first case", "smallest reproducer"], &krows));
+
         let _ = writeln!(s, "## Buckets\n");
         let _ = writeln!(s, "One row per signature (`class:output:router:rules:key`). Minimized: ranks/tokens/experts/model dim of the shrunk reproducer.\n");
         let brows: Vec<Vec<String>> = self

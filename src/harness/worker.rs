@@ -106,19 +106,49 @@ fn inject(fault: Option<Fault>, index: u64) {
     }
 }
 
-/// Runs case `index` of a campaign and judges it.
-pub fn run_index(seed: u64, index: u64, cfg: &GenConfig, devices: &[CaseDevice]) -> Reply {
+/// The file holding the case a worker is about to run. Rewritten in place, never truncated:
+/// on ext4 with discard, create-or-truncate per case cost more than running a small case.
+/// A shorter case leaves trailing spaces, which JSON readers skip.
+pub struct Inflight {
+    file: std::fs::File,
+    len: usize,
+}
+
+impl Inflight {
+    pub fn create(path: &std::path::Path) -> std::io::Result<Inflight> {
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+        Ok(Inflight { file, len: 0 })
+    }
+
+    pub fn write(&mut self, text: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = Vec::with_capacity(text.len().max(self.len));
+        buf.extend_from_slice(text.as_bytes());
+        buf.resize(self.len.max(text.len()), b' ');
+        self.file.write_all_at(&buf, 0)?;
+        self.len = buf.len();
+        Ok(())
+    }
+}
+
+/// Runs case `index` of a campaign and judges it, writing it to `inflight` first.
+pub fn run_index(seed: u64, index: u64, cfg: &GenConfig, devices: &[CaseDevice], inflight: Option<&mut Inflight>, fault: Option<Fault>) -> std::io::Result<Reply> {
     let t = Instant::now();
     let case = super::campaign::campaign_case(seed, index, cfg, devices);
     let gen_us = t.elapsed().as_micros() as u64;
-    match judge_case(&case, case.device.into(), index % PROBE_EVERY == 0) {
+    // The case goes to disk before it runs: if this process dies, it is not lost.
+    if let Some(f) = inflight {
+        f.write(&case.to_json())?;
+    }
+    inject(fault, index);
+    Ok(match judge_case(&case, case.device.into(), index % PROBE_EVERY == 0) {
         Ok((verdicts, near_ties, mut phases)) => {
             phases.generate_us = gen_us;
             let signatures = verdicts.iter().map(|v| v.signature(&case)).collect();
             Reply::Result { index, verdicts, signatures, near_ties, phases }
         }
         Err(message) => Reply::Failed { message },
-    }
+    })
 }
 
 /// Runs and judges one case; `probe` also runs it a second time.
@@ -163,18 +193,14 @@ pub fn serve(seed: u64, cfg: &GenConfig, devices: &[CaseDevice], fault: Option<F
     serde_json::to_writer(&mut out, &Reply::Ready)?;
     out.write_all(b"\n")?;
     out.flush()?;
+    let mut file = match inflight {
+        Some(dir) => Some(Inflight::create(&dir.join(format!("w{}.json", std::process::id())))?),
+        None => None,
+    };
     for line in stdin.lock().lines() {
         let line = line?;
         let reply = match serde_json::from_str::<Job>(&line) {
-            Ok(Job::Run { index }) => {
-                // The case goes to disk before it runs: if this process dies, it is not lost.
-                if let Some(dir) = inflight {
-                    let case = super::campaign::campaign_case(seed, index, cfg, devices);
-                    std::fs::write(dir.join(format!("w{}.json", std::process::id())), case.to_json())?;
-                }
-                inject(fault, index);
-                run_index(seed, index, cfg, devices)
-            }
+            Ok(Job::Run { index }) => run_index(seed, index, cfg, devices, file.as_mut(), fault)?,
             Ok(Job::Shrink { case, signature, max_tries, max_ms }) => {
                 let dev = case.device.into();
                 shrink_job(&case, &signature, Budget { max_tries, max_time: Duration::from_millis(max_ms) }, dev)

@@ -2,6 +2,7 @@
 //! diverged; near-ties are counted as information, never reported as divergences.
 
 pub mod comm;
+pub mod device;
 pub mod error;
 pub mod nondeterminism;
 pub mod placement;
@@ -30,6 +31,8 @@ pub enum Class {
     Comm,
     /// The same case run twice gave different results.
     Nondeterminism,
+    /// The same case on CPU and on CUDA disagrees (`--cross-device`).
+    Device,
     /// The worker running the case died (abort, segfault, CUDA error).
     Crash,
     /// The worker running the case exceeded the per-case time limit.
@@ -37,7 +40,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 8] = [Class::Error, Class::Value, Class::Placement, Class::Shape, Class::Comm, Class::Nondeterminism, Class::Crash, Class::Timeout];
+    pub const ALL: [Class; 9] = [Class::Error, Class::Value, Class::Placement, Class::Shape, Class::Comm, Class::Nondeterminism, Class::Device, Class::Crash, Class::Timeout];
     pub fn name(self) -> &'static str {
         match self {
             Class::Error => "error",
@@ -46,6 +49,7 @@ impl Class {
             Class::Shape => "shape",
             Class::Comm => "comm",
             Class::Nondeterminism => "nondeterminism",
+            Class::Device => "device",
             Class::Crash => "crash",
             Class::Timeout => "timeout",
         }

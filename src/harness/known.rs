@@ -1,0 +1,103 @@
+//! The known upstream bugs of the comparison table (router.md §5, §9, §10): each is a family of
+//! signatures, so reports can say which were found and `bench` can time how fast each is found.
+
+use super::bucket::parts;
+use super::case::Case;
+use crate::router::Size1;
+use crate::placement::Placement;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// torch-2.12: `scatter_` on token-sharded inputs needs a placement change (T3753, §7).
+    InplaceScatter212,
+    /// torch-2.12: the out-of-place scatter falls back to Replicate, counts lose their Partial
+    /// contract (T3753 c1).
+    OutOfPlaceReplicate212,
+    /// `size1=keep`: Partial on a size-1 mesh axis is not normalised to Replicate (#3762).
+    Size1Keep,
+    /// torch-2.13: a sequence shorter than its shard count raises at the gate's view (§10.1).
+    ShortSeq213,
+    /// local_map re-wraps uneven shards with rank-dependent global shapes (§9.2 d2).
+    LocalMapShapes,
+}
+
+impl Known {
+    pub const ALL: [Known; 5] = [Known::InplaceScatter212, Known::OutOfPlaceReplicate212, Known::Size1Keep, Known::ShortSeq213, Known::LocalMapShapes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Known::InplaceScatter212 => "inplace-scatter-error (torch-2.12)",
+            Known::OutOfPlaceReplicate212 => "out-of-place Replicate counts (torch-2.12)",
+            Known::Size1Keep => "size1=keep contract mismatch (#3762)",
+            Known::ShortSeq213 => "sequence shorter than shards (torch-2.13)",
+            Known::LocalMapShapes => "local_map rank-dependent shapes",
+        }
+    }
+
+    /// True when a divergence with `signature` on `case` is an instance of this bug.
+    pub fn matches(self, signature: &str, case: &Case) -> bool {
+        let p = parts(signature);
+        match self {
+            Known::InplaceScatter212 => {
+                p.class == "error" && p.rules == "torch-2.12" && p.key.contains("inplace_placement_change@aten.scatter_")
+            }
+            Known::OutOfPlaceReplicate212 => {
+                p.class == "placement" && p.output == "counts" && p.router == "out_of_place_scatter" && p.rules == "torch-2.12" && p.key.contains("P(sum)->R")
+            }
+            Known::Size1Keep => {
+                // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
+                p.class == "placement" && p.output == "counts" && case.revision.size1 == Size1::Keep && p.key.split(',').any(|m| m == "P(sum)->R@1")
+            }
+            Known::ShortSeq213 => {
+                p.class == "error"
+                    && p.rules == "torch-2.13"
+                    && p.key.ends_with("view_of_sharded_dim")
+                    && (case.dims.seq < token_shards(case, 1) || case.dims.batch < token_shards(case, 0))
+            }
+            Known::LocalMapShapes => p.class == "shape" && p.router.starts_with("local_map") && p.key == "rank_dependent",
+        }
+    }
+
+    /// The known bugs a divergence is an instance of.
+    pub fn of(signature: &str, case: &Case) -> Vec<Known> {
+        Known::ALL.into_iter().filter(|k| k.matches(signature, case)).collect()
+    }
+}
+
+/// How many shards x's token dim `dim` (0 batch, 1 sequence) is split into.
+fn token_shards(case: &Case, dim: i64) -> usize {
+    case.layout.x.iter().zip(&case.mesh.shape).filter(|(p, _)| matches!(p, Placement::Shard(d) if d.rem_euclid(3) == dim)).map(|(_, &n)| n).product()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::generate::{nth, GenConfig};
+
+    #[test]
+    fn size1_keep_needs_a_size1_axis() {
+        let mut c = nth(0, 0, &GenConfig::default());
+        c.mesh.shape = vec![1, 2];
+        c.mesh.names = vec!["dp_shard".into(), "tp".into()];
+        c.revision.size1 = Size1::Keep;
+        c.layout.counts_contract = vec![Placement::Partial(crate::placement::ReduceOp::Sum), Placement::Replicate];
+        let sig = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1";
+        assert!(Known::Size1Keep.matches(sig, &c));
+        assert!(!Known::Size1Keep.matches("placement:counts:inplace_scatter:torch-2.13:P(sum)->R", &c));
+        c.revision.size1 = Size1::Normalize;
+        assert!(!Known::Size1Keep.matches(sig, &c));
+    }
+
+    #[test]
+    fn families_are_told_apart() {
+        let c = nth(0, 0, &GenConfig::default());
+        assert_eq!(Known::of("shape:routing_map:local_map_both:torch-2.13:rank_dependent", &c), vec![Known::LocalMapShapes]);
+        assert!(Known::of("shape:routing_map:inplace_scatter:torch-2.13:rank_dependent", &c).is_empty());
+        assert_eq!(
+            Known::of("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value", &c),
+            vec![Known::InplaceScatter212]
+        );
+        assert_eq!(Known::of("placement:counts:out_of_place_scatter:torch-2.12:P(sum)->R", &c), vec![Known::OutOfPlaceReplicate212]);
+        assert!(Known::of("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R", &c).is_empty());
+    }
+}

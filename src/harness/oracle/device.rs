@@ -1,0 +1,134 @@
+//! `device`: the same case on CPU and on CUDA must agree. Errors (kind and key), placements,
+//! per-rank global shapes and collectives exactly; values through the `value` oracle's own rules
+//! (dtype- and reduction-aware bounds, ids only where the float64 margin decides them), with the
+//! CPU run standing in for the reference: once for the reference outputs, once for the sharded
+//! ones. Kernels differ across devices, so bitwise equality is not expected; decided choices are.
+
+use super::{value, Class, Judgement, Verdict};
+use crate::dtensor::{DTensor, DTensorError};
+use crate::harness::case::Case;
+use crate::harness::runner::Run;
+use crate::placement::{Mesh, Placement};
+use crate::router::RouterOutputs;
+use serde_json::json;
+use std::sync::Arc;
+
+fn push(j: &mut Judgement, output: Option<&str>, key: String, expected: serde_json::Value, actual: serde_json::Value, detail: String) {
+    j.verdicts.push(Verdict { class: Class::Device, output: output.map(Into::into), expected, actual, detail, key });
+}
+
+fn error_key(r: &Result<impl Sized, DTensorError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{}:{}", e.kind(), e.key()),
+    }
+}
+
+/// Full tensors of `s`, on the CPU (what a reference looks like).
+fn gathered(s: &RouterOutputs<DTensor>) -> Option<RouterOutputs<tch::Tensor>> {
+    let f = |d: &DTensor| d.full_tensor().ok().map(|t| t.to_device(tch::Device::Cpu));
+    Some(RouterOutputs {
+        topk_scores: f(&s.topk_scores)?,
+        topk_ids: f(&s.topk_ids)?,
+        scores: f(&s.scores)?,
+        routing_map: f(&s.routing_map)?,
+        counts: f(&s.counts)?,
+        group_mask: match &s.group_mask {
+            Some(g) => Some(f(g)?),
+            None => None,
+        },
+    })
+}
+
+/// Replicated one-rank DTensors of full tensors, so the value oracle can take them.
+fn wrapped(r: &RouterOutputs<tch::Tensor>) -> Option<RouterOutputs<DTensor>> {
+    let mesh = Arc::new(Mesh::new(vec![1], vec!["x".into()]).ok()?);
+    let w = |t: &tch::Tensor| DTensor::distribute(&t.to_device(tch::Device::Cpu), &mesh, &[Placement::Replicate]).ok();
+    Some(RouterOutputs {
+        topk_scores: w(&r.topk_scores)?,
+        topk_ids: w(&r.topk_ids)?,
+        scores: w(&r.scores)?,
+        routing_map: w(&r.routing_map)?,
+        counts: w(&r.counts)?,
+        group_mask: match &r.group_mask {
+            Some(g) => Some(w(g)?),
+            None => None,
+        },
+    })
+}
+
+/// Value verdicts of `other` against `base` (CPU), renamed to the device class under `side`.
+fn values(case: &Case, cpu: &Run, base: &RouterOutputs<tch::Tensor>, other: &RouterOutputs<DTensor>, side: &str, j: &mut Judgement) {
+    let mut v = Judgement::default();
+    value::check(case, cpu, base, other, &mut v);
+    // Offsets are a property of one run, not a comparison; the per-device value oracle has them.
+    for x in v.verdicts.into_iter().filter(|x| x.key != "inconsistent") {
+        push(j, x.output.as_deref(), format!("{side}:{}", x.key), x.expected, x.actual, format!("{side} on {} vs cpu: {}", case.device, x.detail));
+    }
+}
+
+/// Compares the CPU run `cpu` and the run `other` (CUDA) of the same case.
+pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
+    for (side, a, b) in [("reference", error_key(&cpu.reference), error_key(&other.reference)), ("sharded", error_key(&cpu.sharded), error_key(&other.sharded))] {
+        if a != b {
+            push(j, None, format!("{side}:error"), json!(a), json!(b), format!("{side}: cpu gave {a}, the other device {b}"));
+        }
+    }
+    if let (Ok(cr), Ok(or)) = (&cpu.reference, &other.reference) {
+        match wrapped(or) {
+            Some(w) => values(case, cpu, cr, &w, "reference", j),
+            None => push(j, None, "reference:gather".into(), json!("outputs"), json!("none"), "reference outputs could not be moved to the CPU".into()),
+        }
+    }
+    if let (Ok(cs), Ok(os)) = (&cpu.sharded, &other.sharded) {
+        for ((name, a), (_, b)) in cs.named().into_iter().zip(os.named()) {
+            if a.placements != b.placements || a.rank_global_shapes() != b.rank_global_shapes() {
+                push(
+                    j,
+                    Some(name),
+                    "sharded:layout".into(),
+                    json!(format!("{:?} {:?}", a.placements, a.rank_global_shapes())),
+                    json!(format!("{:?} {:?}", b.placements, b.rank_global_shapes())),
+                    format!("{name}: placements or rank shapes differ between cpu and {}", case.device),
+                );
+            }
+        }
+        match gathered(cs) {
+            Some(base) => values(case, cpu, &base, os, "sharded", j),
+            None => push(j, None, "sharded:gather".into(), json!("outputs"), json!("none"), "cpu sharded outputs could not be gathered".into()),
+        }
+    }
+    let ops = |r: &Run| r.comms.iter().map(|c| format!("{}@{}:{}", c.op, c.mesh_dim, c.tensor)).collect::<Vec<_>>();
+    if ops(cpu) != ops(other) {
+        push(j, None, "comms".into(), json!(ops(cpu)), json!(ops(other)), format!("collectives differ between cpu and {}", case.device));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::generate::{nth, GenConfig};
+    use crate::harness::runner;
+
+    #[test]
+    fn same_device_agrees_and_a_changed_value_is_caught() {
+        for i in 0..20 {
+            let case = nth(11, i, &GenConfig::default());
+            let a = runner::run(&case, tch::Device::Cpu).unwrap();
+            let b = runner::run(&case, tch::Device::Cpu).unwrap();
+            let mut j = Judgement::default();
+            check(&case, &a, &b, &mut j);
+            assert!(j.verdicts.is_empty(), "case {i}: {:?}", j.verdicts);
+        }
+        // A reference whose scores moved far beyond any rounding bound must be reported.
+        let case = (0..50).map(|i| nth(12, i, &GenConfig::default())).find(|c| runner::run(c, tch::Device::Cpu).unwrap().reference.is_ok()).unwrap();
+        let a = runner::run(&case, tch::Device::Cpu).unwrap();
+        let mut b = runner::run(&case, tch::Device::Cpu).unwrap();
+        if let Ok(r) = &mut b.reference {
+            r.scores = &r.scores + 0.5;
+        }
+        let mut j = Judgement::default();
+        check(&case, &a, &b, &mut j);
+        assert!(j.verdicts.iter().any(|v| v.class == Class::Device && v.key == "reference:values"), "{:?}", j.verdicts);
+    }
+}
