@@ -135,7 +135,7 @@ pub struct ShrinkTiming {
 
 pub fn shrink_timing(dev: Dev, known: Known, case: &Case, signature: &str, budget: shrink::Budget) -> ShrinkTiming {
     let t0 = Instant::now();
-    let s = shrink::shrink(case, budget, |c| super::worker::shows(c, dev, signature));
+    let s = shrink::shrink(case, budget, super::worker::keeps(case, dev, signature));
     let ranks = |c: &Case| c.mesh.shape.iter().product::<usize>();
     ShrinkTiming {
         bug: known.name().into(),

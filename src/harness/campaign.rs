@@ -226,9 +226,14 @@ impl State {
                     b.count += 1;
                     if index < b.first_index {
                         b.first_index = index;
+                        b.known = super::known::Known::of(&sig, case).into_iter().map(|k| k.name().to_string()).collect();
                         write_case(&cfg.out.join(&b.first_case), case)?;
                     }
-                    if (size, index) < (b.smallest_size, b.smallest_index) {
+                    // Instances of a known bug come first, so its reproducer shrinks as one;
+                    // the order is total, so arrival order does not matter.
+                    let unknown = |c: &Case| super::known::Known::of(&sig, c).is_empty();
+                    let was = self.smallest.get(&sig).is_none_or(unknown);
+                    if (unknown(case), size, index) < (was, b.smallest_size, b.smallest_index) {
                         b.smallest_size = size;
                         b.smallest_index = index;
                         b.detail = v.detail.clone();

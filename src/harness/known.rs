@@ -42,7 +42,7 @@ impl Known {
                 p.class == "error" && p.rules == "torch-2.12" && p.key.contains("inplace_placement_change@aten.scatter_")
             }
             Known::OutOfPlaceReplicate212 => {
-                p.class == "placement" && p.output == "counts" && p.router == "out_of_place_scatter" && p.rules == "torch-2.12" && p.key.contains("P(sum)->R")
+                p.class == "placement" && p.output == "counts" && p.router == "out_of_place_scatter" && p.rules == "torch-2.12" && p.key.split(',').any(|m| m == "P(sum)->R")
             }
             Known::Size1Keep => {
                 // The placement oracle marks mismatches on size-1 mesh axes with `@1`.

@@ -173,11 +173,20 @@ pub fn shows(case: &Case, dev: Dev, signature: &str) -> bool {
     j.verdicts.iter().any(|v| v.signature(case) == signature)
 }
 
+/// What a shrink must keep: the signature, and membership in the known upstream bugs the
+/// original is an instance of (so a "sequence shorter than its shards" reproducer does not drift
+/// into a different case of the same error text).
+pub fn keeps<'a>(original: &Case, dev: Dev, signature: &'a str) -> impl FnMut(&Case) -> bool + 'a {
+    let known = super::known::Known::of(signature, original);
+    move |c: &Case| known.iter().all(|k| k.matches(signature, c)) && shows(c, dev, signature)
+}
+
 pub fn shrink_job(case: &Case, signature: &str, budget: Budget, dev: Dev) -> Reply {
     let mut case = case.clone();
     case.device = dev.into();
-    let s = shrink::shrink(&case, budget, |c| shows(c, dev, signature));
-    let lost = !shows(&s.case, dev, signature);
+    let mut keep = keeps(&case, dev, signature);
+    let s = shrink::shrink(&case, budget, &mut keep);
+    let lost = !keep(&s.case);
     Reply::Shrunk { signature: signature.into(), case: Box::new(s.case), tried: s.tried, kept: s.kept, elapsed_ms: s.elapsed.as_millis() as u64, truncated: s.truncated, lost }
 }
 
