@@ -274,3 +274,51 @@ fn redistribute_round_trips_every_pair() {
     }
     assert!(n > 1000, "{n} round trips");
 }
+
+/// `is_tensor_shardable` for `_StridedShard(d, sf)` needs the dim to be at least sf times its
+/// shard count (crosscheck case-1-000031, PyTorch 2.13.0): a (4*3, 16) view of a (4, 3, 16)
+/// tensor sharded S(1) over 4 ranks is `_S(0,4)`, 12 < 16, so mm drops the rows keeping it and
+/// all-gathers the lhs once; with L=4 (16 >= 16) the `_S` row stays and nothing moves.
+#[test]
+fn mm_drops_strided_rows_too_short_for_their_split_factor() {
+    let mesh = Arc::new(Mesh::tp(4));
+    for (l, want, gathers) in [(3i64, vec![Placement::Replicate], 1usize), (4, vec![Placement::StridedShard { dim: 0, sf: 4 }], 0)] {
+        tch::manual_seed(0);
+        let x = Tensor::randn([4, l, 16], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([16, 2], (Kind::Float, tch::Device::Cpu));
+        let dx = DTensor::distribute(&x, &mesh, &[Placement::Shard(1)]).unwrap();
+        let dw = DTensor::distribute(&w, &mesh, &[Placement::Replicate]).unwrap();
+        let mut ctx = Ctx::new(RuleSet::Torch213);
+        let x2 = ctx.op1(Op::View { shape: vec![4 * l, 16], unsafe_view: false }, &[&dx]).unwrap();
+        assert_eq!(x2.placements, vec![Placement::StridedShard { dim: 0, sf: 4 }]);
+        let y = ctx.op1(Op::Mm, &[&x2, &dw]).unwrap();
+        assert_eq!(y.placements, want, "L={l}");
+        assert_eq!(ctx.comms.iter().filter(|c| c.op == "all_gather").count(), gathers, "L={l}");
+        assert_eq!(ctx.comms.len(), gathers, "L={l}");
+        same("mm", &y.full_tensor().unwrap(), &x.reshape([4 * l, 16]).mm(&w));
+    }
+}
+
+/// Leaving a view's `_StridedShard` costs nothing in PyTorch's cost model (`is_shard()` is False
+/// for it), and `_S(0,B) -> S(1)` goes through Replicate: with the weight sharded on D, mm moves
+/// the lhs `_S(0,2)->R->S(1)` (one all_gather) and gives P(sum) (docs/pytorch-facts.md §1,
+/// "1D(2) Wsharded x=['S(1)'] W=['S(1)']", verified on 2.12.1 and 2.13.0).
+#[test]
+fn mm_moves_a_view_strided_lhs_through_replicate_for_free() {
+    let mesh = Arc::new(Mesh::tp(2));
+    for rules in RuleSet::ALL {
+        tch::manual_seed(0);
+        let x = Tensor::randn([2, 4, 8], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([8, 8], (Kind::Float, tch::Device::Cpu));
+        let dx = DTensor::distribute(&x, &mesh, &[Placement::Shard(1)]).unwrap();
+        let dw = DTensor::distribute(&w, &mesh, &[Placement::Shard(1)]).unwrap();
+        let mut ctx = Ctx::new(rules);
+        let x2 = ctx.op1(Op::View { shape: vec![8, 8], unsafe_view: false }, &[&dx]).unwrap();
+        let wt = ctx.op1(Op::T, &[&dw]).unwrap();
+        let y = ctx.op1(Op::Mm, &[&x2, &wt]).unwrap();
+        assert_eq!(y.placements, vec![Placement::Partial(ReduceOp::Sum)], "{rules}");
+        let ops: Vec<&str> = ctx.comms.iter().map(|c| c.op.as_str()).collect();
+        assert_eq!(ops, vec!["all_gather"], "{rules}");
+        same("mm", &y.full_tensor().unwrap(), &x.reshape([8, 8]).mm(&w.tr()));
+    }
+}

@@ -394,3 +394,103 @@ fn size1_contract_rule_is_the_3762_fix() {
     assert_eq!(classes(&run(&c("keep"))), vec![Class::Placement]);
     assert!(run(&c("normalize")).judgement.verdicts.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cross-check against real PyTorch 2.13.0 with gloo ranks (docs/crosscheck.md): cases that
+// disagreed, rebuilt from their case files without the inline tensors (the data comes from the
+// same seed). Each asserts what PyTorch 2.13.0 did.
+
+fn xcase(mesh: &str, dims: &str, router_cfg: &str, layout: &str, rev: &str, seed: u64) -> Case {
+    let text = format!(
+        r#"{{"format": "shardfuzz.case/1", "mesh": {mesh}, "dims": {dims}, "router": {router_cfg}, "layout": {layout},
+            "revision": {rev}, "dtype": "f32", "device": "cpu", "data": {{"seed": {seed}, "style": "normal"}}}}"#
+    );
+    replay::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn comm_counts(r: &Replayed) -> Vec<(String, usize)> {
+    let mut m = std::collections::BTreeMap::new();
+    for c in &r.run.comms {
+        *m.entry(c.op.clone()).or_insert(0) += 1;
+    }
+    m.into_iter().collect()
+}
+
+fn placements_of(r: &Replayed) -> Vec<(&'static str, Vec<Placement>)> {
+    let o = r.run.sharded.as_ref().unwrap_or_else(|e| panic!("sharded run raised: {e}"));
+    vec![
+        ("topk_scores", o.topk_scores.placements.clone()),
+        ("topk_ids", o.topk_ids.placements.clone()),
+        ("scores", o.scores.placements.clone()),
+        ("routing_map", o.routing_map.placements.clone()),
+        ("counts", o.counts.placements.clone()),
+    ]
+}
+
+/// case-1-000031: x S(1) with L=3 over 4 ranks flattens to (B*L) with _S(0,4); 12 < 4*4, so
+/// `is_tensor_shardable` drops the mm rows keeping it and mm all-gathers x (once); everything
+/// after is replicated and the local_map scatters see full tensors.
+#[test]
+fn crosscheck_strided_shard_needs_split_factor_times_shards() {
+    let c = xcase(
+        r#"{"shape": [4], "names": ["tp"]}"#,
+        r#"{"batch": 4, "seq": 3, "model": 16, "experts": 2, "top_k": 2}"#,
+        r#"{"score_func": "sigmoid", "route_norm": false, "route_scale": 16.0, "groups": null, "expert_bias": true, "force_load_balance": false}"#,
+        r#"{"x": ["S(1)"], "gate": ["R"], "expert_bias": ["R"], "counts_contract": ["P(sum)"]}"#,
+        r#"{"router": "local_map_both", "rules": "torch-2.13", "size1": "normalize"}"#,
+        4540889404440936,
+    );
+    let r = run(&c);
+    assert_eq!(comm_counts(&r), vec![("all_gather".to_string(), 1)]);
+    assert!(r.run.comms.iter().all(|x| x.tensor == "scores"));
+    for (name, ps) in placements_of(&r) {
+        assert_eq!(ps, vec![Replicate], "{name}");
+    }
+}
+
+/// case-1-000165: mesh (1, 2), x (S(1), S(1)) flattens to (_S(0,2), _S(0,2)); the gate is
+/// sharded on D, so mm has no free strategy. Leaving a view's _StridedShard costs nothing in
+/// PyTorch's cost model (`is_shard()` is False for it), so the first zero-cost strategy wins:
+/// lhs -> (S(1), R) via `_S(0,2)->R->S(1)` (one all_gather on tp), output (P(sum), R), softmax
+/// replicates. Before the fix the mm kept _S and the _unsafe_view raised "Cannot unflatten".
+#[test]
+fn crosscheck_leaving_a_view_strided_shard_is_free() {
+    for rev in ["local_map_both", "inplace_scatter"] {
+        let c = xcase(
+            r#"{"shape": [1, 2], "names": ["ep", "tp"]}"#,
+            r#"{"batch": 2, "seq": 6, "model": 64, "experts": 8, "top_k": 7}"#,
+            r#"{"score_func": "softmax", "route_norm": true, "route_scale": 16.0, "groups": null, "expert_bias": true, "force_load_balance": false}"#,
+            r#"{"x": ["S(1)", "S(1)"], "gate": ["S(1)", "R"], "expert_bias": ["R", "R"], "counts_contract": ["P(sum)", "P(sum)"]}"#,
+            &format!(r#"{{"router": "{rev}", "rules": "torch-2.13", "size1": "keep"}}"#),
+            3958987609898439,
+        );
+        let r = run(&c);
+        assert_eq!(comm_counts(&r), vec![("all_gather".to_string(), 1)], "{rev}");
+        for (name, ps) in placements_of(&r) {
+            assert_eq!(ps, vec![Replicate, Replicate], "{rev} {name}");
+        }
+    }
+}
+
+/// case-1-003327: mesh (1, 4, 1), x (S(1), S(2), R), gate sharded on E over the size-1 tp axis.
+/// The mm's first zero-cost strategy moves lhs (_S(0,2), S(1), R) -> (R, S(1), S(1)) (free: the
+/// _S step costs nothing and the others are on size-1 mesh dims) and gives (R, P(sum), P(sum));
+/// sigmoid replicates, and every output is replicated (PyTorch 2.13.0 with gloo ranks).
+#[test]
+fn crosscheck_strided_lhs_moves_for_free_on_size1_axes() {
+    for rev in ["local_map_both", "inplace_scatter"] {
+        let c = xcase(
+            r#"{"shape": [1, 4, 1], "names": ["dp_shard", "cp", "tp"]}"#,
+            r#"{"batch": 2, "seq": 5, "model": 4, "experts": 8, "top_k": 4}"#,
+            r#"{"score_func": "sigmoid", "route_norm": false, "route_scale": 2.5, "groups": null, "expert_bias": false, "force_load_balance": false}"#,
+            r#"{"x": ["S(1)", "S(-1)", "R"], "gate": ["R", "R", "S(-1)"], "expert_bias": null, "counts_contract": ["P(sum)", "R", "R"]}"#,
+            &format!(r#"{{"router": "{rev}", "rules": "torch-2.13", "size1": "normalize"}}"#),
+            7167568632155088,
+        );
+        let r = run(&c);
+        for (name, ps) in placements_of(&r) {
+            assert_eq!(ps, vec![Replicate, Replicate, Replicate], "{rev} {name}");
+        }
+        assert_eq!(r.run.sharded.as_ref().unwrap().routing_map.shape, vec![2, 5, 8]);
+    }
+}

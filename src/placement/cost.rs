@@ -5,8 +5,13 @@
 //! (size-1 mesh dims included, which still pay the base latency), starting from the bytes of one
 //! shard; an all_gather multiplies the bytes that later steps move, a reduce_scatter or a local
 //! chunk divides them. S -> S is an all_gather plus a penalty of 1; S -> P and P(a) -> P(b) are
-//! banned; a replicated source costs nothing; and a plan involving `_StridedShard` is infinite
-//! (PyTorch's "shard_order is None" guard). Constants: 6.6 base latency per collective, 87.7 GB/s
+//! banned; a replicated source costs nothing. A step from or to `_StridedShard` costs nothing and
+//! leaves the bytes as they are: `Placement.is_shard()` is False for `_StridedShard` in 2.12.1,
+//! 2.13.0 and 2.14.0, so `_compute_placement_transition_cost` falls through to its final
+//! `return 0.0`. (PyTorch's "shard_order is None" guard, which makes such plans infinite, only
+//! applies to `_StridedShard` a user declared; every `_StridedShard` here comes from a view, whose
+//! spec has `use_strided_shard_as_shard_order=False` and a default shard order, and case files
+//! cannot declare one.) Constants: 6.6 base latency per collective, 87.7 GB/s
 //! links. Ranks are simulated with CPU semantics, where PyTorch counts one device per host, so
 //! every mesh dim gets the inter-host figures (bandwidth x 0.22, 2.7 per hop).
 
@@ -26,6 +31,11 @@ fn collective_cost(bytes_gb: f64, n: usize, hops: usize) -> f64 {
 /// Cost of one step on a mesh dim of size `n`, and the bytes later steps move.
 fn step_cost(c: Placement, t: Placement, n: usize, bytes_gb: f64) -> (f64, f64) {
     if c == t {
+        return (0.0, bytes_gb);
+    }
+    // PyTorch's `is_shard()`: plain Shard only.
+    let strided = |p: Placement| matches!(p, Placement::StridedShard { .. });
+    if strided(c) || strided(t) {
         return (0.0, bytes_gb);
     }
     let hops = n.saturating_sub(1);
@@ -51,10 +61,6 @@ fn step_cost(c: Placement, t: Placement, n: usize, bytes_gb: f64) -> (f64, f64) 
 pub fn redistribute_cost(mesh: &Mesh, src: &[Placement], dst: &[Placement], global: &[usize], itemsize: usize) -> f64 {
     if src.iter().all(|p| p.is_replicate()) || src == dst {
         return 0.0;
-    }
-    let strided = |ps: &[Placement]| ps.iter().any(|p| matches!(p, Placement::StridedShard { .. }));
-    if strided(src) || strided(dst) {
-        return f64::INFINITY;
     }
     let num_shards: usize = src.iter().enumerate().filter(|(_, p)| p.is_shard()).map(|(i, _)| mesh.dim_size(i)).product();
     let numel: usize = global.iter().product();
@@ -92,7 +98,11 @@ mod tests {
         let two = redistribute_cost(&m, &[Shard(1), Shard(1)], &[Replicate, Shard(1)], &[1, 8, 8], 4);
         let one = redistribute_cost(&m, &[Shard(1), Shard(1)], &[Shard(1), Replicate], &[1, 8, 8], 4);
         assert!(two > one && one > 0.0);
-        assert!(redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Replicate], &[Replicate, Replicate], &[8, 8], 4).is_infinite());
+        // Steps from a view's _StridedShard are free (is_shard() is False for it); the
+        // Shard steps of the same plan are not.
+        assert_eq!(redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Replicate], &[Replicate, Replicate], &[8, 8], 4), 0.0);
+        let mixed = redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Shard(1)], &[Replicate, Replicate], &[8, 8], 4);
+        assert!(mixed > 0.0 && mixed.is_finite());
     }
 
     #[test]

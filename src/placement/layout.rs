@@ -101,8 +101,25 @@ pub fn shard_counts(mesh: &Mesh, placements: &[Placement], ndim: usize) -> Vec<u
 
 /// PyTorch's `is_tensor_shardable`: every sharded dim is at least as long as its shard count.
 /// Uneven is fine; this does not promise that no rank is empty (6 over 4 gives [2, 2, 2, 0]).
+/// A `_StridedShard(d, sf)` also needs the dim to be at least `sf` times the shard count so far
+/// (mesh dims left to right, this one included): `_ops/utils.py` `is_tensor_shardable`, the same
+/// in 2.12.1, 2.13.0 and 2.14.0. So a flattened `(B*L)` with `_S(0,B)` over more ranks than
+/// `L` is not shardable and an `mm` keeping it is dropped (crosscheck case-1-000031).
 pub fn is_shardable(global: &[usize], mesh: &Mesh, placements: &[Placement]) -> bool {
-    shard_counts(mesh, placements, global.len()).iter().zip(global).all(|(&c, &g)| g >= c)
+    let mut counts = vec![1usize; global.len()];
+    for (md, p) in placements.iter().enumerate() {
+        let Some(d) = p.shard_dim() else { continue };
+        let Some(&g) = global.get(d as usize) else { return false };
+        counts[d as usize] *= mesh.dim_size(md);
+        let sf = match *p {
+            Placement::StridedShard { sf, .. } => sf,
+            _ => 1,
+        };
+        if g < counts[d as usize] * sf {
+            return false;
+        }
+    }
+    true
 }
 
 /// True when every sharded dim splits evenly over its shard count.

@@ -126,8 +126,16 @@ pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec
     }
     let mut out = Vec::with_capacity(steps.len());
     for (md, from, to) in steps {
-        // _S -> _S has no direct collective: gather, then chunk again.
-        if let (Placement::StridedShard { .. }, Placement::StridedShard { .. }) = (from, to) {
+        // _S -> _S has no direct collective: gather, then chunk again. So has _S(d) -> S(e) on
+        // another tensor dim: PyTorch's graph-based planner (used whenever a _StridedShard is
+        // involved) goes through Replicate, e.g. `_S(0, 2)->R->S(1)` for an mm whose lhs comes
+        // from a flattening view (docs/pytorch-facts.md §1, crosscheck case-1-000165).
+        let via_r = match (from, to) {
+            (Placement::StridedShard { .. }, Placement::StridedShard { .. }) => true,
+            (Placement::StridedShard { dim, .. }, Placement::Shard(e)) => dim != e,
+            _ => false,
+        };
+        if via_r {
             out.push(Transform { mesh_dim: md, from, to: Placement::Replicate, collective: Collective::AllGather });
             out.push(Transform { mesh_dim: md, from: Placement::Replicate, to, collective: Collective::LocalChunk });
             continue;
