@@ -2,6 +2,8 @@
 
 /// Every golden outcome recorded on real PyTorch replays identically.
 mod golden;
+/// Router cases recorded on real PyTorch 2.13.0 replay the same.
+mod crosscheck;
 /// Campaigns through the binary: crash and hang isolation, determinism, reports.
 mod campaign;
 /// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
