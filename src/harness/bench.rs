@@ -20,6 +20,8 @@ pub struct Throughput {
     pub device: String,
     pub size: String,
     pub cases: u64,
+    /// Runs measured; this is the median one.
+    pub runs: usize,
     pub wall_s: f64,
     pub cases_per_s: f64,
     /// Mean microseconds per case in each phase.

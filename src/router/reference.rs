@@ -85,8 +85,112 @@ fn gaps(t: &Tensor, k: usize) -> Vec<f64> {
     d.into_iter().map(|g| if g.is_nan() { 0.0 } else { g }).collect()
 }
 
+/// Below this many multiply-adds in the gate matmul, the shadow runs as plain Rust loops: a small
+/// case's shadow is a few dozen libtorch calls whose dispatch costs far more than the arithmetic.
+const SMALL_SHADOW_FMAS: usize = 1 << 18;
+
 /// The float64 shadow of the router's choice: margins at the K-th expert and the Gk-th group.
 pub fn margins(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
+    let size = x.size();
+    let (d, rows) = (*size.last().unwrap_or(&1) as usize, (x.numel() / (*size.last().unwrap_or(&1)).max(1) as usize));
+    if x.device() == tch::Device::Cpu && rows * d * cfg.experts <= SMALL_SHADOW_FMAS {
+        margins_small(cfg, x, gate, bias)
+    } else {
+        margins_torch(cfg, x, gate, bias)
+    }
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Float).to_kind(Kind::Double).contiguous().view(-1)).expect("f64 values")
+}
+
+/// Largest first, NaN above everything (libtorch's topk order).
+fn desc(a: &f64, b: &f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => b.partial_cmp(a).unwrap(),
+    }
+}
+
+/// Gap between the k-th and (k+1)-th largest of `v` (as `gaps`).
+fn gap(v: &[f64], k: usize) -> f64 {
+    if k >= v.len() {
+        return f64::INFINITY;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(desc);
+    let g = s[k - 1] - s[k];
+    if g.is_nan() {
+        0.0
+    } else {
+        g
+    }
+}
+
+/// `margins_torch` in Rust loops, for small CPU cases; the same numbers up to f64 rounding.
+fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
+    let (xs, ws) = (f64s(x), f64s(gate));
+    let bs = bias.map(f64s);
+    let e = cfg.experts;
+    let d = ws.len() / e.max(1);
+    let rows = if d == 0 { 0 } else { xs.len() / d };
+    let mut m = Margins { topk: Vec::with_capacity(rows), group: Vec::with_capacity(rows), scale: Vec::with_capacity(rows), absdot: Vec::with_capacity(rows) };
+    let mut choice = vec![0.0f64; e];
+    for r in 0..rows {
+        let xr = &xs[r * d..(r + 1) * d];
+        let mut absdot = f64::NEG_INFINITY;
+        for (j, c) in choice.iter_mut().enumerate() {
+            let wr = &ws[j * d..(j + 1) * d];
+            let (mut dot, mut abs) = (0.0, 0.0);
+            for (a, b) in xr.iter().zip(wr) {
+                dot += a * b;
+                abs += (a * b).abs();
+            }
+            *c = dot;
+            absdot = absdot.max(abs);
+        }
+        m.absdot.push(if e == 0 { 0.0 } else { absdot });
+        match cfg.score_func {
+            ScoreFunc::Sigmoid => choice.iter_mut().for_each(|c| *c = 1.0 / (1.0 + (-*c).exp())),
+            ScoreFunc::Softmax => {
+                let mx = choice.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                choice.iter_mut().for_each(|c| *c = (*c - mx).exp());
+                let sum: f64 = choice.iter().sum();
+                choice.iter_mut().for_each(|c| *c /= sum);
+            }
+        }
+        if let Some(b) = &bs {
+            choice.iter_mut().zip(b).for_each(|(c, b)| *c += b);
+        }
+        m.scale.push(choice.iter().fold(0.0f64, |a, c| if c.is_nan() || a.is_nan() { f64::NAN } else { a.max(c.abs()) }));
+        let mut group = f64::INFINITY;
+        if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
+            let sums: Vec<f64> = (0..g.num_groups)
+                .map(|gi| {
+                    let mut v = choice[gi * p..(gi + 1) * p].to_vec();
+                    v.sort_by(desc);
+                    v[0] + v[1]
+                })
+                .collect();
+            group = gap(&sums, g.num_limited);
+            let mut order: Vec<usize> = (0..g.num_groups).collect();
+            // A stable order keeps ties in index order; tied groups make the token undecided
+            // (group margin 0), so which one is kept does not change a verdict.
+            order.sort_by(|&a, &b| desc(&sums[a], &sums[b]));
+            for &gi in &order[g.num_limited..] {
+                choice[gi * p..(gi + 1) * p].iter_mut().for_each(|c| *c = f64::NEG_INFINITY);
+            }
+        }
+        m.group.push(group);
+        m.topk.push(if cfg.force_load_balance { f64::INFINITY } else { gap(&choice, cfg.top_k) });
+    }
+    m
+}
+
+/// The shadow in libtorch float64 ops, for large or GPU cases.
+pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
     let x64 = x.to_kind(Kind::Float).to_kind(Kind::Double);
     let w64 = gate.to_kind(Kind::Float).to_kind(Kind::Double);
     let e = cfg.experts as i64;
@@ -114,4 +218,31 @@ pub fn margins(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tens
     }
     let topk = if cfg.force_load_balance { vec![f64::INFINITY; rows as usize] } else { gaps(&choice, cfg.top_k) };
     Margins { topk, group, scale, absdot }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::data;
+    use crate::harness::generate::{nth, GenConfig};
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs())))
+    }
+
+    #[test]
+    fn the_rust_shadow_gives_the_libtorch_shadow() {
+        let mut small = 0;
+        for i in 0..400 {
+            let case = nth(21, i, &GenConfig::default());
+            let cfg = case.router_config().unwrap();
+            let inp = data::inputs(&case, tch::Device::Cpu);
+            let (a, b) = (margins(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()), margins_torch(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()));
+            small += (inp.x.numel() * cfg.experts <= SMALL_SHADOW_FMAS) as usize;
+            for (what, p, q) in [("topk", &a.topk, &b.topk), ("group", &a.group, &b.group), ("scale", &a.scale, &b.scale), ("absdot", &a.absdot, &b.absdot)] {
+                assert!(close(p, q), "case {i}: {what} {p:?} vs {q:?}\n{}", case.to_json());
+            }
+        }
+        assert!(small > 300, "the small path ran on {small} cases only");
+    }
 }
