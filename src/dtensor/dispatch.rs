@@ -157,10 +157,7 @@ fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> 
             local::check_index(x[0], *dim, x[1])?;
             one(x[0].f_gather(*dim, x[1], false))
         }
-        Op::ScatterValue { dim, value, .. } => {
-            local::check_index(x[0], *dim, x[1])?;
-            one(x[0].f_scatter(*dim, x[1], &local::filled(*value, x[0], x[1])))
-        }
+        Op::ScatterValue { dim, value, .. } => Ok(vec![local::scatter_value(x[0], *dim, x[1], *value)?]),
         Op::ScatterSrc { dim, .. } => {
             local::check_index(x[0], *dim, x[1])?;
             one(x[0].f_scatter(*dim, x[1], x[2]))

@@ -70,6 +70,23 @@ pub fn check_index(this: &Tensor, dim: i64, index: &Tensor) -> Result<(), DTenso
     }
 }
 
+/// `this.scatter(dim, index, value)` as torch's `scatter.value`. The value goes in as a filled
+/// tensor (tch's Scalar overloads are not fallible), so the src clause that a tensor src adds to
+/// the shape-check text is removed: real torch 2.12.1/2.14.0 print none (docs/crosscheck.md).
+pub fn scatter_value(this: &Tensor, dim: i64, index: &Tensor, value: f64) -> Result<Tensor, DTensorError> {
+    check_index(this, dim, index)?;
+    this.f_scatter(dim, index, &filled(value, this, index)).map_err(|e| match torch_err(e) {
+        DTensorError::Local { kind, message } => {
+            let message = match message.find(" and to be no larger size than src") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            DTensorError::Local { kind, message }
+        }
+        other => other,
+    })
+}
+
 /// Piece `idx` of `t` chunked `n` ways along `dim` (torch.chunk layout, possibly empty).
 pub fn chunk(t: &Tensor, dim: usize, n: usize, idx: usize) -> Tensor {
     let size = t.size()[dim] as usize;

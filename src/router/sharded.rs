@@ -4,7 +4,6 @@
 
 use super::config::{RouterConfig, ScoreFunc};
 use super::{RouterOutputs, RouterRev};
-use crate::dtensor::local::torch_err;
 use crate::dtensor::local_map::local_map;
 use crate::dtensor::{call, call_mixed, Ctx, DTensor, DType, Op, Result, TArg};
 use tch::{Kind, Tensor};
@@ -18,10 +17,7 @@ fn scatter_site(ctx: &mut Ctx, how: Site, this: &DTensor, placements_of: &DTenso
         Site::LocalMap => {
             let ins = [placements_of.placements.clone(), index.placements.clone()];
             let outs = [placements_of.placements.clone()];
-            let mut r = local_map(ctx, &[this, index], &ins, &outs, false, |_, t| {
-                let src = crate::dtensor::local::filled(if value { 1.0 } else { 0.0 }, t[0], t[1]);
-                t[0].f_scatter(-1, t[1], &src).map(|t| vec![t]).map_err(torch_err)
-            })?;
+            let mut r = local_map(ctx, &[this, index], &ins, &outs, false, |_, t| crate::dtensor::local::scatter_value(t[0], -1, t[1], v).map(|t| vec![t]))?;
             Ok(r.swap_remove(0))
         }
     }
