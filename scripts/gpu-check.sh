@@ -18,11 +18,12 @@ step() { # name, command...
   "$@" > "$out/$name.log" 2>&1
   local rc=$?
   local t=$(python3 -c "print(f'{$(date +%s.%N)-$t0:.1f}')")
-  rows+=("$name|$rc|${t}s|$(tail -n 1 "$out/$name.log" | cut -c1-90)")
+  rows+=("$name|$rc|${t}s|$(grep -v "^[[:space:]]*$" "$out/$name.log" | tail -n 1 | cut -c1-90)")
 }
 
 step doctor "$sf" doctor
 step cuda-tests "$here/tests" --ignored --test-threads 1 cuda
+step cross-device "$sf" run --cross-device --cases 3000 --seed 3 --device cuda
 step campaign "$sf" nightly --time 90s --seed 1 --device cuda --out "$out/campaign" --no-corpus
 step campaign-large "$sf" nightly --time 90s --seed 2 --device cuda --size large --jobs 1 --out "$out/campaign-large" --no-corpus
 step bench "$sf" bench --device cuda --out "$out/bench"
