@@ -32,8 +32,13 @@ fn draw(rng: &mut ChaCha8Rng, n: usize, f: impl Fn(&mut ChaCha8Rng) -> f64) -> V
 /// to their first word (a large preset's x is 15M values: 0.35 s on one core).
 fn draw_normals(rng: &mut ChaCha8Rng, n: usize, f: impl Fn(f64) -> f64 + Sync) -> Vec<f64> {
     const PARALLEL_FROM: usize = 1 << 16;
-    let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(16);
-    if n < PARALLEL_FROM || threads < 2 {
+    if n < PARALLEL_FROM {
+        return draw(rng, n, |r| f(normal(r)));
+    }
+    // available_parallelism reads cgroup files: ask once, not per tensor.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(16));
+    if threads < 2 {
         return draw(rng, n, |r| f(normal(r)));
     }
     let base = rng.get_word_pos();
