@@ -3,7 +3,7 @@
 //! every machine and libtorch version. Values are rounded to the case dtype by libtorch.
 
 use super::case::{Case, Style, Tensors};
-use super::tensor_data::{TensorData, Values};
+use super::tensor_data::TensorData;
 use crate::dtensor::DType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,9 +82,11 @@ pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
     (x, gate, case.router.expert_bias.then_some(bias))
 }
 
+/// As `TensorData::to_tensor` (f64 -> f32 in Rust, then libtorch's cast to the dtype), without
+/// first copying the values into a `TensorData`: a large preset's x is 15M values.
 fn tensor(values: &[f64], shape: &[usize], dtype: DType, device: Device) -> Tensor {
-    let td = TensorData { shape: shape.to_vec(), dtype, values: Values::Float(values.to_vec()) };
-    td.to_tensor(device)
+    let f: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_slice(&f).to_kind(crate::dtensor::local::kind(dtype)).reshape(crate::dtensor::local::i64s(shape)).to_device(device)
 }
 
 /// The case's inputs on `device`: inline tensors win over the seed.
@@ -110,6 +112,20 @@ pub fn inline(case: &Case) -> Tensors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::tensor_data::Values;
+
+    #[test]
+    fn inputs_are_the_values_rounded_as_tensor_data_rounds_them() {
+        for i in 0..40 {
+            let case = crate::harness::generate::nth(9, i, &crate::harness::generate::GenConfig::default());
+            let (x, _, _) = draw_values(&case);
+            let d = case.dims;
+            let want = TensorData { shape: vec![d.batch, d.seq, d.model], dtype: case.dtype, values: Values::Float(x) }.to_tensor(Device::Cpu);
+            let got = inputs(&case, Device::Cpu).x;
+            assert_eq!(got.kind(), want.kind());
+            assert!(got.equal(&want), "case {i}");
+        }
+    }
 
     #[test]
     fn parallel_normals_are_the_sequential_stream() {
