@@ -342,14 +342,12 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> 
 
 /// Grows dims until DTensor accepts them for this layout (see `ShapeMix::Valid`).
 fn make_valid(dims: &mut Dims, mesh: &MeshSpec, layout: &Layout) {
-    let shards = |placements: &[Placement], ndim: i64, dim: i64| -> usize {
-        placements.iter().zip(&mesh.shape).filter(|(p, _)| matches!(p, Placement::Shard(d) if d.rem_euclid(ndim) == dim)).map(|(_, &n)| n).product()
-    };
-    let nb = shards(&layout.x, 3, 0);
-    dims.batch = dims.batch.max(nb).div_ceil(nb) * nb;
-    dims.seq = dims.seq.max(shards(&layout.x, 3, 1));
+    use crate::placement::layout::shard_counts_on;
+    let x = shard_counts_on(&mesh.shape, &layout.x, 3);
+    dims.batch = dims.batch.max(x[0]).div_ceil(x[0]) * x[0];
+    dims.seq = dims.seq.max(x[1]);
     // Expert counts are left alone: growing them would break the expert groups.
-    dims.model = dims.model.max(shards(&layout.x, 3, 2)).max(shards(&layout.gate, 2, 1));
+    dims.model = dims.model.max(x[2]).max(shard_counts_on(&mesh.shape, &layout.gate, 2)[1]);
 }
 
 /// One random case. Always valid (`Case::validate` passes).

@@ -4,7 +4,6 @@
 use super::bucket::parts;
 use super::case::Case;
 use crate::router::Size1;
-use crate::placement::Placement;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
@@ -52,7 +51,10 @@ impl Known {
                 p.class == "error"
                     && p.rules == "torch-2.13"
                     && p.key.ends_with("view_of_sharded_dim")
-                    && (case.dims.seq < token_shards(case, 1) || case.dims.batch < token_shards(case, 0))
+                    && {
+                        let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
+                        case.dims.batch < n[0] || case.dims.seq < n[1]
+                    }
             }
             Known::LocalMapShapes => p.class == "shape" && p.router.starts_with("local_map") && p.key == "rank_dependent",
         }
@@ -64,15 +66,11 @@ impl Known {
     }
 }
 
-/// How many shards x's token dim `dim` (0 batch, 1 sequence) is split into.
-fn token_shards(case: &Case, dim: i64) -> usize {
-    case.layout.x.iter().zip(&case.mesh.shape).filter(|(p, _)| matches!(p, Placement::Shard(d) if d.rem_euclid(3) == dim)).map(|(_, &n)| n).product()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::harness::generate::{nth, GenConfig};
+    use crate::placement::Placement;
 
     #[test]
     fn size1_keep_needs_a_size1_axis() {

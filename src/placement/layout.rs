@@ -90,10 +90,19 @@ pub fn local_shape_and_offset(global: &[usize], mesh: &Mesh, placements: &[Place
 /// How many pieces each tensor dim is cut into (product of the sizes of the mesh dims that
 /// shard it).
 pub fn shard_counts(mesh: &Mesh, placements: &[Placement], ndim: usize) -> Vec<usize> {
+    shard_counts_on(mesh.shape(), placements, ndim)
+}
+
+/// `shard_counts` on a mesh given by its shape, for placements as a case file writes them
+/// (negative shard dims count from the end; dims out of range are ignored).
+pub fn shard_counts_on(mesh_shape: &[usize], placements: &[Placement], ndim: usize) -> Vec<usize> {
     let mut c = vec![1; ndim];
-    for (md, p) in placements.iter().enumerate() {
+    for (p, &n) in placements.iter().zip(mesh_shape) {
         if let Some(d) = p.shard_dim() {
-            c[d as usize] *= mesh.dim_size(md);
+            let d = if d < 0 { d + ndim as i64 } else { d };
+            if let Some(x) = usize::try_from(d).ok().and_then(|d| c.get_mut(d)) {
+                *x *= n;
+            }
         }
     }
     c

@@ -24,6 +24,21 @@ pub struct RouterOutputs<T> {
 }
 
 impl<T> RouterOutputs<T> {
+    /// Every output through `f`; `None` when `f` fails on any.
+    pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Option<U>) -> Option<RouterOutputs<U>> {
+        Some(RouterOutputs {
+            topk_scores: f(&self.topk_scores)?,
+            topk_ids: f(&self.topk_ids)?,
+            scores: f(&self.scores)?,
+            routing_map: f(&self.routing_map)?,
+            counts: f(&self.counts)?,
+            group_mask: match &self.group_mask {
+                Some(g) => Some(f(g)?),
+                None => None,
+            },
+        })
+    }
+
     /// Outputs in report order with their names.
     pub fn named(&self) -> Vec<(&'static str, &T)> {
         let mut v = vec![

@@ -26,35 +26,13 @@ fn error_key(r: &Result<impl Sized, DTensorError>) -> String {
 
 /// Full tensors of `s`, on the CPU (what a reference looks like).
 fn gathered(s: &RouterOutputs<DTensor>) -> Option<RouterOutputs<tch::Tensor>> {
-    let f = |d: &DTensor| d.full_tensor().ok().map(|t| t.to_device(tch::Device::Cpu));
-    Some(RouterOutputs {
-        topk_scores: f(&s.topk_scores)?,
-        topk_ids: f(&s.topk_ids)?,
-        scores: f(&s.scores)?,
-        routing_map: f(&s.routing_map)?,
-        counts: f(&s.counts)?,
-        group_mask: match &s.group_mask {
-            Some(g) => Some(f(g)?),
-            None => None,
-        },
-    })
+    s.try_map(|d| d.full_tensor().ok().map(|t| t.to_device(tch::Device::Cpu)))
 }
 
 /// Replicated one-rank DTensors of full tensors, so the value oracle can take them.
 fn wrapped(r: &RouterOutputs<tch::Tensor>) -> Option<RouterOutputs<DTensor>> {
     let mesh = Arc::new(Mesh::new(vec![1], vec!["x".into()]).ok()?);
-    let w = |t: &tch::Tensor| DTensor::distribute(&t.to_device(tch::Device::Cpu), &mesh, &[Placement::Replicate]).ok();
-    Some(RouterOutputs {
-        topk_scores: w(&r.topk_scores)?,
-        topk_ids: w(&r.topk_ids)?,
-        scores: w(&r.scores)?,
-        routing_map: w(&r.routing_map)?,
-        counts: w(&r.counts)?,
-        group_mask: match &r.group_mask {
-            Some(g) => Some(w(g)?),
-            None => None,
-        },
-    })
+    r.try_map(|t| DTensor::distribute(&t.to_device(tch::Device::Cpu), &mesh, &[Placement::Replicate]).ok())
 }
 
 /// Value verdicts of `other` against `base` (CPU), renamed to the device class under `side`.
