@@ -190,7 +190,9 @@ pub fn gpu_names() -> Vec<String> {
         }
     }
     if names.len() < n {
-        if let Ok(out) = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output() {
+        if let Ok(out) =
+            std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output()
+        {
             names = String::from_utf8_lossy(&out.stdout).lines().map(|s| s.trim().to_string()).collect();
         }
     }

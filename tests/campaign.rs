@@ -22,7 +22,22 @@ fn report(dir: &Path) -> Value {
 fn a_worker_crash_loses_only_its_case_and_is_reported() {
     let out = tmp("crash");
     let st = shardfuzz()
-        .args(["nightly", "--cases", "40", "--seed", "3", "--jobs", "2", "--no-shrink", "--no-corpus", "--device", "cpu", "--inject-fault", "abort@7", "--out"])
+        .args([
+            "nightly",
+            "--cases",
+            "40",
+            "--seed",
+            "3",
+            "--jobs",
+            "2",
+            "--no-shrink",
+            "--no-corpus",
+            "--device",
+            "cpu",
+            "--inject-fault",
+            "abort@7",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .unwrap();
@@ -44,7 +59,24 @@ fn a_worker_crash_loses_only_its_case_and_is_reported() {
 fn a_hanging_case_times_out_and_the_campaign_goes_on() {
     let out = tmp("hang");
     let st = shardfuzz()
-        .args(["nightly", "--cases", "12", "--seed", "3", "--jobs", "1", "--no-shrink", "--no-corpus", "--device", "cpu", "--per-case-timeout", "6s", "--inject-fault", "hang@4", "--out"])
+        .args([
+            "nightly",
+            "--cases",
+            "12",
+            "--seed",
+            "3",
+            "--jobs",
+            "1",
+            "--no-shrink",
+            "--no-corpus",
+            "--device",
+            "cpu",
+            "--per-case-timeout",
+            "6s",
+            "--inject-fault",
+            "hang@4",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .unwrap();
@@ -60,7 +92,21 @@ fn same_seed_and_count_give_the_same_report_whatever_the_worker_count() {
     let (a, b) = (tmp("det-a"), tmp("det-b"));
     for (dir, jobs) in [(&a, "1"), (&b, "2")] {
         let st = shardfuzz()
-            .args(["nightly", "--cases", "150", "--seed", "11", "--jobs", jobs, "--shrink-tries", "40", "--no-corpus", "--device", "cpu", "--out"])
+            .args([
+                "nightly",
+                "--cases",
+                "150",
+                "--seed",
+                "11",
+                "--jobs",
+                jobs,
+                "--shrink-tries",
+                "40",
+                "--no-corpus",
+                "--device",
+                "cpu",
+                "--out",
+            ])
             .arg(dir)
             .status()
             .unwrap();

@@ -89,5 +89,10 @@ fn check_file(name: &str, at_least: usize) {
         checked += 1;
     }
     assert!(checked >= at_least, "only {checked} cases checked");
-    assert!(failures.is_empty(), "{} of {checked} cases differ from real PyTorch:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases differ from real PyTorch:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

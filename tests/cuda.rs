@@ -9,7 +9,10 @@ use shardfuzz::harness::{replay, runner};
 
 fn cuda() -> tch::Device {
     device::init();
-    assert!(tch::Cuda::is_available(), "no CUDA device: these tests are for a GPU machine (run with --ignored only there)");
+    assert!(
+        tch::Cuda::is_available(),
+        "no CUDA device: these tests are for a GPU machine (run with --ignored only there)"
+    );
     tch::Device::Cuda(0)
 }
 
@@ -35,7 +38,9 @@ fn cuda_golden_cases_give_the_cpu_verdicts() {
         let case = replay::parse(&std::fs::read_to_string(&p).unwrap()).unwrap();
         let on_cpu = replay::replay(&case, tch::Device::Cpu, false).unwrap().outcome();
         let on_gpu = replay::replay(&case, dev, false).unwrap().outcome();
-        let classes = |o: &shardfuzz::harness::outcome::Outcome| o.verdicts.iter().map(|v| (v.class, v.output.clone())).collect::<Vec<_>>();
+        let classes = |o: &shardfuzz::harness::outcome::Outcome| {
+            o.verdicts.iter().map(|v| (v.class, v.output.clone())).collect::<Vec<_>>()
+        };
         assert_eq!(classes(&on_cpu), classes(&on_gpu), "{}", p.display());
         assert_eq!(on_cpu.sharded.error, on_gpu.sharded.error, "{}", p.display());
         n += 1;
@@ -54,7 +59,8 @@ fn cross_check(size: SizeClass, cases: u64, seed: u64) {
         cross::check(&case, &cpu, &gpu, &mut j);
         assert!(j.verdicts.is_empty(), "case {i} of seed {seed}: {:#?}\n{}", j.verdicts, case.to_json());
         // The per-device oracles agree too.
-        let sig = |r: &runner::Run| oracle::judge(&case, r).verdicts.iter().map(|v| v.signature(&case)).collect::<Vec<_>>();
+        let sig =
+            |r: &runner::Run| oracle::judge(&case, r).verdicts.iter().map(|v| v.signature(&case)).collect::<Vec<_>>();
         assert_eq!(sig(&cpu), sig(&gpu), "case {i} of seed {seed}");
     }
 }

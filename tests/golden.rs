@@ -13,7 +13,11 @@ fn golden_dir() -> PathBuf {
 }
 
 fn golden_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().ends_with(".outcome.json")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".outcome.json"))
+        .collect();
     v.sort();
     assert!(v.len() >= 10, "expected the 10 golden outcomes, found {}", v.len());
     v
@@ -64,9 +68,16 @@ fn every_golden_outcome_replays_identically() {
         for (name, g) in &golden.sharded.outputs.0 {
             assert_output(&format!("{f}: {name}"), g, ours.sharded.outputs.get(name).unwrap());
         }
-        let comms = |o: &Outcome| o.sharded.comms.iter().map(|c| (c.op.clone(), c.mesh_dim, c.tensor.clone())).collect::<Vec<_>>();
+        let comms = |o: &Outcome| {
+            o.sharded.comms.iter().map(|c| (c.op.clone(), c.mesh_dim, c.tensor.clone())).collect::<Vec<_>>()
+        };
         assert_eq!(comms(&golden), comms(&ours), "{f}: communication");
-        let verdicts = |o: &Outcome| o.verdicts.iter().map(|v| (v.class, v.output.clone(), v.expected.clone(), v.actual.clone(), v.detail.clone())).collect::<Vec<_>>();
+        let verdicts = |o: &Outcome| {
+            o.verdicts
+                .iter()
+                .map(|v| (v.class, v.output.clone(), v.expected.clone(), v.actual.clone(), v.detail.clone()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(verdicts(&golden), verdicts(&ours), "{f}: verdicts");
     }
 }

@@ -34,7 +34,10 @@ fn combos(mesh: &Mesh, ndim: usize, partial: bool) -> Vec<Vec<Placement>> {
     let opts = options(ndim, partial);
     let mut out = vec![vec![]];
     for _ in 0..mesh.ndim() {
-        out = out.into_iter().flat_map(|p: Vec<Placement>| opts.iter().map(move |o| [p.clone(), vec![*o]].concat())).collect();
+        out = out
+            .into_iter()
+            .flat_map(|p: Vec<Placement>| opts.iter().map(move |o| [p.clone(), vec![*o]].concat()))
+            .collect();
     }
     out
 }
@@ -53,9 +56,25 @@ fn make(full: &Tensor, mesh: &Arc<Mesh>, ps: &[Placement]) -> DTensor {
                     dt.locals[rank] = match op {
                         ReduceOp::Sum => {
                             let w = (i as f64 + 1.0) / (n * (n + 1.0) / 2.0);
-                            if t.is_floating_point() { t * w } else { if i == 0 { t.shallow_clone() } else { t.zeros_like() } }
+                            if t.is_floating_point() {
+                                t * w
+                            } else {
+                                if i == 0 {
+                                    t.shallow_clone()
+                                } else {
+                                    t.zeros_like()
+                                }
+                            }
                         }
-                        ReduceOp::Max => if i == 0 { t.shallow_clone() } else if t.is_floating_point() { t - 1.5 } else { t - 2 },
+                        ReduceOp::Max => {
+                            if i == 0 {
+                                t.shallow_clone()
+                            } else if t.is_floating_point() {
+                                t - 1.5
+                            } else {
+                                t - 2
+                            }
+                        }
                         _ => unreachable!(),
                     };
                 }
@@ -69,7 +88,10 @@ fn make(full: &Tensor, mesh: &Arc<Mesh>, ps: &[Placement]) -> DTensor {
 /// Errors PyTorch documents for some placements (the property holds "or both raise").
 fn documented(e: &DTensorError) -> bool {
     match e {
-        DTensorError::InPlacePlacementChange { .. } | DTensorError::ViewOfShardedDim { .. } | DTensorError::ViewUneven(_) | DTensorError::Placement(_) => true,
+        DTensorError::InPlacePlacementChange { .. }
+        | DTensorError::ViewOfShardedDim { .. }
+        | DTensorError::ViewUneven(_)
+        | DTensorError::Placement(_) => true,
         // A view PyTorch accepts whose local view shape does not fit (its own bug).
         DTensorError::Local { message, .. } => message.contains("is invalid for input of size"),
         _ => false,
@@ -90,7 +112,8 @@ fn same(what: &str, a: &Tensor, b: &Tensor) {
 fn check(name: &str, op: Op, inputs: &[Tensor], partial: &[bool], expected: &[Tensor], rules: RuleSet) -> usize {
     let mut ran = 0;
     for mesh in meshes() {
-        let per_input: Vec<Vec<Vec<Placement>>> = inputs.iter().zip(partial).map(|(t, &p)| combos(&mesh, t.dim(), p)).collect();
+        let per_input: Vec<Vec<Vec<Placement>>> =
+            inputs.iter().zip(partial).map(|(t, &p)| combos(&mesh, t.dim(), p)).collect();
         let mut idx = vec![0usize; inputs.len()];
         'combos: loop {
             let ps: Vec<&Vec<Placement>> = idx.iter().zip(&per_input).map(|(&i, c)| &c[i]).collect();
@@ -150,9 +173,23 @@ fn pointwise_ops() {
             check("mul scalar", Op::MulScalar(2.5), &[x.shallow_clone()], &[true], &[&x * 2.5], rules);
         }
         let den = x.abs().sum_dim_intlist([-1i64].as_slice(), true, Kind::Float) + 1.0;
-        check("div", Op::Div, &[x.shallow_clone(), den.shallow_clone()], &[true, false], &[&x / &den], RuleSet::Torch213);
+        check(
+            "div",
+            Op::Div,
+            &[x.shallow_clone(), den.shallow_clone()],
+            &[true, false],
+            &[&x / &den],
+            RuleSet::Torch213,
+        );
         let xb = x.to_kind(Kind::BFloat16);
-        check("to f32", Op::ToDtype(shardfuzz::dtensor::DType::F32), &[xb.shallow_clone()], &[false], &[xb.to_kind(Kind::Float)], RuleSet::Torch213);
+        check(
+            "to f32",
+            Op::ToDtype(shardfuzz::dtensor::DType::F32),
+            &[xb.shallow_clone()],
+            &[false],
+            &[xb.to_kind(Kind::Float)],
+            RuleSet::Torch213,
+        );
     }
 }
 
@@ -161,10 +198,31 @@ fn masked_fill_and_likes() {
     let x = randn(&[2, 5, 2, 2], 3);
     let mask = randn(&[2, 5, 2, 1], 4).gt(0.0);
     let expected = x.masked_fill(&mask, f64::NEG_INFINITY);
-    check("masked_fill", Op::MaskedFill(f64::NEG_INFINITY), &[x.shallow_clone(), mask.shallow_clone()], &[false, false], &[expected], RuleSet::Torch213);
+    check(
+        "masked_fill",
+        Op::MaskedFill(f64::NEG_INFINITY),
+        &[x.shallow_clone(), mask.shallow_clone()],
+        &[false, false],
+        &[expected],
+        RuleSet::Torch213,
+    );
     let s = randn(&[2, 3, 4], 5);
-    check("zeros_like", Op::ZerosLike(Some(shardfuzz::dtensor::DType::Bool)), &[s.shallow_clone()], &[true], &[s.zeros_like().to_kind(Kind::Bool)], RuleSet::Torch213);
-    check("ones_like", Op::OnesLike(Some(shardfuzz::dtensor::DType::Bool)), &[s.shallow_clone()], &[true], &[s.ones_like().to_kind(Kind::Bool)], RuleSet::Torch213);
+    check(
+        "zeros_like",
+        Op::ZerosLike(Some(shardfuzz::dtensor::DType::Bool)),
+        &[s.shallow_clone()],
+        &[true],
+        &[s.zeros_like().to_kind(Kind::Bool)],
+        RuleSet::Torch213,
+    );
+    check(
+        "ones_like",
+        Op::OnesLike(Some(shardfuzz::dtensor::DType::Bool)),
+        &[s.shallow_clone()],
+        &[true],
+        &[s.ones_like().to_kind(Kind::Bool)],
+        RuleSet::Torch213,
+    );
 }
 
 #[test]
@@ -172,11 +230,39 @@ fn reductions_and_scans() {
     for (b, l, e) in [(2, 4, 6), (2, 5, 3), (3, 1, 4)] {
         let x = randn(&[b, l, e], 6);
         let map = x.gt(0.3);
-        check("sum bool (0,1)", Op::Sum { dims: vec![0, 1], keepdim: false }, &[map.shallow_clone()], &[false], &[map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64)], RuleSet::Torch213);
-        check("sum -1 keepdim", Op::Sum { dims: vec![-1], keepdim: true }, &[x.shallow_clone()], &[true], &[x.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)], RuleSet::Torch213);
-        check("softmax", Op::Softmax { dim: -1 }, &[x.shallow_clone()], &[true], &[x.softmax(-1, Kind::Float)], RuleSet::Torch213);
+        check(
+            "sum bool (0,1)",
+            Op::Sum { dims: vec![0, 1], keepdim: false },
+            &[map.shallow_clone()],
+            &[false],
+            &[map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64)],
+            RuleSet::Torch213,
+        );
+        check(
+            "sum -1 keepdim",
+            Op::Sum { dims: vec![-1], keepdim: true },
+            &[x.shallow_clone()],
+            &[true],
+            &[x.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float)],
+            RuleSet::Torch213,
+        );
+        check(
+            "softmax",
+            Op::Softmax { dim: -1 },
+            &[x.shallow_clone()],
+            &[true],
+            &[x.softmax(-1, Kind::Float)],
+            RuleSet::Torch213,
+        );
         let c = map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
-        check("cumsum", Op::Cumsum { dim: 0, dtype: None }, &[c.shallow_clone()], &[true], &[c.cumsum(0, Kind::Int64)], RuleSet::Torch213);
+        check(
+            "cumsum",
+            Op::Cumsum { dim: 0, dtype: None },
+            &[c.shallow_clone()],
+            &[true],
+            &[c.cumsum(0, Kind::Int64)],
+            RuleSet::Torch213,
+        );
     }
 }
 
@@ -186,7 +272,9 @@ fn sort_family() {
         let x = randn(&[b, l, e], 7);
         for sorted in [true, false] {
             let (v, i) = x.topk(2, -1, true, sorted);
-            let (v, i) = if sorted { (v, i) } else {
+            let (v, i) = if sorted {
+                (v, i)
+            } else {
                 // Unsorted topk's order is unspecified: compare after sorting by value.
                 let (sv, order) = v.sort(-1, true);
                 (sv, i.gather(-1, &order, false))
@@ -197,7 +285,14 @@ fn sort_family() {
     }
     let flat = ids(2, 5, 8, 3, 8).reshape([-1]);
     let (v, i) = flat.sort_stable(true, 0, false);
-    check("argsort", Op::Sort { dim: 0, stable: true, descending: false }, &[flat.shallow_clone()], &[false], &[v, i], RuleSet::Torch213);
+    check(
+        "argsort",
+        Op::Sort { dim: 0, stable: true, descending: false },
+        &[flat.shallow_clone()],
+        &[false],
+        &[v, i],
+        RuleSet::Torch213,
+    );
 }
 
 #[test]
@@ -205,13 +300,27 @@ fn gather_and_scatter() {
     for (b, l, e, k) in [(2, 4, 6, 2), (2, 5, 4, 3), (1, 3, 4, 1)] {
         let s = randn(&[b, l, e], 9);
         let i = ids(b, l, e, k, 10);
-        check("gather", Op::Gather { dim: -1 }, &[s.shallow_clone(), i.shallow_clone()], &[false, false], &[s.gather(-1, &i, false)], RuleSet::Torch213);
+        check(
+            "gather",
+            Op::Gather { dim: -1 },
+            &[s.shallow_clone(), i.shallow_clone()],
+            &[false, false],
+            &[s.gather(-1, &i, false)],
+            RuleSet::Torch213,
+        );
         let z = s.zeros_like().to_kind(Kind::Bool);
         let expected = z.scatter_value(-1, &i, 1i64);
         for rules in RuleSet::ALL {
             for inplace in [false, true] {
                 let op = Op::ScatterValue { dim: -1, value: 1.0, inplace };
-                check("scatter", op, &[z.shallow_clone(), i.shallow_clone()], &[false, false], &[expected.shallow_clone()], rules);
+                check(
+                    "scatter",
+                    op,
+                    &[z.shallow_clone(), i.shallow_clone()],
+                    &[false, false],
+                    &[expected.shallow_clone()],
+                    rules,
+                );
             }
         }
     }
@@ -226,15 +335,50 @@ fn matrix_and_views() {
         let x2 = x.reshape([b * l, d]);
         check("mm", Op::Mm, &[x2.shallow_clone(), w.tr()], &[true, true], &[x2.mm(&w.tr())], RuleSet::Torch213);
         for rules in [RuleSet::Torch212, RuleSet::Torch213] {
-            check("flatten", Op::View { shape: vec![b * l, d], unsafe_view: false }, &[x.shallow_clone()], &[true], &[x2.shallow_clone()], rules);
-            check("unflatten", Op::View { shape: vec![b, l, d], unsafe_view: true }, &[x2.shallow_clone()], &[true], &[x.shallow_clone()], rules);
+            check(
+                "flatten",
+                Op::View { shape: vec![b * l, d], unsafe_view: false },
+                &[x.shallow_clone()],
+                &[true],
+                &[x2.shallow_clone()],
+                rules,
+            );
+            check(
+                "unflatten",
+                Op::View { shape: vec![b, l, d], unsafe_view: true },
+                &[x2.shallow_clone()],
+                &[true],
+                &[x.shallow_clone()],
+                rules,
+            );
         }
         let g = randn(&[b, l, 4, 2], 13);
         let flat = g.reshape([b, l, 8]);
-        check("group view", Op::View { shape: vec![b, l, 4, 2], unsafe_view: false }, &[flat.shallow_clone()], &[true], &[g.shallow_clone()], RuleSet::Torch213);
-        check("group flatten", Op::View { shape: vec![b, l, 8], unsafe_view: false }, &[g.shallow_clone()], &[true], &[flat], RuleSet::Torch213);
+        check(
+            "group view",
+            Op::View { shape: vec![b, l, 4, 2], unsafe_view: false },
+            &[flat.shallow_clone()],
+            &[true],
+            &[g.shallow_clone()],
+            RuleSet::Torch213,
+        );
+        check(
+            "group flatten",
+            Op::View { shape: vec![b, l, 8], unsafe_view: false },
+            &[g.shallow_clone()],
+            &[true],
+            &[flat],
+            RuleSet::Torch213,
+        );
         let m = randn(&[b, l, 4], 14);
-        check("unsqueeze", Op::Unsqueeze { dim: -1 }, &[m.shallow_clone()], &[true], &[m.unsqueeze(-1)], RuleSet::Torch213);
+        check(
+            "unsqueeze",
+            Op::Unsqueeze { dim: -1 },
+            &[m.shallow_clone()],
+            &[true],
+            &[m.unsqueeze(-1)],
+            RuleSet::Torch213,
+        );
     }
 }
 
@@ -256,7 +400,11 @@ fn redistribute_round_trips_every_pair() {
                     };
                     assert_eq!(moved.placements, *dst);
                     assert_eq!(moved.shape, dt.shape);
-                    same(&format!("{src:?} -> {dst:?} on {:?} {shape:?}", mesh.shape()), &moved.full_tensor().unwrap(), &full);
+                    same(
+                        &format!("{src:?} -> {dst:?} on {:?} {shape:?}", mesh.shape()),
+                        &moved.full_tensor().unwrap(),
+                        &full,
+                    );
                     // Local shapes follow the chunk layout of the target.
                     let want = shardfuzz::placement::layout::local_shapes(&moved.shape, &mesh, dst);
                     assert_eq!(moved.local_shapes(), want, "{src:?} -> {dst:?}");
@@ -282,7 +430,9 @@ fn redistribute_round_trips_every_pair() {
 #[test]
 fn mm_drops_strided_rows_too_short_for_their_split_factor() {
     let mesh = Arc::new(Mesh::tp(4));
-    for (l, want, gathers) in [(3i64, vec![Placement::Replicate], 1usize), (4, vec![Placement::StridedShard { dim: 0, sf: 4 }], 0)] {
+    for (l, want, gathers) in
+        [(3i64, vec![Placement::Replicate], 1usize), (4, vec![Placement::StridedShard { dim: 0, sf: 4 }], 0)]
+    {
         tch::manual_seed(0);
         let x = Tensor::randn([4, l, 16], (Kind::Float, tch::Device::Cpu));
         let w = Tensor::randn([16, 2], (Kind::Float, tch::Device::Cpu));

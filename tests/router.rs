@@ -3,8 +3,8 @@
 //! route_norm, bias, uneven and short sequences, size-1 mesh axes, and hand-built reference
 //! examples whose answer is known.
 
-use shardfuzz::dtensor::local_map::local_map;
 use shardfuzz::dtensor::local::torch_err;
+use shardfuzz::dtensor::local_map::local_map;
 use shardfuzz::dtensor::{call, call_mixed, Ctx, DTensor, DType, Op, RuleSet, TArg};
 use shardfuzz::harness::case::Case;
 use shardfuzz::harness::oracle::Class;
@@ -27,11 +27,22 @@ fn mesh12() -> Arc<Mesh> {
 }
 
 /// zeros_like(scores, bool).scatter{_}(-1, ids, True) then sum(dim=(0,1)), as in §7.
-fn routing_map(rules: RuleSet, mesh: &Arc<Mesh>, ps: &[Placement], b: i64, l: i64, inplace: bool) -> Result<(Vec<Placement>, Vec<Placement>, bool), String> {
+fn routing_map(
+    rules: RuleSet,
+    mesh: &Arc<Mesh>,
+    ps: &[Placement],
+    b: i64,
+    l: i64,
+    inplace: bool,
+) -> Result<(Vec<Placement>, Vec<Placement>, bool), String> {
     tch::manual_seed(0);
     let scores = Tensor::randn([b, l, 8], (Kind::Float, tch::Device::Cpu));
     let ids = scores.topk(3, -1, true, true).1;
-    let reference = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
+    let reference = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64).sum_dim_intlist(
+        [0i64, 1].as_slice(),
+        false,
+        Kind::Int64,
+    );
     let s = DTensor::distribute(&scores, mesh, ps).unwrap();
     let i = DTensor::distribute(&ids, mesh, ps).unwrap();
     let mut ctx = Ctx::new(rules);
@@ -51,7 +62,10 @@ fn section_7_scatter_rows() {
     assert!(routing_map(RuleSet::Torch212, &m1, &[Shard(1)], 2, 4, true).unwrap_err().starts_with(INPLACE_ERR));
     assert_eq!(routing_map(RuleSet::Torch213, &m1, &[Shard(1)], 2, 4, true).unwrap(), (vec![Shard(1)], vec![P], true));
     // out-of-place, (S1), L=4
-    assert_eq!(routing_map(RuleSet::Torch212, &m1, &[Shard(1)], 2, 4, false).unwrap(), (vec![Replicate], vec![Replicate], true));
+    assert_eq!(
+        routing_map(RuleSet::Torch212, &m1, &[Shard(1)], 2, 4, false).unwrap(),
+        (vec![Replicate], vec![Replicate], true)
+    );
     assert_eq!(routing_map(RuleSet::Torch213, &m1, &[Shard(1)], 2, 4, false).unwrap(), (vec![Shard(1)], vec![P], true));
     // in-place, (S0)
     assert!(routing_map(RuleSet::Torch212, &m1, &[Shard(0)], 2, 4, true).is_err());
@@ -70,10 +84,16 @@ fn section_7_scatter_rows() {
     // in-place, (R,S1) 2-D
     let e = routing_map(RuleSet::Torch212, &m12, &[Replicate, Shard(1)], 2, 4, true).unwrap_err();
     assert!(e.contains("(Replicate(), Shard(dim=1))"), "{e}");
-    assert_eq!(routing_map(RuleSet::Torch213, &m12, &[Replicate, Shard(1)], 2, 4, true).unwrap(), (vec![Replicate, Shard(1)], vec![Replicate, P], true));
+    assert_eq!(
+        routing_map(RuleSet::Torch213, &m12, &[Replicate, Shard(1)], 2, 4, true).unwrap(),
+        (vec![Replicate, Shard(1)], vec![Replicate, P], true)
+    );
     // in-place, (R,R) 2-D (the #3762 case)
     for r in [RuleSet::Torch212, RuleSet::Torch213] {
-        assert_eq!(routing_map(r, &m12, &[Replicate, Replicate], 2, 4, true).unwrap(), (vec![Replicate, Replicate], vec![Replicate, Replicate], true));
+        assert_eq!(
+            routing_map(r, &m12, &[Replicate, Replicate], 2, 4, true).unwrap(),
+            (vec![Replicate, Replicate], vec![Replicate, Replicate], true)
+        );
     }
 }
 
@@ -86,9 +106,12 @@ fn group_mask(rules: RuleSet, l: i64) -> Result<(Vec<Placement>, Vec<Placement>,
     let mesh = mesh1();
     let g = DTensor::distribute(&gs, &mesh, &[Shard(1)]).unwrap();
     let mut ctx = Ctx::new(rules);
-    let i = call(&mut ctx, &Op::Topk { k: 2, dim: -1, largest: true, sorted: false }, &[&g]).map_err(|e| e.to_string())?.swap_remove(1);
+    let i = call(&mut ctx, &Op::Topk { k: 2, dim: -1, largest: true, sorted: false }, &[&g])
+        .map_err(|e| e.to_string())?
+        .swap_remove(1);
     let ones = ctx.op1(Op::OnesLike(Some(DType::Bool)), &[&g]).map_err(|e| e.to_string())?;
-    let m = ctx.op1(Op::ScatterValue { dim: -1, value: 0.0, inplace: true }, &[&ones, &i]).map_err(|e| e.to_string())?;
+    let m =
+        ctx.op1(Op::ScatterValue { dim: -1, value: 0.0, inplace: true }, &[&ones, &i]).map_err(|e| e.to_string())?;
     Ok((i.placements.clone(), m.placements.clone(), m.full_tensor().unwrap().equal(&want)))
 }
 
@@ -107,14 +130,29 @@ fn section_7_local_map_rewrap_and_force_balance_and_ties() {
     tch::manual_seed(2);
     let scores = Tensor::randn([2, 5, 8], (Kind::Float, tch::Device::Cpu));
     let ids = scores.topk(3, -1, true, true).1;
-    let want = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64).sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
+    let want = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64).sum_dim_intlist(
+        [0i64, 1].as_slice(),
+        false,
+        Kind::Int64,
+    );
     for rules in [RuleSet::Torch212, RuleSet::Torch213] {
         let s = DTensor::distribute(&scores, &mesh, &[Shard(1)]).unwrap();
         let i = DTensor::distribute(&ids, &mesh, &[Shard(1)]).unwrap();
         let mut ctx = Ctx::new(rules);
-        let map = local_map(&mut ctx, &[&s, &i], &[s.placements.clone(), i.placements.clone()], &[s.placements.clone()], false, |_, t| {
-            t[0].zeros_like().to_kind(Kind::Bool).f_scatter(-1, t[1], &shardfuzz::dtensor::local::filled(1.0, &t[0].to_kind(Kind::Bool), t[1])).map(|x| vec![x]).map_err(torch_err)
-        })
+        let map = local_map(
+            &mut ctx,
+            &[&s, &i],
+            &[s.placements.clone(), i.placements.clone()],
+            std::slice::from_ref(&s.placements),
+            false,
+            |_, t| {
+                t[0].zeros_like()
+                    .to_kind(Kind::Bool)
+                    .f_scatter(-1, t[1], &shardfuzz::dtensor::local::filled(1.0, &t[0].to_kind(Kind::Bool), t[1]))
+                    .map(|x| vec![x])
+                    .map_err(torch_err)
+            },
+        )
         .unwrap()
         .swap_remove(0);
         assert_eq!(map.rank_global_shapes(), vec![vec![2, 6, 8], vec![2, 4, 8]]);
@@ -131,7 +169,8 @@ fn section_7_local_map_rewrap_and_force_balance_and_ties() {
         let plain_ids = ones.topk(3, -1, true, false).1;
         assert_eq!(Vec::<i64>::try_from(plain_ids.get(0).get(0)).unwrap(), vec![6, 5, 4]);
         let d = DTensor::distribute(&ones, &mesh, &[Shard(1)]).unwrap();
-        let sharded = call(&mut ctx, &Op::Topk { k: 3, dim: -1, largest: true, sorted: false }, &[&d]).unwrap().swap_remove(1);
+        let sharded =
+            call(&mut ctx, &Op::Topk { k: 3, dim: -1, largest: true, sorted: false }, &[&d]).unwrap().swap_remove(1);
         assert!(sharded.full_tensor().unwrap().equal(&plain_ids));
     }
 }
@@ -140,7 +179,8 @@ fn section_7_local_map_rewrap_and_force_balance_and_ties() {
 // §10 and the revisions table: whole-router cases built from golden case 02 (tp=2, S(1), L=4).
 
 fn base() -> Case {
-    let text = std::fs::read_to_string(crate::root().join("tests/golden/02_tp2_s1_inplace_torch213.outcome.json")).unwrap();
+    let text =
+        std::fs::read_to_string(crate::root().join("tests/golden/02_tp2_s1_inplace_torch213.outcome.json")).unwrap();
     let mut c = replay::parse(&text).unwrap();
     c.tensors = None;
     c
@@ -199,7 +239,13 @@ fn section_10_short_sequence_at_the_gate() {
             c.layout.x = vec![Shard(0)];
             rules(c, rs);
         }));
-        assert!(r.run.sharded.as_ref().unwrap_err().to_string().starts_with("Cannot flatten unevenly sharded tensor: dimension 0 (size 3)"));
+        assert!(r
+            .run
+            .sharded
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .starts_with("Cannot flatten unevenly sharded tensor: dimension 0 (size 3)"));
         let r = run(&with(|c| {
             c.dims.seq = 5;
             rules(c, rs);
@@ -248,7 +294,10 @@ fn section_10_force_balance_raises_in_every_revision() {
             c.router.force_load_balance = true;
             router(c, rev);
         }));
-        assert!(r.run.sharded.as_ref().unwrap_err().to_string().contains("got mixed torch.Tensor and DTensor"), "{rev}");
+        assert!(
+            r.run.sharded.as_ref().unwrap_err().to_string().contains("got mixed torch.Tensor and DTensor"),
+            "{rev}"
+        );
         assert!(r.run.reference.is_ok());
     }
 }
@@ -298,7 +347,12 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
         for norm in [false, true] {
             for bias in [false, true] {
                 for groups in [None, Some(shardfuzz::router::Groups { num_groups: 2, num_limited: 1 })] {
-                    for (seq, mesh, x) in [(4, vec![2], vec![Shard(1)]), (5, vec![2], vec![Shard(1)]), (4, vec![1, 2], vec![Replicate, Shard(1)]), (3, vec![2, 1], vec![Shard(0), Replicate])] {
+                    for (seq, mesh, x) in [
+                        (4, vec![2], vec![Shard(1)]),
+                        (5, vec![2], vec![Shard(1)]),
+                        (4, vec![1, 2], vec![Replicate, Shard(1)]),
+                        (3, vec![2, 1], vec![Shard(0), Replicate]),
+                    ] {
                         let c = with(|c| {
                             c.router.score_func = sf;
                             c.router.route_norm = norm;
@@ -306,14 +360,20 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
                             c.layout.expert_bias = bias.then(|| vec![Replicate; mesh.len()]);
                             c.router.groups = groups;
                             c.dims.seq = seq;
-                            c.mesh.names = if mesh.len() == 1 { vec!["tp".into()] } else { vec!["dp_shard".into(), "tp".into()] };
+                            c.mesh.names =
+                                if mesh.len() == 1 { vec!["tp".into()] } else { vec!["dp_shard".into(), "tp".into()] };
                             c.mesh.shape = mesh.clone();
                             c.layout.gate = vec![Replicate; mesh.len()];
-                            c.layout.counts_contract = x.iter().map(|p| if p.is_shard() { P } else { Replicate }).collect();
+                            c.layout.counts_contract =
+                                x.iter().map(|p| if p.is_shard() { P } else { Replicate }).collect();
                             c.layout.x = x.clone();
                         });
                         let r = run(&c);
-                        assert!(r.judgement.verdicts.is_empty(), "{sf:?} norm={norm} bias={bias} groups={groups:?} seq={seq} mesh={mesh:?}: {:?}", r.judgement.verdicts);
+                        assert!(
+                            r.judgement.verdicts.is_empty(),
+                            "{sf:?} norm={norm} bias={bias} groups={groups:?} seq={seq} mesh={mesh:?}: {:?}",
+                            r.judgement.verdicts
+                        );
                     }
                 }
             }
@@ -331,11 +391,13 @@ fn cfg(e: usize, k: usize, sf: ScoreFunc, groups: Option<(usize, usize)>) -> Rou
 fn ids_of(t: &Tensor) -> Vec<Vec<i64>> {
     let k = *t.size().last().unwrap();
     let v = Vec::<i64>::try_from(t.reshape([-1])).unwrap();
-    v.chunks(k as usize).map(|c| {
-        let mut c = c.to_vec();
-        c.sort();
-        c
-    }).collect()
+    v.chunks(k as usize)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort();
+            c
+        })
+        .collect()
 }
 
 #[test]
@@ -353,29 +415,52 @@ fn reference_hand_built_examples() {
     let g: Vec<f32> = s.chunks(2).map(|c| c[0] + c[1]).collect();
     let best = (0..4).max_by(|&a, &b| g[a].partial_cmp(&g[b]).unwrap()).unwrap();
     assert_eq!(ids_of(&out.topk_ids), vec![vec![2 * best as i64, 2 * best as i64 + 1]]);
-    assert_eq!(Vec::<bool>::try_from(out.group_mask.unwrap().reshape([-1])).unwrap(), (0..4).map(|i| i != best).collect::<Vec<_>>());
+    assert_eq!(
+        Vec::<bool>::try_from(out.group_mask.unwrap().reshape([-1])).unwrap(),
+        (0..4).map(|i| i != best).collect::<Vec<_>>()
+    );
     // K > Gk * P: topk must take -inf entries; their gate values come from the unmasked scores.
     let out = reference::run(&cfg(8, 3, ScoreFunc::Sigmoid, Some((4, 1))), &x, &gate, None).unwrap();
     let ts = Vec::<f32>::try_from(out.topk_scores.reshape([-1])).unwrap();
     assert!(ts.iter().all(|&v| v > 0.0 && v.is_finite()), "{ts:?}");
     // Ties: all-equal scores, K=3 -> libtorch's CPU topk keeps experts 4, 5, 6 (docs/ties.md).
-    let out = reference::run(&cfg(8, 3, ScoreFunc::Softmax, None), &Tensor::zeros([2, 4, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::ones([8, 4], (Kind::Float, tch::Device::Cpu)), None).unwrap();
+    let out = reference::run(
+        &cfg(8, 3, ScoreFunc::Softmax, None),
+        &Tensor::zeros([2, 4, 4], (Kind::Float, tch::Device::Cpu)),
+        &Tensor::ones([8, 4], (Kind::Float, tch::Device::Cpu)),
+        None,
+    )
+    .unwrap();
     assert!(ids_of(&out.topk_ids).iter().all(|r| *r == vec![4, 5, 6]));
     // route_norm: each token's gate values sum to route_scale.
     let c = RouterConfig::new(8, 3, ScoreFunc::Sigmoid, true, 2.5, None, false, false).unwrap();
-    let out = reference::run(&c, &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::randn([8, 4], (Kind::Float, tch::Device::Cpu)), None).unwrap();
+    let out = reference::run(
+        &c,
+        &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
+        &Tensor::randn([8, 4], (Kind::Float, tch::Device::Cpu)),
+        None,
+    )
+    .unwrap();
     let sums = out.topk_scores.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
     assert!(sums.allclose(&Tensor::full([2, 3], 2.5, (Kind::Float, tch::Device::Cpu)), 1e-5, 1e-6, false));
     // Force-balance: ids are (b*L*K + l*K + k) mod E.
     let c = RouterConfig::new(4, 3, ScoreFunc::Sigmoid, false, 1.0, None, false, true).unwrap();
-    let out = reference::run(&c, &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::randn([4, 4], (Kind::Float, tch::Device::Cpu)), None).unwrap();
+    let out = reference::run(
+        &c,
+        &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
+        &Tensor::randn([4, 4], (Kind::Float, tch::Device::Cpu)),
+        None,
+    )
+    .unwrap();
     let v = Vec::<i64>::try_from(out.topk_ids.reshape([-1])).unwrap();
     assert_eq!(v, (0..18).map(|i| i % 4).collect::<Vec<i64>>());
     // The bias steers the choice but not the gate values.
     let bias = Tensor::from_slice(&[10.0f32, 0., 0., 0., 0., 0., 0., 0.]);
     let out = reference::run(&cfg(8, 1, ScoreFunc::Sigmoid, None), &x, &gate, Some(&bias)).unwrap();
     assert_eq!(ids_of(&out.topk_ids), vec![vec![0]]);
-    assert!((Vec::<f32>::try_from(out.topk_scores.reshape([-1])).unwrap()[0] - 1.0 / (1.0 + (-0.1f32).exp())).abs() < 1e-6);
+    assert!(
+        (Vec::<f32>::try_from(out.topk_scores.reshape([-1])).unwrap()[0] - 1.0 / (1.0 + (-0.1f32).exp())).abs() < 1e-6
+    );
 }
 
 #[test]
@@ -388,7 +473,8 @@ fn size1_contract_rule_is_the_3762_fix() {
             c.layout.gate = vec![Replicate, Replicate];
             c.layout.expert_bias = Some(vec![Replicate, Replicate]);
             c.layout.counts_contract = vec![P, Replicate];
-            c.revision.size1 = if size1 == "keep" { shardfuzz::router::Size1::Keep } else { shardfuzz::router::Size1::Normalize };
+            c.revision.size1 =
+                if size1 == "keep" { shardfuzz::router::Size1::Keep } else { shardfuzz::router::Size1::Normalize };
         })
     };
     assert_eq!(classes(&run(&c("keep"))), vec![Class::Placement]);

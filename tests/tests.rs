@@ -1,15 +1,15 @@
 //! One test binary (libtorch links once). Each module is a topic:
 
-/// Every golden outcome recorded on real PyTorch replays identically.
-mod golden;
-/// Router cases recorded on real PyTorch 2.13.0 replay the same.
-mod crosscheck;
 /// Campaigns through the binary: crash and hang isolation, determinism, reports.
 mod campaign;
-/// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
-mod cuda;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
+/// Router cases recorded on real PyTorch 2.13.0 replay the same.
+mod crosscheck;
+/// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
+mod cuda;
+/// Every golden outcome recorded on real PyTorch replays identically.
+mod golden;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
 /// The router: router.md §7 and §10 facts, presets, features, hand-built reference examples.

@@ -73,7 +73,10 @@ fuzz_target!(|inp: Input| {
         let mut cur = src.clone();
         for s in &steps {
             assert_eq!(cur[s.mesh_dim], s.from, "{src:?} -> {dst:?}: step {s} starts elsewhere");
-            assert!(plan::classify(s.from, s.to).is_ok() || matches!((s.from, s.to), (Placement::StridedShard { .. }, Placement::StridedShard { .. })));
+            assert!(
+                plan::classify(s.from, s.to).is_ok()
+                    || matches!((s.from, s.to), (Placement::StridedShard { .. }, Placement::StridedShard { .. }))
+            );
             assert!(!(s.from.is_shard() && s.to.is_partial()), "{src:?} -> {dst:?}: S -> P step");
             cur[s.mesh_dim] = s.to;
         }

@@ -40,7 +40,13 @@ fuzz_target!(|inp: Input| {
     // A target Partial must be the source's own kind on that dim (DTensor allows R -> P and P -> P).
     let dst: Vec<Placement> = (0..mesh.ndim())
         .map(|i| match placement(inp.dst[i], rank, true) {
-            Placement::Partial(_) if src[i].is_replicate() || src[i].is_partial() => if src[i].is_partial() { src[i] } else { Placement::Partial(ReduceOp::Sum) },
+            Placement::Partial(_) if src[i].is_replicate() || src[i].is_partial() => {
+                if src[i].is_partial() {
+                    src[i]
+                } else {
+                    Placement::Partial(ReduceOp::Sum)
+                }
+            }
             Placement::Partial(_) => Placement::Replicate,
             p => p,
         })
@@ -67,7 +73,11 @@ fuzz_target!(|inp: Input| {
         Err(e) => panic!("{src:?} -> {dst:?} on {shape_m:?} {shape:?}: {e}"),
     };
     let shape_u: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    assert_eq!(moved.local_shapes(), layout::local_shapes(&shape_u, &mesh, &dst), "{src:?} -> {dst:?} on {shape_m:?} {shape:?}: local shapes");
+    assert_eq!(
+        moved.local_shapes(),
+        layout::local_shapes(&shape_u, &mesh, &dst),
+        "{src:?} -> {dst:?} on {shape_m:?} {shape:?}: local shapes"
+    );
     let got = moved.full_tensor().unwrap();
     assert!(got.equal(&full), "{src:?} -> {dst:?} on {shape_m:?} {shape:?}: values\n{got}\n{full}");
 });

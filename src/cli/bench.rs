@@ -72,7 +72,12 @@ struct DetectRow {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -96,7 +101,8 @@ pub fn run(a: Args) -> CliResult {
         libtorch: device::loaded_libtorch_version().unwrap_or_else(|| "unknown".into()),
         intra_op_threads: tch::get_num_threads(),
     };
-    let mut b = Bench { format: "shardfuzz.bench/1", machine, throughput: Vec::new(), detect: Vec::new(), shrink: Vec::new() };
+    let mut b =
+        Bench { format: "shardfuzz.bench/1", machine, throughput: Vec::new(), detect: Vec::new(), shrink: Vec::new() };
     for &dev in &devs {
         let sizes: Vec<SizeArg> = if !a.sizes.is_empty() {
             a.sizes.clone()
@@ -131,7 +137,12 @@ pub fn run(a: Args) -> CliResult {
             runs.push(bench::detect(dev, seed, a.detect_limit).map_err(anyhow::Error::msg)?);
         }
         for (k, known) in Known::ALL.iter().enumerate() {
-            b.detect.push(DetectRow { device: dev.name(), bug: known.name().into(), median_s: bench::median_found(&runs, k), per_seed: runs.iter().map(|d| d.found[k]).collect() });
+            b.detect.push(DetectRow {
+                device: dev.name(),
+                bug: known.name().into(),
+                median_s: bench::median_found(&runs, k),
+                per_seed: runs.iter().map(|d| d.found[k]).collect(),
+            });
             if let Some((case, sig)) = runs.iter().find_map(|d| d.first[k].clone()) {
                 eprintln!("bench: {dev}: shrinking {}", known.name());
                 let budget = Budget { max_tries: 5000, max_time: a.shrink_time };
@@ -187,15 +198,38 @@ fn markdown(b: &Bench) -> String {
     let _ = writeln!(
         s,
         "{}\n",
-        md_table(&["device", "size", "cases x runs", "cases/s", "generate", "inputs", "reference", "sharded", "shadow", "oracles", "I/O", "floor", "time/floor"], &rows)
+        md_table(
+            &[
+                "device",
+                "size",
+                "cases x runs",
+                "cases/s",
+                "generate",
+                "inputs",
+                "reference",
+                "sharded",
+                "shadow",
+                "oracles",
+                "I/O",
+                "floor",
+                "time/floor"
+            ],
+            &rows
+        )
     );
     let _ = writeln!(s, "## Time to detect each known bug (default generator, in-process, one core)\n");
     let rows: Vec<Vec<String>> = b
         .detect
         .iter()
         .map(|d| {
-            let per: Vec<String> = d.per_seed.iter().map(|f| f.map_or("-".into(), |(t, n)| format!("{t:.3}s/{n}"))).collect();
-            vec![d.device.clone(), d.bug.clone(), d.median_s.map_or("not found".into(), |m| format!("{m:.3} s")), per.join(" ")]
+            let per: Vec<String> =
+                d.per_seed.iter().map(|f| f.map_or("-".into(), |(t, n)| format!("{t:.3}s/{n}"))).collect();
+            vec![
+                d.device.clone(),
+                d.bug.clone(),
+                d.median_s.map_or("not found".into(), |m| format!("{m:.3} s")),
+                per.join(" "),
+            ]
         })
         .collect();
     let _ = writeln!(s, "{}\n", md_table(&["device", "bug", "median", "per seed (time/cases)"], &rows));
@@ -203,7 +237,16 @@ fn markdown(b: &Bench) -> String {
     let rows: Vec<Vec<String>> = b
         .shrink
         .iter()
-        .map(|x| vec![x.bug.clone(), format!("{:.0} ms", x.ms), x.tried.to_string(), x.kept.to_string(), format!("{} -> {}", x.ranks_before, x.ranks_after), x.tokens_after.to_string()])
+        .map(|x| {
+            vec![
+                x.bug.clone(),
+                format!("{:.0} ms", x.ms),
+                x.tried.to_string(),
+                x.kept.to_string(),
+                format!("{} -> {}", x.ranks_before, x.ranks_after),
+                x.tokens_after.to_string(),
+            ]
+        })
         .collect();
     let _ = writeln!(s, "{}", md_table(&["bug", "shrink time", "tried", "kept", "ranks", "tokens after"], &rows));
     s

@@ -56,7 +56,13 @@ impl SizeArg {
 }
 
 /// The generator settings of the flags shared by `run`, `gen`, `nightly` and `worker`.
-pub fn gen_config(size: SizeArg, routers: &[RouterRev], rules: &[RuleSet], device: crate::harness::case::CaseDevice, focus: &Focus) -> GenConfig {
+pub fn gen_config(
+    size: SizeArg,
+    routers: &[RouterRev],
+    rules: &[RuleSet],
+    device: crate::harness::case::CaseDevice,
+    focus: &Focus,
+) -> GenConfig {
     GenConfig {
         size: size.class(),
         routers: routers.to_vec(),
@@ -77,7 +83,6 @@ impl GenArgs {
         gen_config(self.size, &self.router, &self.rules, dev.into(), &self.focus)
     }
 }
-
 
 /// Parses `90s`, `30m`, `2h`, `1h30m` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

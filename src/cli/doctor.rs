@@ -8,10 +8,12 @@ use std::process::ExitCode;
 pub struct Args {}
 
 pub fn run(_a: Args) -> CliResult {
-    let version = device::loaded_libtorch_version().unwrap_or_else(|| "unknown (no version.py beside the library)".into());
+    let version =
+        device::loaded_libtorch_version().unwrap_or_else(|| "unknown (no version.py beside the library)".into());
     let dir = device::loaded_libtorch_dir().unwrap_or_else(|| "not found in /proc/self/maps".into());
     let built = env!("SHARDFUZZ_BUILD_LIBTORCH_LIB");
-    let venv = std::env::var("SHARDFUZZ_VENV").unwrap_or_else(|_| "(SHARDFUZZ_VENV unset; default $HOME/.cache/shardfuzz/venv-torch-2.11.0)".into());
+    let venv = std::env::var("SHARDFUZZ_VENV")
+        .unwrap_or_else(|_| "(SHARDFUZZ_VENV unset; default $HOME/.cache/shardfuzz/venv-torch-2.11.0)".into());
     let n = device::cuda_count();
     println!("shardfuzz {}", env!("CARGO_PKG_VERSION"));
     println!("libtorch version   {version} (this build expects {}.x)", device::EXPECTED_LIBTORCH);

@@ -38,7 +38,8 @@ pub fn run(a: Args) -> CliResult {
     for i in a.start..a.start.saturating_add(a.count) {
         if a.fuzz_bytes {
             let path = a.out.join(format!("seed-{}-{i:06}", a.seed));
-            std::fs::write(&path, generate::seed_bytes(a.seed, i)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            std::fs::write(&path, generate::seed_bytes(a.seed, i))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             continue;
         }
         let mut case = generate::nth(a.seed, i, &cfg);

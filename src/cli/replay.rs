@@ -60,7 +60,12 @@ pub fn run(a: Args) -> CliResult {
         }
         let nt = r.judgement.near_ties;
         if nt.topk_rows + nt.group_rows > 0 {
-            println!("  near-ties: {} of {} tokens too close to call ({} flipped; not divergences)", nt.topk_rows.max(nt.group_rows), nt.rows, nt.flipped_rows);
+            println!(
+                "  near-ties: {} of {} tokens too close to call ({} flipped; not divergences)",
+                nt.topk_rows.max(nt.group_rows),
+                nt.rows,
+                nt.flipped_rows
+            );
         }
     }
     Ok(if diverged { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -35,7 +35,10 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     let dev = a.gen.device()?;
     let cfg = a.gen.config(dev);
-    anyhow::ensure!(!a.cross_device || dev != crate::device::Dev::Cpu, "--cross-device compares CPU with CUDA, and --device resolved to cpu (no CUDA device here)");
+    anyhow::ensure!(
+        !a.cross_device || dev != crate::device::Dev::Cpu,
+        "--cross-device compares CPU with CUDA, and --device resolved to cpu (no CUDA device here)"
+    );
     let limit = a.cases.unwrap_or(if a.time.is_some() { u64::MAX } else { 1000 });
     if let Some(dir) = &a.save {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--save {}: {e}", dir.display()))?;

@@ -45,10 +45,18 @@ pub fn run(a: Args) -> CliResult {
     let sigs: Vec<String> = oracle::judge(&case, &run).verdicts.iter().map(|v| v.signature(&case)).collect();
     let sig = match a.signature {
         Some(s) if sigs.contains(&s) => s,
-        Some(s) => anyhow::bail!("{} does not show {s}; it shows: {}", a.file.display(), if sigs.is_empty() { "no divergence".into() } else { sigs.join(", ") }),
-        None => sigs.first().cloned().ok_or_else(|| anyhow::anyhow!("{} shows no divergence: nothing to shrink", a.file.display()))?,
+        Some(s) => anyhow::bail!(
+            "{} does not show {s}; it shows: {}",
+            a.file.display(),
+            if sigs.is_empty() { "no divergence".into() } else { sigs.join(", ") }
+        ),
+        None => sigs
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} shows no divergence: nothing to shrink", a.file.display()))?,
     };
-    let s = shrink::shrink(&case, Budget { max_tries: a.max_tries, max_time: a.max_time }, worker::keeps(&case, dev, &sig));
+    let s =
+        shrink::shrink(&case, Budget { max_tries: a.max_tries, max_time: a.max_time }, worker::keeps(&case, dev, &sig));
     let out = a.out.unwrap_or_else(|| PathBuf::from("corpus/repro").join(format!("{}.json", bucket::slug(&sig))));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

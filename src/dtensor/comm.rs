@@ -136,8 +136,5 @@ pub fn local_strided_chunk(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize
 /// Replicate -> Partial(op): sum splits the value evenly (x / n), avg/max/min keep it.
 pub fn partition(mesh: &Mesh, md: usize, locals: &[Tensor], op: ReduceOp) -> Vec<Tensor> {
     let n = mesh.dim_size(md) as f64;
-    locals
-        .iter()
-        .map(|t| if op == ReduceOp::Sum { t / n } else { t.shallow_clone() })
-        .collect()
+    locals.iter().map(|t| if op == ReduceOp::Sum { t / n } else { t.shallow_clone() }).collect()
 }

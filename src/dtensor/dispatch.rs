@@ -52,11 +52,8 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
         });
     }
 
-    let moved: Vec<DTensor> = args
-        .iter()
-        .zip(&strategy.ins)
-        .map(|(a, want)| redistribute(ctx, a, want))
-        .collect::<Result<_>>()?;
+    let moved: Vec<DTensor> =
+        args.iter().zip(&strategy.ins).map(|(a, want)| redistribute(ctx, a, want)).collect::<Result<_>>()?;
     let mut per_rank: Vec<Vec<Tensor>> = Vec::with_capacity(n);
     for r in 0..n {
         let locals: Vec<&Tensor> = moved.iter().map(|d| &d.locals[r]).collect();
@@ -64,7 +61,12 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
         // the same way, so a wrong rule shows up as libtorch's own view error).
         let view_shape = if matches!(op, Op::View { .. }) {
             let d = decisions.iter().find(|d| d.2.contains(&r)).expect("every rank decided");
-            local_i64(&crate::placement::layout::local_shape(&d.1[0], &args[0].mesh, &strategy.outs[0], &args[0].mesh.coord(r)))
+            local_i64(&crate::placement::layout::local_shape(
+                &d.1[0],
+                &args[0].mesh,
+                &strategy.outs[0],
+                &args[0].mesh.coord(r),
+            ))
         } else {
             Vec::new()
         };
@@ -109,7 +111,12 @@ pub fn call_mixed(ctx: &mut Ctx, op: &Op, args: &[TArg]) -> Result<Vec<DTensor>>
                     return Err(DTensorError::MixedTensor { op: op.aten_name() });
                 }
                 let locals = (0..mesh.size()).map(|_| t.shallow_clone()).collect();
-                ds.push(DTensor::from_local(locals, mesh, &vec![Placement::Replicate; mesh.ndim()], Some(local::shape(t)))?);
+                ds.push(DTensor::from_local(
+                    locals,
+                    mesh,
+                    &vec![Placement::Replicate; mesh.ndim()],
+                    Some(local::shape(t)),
+                )?);
             }
         }
     }
@@ -162,8 +169,12 @@ fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> 
             local::check_index(x[0], *dim, x[1])?;
             one(x[0].f_scatter(*dim, x[1], x[2]))
         }
-        Op::ZerosLike(d) => one(x[0].f_zeros_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
-        Op::OnesLike(d) => one(x[0].f_ones_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind())))))),
+        Op::ZerosLike(d) => {
+            one(x[0].f_zeros_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind()))))))
+        }
+        Op::OnesLike(d) => {
+            one(x[0].f_ones_like().and_then(|t| t.f_to_kind(local::kind(d.unwrap_or(local::dtype(x[0].kind()))))))
+        }
     }
 }
 

@@ -63,11 +63,23 @@ pub fn check_index(this: &Tensor, dim: i64, index: &Tensor) -> Result<(), DTenso
     let d = if dim < 0 { dim + nd } else { dim };
     let size = if this.dim() == 0 { 1 } else { this.size().get(d as usize).copied().unwrap_or(0) };
     // One device-to-host copy for both ends, not one sync each.
-    let ends = Vec::<i64>::try_from(Tensor::stack(&[index.min(), index.max()], 0).to_kind(tch::Kind::Int64).to_device(tch::Device::Cpu)).unwrap_or_default();
+    let ends = Vec::<i64>::try_from(
+        Tensor::stack(&[index.min(), index.max()], 0).to_kind(tch::Kind::Int64).to_device(tch::Device::Cpu),
+    )
+    .unwrap_or_default();
     let (lo, hi) = (ends.first().copied().unwrap_or(0), ends.get(1).copied().unwrap_or(0));
-    let bad = if lo < 0 { Some(lo) } else if hi >= size { Some(hi) } else { None };
+    let bad = if lo < 0 {
+        Some(lo)
+    } else if hi >= size {
+        Some(hi)
+    } else {
+        None
+    };
     match bad {
-        Some(i) => Err(DTensorError::Local { kind: "RuntimeError", message: format!("index {i} is out of bounds for dimension {d} with size {size}") }),
+        Some(i) => Err(DTensorError::Local {
+            kind: "RuntimeError",
+            message: format!("index {i} is out of bounds for dimension {d} with size {size}"),
+        }),
         None => Ok(()),
     }
 }

@@ -7,8 +7,13 @@ use super::meta::DType;
 pub enum Op {
     // --- views (rules/view.rs) ---
     /// `aten.view` / `aten._unsafe_view` / `aten.reshape` to a shape (one entry may be -1).
-    View { shape: Vec<i64>, unsafe_view: bool },
-    Unsqueeze { dim: i64 },
+    View {
+        shape: Vec<i64>,
+        unsafe_view: bool,
+    },
+    Unsqueeze {
+        dim: i64,
+    },
     // --- matrix (rules/matrix.rs) ---
     /// `aten.t`: transpose of a 2-D tensor.
     T,
@@ -31,23 +36,49 @@ pub enum Op {
     MaskedFill(f64),
     // --- reductions and scans (rules/reduction.rs) ---
     /// `aten._softmax(x, dim, False)`.
-    Softmax { dim: i64 },
+    Softmax {
+        dim: i64,
+    },
     /// `aten.sum.dim_IntList(x, dims, keepdim)`.
-    Sum { dims: Vec<i64>, keepdim: bool },
+    Sum {
+        dims: Vec<i64>,
+        keepdim: bool,
+    },
     /// `aten.cumsum(x, dim, dtype)`.
-    Cumsum { dim: i64, dtype: Option<DType> },
+    Cumsum {
+        dim: i64,
+        dtype: Option<DType>,
+    },
     // --- sort family (rules/sort.rs) ---
     /// `aten.topk(x, k, dim, largest, sorted)`: outputs (values, indices).
-    Topk { k: usize, dim: i64, largest: bool, sorted: bool },
+    Topk {
+        k: usize,
+        dim: i64,
+        largest: bool,
+        sorted: bool,
+    },
     /// `aten.sort.stable(x, stable, dim, descending)`: outputs (values, indices); argsort keeps indices.
-    Sort { dim: i64, stable: bool, descending: bool },
+    Sort {
+        dim: i64,
+        stable: bool,
+        descending: bool,
+    },
     // --- gather/scatter (rules/scatter_gather.rs) ---
     /// `aten.gather(input, dim, index)`.
-    Gather { dim: i64 },
+    Gather {
+        dim: i64,
+    },
     /// `aten.scatter{_}.value(self, dim, index, value)`.
-    ScatterValue { dim: i64, value: f64, inplace: bool },
+    ScatterValue {
+        dim: i64,
+        value: f64,
+        inplace: bool,
+    },
     /// `aten.scatter{_}.src(self, dim, index, src)`.
-    ScatterSrc { dim: i64, inplace: bool },
+    ScatterSrc {
+        dim: i64,
+        inplace: bool,
+    },
     // --- factories (rules/like.rs) ---
     ZerosLike(Option<DType>),
     OnesLike(Option<DType>),

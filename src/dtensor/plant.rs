@@ -4,9 +4,18 @@
 
 /// The mutants: (name, what it breaks).
 pub const MUTANTS: &[(&str, &str)] = &[
-    ("softmax-keeps-shard", "softmax keeps a shard on the softmax dim instead of replicating it: each rank normalizes over its own experts"),
-    ("sum-shard-stays-shard", "sum over a sharded dim keeps the shard instead of making it Partial(sum): counts lose other ranks' tokens"),
-    ("scatter-ignores-sizes", "torch-2.13 scatter offers Shard on non-scatter dims even when self and index sizes differ"),
+    (
+        "softmax-keeps-shard",
+        "softmax keeps a shard on the softmax dim instead of replicating it: each rank normalizes over its own experts",
+    ),
+    (
+        "sum-shard-stays-shard",
+        "sum over a sharded dim keeps the shard instead of making it Partial(sum): counts lose other ranks' tokens",
+    ),
+    (
+        "scatter-ignores-sizes",
+        "torch-2.13 scatter offers Shard on non-scatter dims even when self and index sizes differ",
+    ),
 ];
 
 /// True when mutant `name` is active.

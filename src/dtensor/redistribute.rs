@@ -13,13 +13,25 @@ fn apply(dt: &DTensor, t: &Transform, locals: &[Tensor]) -> Vec<Tensor> {
     let m = &dt.mesh;
     let md = t.mesh_dim;
     match (t.collective, t.from, t.to) {
-        (Collective::AllGather, Placement::StridedShard { dim, sf }, _) => comm::all_gather_strided(m, md, locals, dim as usize, sf),
-        (Collective::AllGather, from, _) => comm::all_gather(m, md, locals, from.shard_dim().expect("gather from a shard") as usize),
+        (Collective::AllGather, Placement::StridedShard { dim, sf }, _) => {
+            comm::all_gather_strided(m, md, locals, dim as usize, sf)
+        }
+        (Collective::AllGather, from, _) => {
+            comm::all_gather(m, md, locals, from.shard_dim().expect("gather from a shard") as usize)
+        }
         (Collective::AllReduce(op), _, _) => comm::all_reduce(m, md, locals, op),
-        (Collective::ReduceScatter(op), _, to) => comm::reduce_scatter(m, md, locals, op, to.shard_dim().expect("scatter to a shard") as usize),
-        (Collective::AllToAll, from, to) => comm::all_to_all(m, md, locals, from.shard_dim().unwrap() as usize, to.shard_dim().unwrap() as usize),
-        (Collective::LocalChunk, _, Placement::StridedShard { dim, sf }) => comm::local_strided_chunk(m, md, locals, dim as usize, sf),
-        (Collective::LocalChunk, _, to) => comm::local_chunk(m, md, locals, to.shard_dim().expect("chunk to a shard") as usize),
+        (Collective::ReduceScatter(op), _, to) => {
+            comm::reduce_scatter(m, md, locals, op, to.shard_dim().expect("scatter to a shard") as usize)
+        }
+        (Collective::AllToAll, from, to) => {
+            comm::all_to_all(m, md, locals, from.shard_dim().unwrap() as usize, to.shard_dim().unwrap() as usize)
+        }
+        (Collective::LocalChunk, _, Placement::StridedShard { dim, sf }) => {
+            comm::local_strided_chunk(m, md, locals, dim as usize, sf)
+        }
+        (Collective::LocalChunk, _, to) => {
+            comm::local_chunk(m, md, locals, to.shard_dim().expect("chunk to a shard") as usize)
+        }
         (Collective::Partition(op), _, _) => comm::partition(m, md, locals, op),
     }
 }
@@ -36,7 +48,12 @@ fn run(dt: &DTensor, target: &[Placement], mut log: Option<(&mut Vec<CommRecord>
         if let Some((log, label)) = log.as_mut() {
             if t.collective.communicates() {
                 let bytes = locals.iter().map(|l| l.numel() * dt.dtype.itemsize()).max().unwrap_or(0);
-                log.push(CommRecord { op: t.collective.name().into(), mesh_dim: t.mesh_dim, tensor: label.to_string(), bytes });
+                log.push(CommRecord {
+                    op: t.collective.name().into(),
+                    mesh_dim: t.mesh_dim,
+                    tensor: label.to_string(),
+                    bytes,
+                });
             }
         }
     }

@@ -89,7 +89,12 @@ impl DTensor {
     /// `DTensor.from_local(locals, mesh, placements, shape=shape)`. Without `shape`, each rank
     /// infers its own global shape assuming even shards (what local_map's re-wrap does on
     /// torch 2.12/2.13); ranks that infer different shapes are kept apart in `rank_shapes`.
-    pub fn from_local(locals: Vec<Tensor>, mesh: &Arc<Mesh>, placements: &[Placement], shape: Option<Vec<usize>>) -> Result<DTensor> {
+    pub fn from_local(
+        locals: Vec<Tensor>,
+        mesh: &Arc<Mesh>,
+        placements: &[Placement],
+        shape: Option<Vec<usize>>,
+    ) -> Result<DTensor> {
         assert_eq!(locals.len(), mesh.size(), "one local tensor per rank");
         let ndim = locals[0].dim();
         let ps = normalize_all(placements, ndim)?;

@@ -39,12 +39,20 @@ pub struct Throughput {
 }
 
 /// Runs `cases` generated cases (seed `seed`) and times every phase.
-pub fn throughput(dev: Dev, size: SizeClass, cases: u64, seed: u64, scratch: &std::path::Path) -> Result<Throughput, String> {
+pub fn throughput(
+    dev: Dev,
+    size: SizeClass,
+    cases: u64,
+    seed: u64,
+    scratch: &std::path::Path,
+) -> Result<Throughput, String> {
     let cfg = GenConfig { size, device: dev.into(), ..GenConfig::default() };
     let mut t = Throughput { device: dev.name(), size: format!("{size:?}").to_lowercase(), ..Default::default() };
     let (mut gen, mut io) = (Duration::ZERO, Duration::ZERO);
-    let (mut inputs, mut reference, mut sharded, mut shadow, mut oracles) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut inflight = super::worker::Inflight::create(&scratch.join("inflight.json")).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let (mut inputs, mut reference, mut sharded, mut shadow, mut oracles) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut inflight = super::worker::Inflight::create(&scratch.join("inflight.json"))
+        .map_err(|e| format!("{}: {e}", scratch.display()))?;
     let start = Instant::now();
     for i in 0..cases {
         let t0 = Instant::now();

@@ -113,7 +113,10 @@ mod tests {
     fn signatures_split_and_slug() {
         let s = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1";
         let p = parts(s);
-        assert_eq!((p.class, p.output, p.router, p.rules, p.key), ("placement", "counts", "inplace_scatter", "torch-2.13", "P(sum)->R@1"));
+        assert_eq!(
+            (p.class, p.output, p.router, p.rules, p.key),
+            ("placement", "counts", "inplace_scatter", "torch-2.13", "P(sum)->R@1")
+        );
         assert_eq!(slug(s), "placement_counts_inplace_scatter_torch-2.13_Psum-toRat1");
         assert_eq!(parts("error:-:a:b:RuntimeError:view_of_sharded_dim").key, "RuntimeError:view_of_sharded_dim");
     }

@@ -86,10 +86,15 @@ fn worker_args(cfg: &Config) -> Vec<String> {
         "--shapes".into(),
         cfg.gen.shapes.name().into(),
         "--devices".into(),
-        list(cfg.devices.iter().map(|d| match d {
-            CaseDevice::Cpu => "cpu",
-            CaseDevice::Cuda(_) => "cuda",
-        }).collect()),
+        list(
+            cfg.devices
+                .iter()
+                .map(|d| match d {
+                    CaseDevice::Cpu => "cpu",
+                    CaseDevice::Cuda(_) => "cuda",
+                })
+                .collect(),
+        ),
     ];
     if !cfg.gen.routers.is_empty() {
         a.push("--router".into());
@@ -195,7 +200,16 @@ impl State {
                 rows.insert((*r, *s), Row { router: r.name().into(), rules: s.name().into(), ..Row::default() });
             }
         }
-        State { rows, buckets: BTreeMap::new(), smallest: BTreeMap::new(), ties: TieStats::default(), grid: BTreeMap::new(), phases: Phases::default(), cases: 0, diverging: 0 }
+        State {
+            rows,
+            buckets: BTreeMap::new(),
+            smallest: BTreeMap::new(),
+            ties: TieStats::default(),
+            grid: BTreeMap::new(),
+            phases: Phases::default(),
+            cases: 0,
+            diverging: 0,
+        }
     }
 
     /// Records one judged case; returns the signatures seen for the first time.
@@ -226,7 +240,8 @@ impl State {
                     b.count += 1;
                     if index < b.first_index {
                         b.first_index = index;
-                        b.known = super::known::Known::of(&sig, case).into_iter().map(|k| k.name().to_string()).collect();
+                        b.known =
+                            super::known::Known::of(&sig, case).into_iter().map(|k| k.name().to_string()).collect();
                         write_case(&cfg.out.join(&b.first_case), case)?;
                     }
                     // Instances of a known bug come first, so its reproducer shrinks as one;
@@ -258,7 +273,10 @@ impl State {
                             first_case,
                             repro: None,
                             shrink: None,
-                            known: super::known::Known::of(&sig, case).into_iter().map(|k| k.name().to_string()).collect(),
+                            known: super::known::Known::of(&sig, case)
+                                .into_iter()
+                                .map(|k| k.name().to_string())
+                                .collect(),
                         },
                     );
                     self.smallest.insert(sig.clone(), case.clone());
@@ -277,11 +295,22 @@ impl State {
                 cell.smallest = self
                     .buckets
                     .values()
-                    .filter(|b| b.class == *class && {
-                        let p = bucket::parts(&b.signature);
-                        p.router == r.router && p.rules == r.rules
+                    .filter(|b| {
+                        b.class == *class && {
+                            let p = bucket::parts(&b.signature);
+                            p.router == r.router && p.rules == r.rules
+                        }
                     })
-                    .min_by_key(|b| (b.shrink.as_ref().map(|s| (s.ranks, s.tokens, s.experts * s.model)).unwrap_or((b.smallest_size.0, b.smallest_size.1, b.smallest_size.2)), b.signature.clone()))
+                    .min_by_key(|b| {
+                        (
+                            b.shrink.as_ref().map(|s| (s.ranks, s.tokens, s.experts * s.model)).unwrap_or((
+                                b.smallest_size.0,
+                                b.smallest_size.1,
+                                b.smallest_size.2,
+                            )),
+                            b.signature.clone(),
+                        )
+                    })
                     .map(|b| b.signature.clone());
             }
         }
@@ -299,7 +328,11 @@ impl State {
             rows,
             buckets: self.buckets.values().cloned().collect(),
             near_ties: self.ties.clone(),
-            grid: self.grid.iter().map(|((m, l), (c, d))| GridCell { mesh: m.clone(), layout: l.clone(), cases: *c, diverging: *d }).collect(),
+            grid: self
+                .grid
+                .iter()
+                .map(|((m, l), (c, d))| GridCell { mesh: m.clone(), layout: l.clone(), cases: *c, diverging: *d })
+                .collect(),
             regression: None,
             timing,
         }
@@ -379,13 +412,23 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                 }
                 let Some(sig) = shrink_queue.pop_front() else { break };
                 let case = state.smallest[&sig].clone();
-                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(cfg.shrink.max_time);
-                let job = Job::Shrink { case: Box::new(case), signature: sig, max_tries: cfg.shrink.max_tries, max_ms: cfg.shrink.max_time.min(remaining).as_millis() as u64 };
+                let remaining =
+                    deadline.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(cfg.shrink.max_time);
+                let job = Job::Shrink {
+                    case: Box::new(case),
+                    signature: sig,
+                    max_tries: cfg.shrink.max_tries,
+                    max_ms: cfg.shrink.max_time.min(remaining).as_millis() as u64,
+                };
                 if send(w, &job) {
                     w.jobs.push_back((Work::Shrink, Instant::now()));
                 }
             } else {
-                while w.jobs.len() < DEPTH && !INTERRUPTED.load(Ordering::SeqCst) && next < limit && case_deadline.is_none_or(|d| Instant::now() < d) {
+                while w.jobs.len() < DEPTH
+                    && !INTERRUPTED.load(Ordering::SeqCst)
+                    && next < limit
+                    && case_deadline.is_none_or(|d| Instant::now() < d)
+                {
                     if !send(w, &Job::Run { index: next }) {
                         break;
                     }
@@ -425,7 +468,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                             state.ties.topk_near_ties += near_ties.topk_rows as u64;
                             state.ties.group_near_ties += near_ties.group_rows as u64;
                             state.ties.flipped += near_ties.flipped_rows as u64;
-                            state.ties.cases_with_near_ties += u64::from(near_ties.topk_rows + near_ties.group_rows > 0);
+                            state.ties.cases_with_near_ties +=
+                                u64::from(near_ties.topk_rows + near_ties.group_rows > 0);
                             for (a, b) in [
                                 (&mut state.phases.generate_us, phases.generate_us),
                                 (&mut state.phases.inputs_us, phases.inputs_us),
@@ -448,7 +492,16 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                                 }
                                 if let Some(b) = state.buckets.get_mut(&signature) {
                                     b.repro = Some(file);
-                                    b.shrink = Some(ShrinkInfo { tried, kept, ms: elapsed_ms, truncated, ranks: case.ranks(), tokens: case.dims.batch * case.dims.seq, experts: case.dims.experts, model: case.dims.model });
+                                    b.shrink = Some(ShrinkInfo {
+                                        tried,
+                                        kept,
+                                        ms: elapsed_ms,
+                                        truncated,
+                                        ranks: case.ranks(),
+                                        tokens: case.dims.batch * case.dims.seq,
+                                        experts: case.dims.experts,
+                                        model: case.dims.model,
+                                    });
                                 }
                             }
                         }
@@ -512,7 +565,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                     output: None,
                     expected: serde_json::json!("a result"),
                     actual: serde_json::json!(key),
-                    detail: format!("worker {} while running case {index}", if class == Class::Timeout { "timed out" } else { "died" }),
+                    detail: format!(
+                        "worker {} while running case {index}",
+                        if class == Class::Timeout { "timed out" } else { "died" }
+                    ),
                     key,
                 };
                 let new = state.record(cfg, index, &case, &[v])?;
@@ -522,8 +578,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                 bar.inc(1);
             }
         }
-        let left = deadline.map(|d| format!("  {}s left", d.saturating_duration_since(Instant::now()).as_secs())).unwrap_or_default();
-        bar.set_message(format!("{} buckets{}{left}", state.buckets.len(), if shrinking_started { "  (shrinking)" } else { "" }));
+        let left = deadline
+            .map(|d| format!("  {}s left", d.saturating_duration_since(Instant::now()).as_secs()))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "{} buckets{}{left}",
+            state.buckets.len(),
+            if shrinking_started { "  (shrinking)" } else { "" }
+        ));
     }
     bar.finish_and_clear();
     for w in &mut workers {
@@ -532,7 +594,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
     let _ = std::fs::remove_dir_all(cfg.out.join("inflight"));
     let wall = start.elapsed().as_secs_f64();
-    let timing = Timing { wall_s: wall, cases_per_s: state.cases as f64 / wall.max(1e-9), shrink_s: shrink_ms as f64 / 1000.0, phases_us: state.phases.clone() };
+    let timing = Timing {
+        wall_s: wall,
+        cases_per_s: state.cases as f64 / wall.max(1e-9),
+        shrink_s: shrink_ms as f64 / 1000.0,
+        phases_us: state.phases.clone(),
+    };
     let report = state.report(cfg, INTERRUPTED.load(Ordering::SeqCst), timing);
     report.write(&cfg.out)?;
     Ok(report)

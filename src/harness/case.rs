@@ -248,7 +248,10 @@ impl Case {
         }
         let mesh = self.mesh()?;
         if mesh.size() > MAX_RANKS {
-            return err(format!("mesh.shape: {} ranks is more than the {MAX_RANKS} simulated ranks allowed", mesh.size()));
+            return err(format!(
+                "mesh.shape: {} ranks is more than the {MAX_RANKS} simulated ranks allowed",
+                mesh.size()
+            ));
         }
         let d = &self.dims;
         for (name, v) in [("batch", d.batch), ("seq", d.seq), ("model", d.model)] {
@@ -262,12 +265,20 @@ impl Case {
         }
         let check = |field: &str, ps: &[Placement], ndim: usize, distributed: bool| -> Result<(), CaseError> {
             if ps.len() != mesh.ndim() {
-                return err(format!("layout.{field}: expected {} placements (one per mesh dim), found {}", mesh.ndim(), ps.len()));
+                return err(format!(
+                    "layout.{field}: expected {} placements (one per mesh dim), found {}",
+                    mesh.ndim(),
+                    ps.len()
+                ));
             }
             for (i, p) in ps.iter().enumerate() {
-                p.normalized(ndim).map_err(|_| CaseError(format!("layout.{field}[{i}]: {p} is out of range for a {ndim}-d tensor")))?;
+                p.normalized(ndim).map_err(|_| {
+                    CaseError(format!("layout.{field}[{i}]: {p} is out of range for a {ndim}-d tensor"))
+                })?;
                 if distributed && p.is_partial() {
-                    return err(format!("layout.{field}[{i}]: {p} cannot be distributed (Partial placements only come out of ops)"));
+                    return err(format!(
+                        "layout.{field}[{i}]: {p} cannot be distributed (Partial placements only come out of ops)"
+                    ));
                 }
                 if matches!(p, Placement::StridedShard { .. }) {
                     return err(format!("layout.{field}[{i}]: _StridedShard cannot be declared in a case"));

@@ -64,7 +64,11 @@ pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
     let inv_sqrt_d = 1.0 / (d.model as f64).sqrt();
     let small_int = |r: &mut ChaCha8Rng| r.random_range(-2i32..=2) as f64;
     let (x, gate, bias) = match case.data.style {
-        Style::Normal => (draw_normals(&mut rng, nx, |z| z), draw_normals(&mut rng, ng, |z| z * inv_sqrt_d), draw_normals(&mut rng, e, |z| z * 1e-3)),
+        Style::Normal => (
+            draw_normals(&mut rng, nx, |z| z),
+            draw_normals(&mut rng, ng, |z| z * inv_sqrt_d),
+            draw_normals(&mut rng, e, |z| z * 1e-3),
+        ),
         Style::Ties => {
             let x = draw_normals(&mut rng, nx, |z| z);
             // Experts 2i and 2i+1 share a gate row: their logits are bitwise equal.
@@ -75,8 +79,16 @@ pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
             }
             (x, gate, vec![0.0; e])
         }
-        Style::Saturated => (draw_normals(&mut rng, nx, |z| z), draw_normals(&mut rng, ng, |z| z * 40.0 * inv_sqrt_d), draw_normals(&mut rng, e, |z| z * 1e-3)),
-        Style::Large => (draw_normals(&mut rng, nx, |z| z * 1e3), draw_normals(&mut rng, ng, |z| z * inv_sqrt_d), draw_normals(&mut rng, e, |z| z * 1e-3)),
+        Style::Saturated => (
+            draw_normals(&mut rng, nx, |z| z),
+            draw_normals(&mut rng, ng, |z| z * 40.0 * inv_sqrt_d),
+            draw_normals(&mut rng, e, |z| z * 1e-3),
+        ),
+        Style::Large => (
+            draw_normals(&mut rng, nx, |z| z * 1e3),
+            draw_normals(&mut rng, ng, |z| z * inv_sqrt_d),
+            draw_normals(&mut rng, e, |z| z * 1e-3),
+        ),
         Style::SmallInt => (draw(&mut rng, nx, small_int), draw(&mut rng, ng, small_int), vec![0.0; e]),
     };
     (x, gate, case.router.expert_bias.then_some(bias))
@@ -86,13 +98,20 @@ pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
 /// first copying the values into a `TensorData`: a large preset's x is 15M values.
 fn tensor(values: &[f64], shape: &[usize], dtype: DType, device: Device) -> Tensor {
     let f: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Tensor::from_slice(&f).to_kind(crate::dtensor::local::kind(dtype)).reshape(crate::dtensor::local::i64s(shape)).to_device(device)
+    Tensor::from_slice(&f)
+        .to_kind(crate::dtensor::local::kind(dtype))
+        .reshape(crate::dtensor::local::i64s(shape))
+        .to_device(device)
 }
 
 /// The case's inputs on `device`: inline tensors win over the seed.
 pub fn inputs(case: &Case, device: Device) -> Inputs {
     if let Some(t) = &case.tensors {
-        return Inputs { x: t.x.to_tensor(device), gate: t.gate.to_tensor(device), bias: t.expert_bias.as_ref().map(|b| b.to_tensor(device)) };
+        return Inputs {
+            x: t.x.to_tensor(device),
+            gate: t.gate.to_tensor(device),
+            bias: t.expert_bias.as_ref().map(|b| b.to_tensor(device)),
+        };
     }
     let d = case.dims;
     let (x, gate, bias) = draw_values(case);
@@ -106,7 +125,11 @@ pub fn inputs(case: &Case, device: Device) -> Inputs {
 /// The case's inputs as inline tensors (rounded to their dtypes), for self-contained files.
 pub fn inline(case: &Case) -> Tensors {
     let i = inputs(case, Device::Cpu);
-    Tensors { x: TensorData::from_tensor(&i.x), gate: TensorData::from_tensor(&i.gate), expert_bias: i.bias.as_ref().map(TensorData::from_tensor) }
+    Tensors {
+        x: TensorData::from_tensor(&i.x),
+        gate: TensorData::from_tensor(&i.gate),
+        expert_bias: i.bias.as_ref().map(TensorData::from_tensor),
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +143,8 @@ mod tests {
             let case = crate::harness::generate::nth(9, i, &crate::harness::generate::GenConfig::default());
             let (x, _, _) = draw_values(&case);
             let d = case.dims;
-            let want = TensorData { shape: vec![d.batch, d.seq, d.model], dtype: case.dtype, values: Values::Float(x) }.to_tensor(Device::Cpu);
+            let want = TensorData { shape: vec![d.batch, d.seq, d.model], dtype: case.dtype, values: Values::Float(x) }
+                .to_tensor(Device::Cpu);
             let got = inputs(&case, Device::Cpu).x;
             assert_eq!(got.kind(), want.kind());
             assert!(got.equal(&want), "case {i}");

@@ -208,7 +208,9 @@ fn mesh<S: Source>(s: &mut S, cfg: &GenConfig) -> MeshSpec {
     };
     let ndim = s.weighted(&[(40, 1), (45, 2), (15, 3)]);
     loop {
-        let shape: Vec<usize> = (0..ndim).map(|_| if ndim > 1 && s.chance(25) { 1 } else { s.weighted(&[(50, 2), (20, 3), (20, 4), (10, 1)]) }).collect();
+        let shape: Vec<usize> = (0..ndim)
+            .map(|_| if ndim > 1 && s.chance(25) { 1 } else { s.weighted(&[(50, 2), (20, 3), (20, 4), (10, 1)]) })
+            .collect();
         if shape.iter().product::<usize>() > max {
             continue;
         }
@@ -230,7 +232,13 @@ fn dims<S: Source>(s: &mut S, cfg: &GenConfig, shards: usize) -> Dims {
         SizeClass::Large => {
             let p = s.pick(&crate::router::Preset::ALL);
             let c = p.config();
-            Dims { batch: s.pick(&[1, 2, 4]), seq: s.pick(&[1024, 2048, 4096]) / 2, model: p.model_dim(), experts: c.experts, top_k: c.top_k }
+            Dims {
+                batch: s.pick(&[1, 2, 4]),
+                seq: s.pick(&[1024, 2048, 4096]) / 2,
+                model: p.model_dim(),
+                experts: c.experts,
+                top_k: c.top_k,
+            }
         }
         _ => {
             let big = cfg.size == SizeClass::Medium;
@@ -257,7 +265,7 @@ fn groups<S: Source>(s: &mut S, experts: usize, top_k: usize) -> Option<Groups> 
     if !s.chance(35) {
         return None;
     }
-    let options: Vec<usize> = (1..=experts / 2).filter(|g| experts % g == 0 && experts / g >= 2).collect();
+    let options: Vec<usize> = (1..=experts / 2).filter(|g| experts.is_multiple_of(*g) && experts / g >= 2).collect();
     let g = s.pick(&options);
     let mut gk = s.range(1, g);
     // Usually enough kept experts for top_k; sometimes not, so topk must pick -inf entries.
@@ -315,9 +323,20 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> 
     let gate: Vec<Placement> = mesh
         .names
         .iter()
-        .map(|_| if !what_if || s.chance(75) { Placement::Replicate } else { s.pick(&[Placement::Shard(0), Placement::Shard(1), Placement::Shard(-1)]) })
+        .map(|_| {
+            if !what_if || s.chance(75) {
+                Placement::Replicate
+            } else {
+                s.pick(&[Placement::Shard(0), Placement::Shard(1), Placement::Shard(-1)])
+            }
+        })
         .collect();
-    let expert_bias = bias.then(|| mesh.names.iter().map(|_| if !what_if || s.chance(85) { Placement::Replicate } else { Placement::Shard(0) }).collect());
+    let expert_bias = bias.then(|| {
+        mesh.names
+            .iter()
+            .map(|_| if !what_if || s.chance(85) { Placement::Replicate } else { Placement::Shard(0) })
+            .collect()
+    });
     let counts_contract = mesh
         .names
         .iter()
@@ -357,9 +376,19 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
     let dims = dims(s, cfg, shards);
     let large = cfg.size == SizeClass::Large;
     let router = if large {
-        let p = crate::router::Preset::ALL.into_iter().find(|p| p.config().experts == dims.experts).unwrap_or(crate::router::Preset::DeepSeekV3Debug);
+        let p = crate::router::Preset::ALL
+            .into_iter()
+            .find(|p| p.config().experts == dims.experts)
+            .unwrap_or(crate::router::Preset::DeepSeekV3Debug);
         let c = p.config();
-        RouterSpec { score_func: c.score_func, route_norm: c.route_norm, route_scale: c.route_scale, groups: c.groups, expert_bias: c.expert_bias, force_load_balance: false }
+        RouterSpec {
+            score_func: c.score_func,
+            route_norm: c.route_norm,
+            route_scale: c.route_scale,
+            groups: c.groups,
+            expert_bias: c.expert_bias,
+            force_load_balance: false,
+        }
     } else {
         RouterSpec {
             score_func: s.pick(&[ScoreFunc::Softmax, ScoreFunc::Sigmoid]),
@@ -377,9 +406,19 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
     }
     let routers = if cfg.routers.is_empty() { RouterRev::ALL.to_vec() } else { cfg.routers.clone() };
     let rules = if cfg.rules.is_empty() { RuleSet::ALL.to_vec() } else { cfg.rules.clone() };
-    let revision = RevisionSpec { router: s.pick(&routers), rules: s.pick(&rules), size1: s.pick(&[Size1::Keep, Size1::Normalize]) };
+    let revision = RevisionSpec {
+        router: s.pick(&routers),
+        rules: s.pick(&rules),
+        size1: s.pick(&[Size1::Keep, Size1::Normalize]),
+    };
     let dtype = s.weighted(&[(60, DType::F32), (25, DType::BF16), (15, DType::F16)]);
-    let style = s.weighted(&[(58, Style::Normal), (12, Style::Ties), (10, Style::Saturated), (6, Style::Large), (14, Style::SmallInt)]);
+    let style = s.weighted(&[
+        (58, Style::Normal),
+        (12, Style::Ties),
+        (10, Style::Saturated),
+        (6, Style::Large),
+        (14, Style::SmallInt),
+    ]);
     Case {
         format: CASE_FORMAT.into(),
         mesh,
@@ -433,12 +472,26 @@ mod tests {
     fn the_generator_reaches_the_bug_habitats() {
         let cfg = GenConfig::default();
         let cases: Vec<Case> = (0..2000).map(|i| nth(1, i, &cfg)).collect();
-        let short = cases.iter().filter(|c| c.layout.x.iter().zip(&c.mesh.shape).any(|(p, &n)| *p == Placement::Shard(1) && n > c.dims.seq)).count();
-        let uneven = cases.iter().filter(|c| c.layout.x.iter().zip(&c.mesh.shape).any(|(p, &n)| *p == Placement::Shard(1) && n > 1 && c.dims.seq % n != 0)).count();
+        let short = cases
+            .iter()
+            .filter(|c| c.layout.x.iter().zip(&c.mesh.shape).any(|(p, &n)| *p == Placement::Shard(1) && n > c.dims.seq))
+            .count();
+        let uneven = cases
+            .iter()
+            .filter(|c| {
+                c.layout
+                    .x
+                    .iter()
+                    .zip(&c.mesh.shape)
+                    .any(|(p, &n)| *p == Placement::Shard(1) && n > 1 && c.dims.seq % n != 0)
+            })
+            .count();
         let size1 = cases.iter().filter(|c| c.mesh.shape.len() > 1 && c.mesh.shape.contains(&1)).count();
         let groups = cases.iter().filter(|c| c.router.groups.is_some()).count();
         let three_d = cases.iter().filter(|c| c.mesh.shape.len() == 3).count();
-        for (what, n) in [("short", short), ("uneven", uneven), ("size-1 axes", size1), ("groups", groups), ("3-D", three_d)] {
+        for (what, n) in
+            [("short", short), ("uneven", uneven), ("size-1 axes", size1), ("groups", groups), ("3-D", three_d)]
+        {
             assert!(n > 100, "{what}: only {n} of 2000 cases");
         }
     }

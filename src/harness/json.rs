@@ -6,7 +6,10 @@ use std::fmt::Write;
 
 fn inline(v: &Value) -> bool {
     match v {
-        Value::Array(a) => a.iter().all(|x| !x.is_object() && (!x.is_array() || x.as_array().is_some_and(|y| y.iter().all(|z| !z.is_object() && !z.is_array())))),
+        Value::Array(a) => a.iter().all(|x| {
+            !x.is_object()
+                && (!x.is_array() || x.as_array().is_some_and(|y| y.iter().all(|z| !z.is_object() && !z.is_array())))
+        }),
         Value::Object(o) => o.is_empty(),
         _ => true,
     }
@@ -50,7 +53,8 @@ mod tests {
 
     #[test]
     fn compact_arrays_and_round_trip() {
-        let v: Value = serde_json::from_str(r#"{"a":[1,2,3],"b":{"c":["R","S(1)"],"d":[[1,2],[3,4]]},"e":[{"x":1}]}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"a":[1,2,3],"b":{"c":["R","S(1)"],"d":[[1,2],[3,4]]},"e":[{"x":1}]}"#).unwrap();
         let s = pretty(&v);
         assert!(s.contains("\"a\": [1,2,3]"));
         assert!(s.contains("\"d\": [[1,2],[3,4]]"));

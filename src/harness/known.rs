@@ -21,7 +21,13 @@ pub enum Known {
 }
 
 impl Known {
-    pub const ALL: [Known; 5] = [Known::InplaceScatter212, Known::OutOfPlaceReplicate212, Known::Size1Keep, Known::ShortSeq213, Known::LocalMapShapes];
+    pub const ALL: [Known; 5] = [
+        Known::InplaceScatter212,
+        Known::OutOfPlaceReplicate212,
+        Known::Size1Keep,
+        Known::ShortSeq213,
+        Known::LocalMapShapes,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,25 +44,33 @@ impl Known {
         let p = parts(signature);
         match self {
             Known::InplaceScatter212 => {
-                p.class == "error" && p.rules == "torch-2.12" && p.key.contains("inplace_placement_change@aten.scatter_")
+                p.class == "error"
+                    && p.rules == "torch-2.12"
+                    && p.key.contains("inplace_placement_change@aten.scatter_")
             }
             Known::OutOfPlaceReplicate212 => {
-                p.class == "placement" && p.output == "counts" && p.router == "out_of_place_scatter" && p.rules == "torch-2.12" && p.key.split(',').any(|m| m == "P(sum)->R")
+                p.class == "placement"
+                    && p.output == "counts"
+                    && p.router == "out_of_place_scatter"
+                    && p.rules == "torch-2.12"
+                    && p.key.split(',').any(|m| m == "P(sum)->R")
             }
             Known::Size1Keep => {
                 // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
-                p.class == "placement" && p.output == "counts" && case.revision.size1 == Size1::Keep && p.key.split(',').any(|m| m == "P(sum)->R@1")
+                p.class == "placement"
+                    && p.output == "counts"
+                    && case.revision.size1 == Size1::Keep
+                    && p.key.split(',').any(|m| m == "P(sum)->R@1")
             }
             Known::ShortSeq213 => {
-                p.class == "error"
-                    && p.rules == "torch-2.13"
-                    && p.key.ends_with("view_of_sharded_dim")
-                    && {
-                        let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
-                        case.dims.batch < n[0] || case.dims.seq < n[1]
-                    }
+                p.class == "error" && p.rules == "torch-2.13" && p.key.ends_with("view_of_sharded_dim") && {
+                    let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
+                    case.dims.batch < n[0] || case.dims.seq < n[1]
+                }
             }
-            Known::LocalMapShapes => p.class == "shape" && p.router.starts_with("local_map") && p.key == "rank_dependent",
+            Known::LocalMapShapes => {
+                p.class == "shape" && p.router.starts_with("local_map") && p.key == "rank_dependent"
+            }
         }
     }
 
@@ -89,13 +103,22 @@ mod tests {
     #[test]
     fn families_are_told_apart() {
         let c = nth(0, 0, &GenConfig::default());
-        assert_eq!(Known::of("shape:routing_map:local_map_both:torch-2.13:rank_dependent", &c), vec![Known::LocalMapShapes]);
+        assert_eq!(
+            Known::of("shape:routing_map:local_map_both:torch-2.13:rank_dependent", &c),
+            vec![Known::LocalMapShapes]
+        );
         assert!(Known::of("shape:routing_map:inplace_scatter:torch-2.13:rank_dependent", &c).is_empty());
         assert_eq!(
-            Known::of("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value", &c),
+            Known::of(
+                "error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value",
+                &c
+            ),
             vec![Known::InplaceScatter212]
         );
-        assert_eq!(Known::of("placement:counts:out_of_place_scatter:torch-2.12:P(sum)->R", &c), vec![Known::OutOfPlaceReplicate212]);
+        assert_eq!(
+            Known::of("placement:counts:out_of_place_scatter:torch-2.12:P(sum)->R", &c),
+            vec![Known::OutOfPlaceReplicate212]
+        );
         assert!(Known::of("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R", &c).is_empty());
     }
 }

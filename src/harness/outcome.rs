@@ -120,7 +120,14 @@ impl<'de> Deserialize<'de> for ShardedOutput {
         }
         let w = Wire::deserialize(d)?;
         let values = w.values.into_values(w.dtype).map_err(serde::de::Error::custom)?;
-        Ok(ShardedOutput { placements: w.placements, global_shape: w.global_shape, rank_global_shapes: w.rank_global_shapes, local_shapes: w.local_shapes, dtype: w.dtype, values })
+        Ok(ShardedOutput {
+            placements: w.placements,
+            global_shape: w.global_shape,
+            rank_global_shapes: w.rank_global_shapes,
+            local_shapes: w.local_shapes,
+            dtype: w.dtype,
+            values,
+        })
     }
 }
 
@@ -170,7 +177,13 @@ impl Outcome {
     /// Assembles the outcome of `run` for `case` (which should carry its tensors inline).
     pub fn build(case: &Case, run: &Run, j: &Judgement) -> Outcome {
         let reference = match &run.reference {
-            Ok(r) => ReferenceSide { ok: true, outputs: Ordered(r.named().into_iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect()), error: None },
+            Ok(r) => ReferenceSide {
+                ok: true,
+                outputs: Ordered(
+                    r.named().into_iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect(),
+                ),
+                error: None,
+            },
             Err(e) => ReferenceSide { ok: false, outputs: Ordered::default(), error: Some(e.into()) },
         };
         let sharded = match &run.sharded {
@@ -180,7 +193,9 @@ impl Outcome {
                 comms: run.comms.clone(),
                 error: None,
             },
-            Err(e) => ShardedSide { ok: false, outputs: Ordered::default(), comms: run.comms.clone(), error: Some(e.into()) },
+            Err(e) => {
+                ShardedSide { ok: false, outputs: Ordered::default(), comms: run.comms.clone(), error: Some(e.into()) }
+            }
         };
         Outcome {
             format: OUTCOME_FORMAT.into(),

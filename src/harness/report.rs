@@ -121,7 +121,10 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "# shardfuzz campaign report\n");
         if self.interrupted {
-            let _ = writeln!(s, "**Interrupted**: the campaign was stopped early; the counts below cover the cases that finished.\n");
+            let _ = writeln!(
+                s,
+                "**Interrupted**: the campaign was stopped early; the counts below cover the cases that finished.\n"
+            );
         }
         let summary = vec![
             ["cases".to_string(), self.cases.to_string()],
@@ -138,7 +141,10 @@ impl Report {
         let _ = writeln!(s, "## Summary\n\n{}\n", md_table(&["", "value"], &summary));
 
         let _ = writeln!(s, "## Comparison: router revision x rule set\n");
-        let _ = writeln!(s, "Diverging cases per verdict class; `[min]` links the smallest reproducer of that class in that row.\n");
+        let _ = writeln!(
+            s,
+            "Diverging cases per verdict class; `[min]` links the smallest reproducer of that class in that row.\n"
+        );
         let classes: Vec<Class> = Class::ALL.to_vec();
         let mut header = vec!["router".to_string(), "rules".into(), "cases".into(), "diverging".into()];
         header.extend(classes.iter().map(|c| c.name().to_string()));
@@ -146,10 +152,19 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
-                let mut v = vec![format!("`{}`", r.router), format!("`{}`", r.rules), r.cases.to_string(), r.diverging.to_string()];
+                let mut v = vec![
+                    format!("`{}`", r.router),
+                    format!("`{}`", r.rules),
+                    r.cases.to_string(),
+                    r.diverging.to_string(),
+                ];
                 for c in &classes {
                     v.push(match r.classes.get(c) {
-                        Some(cell) if cell.cases > 0 => match cell.smallest.as_ref().and_then(|sig| self.buckets.iter().find(|b| &b.signature == sig)) {
+                        Some(cell) if cell.cases > 0 => match cell
+                            .smallest
+                            .as_ref()
+                            .and_then(|sig| self.buckets.iter().find(|b| &b.signature == sig))
+                        {
                             Some(b) => format!("{} [min]({})", cell.cases, b.repro.as_deref().unwrap_or(&b.first_case)),
                             None => cell.cases.to_string(),
                         },
@@ -167,16 +182,22 @@ impl Report {
         let krows: Vec<Vec<String>> = super::known::Known::ALL
             .iter()
             .map(|k| {
-                let hits: Vec<&Bucket> = self.buckets.iter().filter(|b| b.known.iter().any(|n| n == k.name())).collect();
+                let hits: Vec<&Bucket> =
+                    self.buckets.iter().filter(|b| b.known.iter().any(|n| n == k.name())).collect();
                 let first = hits.iter().map(|b| b.first_index).min();
                 // The smallest minimized reproducer among the matching buckets.
-                let best = hits.iter().filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b))).min_by_key(|t| (t.0, t.1, t.2));
+                let best = hits
+                    .iter()
+                    .filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b)))
+                    .min_by_key(|t| (t.0, t.1, t.2));
                 vec![
                     k.name().to_string(),
                     if hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", hits.len()) },
                     first.map_or("-".into(), |i| i.to_string()),
                     match best {
-                        Some((r, t, _, b)) => format!("[{r} rank(s), {t} token(s)]({})", b.repro.as_deref().unwrap_or(&b.first_case)),
+                        Some((r, t, _, b)) => {
+                            format!("[{r} rank(s), {t} token(s)]({})", b.repro.as_deref().unwrap_or(&b.first_case))
+                        }
                         None => hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
                     },
                 ]
@@ -207,7 +228,11 @@ impl Report {
                 ]
             })
             .collect();
-        let _ = writeln!(s, "{}\n", md_table(&["signature", "cases", "first", "minimized", "file", "what it means"], &brows));
+        let _ = writeln!(
+            s,
+            "{}\n",
+            md_table(&["signature", "cases", "first", "minimized", "file", "what it means"], &brows)
+        );
 
         let t = &self.near_ties;
         let _ = writeln!(s, "## Near-ties\n");
@@ -221,11 +246,27 @@ impl Report {
         );
         if let Some(r) = &self.regression {
             let _ = writeln!(s, "## Regression against `{}`\n", r.baseline);
-            let list = |v: &Vec<String>| if v.is_empty() { "none".to_string() } else { v.iter().map(|x| format!("- `{x}`")).collect::<Vec<_>>().join("\n") };
-            let _ = writeln!(s, "**New** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n", r.new.len(), list(&r.new), r.fixed.len(), list(&r.fixed), r.still_failing.len(), list(&r.still_failing));
+            let list = |v: &Vec<String>| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.iter().map(|x| format!("- `{x}`")).collect::<Vec<_>>().join("\n")
+                }
+            };
+            let _ = writeln!(
+                s,
+                "**New** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n",
+                r.new.len(),
+                list(&r.new),
+                r.fixed.len(),
+                list(&r.fixed),
+                r.still_failing.len(),
+                list(&r.still_failing)
+            );
         }
         let p = &self.timing.phases_us;
-        let total = (p.generate_us + p.inputs_us + p.reference_us + p.sharded_us + p.shadow_us + p.oracles_us).max(1) as f64;
+        let total =
+            (p.generate_us + p.inputs_us + p.reference_us + p.sharded_us + p.shadow_us + p.oracles_us).max(1) as f64;
         let pct = |x: u64| format!("{:.0}%", 100.0 * x as f64 / total);
         let _ = writeln!(s, "## Where the time went (timing)\n");
         let _ = writeln!(
@@ -233,7 +274,15 @@ impl Report {
             "{}\n",
             md_table(
                 &["generate", "inputs", "reference", "sharded", "float64 shadow", "oracles", "shrinking"],
-                &[vec![pct(p.generate_us), pct(p.inputs_us), pct(p.reference_us), pct(p.sharded_us), pct(p.shadow_us), pct(p.oracles_us), format!("{:.1} s", self.timing.shrink_s)]]
+                &[vec![
+                    pct(p.generate_us),
+                    pct(p.inputs_us),
+                    pct(p.reference_us),
+                    pct(p.sharded_us),
+                    pct(p.shadow_us),
+                    pct(p.oracles_us),
+                    format!("{:.1} s", self.timing.shrink_s)
+                ]]
             )
         );
         s
@@ -242,19 +291,53 @@ impl Report {
     pub fn junit(&self) -> String {
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let failures: usize = self.buckets.len();
-        let _ = writeln!(s, "<testsuites name=\"shardfuzz\" tests=\"{}\" failures=\"{failures}\">", self.rows.len() + failures);
+        let _ = writeln!(
+            s,
+            "<testsuites name=\"shardfuzz\" tests=\"{}\" failures=\"{failures}\">",
+            self.rows.len() + failures
+        );
         for r in &self.rows {
-            let bs: Vec<&Bucket> = self.buckets.iter().filter(|b| {
-                let p = super::bucket::parts(&b.signature);
-                p.router == r.router && p.rules == r.rules
-            }).collect();
-            let _ = writeln!(s, "  <testsuite name=\"{}/{}\" tests=\"{}\" failures=\"{}\">", xml(&r.router), xml(&r.rules), bs.len().max(1), bs.len());
+            let bs: Vec<&Bucket> = self
+                .buckets
+                .iter()
+                .filter(|b| {
+                    let p = super::bucket::parts(&b.signature);
+                    p.router == r.router && p.rules == r.rules
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "  <testsuite name=\"{}/{}\" tests=\"{}\" failures=\"{}\">",
+                xml(&r.router),
+                xml(&r.rules),
+                bs.len().max(1),
+                bs.len()
+            );
             if bs.is_empty() {
-                let _ = writeln!(s, "    <testcase classname=\"{}.{}\" name=\"no divergence in {} cases\"/>", xml(&r.router), xml(&r.rules), r.cases);
+                let _ = writeln!(
+                    s,
+                    "    <testcase classname=\"{}.{}\" name=\"no divergence in {} cases\"/>",
+                    xml(&r.router),
+                    xml(&r.rules),
+                    r.cases
+                );
             }
             for b in bs {
-                let _ = writeln!(s, "    <testcase classname=\"{}.{}\" name=\"{}\">", xml(&r.router), xml(&r.rules), xml(&b.signature));
-                let _ = writeln!(s, "      <failure message=\"{}\">{} case(s); reproducer {}; {}</failure>", xml(&b.explanation), b.count, xml(b.repro.as_deref().unwrap_or(&b.first_case)), xml(&b.detail));
+                let _ = writeln!(
+                    s,
+                    "    <testcase classname=\"{}.{}\" name=\"{}\">",
+                    xml(&r.router),
+                    xml(&r.rules),
+                    xml(&b.signature)
+                );
+                let _ = writeln!(
+                    s,
+                    "      <failure message=\"{}\">{} case(s); reproducer {}; {}</failure>",
+                    xml(&b.explanation),
+                    b.count,
+                    xml(b.repro.as_deref().unwrap_or(&b.first_case)),
+                    xml(&b.detail)
+                );
                 let _ = writeln!(s, "    </testcase>");
             }
             let _ = writeln!(s, "  </testsuite>");
@@ -266,7 +349,14 @@ impl Report {
     pub fn html(&self) -> String {
         let md = self.markdown();
         let mut s = String::from("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>shardfuzz report</title>\n<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}pre{white-space:pre-wrap}</style></head><body>\n");
-        let _ = writeln!(s, "<h1>shardfuzz campaign</h1>\n<p>{} cases, {} diverging, {} buckets, seed {}.</p>", self.cases, self.diverging_cases, self.buckets.len(), self.seed);
+        let _ = writeln!(
+            s,
+            "<h1>shardfuzz campaign</h1>\n<p>{} cases, {} diverging, {} buckets, seed {}.</p>",
+            self.cases,
+            self.diverging_cases,
+            self.buckets.len(),
+            self.seed
+        );
         let _ = writeln!(s, "<h2>Divergence rate by mesh shape and token layout</h2>\n{}", self.svg());
         let _ = writeln!(s, "<h2>Tables</h2>\n<pre>{}</pre>\n</body></html>", xml(&md));
         s
@@ -283,7 +373,8 @@ impl Report {
         let (cw, ch, left, top) = (44, 22, 90, 110);
         let w = left + cw * layouts.len() + 10;
         let h = top + ch * meshes.len() + 10;
-        let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"10\">\n");
+        let mut s =
+            format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-size=\"10\">\n");
         for (j, l) in layouts.iter().enumerate() {
             let x = left + j * cw + cw / 2;
             let _ = writeln!(s, "<text transform=\"translate({x},{}) rotate(-60)\">{}</text>", top - 4, xml(l));

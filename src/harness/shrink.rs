@@ -157,7 +157,9 @@ fn candidates(c: &Case) -> Vec<Case> {
         let mut n = c.clone();
         n.router.groups = None;
         out.push(n);
-        for gn in smaller(g.num_groups, 1).into_iter().filter(|&gn| dm.experts % gn == 0 && dm.experts / gn >= 2) {
+        for gn in
+            smaller(g.num_groups, 1).into_iter().filter(|&gn| dm.experts.is_multiple_of(gn) && dm.experts / gn >= 2)
+        {
             let mut n = c.clone();
             n.router.groups = Some(Groups { num_groups: gn, num_limited: g.num_limited.min(gn) });
             out.push(n);
@@ -241,7 +243,12 @@ fn candidates(c: &Case) -> Vec<Case> {
         out.push(n);
     }
     if c.tensors.is_some() {
-        let simplify: [(&str, fn(f64) -> f64); 4] = [("zero", |_| 0.0), ("sign", |x: f64| if x == 0.0 { 0.0 } else { x.signum() }), ("int", f64::round), ("tenths", |x| (x * 10.0).round() / 10.0)];
+        let simplify: [(&str, fn(f64) -> f64); 4] = [
+            ("zero", |_| 0.0),
+            ("sign", |x: f64| if x == 0.0 { 0.0 } else { x.signum() }),
+            ("int", f64::round),
+            ("tenths", |x| (x * 10.0).round() / 10.0),
+        ];
         for (_, f) in simplify {
             for which in 0..3 {
                 let mut n = c.clone();
@@ -309,7 +316,8 @@ mod tests {
 
     #[test]
     fn cut_takes_the_leading_block() {
-        let t = TensorData { shape: vec![2, 3], dtype: DType::F32, values: Values::Float(vec![0., 1., 2., 3., 4., 5.]) };
+        let t =
+            TensorData { shape: vec![2, 3], dtype: DType::F32, values: Values::Float(vec![0., 1., 2., 3., 4., 5.]) };
         assert_eq!(cut(&t, &[1, 2]).values, Values::Float(vec![0., 1.]));
         assert_eq!(cut(&t, &[2, 1]).values, Values::Float(vec![0., 3.]));
     }

@@ -46,7 +46,9 @@ impl TensorData {
         let flat = t.to_device(Device::Cpu).contiguous().view(-1);
         let values = match dtype {
             DType::Bool => Values::Bool(Vec::<bool>::try_from(&flat).expect("bool tensor")),
-            DType::I64 | DType::I32 => Values::Int(Vec::<i64>::try_from(&flat.to_kind(Kind::Int64)).expect("int tensor")),
+            DType::I64 | DType::I32 => {
+                Values::Int(Vec::<i64>::try_from(&flat.to_kind(Kind::Int64)).expect("int tensor"))
+            }
             _ => Values::Float(Vec::<f64>::try_from(&flat.to_kind(Kind::Double)).expect("float tensor")),
         };
         TensorData { shape, dtype, values }
@@ -75,7 +77,9 @@ impl TensorData {
         }
         let ok = matches!(
             (&self.values, self.dtype),
-            (Values::Float(_), DType::F32 | DType::F64 | DType::BF16 | DType::F16) | (Values::Int(_), DType::I64 | DType::I32) | (Values::Bool(_), DType::Bool)
+            (Values::Float(_), DType::F32 | DType::F64 | DType::BF16 | DType::F16)
+                | (Values::Int(_), DType::I64 | DType::I32)
+                | (Values::Bool(_), DType::Bool)
         );
         if !ok {
             return Err(format!("{what}.values: values do not fit dtype {}", self.dtype));
@@ -210,7 +214,9 @@ impl<'de> Deserialize<'de> for RawElem {
                 Ok(RawElem(Raw::Int(v)))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawElem, E> {
-                i64::try_from(v).map(|v| RawElem(Raw::Int(v))).map_err(|_| E::custom(format!("integer {v} out of range")))
+                i64::try_from(v)
+                    .map(|v| RawElem(Raw::Int(v)))
+                    .map_err(|_| E::custom(format!("integer {v} out of range")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawElem, E> {
                 Ok(RawElem(Raw::Num(v)))
@@ -220,7 +226,9 @@ impl<'de> Deserialize<'de> for RawElem {
                     "NaN" => Ok(RawElem(Raw::Num(f64::NAN))),
                     "Infinity" => Ok(RawElem(Raw::Num(f64::INFINITY))),
                     "-Infinity" => Ok(RawElem(Raw::Num(f64::NEG_INFINITY))),
-                    _ => Err(E::custom(format!("unexpected string \"{v}\" (only \"NaN\", \"Infinity\" and \"-Infinity\" are allowed)"))),
+                    _ => Err(E::custom(format!(
+                        "unexpected string \"{v}\" (only \"NaN\", \"Infinity\" and \"-Infinity\" are allowed)"
+                    ))),
                 }
             }
         }
@@ -249,7 +257,11 @@ mod tests {
 
     #[test]
     fn floats_round_trip_bit_exact_and_non_finite_as_strings() {
-        let t = TensorData { shape: vec![5], dtype: DType::F32, values: Values::Float(vec![0.1f32 as f64, -1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]) };
+        let t = TensorData {
+            shape: vec![5],
+            dtype: DType::F32,
+            values: Values::Float(vec![0.1f32 as f64, -1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]),
+        };
         let s = serde_json::to_string(&t).unwrap();
         assert_eq!(s, r#"{"shape":[5],"dtype":"f32","values":[0.1,-1.5,"NaN","Infinity","-Infinity"]}"#);
         let back: TensorData = serde_json::from_str(&s).unwrap();

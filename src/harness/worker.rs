@@ -63,7 +63,9 @@ pub enum Reply {
         lost: bool,
     },
     /// The job could not run (an invalid case from a shrink request, say).
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
     /// Sent once at start: libtorch is loaded and jobs can run (time limits start now).
     Ready,
 }
@@ -132,7 +134,14 @@ impl Inflight {
 }
 
 /// Runs case `index` of a campaign and judges it, writing it to `inflight` first.
-pub fn run_index(seed: u64, index: u64, cfg: &GenConfig, devices: &[CaseDevice], inflight: Option<&mut Inflight>, fault: Option<Fault>) -> std::io::Result<Reply> {
+pub fn run_index(
+    seed: u64,
+    index: u64,
+    cfg: &GenConfig,
+    devices: &[CaseDevice],
+    inflight: Option<&mut Inflight>,
+    fault: Option<Fault>,
+) -> std::io::Result<Reply> {
     let t = Instant::now();
     let case = super::campaign::campaign_case(seed, index, cfg, devices);
     let gen_us = t.elapsed().as_micros() as u64;
@@ -141,7 +150,7 @@ pub fn run_index(seed: u64, index: u64, cfg: &GenConfig, devices: &[CaseDevice],
         f.write(&case.to_json())?;
     }
     inject(fault, index);
-    Ok(match judge_case(&case, case.device.into(), index % PROBE_EVERY == 0) {
+    Ok(match judge_case(&case, case.device.into(), index.is_multiple_of(PROBE_EVERY)) {
         Ok((verdicts, near_ties, mut phases)) => {
             phases.generate_us = gen_us;
             let signatures = verdicts.iter().map(|v| v.signature(&case)).collect();
@@ -187,11 +196,25 @@ pub fn shrink_job(case: &Case, signature: &str, budget: Budget, dev: Dev) -> Rep
     let mut keep = keeps(&case, dev, signature);
     let s = shrink::shrink(&case, budget, &mut keep);
     let lost = !keep(&s.case);
-    Reply::Shrunk { signature: signature.into(), case: Box::new(s.case), tried: s.tried, kept: s.kept, elapsed_ms: s.elapsed.as_millis() as u64, truncated: s.truncated, lost }
+    Reply::Shrunk {
+        signature: signature.into(),
+        case: Box::new(s.case),
+        tried: s.tried,
+        kept: s.kept,
+        elapsed_ms: s.elapsed.as_millis() as u64,
+        truncated: s.truncated,
+        lost,
+    }
 }
 
 /// The worker loop: one job per stdin line, one reply per stdout line.
-pub fn serve(seed: u64, cfg: &GenConfig, devices: &[CaseDevice], fault: Option<Fault>, inflight: Option<&std::path::Path>) -> std::io::Result<()> {
+pub fn serve(
+    seed: u64,
+    cfg: &GenConfig,
+    devices: &[CaseDevice],
+    fault: Option<Fault>,
+    inflight: Option<&std::path::Path>,
+) -> std::io::Result<()> {
     // Die with the coordinator, even when it is SIGKILLed.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

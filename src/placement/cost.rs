@@ -62,7 +62,8 @@ pub fn redistribute_cost(mesh: &Mesh, src: &[Placement], dst: &[Placement], glob
     if src.iter().all(|p| p.is_replicate()) || src == dst {
         return 0.0;
     }
-    let num_shards: usize = src.iter().enumerate().filter(|(_, p)| p.is_shard()).map(|(i, _)| mesh.dim_size(i)).product();
+    let num_shards: usize =
+        src.iter().enumerate().filter(|(_, p)| p.is_shard()).map(|(i, _)| mesh.dim_size(i)).product();
     let numel: usize = global.iter().product();
     let mut bytes_gb = (itemsize * numel) as f64 / num_shards.max(1) as f64 / (1024.0 * 1024.0 * 1024.0);
     let Ok(steps) = plan_all(mesh, src, dst) else { return f64::INFINITY };
@@ -81,8 +82,8 @@ pub fn redistribute_cost(mesh: &Mesh, src: &[Placement], dst: &[Placement], glob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::{Placement::*, ReduceOp};
     use crate::placement::Mesh;
+    use crate::placement::{Placement::*, ReduceOp};
 
     #[test]
     fn replicated_sources_are_free_and_shard_to_partial_is_banned() {
@@ -100,8 +101,12 @@ mod tests {
         assert!(two > one && one > 0.0);
         // Steps from a view's _StridedShard are free (is_shard() is False for it); the
         // Shard steps of the same plan are not.
-        assert_eq!(redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Replicate], &[Replicate, Replicate], &[8, 8], 4), 0.0);
-        let mixed = redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Shard(1)], &[Replicate, Replicate], &[8, 8], 4);
+        assert_eq!(
+            redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Replicate], &[Replicate, Replicate], &[8, 8], 4),
+            0.0
+        );
+        let mixed =
+            redistribute_cost(&m, &[StridedShard { dim: 0, sf: 2 }, Shard(1)], &[Replicate, Replicate], &[8, 8], 4);
         assert!(mixed > 0.0 && mixed.is_finite());
     }
 

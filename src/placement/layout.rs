@@ -80,7 +80,12 @@ pub fn local_shapes(global: &[usize], mesh: &Mesh, placements: &[Placement]) -> 
 
 /// Local shape and global offset per tensor dim (meaningful for plain `Shard` layouts, where
 /// each local piece is contiguous).
-pub fn local_shape_and_offset(global: &[usize], mesh: &Mesh, placements: &[Placement], coord: &[usize]) -> (Vec<usize>, Vec<usize>) {
+pub fn local_shape_and_offset(
+    global: &[usize],
+    mesh: &Mesh,
+    placements: &[Placement],
+    coord: &[usize],
+) -> (Vec<usize>, Vec<usize>) {
     let idx = local_indices(global, mesh, placements, coord);
     let shape = idx.iter().map(Vec::len).collect();
     let off = idx.iter().zip(global).map(|(v, &g)| v.first().copied().unwrap_or(g)).collect();
@@ -206,7 +211,12 @@ mod tests {
     #[test]
     fn local_shape_agrees_with_local_indices() {
         let m = Mesh::new(vec![2, 3], vec!["a".into(), "b".into()]).unwrap();
-        for ps in [[Shard(0), Shard(0)], [Shard(1), Shard(0)], [StridedShard { dim: 0, sf: 3 }, Shard(0)], [Replicate, StridedShard { dim: 1, sf: 2 }]] {
+        for ps in [
+            [Shard(0), Shard(0)],
+            [Shard(1), Shard(0)],
+            [StridedShard { dim: 0, sf: 3 }, Shard(0)],
+            [Replicate, StridedShard { dim: 1, sf: 2 }],
+        ] {
             for g in [[7usize, 5], [1, 1], [12, 6], [0, 4]] {
                 for r in 0..6 {
                     let c = m.coord(r);

@@ -17,7 +17,9 @@ impl Mesh {
             return Err(PlacementError::BadMesh("a mesh needs at least one dim".into()));
         }
         if let Some(d) = shape.iter().position(|&s| s == 0) {
-            return Err(PlacementError::BadMesh(format!("mesh dim {d} has size 0; every mesh dim needs at least 1 rank")));
+            return Err(PlacementError::BadMesh(format!(
+                "mesh dim {d} has size 0; every mesh dim needs at least 1 rank"
+            )));
         }
         if names.len() != shape.len() {
             return Err(PlacementError::BadMesh("mesh_shape and mesh_dim_names should have same length!".into()));
@@ -99,7 +101,8 @@ impl Mesh {
             strides[d] = strides[d + 1] * self.shape[d + 1];
         }
         let strides: Vec<String> = strides.iter().map(|s| s.to_string()).collect();
-        let stride = if strides.len() == 1 { format!("({},)", strides[0]) } else { format!("({})", strides.join(", ")) };
+        let stride =
+            if strides.len() == 1 { format!("({},)", strides[0]) } else { format!("({})", strides.join(", ")) };
         let dims = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
         format!("DeviceMesh({dims}, device: '{device}', stride: {stride})")
     }

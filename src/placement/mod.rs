@@ -65,7 +65,10 @@ pub enum Placement {
     Shard(i64),
     /// `_StridedShard(dim, split_factor)`: chunk the dim into `sf` pieces, chunk each piece over
     /// the mesh dim, and give shard `i` the concatenation of every piece's `i`-th chunk.
-    StridedShard { dim: i64, sf: usize },
+    StridedShard {
+        dim: i64,
+        sf: usize,
+    },
     Partial(ReduceOp),
 }
 
@@ -184,6 +187,20 @@ pub fn normalize_all(ps: &[Placement], ndim: usize) -> Result<Vec<Placement>, Pl
     ps.iter().map(|p| p.normalized(ndim)).collect()
 }
 
+// Placements travel in case files as their short strings (`"S(1)"`, `"P(sum)"`).
+impl serde::Serialize for Placement {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Placement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,19 +231,5 @@ mod tests {
         assert!(Shard(3).normalized(3).is_err());
         assert!(Shard(-4).normalized(3).is_err());
         assert_eq!(Replicate.normalized(0).unwrap(), Replicate);
-    }
-}
-
-// Placements travel in case files as their short strings (`"S(1)"`, `"P(sum)"`).
-impl serde::Serialize for Placement {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Placement {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }

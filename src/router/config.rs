@@ -94,23 +94,40 @@ impl RouterConfig {
         let groups = match groups {
             None => None,
             Some((g, gk)) => {
-                let gk = gk.ok_or_else(|| bad("groups.num_limited", "num_limited_groups must be set when num_expert_groups is set".into()))?;
+                let gk = gk.ok_or_else(|| {
+                    bad("groups.num_limited", "num_limited_groups must be set when num_expert_groups is set".into())
+                })?;
                 if g == 0 {
                     return Err(bad("groups.num_groups", "must be at least 1".into()));
                 }
-                if experts % g != 0 {
-                    return Err(bad("groups.num_groups", format!("num_experts ({experts}) must be divisible by num_expert_groups ({g})")));
+                if !experts.is_multiple_of(g) {
+                    return Err(bad(
+                        "groups.num_groups",
+                        format!("num_experts ({experts}) must be divisible by num_expert_groups ({g})"),
+                    ));
                 }
                 if experts / g < 2 {
                     return Err(bad("groups.num_groups", format!("experts_per_group ({}) must be >= 2", experts / g)));
                 }
                 if gk == 0 || gk > g {
-                    return Err(bad("groups.num_limited", format!("num_limited ({gk}) must be between 1 and num_groups ({g})")));
+                    return Err(bad(
+                        "groups.num_limited",
+                        format!("num_limited ({gk}) must be between 1 and num_groups ({g})"),
+                    ));
                 }
                 Some(Groups { num_groups: g, num_limited: gk })
             }
         };
-        Ok(RouterConfig { experts, top_k, score_func, route_norm, route_scale, groups, expert_bias, force_load_balance })
+        Ok(RouterConfig {
+            experts,
+            top_k,
+            score_func,
+            route_norm,
+            route_scale,
+            groups,
+            expert_bias,
+            force_load_balance,
+        })
     }
 
     pub fn experts_per_group(&self) -> Option<usize> {
@@ -132,7 +149,8 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [Preset::DeepSeekV3Debug, Preset::DeepSeekV3_236B, Preset::DeepSeekV3_671B, Preset::Qwen3Moe];
+    pub const ALL: [Preset; 4] =
+        [Preset::DeepSeekV3Debug, Preset::DeepSeekV3_236B, Preset::DeepSeekV3_671B, Preset::Qwen3Moe];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -156,8 +174,12 @@ impl Preset {
     pub fn config(self) -> RouterConfig {
         let c = match self {
             Preset::DeepSeekV3Debug => RouterConfig::new(8, 3, ScoreFunc::Softmax, false, 1.0, None, true, false),
-            Preset::DeepSeekV3_236B => RouterConfig::new(160, 6, ScoreFunc::Softmax, false, 16.0, Some((8, Some(3))), true, false),
-            Preset::DeepSeekV3_671B => RouterConfig::new(256, 8, ScoreFunc::Sigmoid, true, 2.5, Some((8, Some(4))), true, false),
+            Preset::DeepSeekV3_236B => {
+                RouterConfig::new(160, 6, ScoreFunc::Softmax, false, 16.0, Some((8, Some(3))), true, false)
+            }
+            Preset::DeepSeekV3_671B => {
+                RouterConfig::new(256, 8, ScoreFunc::Sigmoid, true, 2.5, Some((8, Some(4))), true, false)
+            }
             Preset::Qwen3Moe => RouterConfig::new(128, 8, ScoreFunc::Softmax, true, 1.0, None, false, false),
         };
         c.expect("presets are valid")
@@ -194,7 +216,10 @@ mod tests {
         assert_eq!(cfg(8, 0, None).unwrap_err().field, "top_k");
         assert_eq!(cfg(8, 2, Some((4, None))).unwrap_err().field, "groups.num_limited");
         assert_eq!(cfg(8, 2, Some((3, Some(1)))).unwrap_err().field, "groups.num_groups");
-        assert_eq!(cfg(8, 2, Some((8, Some(1)))).unwrap_err().to_string(), "groups.num_groups: experts_per_group (1) must be >= 2");
+        assert_eq!(
+            cfg(8, 2, Some((8, Some(1)))).unwrap_err().to_string(),
+            "groups.num_groups: experts_per_group (1) must be >= 2"
+        );
         assert_eq!(cfg(8, 2, Some((4, Some(5)))).unwrap_err().field, "groups.num_limited");
         assert!(RouterConfig::new(8, 2, ScoreFunc::Softmax, false, f64::NAN, None, false, false).is_err());
         assert!(cfg(8, 2, Some((4, Some(2)))).is_ok());

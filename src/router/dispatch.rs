@@ -21,7 +21,8 @@ pub fn dispatch(ids: &Tensor, counts: &Tensor) -> Dispatch {
     let (sorted, perm) = flat.sort_stable(true, 0, false);
     let token_order = perm.divide_scalar_mode(k, "floor");
     let offsets = counts.to_kind(Kind::Int64).cumsum(0, Kind::Int64);
-    let v = |t: &Tensor| Vec::<i64>::try_from(t.to_device(tch::Device::Cpu).contiguous().view(-1)).expect("int64 values");
+    let v =
+        |t: &Tensor| Vec::<i64>::try_from(t.to_device(tch::Device::Cpu).contiguous().view(-1)).expect("int64 values");
     Dispatch { offsets: v(&offsets), token_order: v(&token_order), sorted_ids: v(&sorted) }
 }
 

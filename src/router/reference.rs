@@ -13,7 +13,12 @@ use crate::dtensor::DTensorError;
 use tch::{Kind, Tensor};
 
 /// Runs the reference router. `x` is (B, L, D), `gate` is (E, D), `bias` is (E,) float32.
-pub fn run(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Result<RouterOutputs<Tensor>, DTensorError> {
+pub fn run(
+    cfg: &RouterConfig,
+    x: &Tensor,
+    gate: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<RouterOutputs<Tensor>, DTensorError> {
     let f = |r: Result<Tensor, tch::TchError>| r.map_err(torch_err);
     let x32 = x.to_kind(Kind::Float);
     let w32 = gate.to_kind(Kind::Float);
@@ -42,14 +47,15 @@ pub fn run(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>)
     if cfg.force_load_balance {
         let s = scores.size();
         let (b, l, k) = (s[0], s[1], cfg.top_k as i64);
-        ids = Tensor::arange(b * l * k, (Kind::Int64, scores.device())).reshape([b, l, k]).remainder(cfg.experts as i64);
+        ids =
+            Tensor::arange(b * l * k, (Kind::Int64, scores.device())).reshape([b, l, k]).remainder(cfg.experts as i64);
         topk_scores = f(scores.f_gather(-1, &ids, false))?;
     }
     if cfg.route_norm {
         let den = topk_scores.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float) + 1e-20;
         topk_scores = &topk_scores / den;
     }
-    topk_scores = topk_scores * cfg.route_scale;
+    topk_scores *= cfg.route_scale;
     let routing_map = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64);
     let counts = routing_map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
     Ok(RouterOutputs { topk_scores, topk_ids: ids, scores, routing_map, counts, group_mask })
@@ -135,8 +141,13 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
     let bs = bias.map(f64s);
     let e = cfg.experts;
     let d = ws.len() / e.max(1);
-    let rows = if d == 0 { 0 } else { xs.len() / d };
-    let mut m = Margins { topk: Vec::with_capacity(rows), group: Vec::with_capacity(rows), scale: Vec::with_capacity(rows), absdot: Vec::with_capacity(rows) };
+    let rows = xs.len().checked_div(d).unwrap_or(0);
+    let mut m = Margins {
+        topk: Vec::with_capacity(rows),
+        group: Vec::with_capacity(rows),
+        scale: Vec::with_capacity(rows),
+        absdot: Vec::with_capacity(rows),
+    };
     let mut choice = vec![0.0f64; e];
     for r in 0..rows {
         let xr = &xs[r * d..(r + 1) * d];
@@ -164,7 +175,8 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
         if let Some(b) = &bs {
             choice.iter_mut().zip(b).for_each(|(c, b)| *c += b);
         }
-        m.scale.push(choice.iter().fold(0.0f64, |a, c| if c.is_nan() || a.is_nan() { f64::NAN } else { a.max(c.abs()) }));
+        m.scale
+            .push(choice.iter().fold(0.0f64, |a, c| if c.is_nan() || a.is_nan() { f64::NAN } else { a.max(c.abs()) }));
         let mut group = f64::INFINITY;
         if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
             let sums: Vec<f64> = (0..g.num_groups)
@@ -195,7 +207,10 @@ pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option
     let w64 = gate.to_kind(Kind::Float).to_kind(Kind::Double);
     let e = cfg.experts as i64;
     let logits = x64.matmul(&w64.tr()).view([-1, e]);
-    let absdot: Vec<f64> = Vec::<f64>::try_from(x64.abs().matmul(&w64.abs().tr()).view([-1, e]).amax([-1i64].as_slice(), false).contiguous()).expect("f64");
+    let absdot: Vec<f64> = Vec::<f64>::try_from(
+        x64.abs().matmul(&w64.abs().tr()).view([-1, e]).amax([-1i64].as_slice(), false).contiguous(),
+    )
+    .expect("f64");
     let scores = match cfg.score_func {
         ScoreFunc::Sigmoid => logits.sigmoid(),
         ScoreFunc::Softmax => logits.softmax(-1, Kind::Double),
@@ -227,7 +242,10 @@ mod tests {
     use crate::harness::generate::{nth, GenConfig};
 
     fn close(a: &[f64], b: &[f64]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs())))
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * (1.0 + x.abs().max(y.abs()))
+            })
     }
 
     #[test]
@@ -237,9 +255,17 @@ mod tests {
             let case = nth(21, i, &GenConfig::default());
             let cfg = case.router_config().unwrap();
             let inp = data::inputs(&case, tch::Device::Cpu);
-            let (a, b) = (margins(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()), margins_torch(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()));
+            let (a, b) = (
+                margins(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()),
+                margins_torch(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()),
+            );
             small += (inp.x.numel() * cfg.experts <= SMALL_SHADOW_FMAS) as usize;
-            for (what, p, q) in [("topk", &a.topk, &b.topk), ("group", &a.group, &b.group), ("scale", &a.scale, &b.scale), ("absdot", &a.absdot, &b.absdot)] {
+            for (what, p, q) in [
+                ("topk", &a.topk, &b.topk),
+                ("group", &a.group, &b.group),
+                ("scale", &a.scale, &b.scale),
+                ("absdot", &a.absdot, &b.absdot),
+            ] {
                 assert!(close(p, q), "case {i}: {what} {p:?} vs {q:?}\n{}", case.to_json());
             }
         }

@@ -21,7 +21,8 @@ pub enum RouterRev {
 }
 
 impl RouterRev {
-    pub const ALL: [RouterRev; 4] = [RouterRev::LocalMapCounts, RouterRev::InplaceScatter, RouterRev::OutOfPlaceScatter, RouterRev::LocalMapBoth];
+    pub const ALL: [RouterRev; 4] =
+        [RouterRev::LocalMapCounts, RouterRev::InplaceScatter, RouterRev::OutOfPlaceScatter, RouterRev::LocalMapBoth];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -10,14 +10,25 @@ use tch::{Kind, Tensor};
 
 /// One scatter site: `self.scatter_(-1, index, value)` as the revision writes it. `local_map`
 /// revisions take in/out placements from the live DTensors and scatter each rank's local piece.
-fn scatter_site(ctx: &mut Ctx, how: Site, this: &DTensor, placements_of: &DTensor, index: &DTensor, value: bool) -> Result<DTensor> {
+fn scatter_site(
+    ctx: &mut Ctx,
+    how: Site,
+    this: &DTensor,
+    placements_of: &DTensor,
+    index: &DTensor,
+    value: bool,
+) -> Result<DTensor> {
     let v = if value { 1.0 } else { 0.0 };
     match how {
-        Site::InPlace | Site::OutOfPlace => ctx.op1(Op::ScatterValue { dim: -1, value: v, inplace: how == Site::InPlace }, &[this, index]),
+        Site::InPlace | Site::OutOfPlace => {
+            ctx.op1(Op::ScatterValue { dim: -1, value: v, inplace: how == Site::InPlace }, &[this, index])
+        }
         Site::LocalMap => {
             let ins = [placements_of.placements.clone(), index.placements.clone()];
             let outs = [placements_of.placements.clone()];
-            let mut r = local_map(ctx, &[this, index], &ins, &outs, false, |_, t| crate::dtensor::local::scatter_value(t[0], -1, t[1], v).map(|t| vec![t]))?;
+            let mut r = local_map(ctx, &[this, index], &ins, &outs, false, |_, t| {
+                crate::dtensor::local::scatter_value(t[0], -1, t[1], v).map(|t| vec![t])
+            })?;
             Ok(r.swap_remove(0))
         }
     }
@@ -41,7 +52,14 @@ fn sites(rev: RouterRev) -> (Site, Site) {
 }
 
 /// Runs the sharded router. `x` is (B, L, D), `gate` (E, D), `bias` (E,) float32.
-pub fn run(ctx: &mut Ctx, cfg: &RouterConfig, rev: RouterRev, x: &DTensor, gate: &DTensor, bias: Option<&DTensor>) -> Result<RouterOutputs<DTensor>> {
+pub fn run(
+    ctx: &mut Ctx,
+    cfg: &RouterConfig,
+    rev: RouterRev,
+    x: &DTensor,
+    gate: &DTensor,
+    bias: Option<&DTensor>,
+) -> Result<RouterOutputs<DTensor>> {
     let (site1, site2) = sites(rev);
     let (b, l, d) = (x.shape[0] as i64, x.shape[1] as i64, x.shape[2] as i64);
     let e = cfg.experts as i64;
@@ -49,7 +67,13 @@ pub fn run(ctx: &mut Ctx, cfg: &RouterConfig, rev: RouterRev, x: &DTensor, gate:
     // Gate linear in float32; F.linear without bias on a 3-D input decomposes into
     // t, view to (B*L, D), mm, _unsafe_view back (router.md §10.1).
     ctx.label("scores");
-    let to32 = |ctx: &mut Ctx, t: &DTensor| if t.dtype == DType::F32 { Ok(t.clone()) } else { ctx.op1(Op::ToDtype(DType::F32), &[t]) };
+    let to32 = |ctx: &mut Ctx, t: &DTensor| {
+        if t.dtype == DType::F32 {
+            Ok(t.clone())
+        } else {
+            ctx.op1(Op::ToDtype(DType::F32), &[t])
+        }
+    };
     let x32 = to32(ctx, x)?;
     let w32 = to32(ctx, gate)?;
     let wt = ctx.op1(Op::T, &[&w32])?;
@@ -86,7 +110,8 @@ pub fn run(ctx: &mut Ctx, cfg: &RouterConfig, rev: RouterRev, x: &DTensor, gate:
     }
 
     ctx.label("topk_ids");
-    let mut ids = call(ctx, &Op::Topk { k: cfg.top_k, dim: -1, largest: true, sorted: false }, &[&choice])?.swap_remove(1);
+    let mut ids =
+        call(ctx, &Op::Topk { k: cfg.top_k, dim: -1, largest: true, sorted: false }, &[&choice])?.swap_remove(1);
     ctx.label("topk_scores");
     let mut topk_scores = ctx.op1(Op::Gather { dim: -1 }, &[&scores, &ids])?;
     if cfg.force_load_balance {
@@ -95,7 +120,8 @@ pub fn run(ctx: &mut Ctx, cfg: &RouterConfig, rev: RouterRev, x: &DTensor, gate:
         let (sb, sl) = (scores.shape[0] as i64, scores.shape[1] as i64);
         let dev = scores.locals[0].device();
         let plain = Tensor::arange(sb * sl * k, (Kind::Int64, dev)).reshape([sb, sl, k]).remainder(e);
-        topk_scores = call_mixed(ctx, &Op::Gather { dim: -1 }, &[TArg::D(&scores), TArg::Plain(&plain)])?.swap_remove(0);
+        topk_scores =
+            call_mixed(ctx, &Op::Gather { dim: -1 }, &[TArg::D(&scores), TArg::Plain(&plain)])?.swap_remove(0);
         // Only a one-element index gets here (DTensor accepts those as replicated scalars).
         let r = vec![crate::placement::Placement::Replicate; scores.mesh.ndim()];
         let locals = (0..scores.mesh.size()).map(|_| plain.shallow_clone()).collect();

@@ -14,6 +14,10 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
         Op::ZerosLike(d) | Op::OnesLike(d) => d.unwrap_or(a.meta.dtype),
         _ => unreachable!("like::propose called for {op:?}"),
     };
-    let out: Vec<Placement> = a.placements.iter().map(|p| if p.is_partial() { Placement::Replicate } else { *p }).collect();
-    Ok(Proposal::single(vec![Meta::new(a.meta.shape.clone(), dtype)], Strategy { outs: vec![out], ins: vec![a.placements.clone()] }))
+    let out: Vec<Placement> =
+        a.placements.iter().map(|p| if p.is_partial() { Placement::Replicate } else { *p }).collect();
+    Ok(Proposal::single(
+        vec![Meta::new(a.meta.shape.clone(), dtype)],
+        Strategy { outs: vec![out], ins: vec![a.placements.clone()] },
+    ))
 }

@@ -13,7 +13,7 @@
 //! the same dim and carried to the output (VERIFIED on 2.12.1 and 2.13.0), which is how a
 //! token-sharded (B, L, D) input goes through a linear without communication.
 
-use super::{expand, Arg, Proposal, RuleSet, Row, Strategy};
+use super::{expand, Arg, Proposal, Row, RuleSet, Strategy};
 use crate::dtensor::error::{DTensorError, Result};
 use crate::dtensor::meta::Meta;
 use crate::dtensor::op::Op;
@@ -24,15 +24,25 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         Op::T => {
             let a = &args[0];
             if a.meta.ndim() > 2 {
-                return Err(DTensorError::Shape(format!("t() expects a tensor with <= 2 dimensions, but self is {}D", a.meta.ndim())));
+                return Err(DTensorError::Shape(format!(
+                    "t() expects a tensor with <= 2 dimensions, but self is {}D",
+                    a.meta.ndim()
+                )));
             }
             let nd = a.meta.ndim() as i64;
-            let out: Vec<Placement> = a.placements.iter().map(|&p| match p.shard_dim() {
-                Some(d) if nd == 2 => p.with_dim(1 - d),
-                _ => p,
-            }).collect();
+            let out: Vec<Placement> = a
+                .placements
+                .iter()
+                .map(|&p| match p.shard_dim() {
+                    Some(d) if nd == 2 => p.with_dim(1 - d),
+                    _ => p,
+                })
+                .collect();
             let shape: Vec<usize> = a.meta.shape.iter().rev().copied().collect();
-            Ok(Proposal::single(vec![Meta::new(shape, a.meta.dtype)], Strategy { outs: vec![out], ins: vec![a.placements.clone()] }))
+            Ok(Proposal::single(
+                vec![Meta::new(shape, a.meta.dtype)],
+                Strategy { outs: vec![out], ins: vec![a.placements.clone()] },
+            ))
         }
         Op::Mm => {
             let (l, r) = (&args[0].meta, &args[1].meta);
@@ -74,7 +84,11 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 }
             }
             let dtype = l.dtype;
-            Ok(Proposal { out_metas: vec![Meta::new(vec![l.shape[0], r.shape[1]], dtype)], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
+            Ok(Proposal {
+                out_metas: vec![Meta::new(vec![l.shape[0], r.shape[1]], dtype)],
+                strategies: expand(&rows, mesh.ndim()),
+                filter: super::Filter::All,
+            })
         }
         _ => unreachable!("matrix::propose called for {op:?}"),
     }

@@ -67,7 +67,6 @@ impl Proposal {
     }
 }
 
-
 /// One row of a single-mesh-dim rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
@@ -124,7 +123,9 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         | Op::MaskedFill(_) => pointwise::propose(op, args, mesh),
         Op::Softmax { .. } | Op::Sum { .. } | Op::Cumsum { .. } => reduction::propose(op, args),
         Op::Topk { .. } | Op::Sort { .. } => sort::propose(op, args, mesh),
-        Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } => scatter_gather::propose(op, args, mesh, rules),
+        Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } => {
+            scatter_gather::propose(op, args, mesh, rules)
+        }
         Op::ZerosLike(_) | Op::OnesLike(_) => like::propose(op, args),
     }
 }
@@ -203,6 +204,14 @@ mod tests {
         let rows = [Row::replicate(1, 1), Row::new(&[Shard(0)], &[Shard(0)])];
         let s = expand(&rows, 2);
         let outs: Vec<Vec<Placement>> = s.iter().map(|s| s.outs[0].clone()).collect();
-        assert_eq!(outs, vec![vec![Replicate, Replicate], vec![Replicate, Shard(0)], vec![Shard(0), Replicate], vec![Shard(0), Shard(0)]]);
+        assert_eq!(
+            outs,
+            vec![
+                vec![Replicate, Replicate],
+                vec![Replicate, Shard(0)],
+                vec![Shard(0), Replicate],
+                vec![Shard(0), Shard(0)]
+            ]
+        );
     }
 }

@@ -191,12 +191,17 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
     let mut rows = vec![Row::replicate(1, args.len())];
     for k in &kinds {
         for d in 0..common.len() {
-            let ins: Vec<Placement> = maps.iter().map(|m| m[d].map_or(Placement::Replicate, |i| k.with_dim(i as i64))).collect();
+            let ins: Vec<Placement> =
+                maps.iter().map(|m| m[d].map_or(Placement::Replicate, |i| k.with_dim(i as i64))).collect();
             rows.push(Row::new(&[k.with_dim(d as i64)], &ins));
         }
     }
     rows.extend(partial_rows(op));
-    Ok(Proposal { out_metas: vec![Meta::new(common, out_dtype(op, args))], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::Redistributed })
+    Ok(Proposal {
+        out_metas: vec![Meta::new(common, out_dtype(op, args))],
+        strategies: expand(&rows, mesh.ndim()),
+        filter: super::Filter::Redistributed,
+    })
 }
 
 #[cfg(test)]

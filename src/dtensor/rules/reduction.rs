@@ -30,7 +30,11 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
     match op {
         Op::Softmax { dim } => {
             let d = norm_dim(*dim, nd)?;
-            let ps = if crate::dtensor::plant::active("softmax-keeps-shard") { a.placements.clone() } else { replicate_dims(&a.placements, &[d], true) };
+            let ps = if crate::dtensor::plant::active("softmax-keeps-shard") {
+                a.placements.clone()
+            } else {
+                replicate_dims(&a.placements, &[d], true)
+            };
             Ok(Proposal::single(vec![a.meta.clone()], Strategy { outs: vec![ps.clone()], ins: vec![ps] }))
         }
         Op::Cumsum { dim, dtype } => {
@@ -38,10 +42,17 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
             let d = norm_dim(*dim, nd)?;
             let ins: Vec<Placement> = replicate_dims(&a.placements, &[d], true);
             let dt = dtype.unwrap_or(a.meta.dtype.sum_dtype());
-            Ok(Proposal::single(vec![Meta::new(a.meta.shape.clone(), dt)], Strategy { outs: vec![ins.clone()], ins: vec![ins] }))
+            Ok(Proposal::single(
+                vec![Meta::new(a.meta.shape.clone(), dt)],
+                Strategy { outs: vec![ins.clone()], ins: vec![ins] },
+            ))
         }
         Op::Sum { dims, keepdim } => {
-            let mut rd: Vec<usize> = if dims.is_empty() { (0..nd).collect() } else { dims.iter().map(|&d| norm_dim(d, nd)).collect::<Result<_>>()? };
+            let mut rd: Vec<usize> = if dims.is_empty() {
+                (0..nd).collect()
+            } else {
+                dims.iter().map(|&d| norm_dim(d, nd)).collect::<Result<_>>()?
+            };
             rd.sort_unstable();
             rd.dedup();
             let ins: Vec<Placement> = a
@@ -55,7 +66,11 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
             let outs: Vec<Placement> = ins
                 .iter()
                 .map(|&p| match p.shard_dim() {
-                    Some(d) if rd.contains(&(d as usize)) && !crate::dtensor::plant::active("sum-shard-stays-shard") => Placement::Partial(ReduceOp::Sum),
+                    Some(d)
+                        if rd.contains(&(d as usize)) && !crate::dtensor::plant::active("sum-shard-stays-shard") =>
+                    {
+                        Placement::Partial(ReduceOp::Sum)
+                    }
                     Some(_) if crate::dtensor::plant::active("sum-shard-stays-shard") => Placement::Shard(0),
                     Some(d) if !keepdim => p.with_dim(d - rd.iter().filter(|&&r| r < d as usize).count() as i64),
                     _ => p,
@@ -64,7 +79,10 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
             let shape: Vec<usize> = (0..nd)
                 .filter_map(|i| if rd.contains(&i) { keepdim.then_some(1) } else { Some(a.meta.shape[i]) })
                 .collect();
-            Ok(Proposal::single(vec![Meta::new(shape, a.meta.dtype.sum_dtype())], Strategy { outs: vec![outs], ins: vec![ins] }))
+            Ok(Proposal::single(
+                vec![Meta::new(shape, a.meta.dtype.sum_dtype())],
+                Strategy { outs: vec![outs], ins: vec![ins] },
+            ))
         }
         _ => unreachable!("reduction::propose called for {op:?}"),
     }
@@ -82,16 +100,22 @@ mod tests {
 
     #[test]
     fn counts_of_a_token_sharded_map_are_partial_int64() {
-        let p = propose(&Op::Sum { dims: vec![0, 1], keepdim: false }, &[arg(&[2, 4, 8], &[Replicate, Shard(1)], DType::Bool)]).unwrap();
+        let p = propose(
+            &Op::Sum { dims: vec![0, 1], keepdim: false },
+            &[arg(&[2, 4, 8], &[Replicate, Shard(1)], DType::Bool)],
+        )
+        .unwrap();
         assert_eq!(p.strategies[0].outs[0], vec![Replicate, Partial(ReduceOp::Sum)]);
         assert_eq!(p.out_metas[0], Meta::new(vec![8], DType::I64));
     }
 
     #[test]
     fn kept_shard_dims_are_reindexed() {
-        let p = propose(&Op::Sum { dims: vec![0], keepdim: false }, &[arg(&[2, 4, 8], &[Shard(2)], DType::F32)]).unwrap();
+        let p =
+            propose(&Op::Sum { dims: vec![0], keepdim: false }, &[arg(&[2, 4, 8], &[Shard(2)], DType::F32)]).unwrap();
         assert_eq!(p.strategies[0].outs[0], vec![Shard(1)]);
-        let p = propose(&Op::Sum { dims: vec![-1], keepdim: true }, &[arg(&[2, 4, 3], &[Shard(1)], DType::F32)]).unwrap();
+        let p =
+            propose(&Op::Sum { dims: vec![-1], keepdim: true }, &[arg(&[2, 4, 3], &[Shard(1)], DType::F32)]).unwrap();
         assert_eq!(p.strategies[0].outs[0], vec![Shard(1)]);
         assert_eq!(p.out_metas[0].shape, vec![2, 4, 1]);
     }

@@ -15,7 +15,7 @@
 //! strategies that leave self's placements unchanged (`rules::select`).
 
 use super::rulesets::ScatterRule;
-use super::{expand, norm_dim, Arg, Proposal, RuleSet, Row};
+use super::{expand, norm_dim, Arg, Proposal, Row, RuleSet};
 use crate::dtensor::error::{DTensorError, Result};
 use crate::dtensor::meta::Meta;
 use crate::dtensor::op::Op;
@@ -29,7 +29,9 @@ fn shape_list(s: &[usize]) -> String {
 /// The checks `scatter`/`gather` make on shapes before touching values.
 fn check_index(what: &str, target: &Meta, index: &Meta, dim: usize) -> Result<()> {
     if index.ndim() != target.ndim() {
-        return Err(DTensorError::Shape(format!("Index tensor must have the same number of dimensions as {what} tensor")));
+        return Err(DTensorError::Shape(format!(
+            "Index tensor must have the same number of dimensions as {what} tensor"
+        )));
     }
     for d in (0..target.ndim()).filter(|&d| d != dim) {
         if index.shape[d] > target.shape[d] {
@@ -57,7 +59,11 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 rows.push(Row::new(&[s], &[s, s]));
             }
             rows.push(Row::new(&[Shard(d as i64)], &[Replicate, Shard(d as i64)]));
-            Ok(Proposal { out_metas: vec![Meta::new(index.shape.clone(), input.dtype)], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
+            Ok(Proposal {
+                out_metas: vec![Meta::new(index.shape.clone(), input.dtype)],
+                strategies: expand(&rows, mesh.ndim()),
+                filter: super::Filter::All,
+            })
         }
         Op::ScatterValue { dim, .. } | Op::ScatterSrc { dim, .. } => {
             let (this, index) = (&args[0].meta, &args[1].meta);
@@ -69,7 +75,11 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
             let mut rows = vec![Row::replicate(1, n_in)];
             if let ScatterRule::ShardNonScatterDims { strided } = rules.scatter() {
                 for k in (0..this.ndim()).filter(|&k| k != d) {
-                    let agree = args.iter().all(|a| a.meta.ndim() == this.ndim() && (a.meta.shape[k] == index.shape[k] || crate::dtensor::plant::active("scatter-ignores-sizes")));
+                    let agree = args.iter().all(|a| {
+                        a.meta.ndim() == this.ndim()
+                            && (a.meta.shape[k] == index.shape[k]
+                                || crate::dtensor::plant::active("scatter-ignores-sizes"))
+                    });
                     if !agree {
                         continue;
                     }
@@ -90,7 +100,11 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                     }
                 }
             }
-            Ok(Proposal { out_metas: vec![this.clone()], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
+            Ok(Proposal {
+                out_metas: vec![this.clone()],
+                strategies: expand(&rows, mesh.ndim()),
+                filter: super::Filter::All,
+            })
         }
         _ => unreachable!("scatter_gather::propose called for {op:?}"),
     }
@@ -123,7 +137,10 @@ mod tests {
         assert!(scatter_inplace(RuleSet::Torch213, 1, &[Shard(1)], &m).is_err());
         assert_eq!(scatter_inplace(RuleSet::Torch212, 4, &[Replicate], &m).unwrap(), vec![Replicate]);
         let m2 = Mesh::new(vec![1, 2], vec!["dp_shard".into(), "tp".into()]).unwrap();
-        assert_eq!(scatter_inplace(RuleSet::Torch213, 4, &[Replicate, Shard(1)], &m2).unwrap(), vec![Replicate, Shard(1)]);
+        assert_eq!(
+            scatter_inplace(RuleSet::Torch213, 4, &[Replicate, Shard(1)], &m2).unwrap(),
+            vec![Replicate, Shard(1)]
+        );
         assert!(scatter_inplace(RuleSet::Torch212, 4, &[Replicate, Shard(1)], &m2).is_err());
     }
 

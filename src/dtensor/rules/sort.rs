@@ -16,7 +16,10 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
             let d = norm_dim(*dim, nd)?;
             let size = if nd == 0 { 1 } else { a.meta.shape[d] };
             if *k > size {
-                return Err(DTensorError::Local { kind: "RuntimeError", message: "selected index k out of range".into() });
+                return Err(DTensorError::Local {
+                    kind: "RuntimeError",
+                    message: "selected index k out of range".into(),
+                });
             }
             let mut s = a.meta.shape.clone();
             if nd > 0 {

@@ -34,7 +34,11 @@ pub enum Dim {
     /// Input dims merged, outermost first.
     Flatten(Vec<usize>),
     /// Piece `id` of `input` (an input dim or a flatten) split into `group`.
-    Split { input: Box<Dim>, group: Vec<usize>, id: usize },
+    Split {
+        input: Box<Dim>,
+        group: Vec<usize>,
+        id: usize,
+    },
 }
 
 impl Dim {
@@ -82,7 +86,12 @@ impl Dim {
 
 /// Resolves one -1 in a target shape (PyTorch's `infer_size`) and checks the element count.
 pub fn infer_size(numel: usize, shape: &[i64]) -> Result<Vec<usize>> {
-    let bad = || DTensorError::Local { kind: "RuntimeError", message: format!("shape '{:?}' is invalid for input of size {numel}", shape).replace(' ', "").replace(",", ", ") };
+    let bad = || DTensorError::Local {
+        kind: "RuntimeError",
+        message: format!("shape '{:?}' is invalid for input of size {numel}", shape)
+            .replace(' ', "")
+            .replace(",", ", "),
+    };
     let known: i64 = shape.iter().filter(|&&d| d != -1).product();
     let holes = shape.iter().filter(|&&d| d == -1).count();
     if holes > 1 || shape.iter().any(|&d| d < -1) {
@@ -188,7 +197,7 @@ impl Prop<'_> {
         let mut sf: usize = group[..id].iter().product();
         for m in 0..md {
             if self.src[m].shards(dim as i64) {
-                if sf % self.mesh[m] != 0 {
+                if !sf.is_multiple_of(self.mesh[m]) {
                     return None;
                 }
                 sf /= self.mesh[m];
@@ -257,7 +266,7 @@ impl Prop<'_> {
         let out_size = group[id];
         let found = self.shard_for_split(in_dim, group, id);
         if id == 0 {
-            self.allowed[in_dim] = self.mesh.iter().map(|&n| out_size % n == 0).collect();
+            self.allowed[in_dim] = self.mesh.iter().map(|&n| out_size.is_multiple_of(n)).collect();
             if let Some(md) = self.plain_shard(in_dim) {
                 if self.strict && !self.allowed[in_dim][md] {
                     return Err(view_err(format!(
@@ -269,14 +278,14 @@ impl Prop<'_> {
         }
         if let Some((md, Placement::StridedShard { .. })) = found {
             let last = id == group.len() - 1;
-            if self.strict && !last && out_size % self.mesh[md] != 0 {
+            if self.strict && !last && !out_size.is_multiple_of(self.mesh[md]) {
                 return Err(view_err(format!(
                     "Cannot unflatten unevenly sharded tensor: output dimension {id} (size {out_size}) is not evenly divisible by mesh dimension {md} (size {}). Please redistribute the tensor before this operation.",
                     self.mesh[md]
                 )));
             }
             self.matched_strided.push(md);
-            self.allowed[in_dim][md] = out_size % self.mesh[md] == 0 || last;
+            self.allowed[in_dim][md] = out_size.is_multiple_of(self.mesh[md]) || last;
         }
         Ok(if id == 0 { vec![in_dim] } else { vec![] })
     }
@@ -335,12 +344,14 @@ impl Prop<'_> {
 
     fn last_shard_in_flatten(tgt: &[Placement], md: usize, start: usize, end: usize) -> bool {
         let d = tgt[md].shard_dim().expect("a shard") as usize;
-        !tgt[md + 1..].iter().any(|p| p.shard_dim().is_some_and(|o| (start..end).contains(&(o as usize)) && o as usize >= d))
+        !tgt[md + 1..]
+            .iter()
+            .any(|p| p.shard_dim().is_some_and(|o| (start..end).contains(&(o as usize)) && o as usize >= d))
     }
 
     fn keep_strided_dim(&self, cands: &[usize], dim: usize, sf: usize, md: usize) -> Option<usize> {
         let total = self.mesh[md] * sf;
-        if self.shape[dim] % total != 0 {
+        if !self.shape[dim].is_multiple_of(total) {
             return None;
         }
         let shard = self.shape[dim] / total;
@@ -359,7 +370,7 @@ impl Prop<'_> {
                     }
                 }
                 let flat = shard * trailing;
-                if flat >= inner && flat % inner == 0 {
+                if flat >= inner && flat.is_multiple_of(inner) {
                     return Some(c);
                 }
             }
@@ -411,7 +422,7 @@ impl Prop<'_> {
                         Placement::StridedShard { dim: od as i64, sf: local[start..d].iter().product() }
                     };
                     let end = *v.last().unwrap() + 1;
-                    if local[d] % self.mesh[md] != 0 && !Self::last_shard_in_flatten(tgt, md, start, end) {
+                    if !local[d].is_multiple_of(self.mesh[md]) && !Self::last_shard_in_flatten(tgt, md, start, end) {
                         return Err(view_err(format!(
                             "Cannot shard unevenly distributed tensor: dimension {d} (size {}) is not evenly divisible by mesh dimension {md} (size {}). Please redistribute the tensor before this operation.",
                             local[d], self.mesh[md]
@@ -444,7 +455,9 @@ impl Prop<'_> {
                                     "Cannot unflatten tensor with _StridedShard placement: split_factor={sf} does not match any output dimension. This typically means the _StridedShard placement was constructed with a split_factor that is incompatible with the unflatten shape. Please redistribute the tensor before this operation."
                                 )));
                             }
-                            *cands.first().ok_or_else(|| DTensorError::Unsupported(format!("no output dim for _StridedShard({d}) in view")))?
+                            *cands.first().ok_or_else(|| {
+                                DTensorError::Unsupported(format!("no output dim for _StridedShard({d}) in view"))
+                            })?
                         }
                     };
                     local[d] /= self.mesh[md];
@@ -467,8 +480,25 @@ fn py_tuple(v: &[usize]) -> String {
 }
 
 /// Input and output placements of a view with `rule` (PyTorch's `propagate_shape_and_sharding`).
-pub fn propagate(src: &[Placement], shape: &[usize], rule: &[Dim], mesh: &[usize], strict: bool, rules: RuleSet) -> Result<(Vec<Placement>, Vec<Placement>)> {
-    let mut p = Prop { src, shape, rule, mesh, strict, v213: rules.view() == super::rulesets::ViewRule::Raise, allowed: Vec::new(), matched_strided: Vec::new(), fallback: Vec::new() };
+pub fn propagate(
+    src: &[Placement],
+    shape: &[usize],
+    rule: &[Dim],
+    mesh: &[usize],
+    strict: bool,
+    rules: RuleSet,
+) -> Result<(Vec<Placement>, Vec<Placement>)> {
+    let mut p = Prop {
+        src,
+        shape,
+        rule,
+        mesh,
+        strict,
+        v213: rules.view() == super::rulesets::ViewRule::Raise,
+        allowed: Vec::new(),
+        matched_strided: Vec::new(),
+        fallback: Vec::new(),
+    };
     let (tgt, to_out) = p.analyze()?;
     let out = p.rewrite(&tgt, &to_out)?;
     Ok((tgt, out))
@@ -515,14 +545,19 @@ mod tests {
 
     #[test]
     fn flatten_of_a_token_shard_is_strided() {
-        assert_eq!(gate(&[Shard(1)], &[2], &[2, 4, 16], RuleSet::Torch213).unwrap(), vec![StridedShard { dim: 0, sf: 2 }]);
+        assert_eq!(
+            gate(&[Shard(1)], &[2], &[2, 4, 16], RuleSet::Torch213).unwrap(),
+            vec![StridedShard { dim: 0, sf: 2 }]
+        );
         assert_eq!(gate(&[Shard(0)], &[2], &[2, 4, 16], RuleSet::Torch212).unwrap(), vec![Shard(0)]);
         assert_eq!(gate(&[Shard(2)], &[2], &[2, 4, 16], RuleSet::Torch213).unwrap(), vec![Shard(1)]);
     }
 
     #[test]
     fn short_sequence_replicates_on_2_12_and_raises_on_2_13() {
-        let (tgt, out) = propagate(&[Shard(1)], &[2, 1, 16], &view_groups(&[2, 1, 16], &[2, 16]), &[2], true, RuleSet::Torch212).unwrap();
+        let (tgt, out) =
+            propagate(&[Shard(1)], &[2, 1, 16], &view_groups(&[2, 1, 16], &[2, 16]), &[2], true, RuleSet::Torch212)
+                .unwrap();
         assert_eq!((tgt, out), (vec![Replicate], vec![Replicate]));
         let e = gate(&[Shard(1)], &[2], &[2, 1, 16], RuleSet::Torch213).unwrap_err();
         assert_eq!(e.to_string(), "This operation would remove or reshape sharded dimension 1, which requires redistribution. Please redistribute the input first.");
@@ -537,7 +572,8 @@ mod tests {
     #[test]
     fn unflatten_undoes_the_strided_flatten() {
         let rule = view_groups(&[10, 8], &[2, 5, 8]);
-        let (_, out) = propagate(&[StridedShard { dim: 0, sf: 2 }], &[10, 8], &rule, &[2], true, RuleSet::Torch213).unwrap();
+        let (_, out) =
+            propagate(&[StridedShard { dim: 0, sf: 2 }], &[10, 8], &rule, &[2], true, RuleSet::Torch213).unwrap();
         assert_eq!(out, vec![Shard(1)]);
     }
 

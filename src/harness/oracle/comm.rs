@@ -28,7 +28,11 @@ pub fn check(case: &Case, run: &Run, j: &mut Judgement) {
             output: Some(site.into()),
             expected: json!([]),
             actual: json!(found),
-            detail: format!("{} collective(s) at the {site} scatter, where {} promises a local scatter", found.len(), case.revision.rules),
+            detail: format!(
+                "{} collective(s) at the {site} scatter, where {} promises a local scatter",
+                found.len(),
+                case.revision.rules
+            ),
             key: ops.join("+"),
         });
     }

@@ -13,7 +13,14 @@ use crate::router::RouterOutputs;
 use serde_json::json;
 use std::sync::Arc;
 
-fn push(j: &mut Judgement, output: Option<&str>, key: String, expected: serde_json::Value, actual: serde_json::Value, detail: String) {
+fn push(
+    j: &mut Judgement,
+    output: Option<&str>,
+    key: String,
+    expected: serde_json::Value,
+    actual: serde_json::Value,
+    detail: String,
+) {
     j.verdicts.push(Verdict { class: Class::Device, output: output.map(Into::into), expected, actual, detail, key });
 }
 
@@ -36,26 +43,57 @@ fn wrapped(r: &RouterOutputs<tch::Tensor>) -> Option<RouterOutputs<DTensor>> {
 }
 
 /// Value verdicts of `other` against `base` (CPU), renamed to the device class under `side`.
-fn values(case: &Case, cpu: &Run, base: &RouterOutputs<tch::Tensor>, other: &RouterOutputs<DTensor>, side: &str, j: &mut Judgement) {
+fn values(
+    case: &Case,
+    cpu: &Run,
+    base: &RouterOutputs<tch::Tensor>,
+    other: &RouterOutputs<DTensor>,
+    side: &str,
+    j: &mut Judgement,
+) {
     let mut v = Judgement::default();
     value::check(case, cpu, base, other, &mut v);
     // Offsets are a property of one run, not a comparison; the per-device value oracle has them.
     for x in v.verdicts.into_iter().filter(|x| x.key != "inconsistent") {
-        push(j, x.output.as_deref(), format!("{side}:{}", x.key), x.expected, x.actual, format!("{side} on {} vs cpu: {}", case.device, x.detail));
+        push(
+            j,
+            x.output.as_deref(),
+            format!("{side}:{}", x.key),
+            x.expected,
+            x.actual,
+            format!("{side} on {} vs cpu: {}", case.device, x.detail),
+        );
     }
 }
 
 /// Compares the CPU run `cpu` and the run `other` (CUDA) of the same case.
 pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
-    for (side, a, b) in [("reference", error_key(&cpu.reference), error_key(&other.reference)), ("sharded", error_key(&cpu.sharded), error_key(&other.sharded))] {
+    for (side, a, b) in [
+        ("reference", error_key(&cpu.reference), error_key(&other.reference)),
+        ("sharded", error_key(&cpu.sharded), error_key(&other.sharded)),
+    ] {
         if a != b {
-            push(j, None, format!("{side}:error"), json!(a), json!(b), format!("{side}: cpu gave {a}, the other device {b}"));
+            push(
+                j,
+                None,
+                format!("{side}:error"),
+                json!(a),
+                json!(b),
+                format!("{side}: cpu gave {a}, the other device {b}"),
+            );
         }
     }
     if let (Ok(cr), Ok(or)) = (&cpu.reference, &other.reference) {
         match wrapped(or) {
             Some(w) => values(case, cpu, cr, &w, "reference", j),
-            None => push(j, None, "reference:gather".into(), json!("outputs"), json!("none"), "reference outputs could not be moved to the CPU".into()),
+            None => push(
+                j,
+                None,
+                "reference:gather".into(),
+                json!("outputs"),
+                json!("none"),
+                "reference outputs could not be moved to the CPU".into(),
+            ),
         }
     }
     if let (Ok(cs), Ok(os)) = (&cpu.sharded, &other.sharded) {
@@ -73,12 +111,26 @@ pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
         }
         match gathered(cs) {
             Some(base) => values(case, cpu, &base, os, "sharded", j),
-            None => push(j, None, "sharded:gather".into(), json!("outputs"), json!("none"), "cpu sharded outputs could not be gathered".into()),
+            None => push(
+                j,
+                None,
+                "sharded:gather".into(),
+                json!("outputs"),
+                json!("none"),
+                "cpu sharded outputs could not be gathered".into(),
+            ),
         }
     }
     let ops = |r: &Run| r.comms.iter().map(|c| format!("{}@{}:{}", c.op, c.mesh_dim, c.tensor)).collect::<Vec<_>>();
     if ops(cpu) != ops(other) {
-        push(j, None, "comms".into(), json!(ops(cpu)), json!(ops(other)), format!("collectives differ between cpu and {}", case.device));
+        push(
+            j,
+            None,
+            "comms".into(),
+            json!(ops(cpu)),
+            json!(ops(other)),
+            format!("collectives differ between cpu and {}", case.device),
+        );
     }
 }
 
@@ -99,7 +151,10 @@ mod tests {
             assert!(j.verdicts.is_empty(), "case {i}: {:?}", j.verdicts);
         }
         // A reference whose scores moved far beyond any rounding bound must be reported.
-        let case = (0..50).map(|i| nth(12, i, &GenConfig::default())).find(|c| runner::run(c, tch::Device::Cpu).unwrap().reference.is_ok()).unwrap();
+        let case = (0..50)
+            .map(|i| nth(12, i, &GenConfig::default()))
+            .find(|c| runner::run(c, tch::Device::Cpu).unwrap().reference.is_ok())
+            .unwrap();
         let a = runner::run(&case, tch::Device::Cpu).unwrap();
         let mut b = runner::run(&case, tch::Device::Cpu).unwrap();
         if let Ok(r) = &mut b.reference {

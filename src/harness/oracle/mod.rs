@@ -40,7 +40,17 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 9] = [Class::Error, Class::Value, Class::Placement, Class::Shape, Class::Comm, Class::Nondeterminism, Class::Device, Class::Crash, Class::Timeout];
+    pub const ALL: [Class; 9] = [
+        Class::Error,
+        Class::Value,
+        Class::Placement,
+        Class::Shape,
+        Class::Comm,
+        Class::Nondeterminism,
+        Class::Device,
+        Class::Crash,
+        Class::Timeout,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Class::Error => "error",

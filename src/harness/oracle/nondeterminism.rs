@@ -13,10 +13,16 @@ fn fingerprint(run: &Run) -> Vec<String> {
             for (name, d) in s.named() {
                 let vals = d.full_tensor().map(|t| {
                     let t = t.to_device(tch::Device::Cpu).contiguous();
-                    let bytes: Vec<u8> = Vec::<u8>::try_from(t.view_dtype(tch::Kind::Uint8).view(-1)).unwrap_or_default();
+                    let bytes: Vec<u8> =
+                        Vec::<u8>::try_from(t.view_dtype(tch::Kind::Uint8).view(-1)).unwrap_or_default();
                     bytes
                 });
-                v.push(format!("{name} {:?} {:?} {:?}", d.placements, d.rank_global_shapes(), vals.map(|b| crate::harness::hash64(&b))));
+                v.push(format!(
+                    "{name} {:?} {:?} {:?}",
+                    d.placements,
+                    d.rank_global_shapes(),
+                    vals.map(|b| crate::harness::hash64(&b))
+                ));
             }
         }
     }

@@ -31,7 +31,11 @@ pub fn check(case: &Case, run: &Run, s: &RouterOutputs<DTensor>, j: &mut Judgeme
         output: Some("counts".into()),
         expected: json!(resolved),
         actual: json!(actual),
-        detail: format!("counts placements differ from layout.counts_contract [{}] (size1={})", contract.join(", "), case.revision.size1),
+        detail: format!(
+            "counts placements differ from layout.counts_contract [{}] (size1={})",
+            contract.join(", "),
+            case.revision.size1
+        ),
         key: parts.join(","),
     });
 }

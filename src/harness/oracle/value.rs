@@ -13,9 +13,9 @@
 use super::tolerance::Bounds;
 use super::{Class, Judgement, Verdict};
 use crate::dtensor::DTensor;
-use crate::placement::Placement;
 use crate::harness::case::Case;
 use crate::harness::runner::Run;
+use crate::placement::Placement;
 use crate::router::RouterOutputs;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -32,12 +32,31 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn push(&mut self, output: &str, key: &str, expected: serde_json::Value, actual: serde_json::Value, detail: String) {
+    fn push(
+        &mut self,
+        output: &str,
+        key: &str,
+        expected: serde_json::Value,
+        actual: serde_json::Value,
+        detail: String,
+    ) {
         // One verdict per output and key: the first offending element tells the story.
-        if self.j.verdicts.iter().any(|v| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key) {
+        if self
+            .j
+            .verdicts
+            .iter()
+            .any(|v| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key)
+        {
             return;
         }
-        self.j.verdicts.push(Verdict { class: Class::Value, output: Some(output.into()), expected, actual, detail, key: key.into() });
+        self.j.verdicts.push(Verdict {
+            class: Class::Value,
+            output: Some(output.into()),
+            expected,
+            actual,
+            detail,
+            key: key.into(),
+        });
     }
 }
 
@@ -47,7 +66,9 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 
 pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judgement) {
     let full = |d: &DTensor| d.full_tensor();
-    let (Ok(s_scores), Ok(s_ids), Ok(s_ts), Ok(s_map), Ok(s_counts)) = (full(&s.scores), full(&s.topk_ids), full(&s.topk_scores), full(&s.routing_map), full(&s.counts)) else {
+    let (Ok(s_scores), Ok(s_ids), Ok(s_ts), Ok(s_map), Ok(s_counts)) =
+        (full(&s.scores), full(&s.topk_ids), full(&s.topk_scores), full(&s.routing_map), full(&s.counts))
+    else {
         j.verdicts.push(Verdict {
             class: Class::Value,
             output: None,
@@ -65,9 +86,21 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
     let bounds = Bounds::new(m, case.dims.model);
 
     // Shapes first: values of different shapes cannot be compared element-wise.
-    for (name, rt, st) in [("scores", &r.scores, &s_scores), ("topk_ids", &r.topk_ids, &s_ids), ("topk_scores", &r.topk_scores, &s_ts), ("routing_map", &r.routing_map, &s_map), ("counts", &r.counts, &s_counts)] {
+    for (name, rt, st) in [
+        ("scores", &r.scores, &s_scores),
+        ("topk_ids", &r.topk_ids, &s_ids),
+        ("topk_scores", &r.topk_scores, &s_ts),
+        ("routing_map", &r.routing_map, &s_map),
+        ("counts", &r.counts, &s_counts),
+    ] {
         if rt.size() != st.size() {
-            cx.push(name, "shape", json!(rt.size()), json!(st.size()), format!("{name}: gathered shape {:?} differs from the reference's {:?}", st.size(), rt.size()));
+            cx.push(
+                name,
+                "shape",
+                json!(rt.size()),
+                json!(st.size()),
+                format!("{name}: gathered shape {:?} differs from the reference's {:?}", st.size(), rt.size()),
+            );
         }
     }
     if cx.j.verdicts.iter().any(|v| v.class == Class::Value) {
@@ -80,7 +113,17 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
         let t = i / e;
         if !close(a, b, 2.0 * bounds.score[t]) {
             let key = if b.is_nan() != a.is_nan() { "nan" } else { "values" };
-            cx.push("scores", key, json!(a), json!(b), format!("scores[token {t}, expert {}]: {b} vs reference {a} (bound {:.3e})", i % e, 2.0 * bounds.score[t]));
+            cx.push(
+                "scores",
+                key,
+                json!(a),
+                json!(b),
+                format!(
+                    "scores[token {t}, expert {}]: {b} vs reference {a} (bound {:.3e})",
+                    i % e,
+                    2.0 * bounds.score[t]
+                ),
+            );
         }
     }
 
@@ -105,7 +148,17 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
             if decided[t] {
                 let a: Vec<i64> = pr.iter().map(|p| p.0).collect();
                 let b: Vec<i64> = ps.iter().map(|p| p.0).collect();
-                cx.push("topk_ids", "ids", json!(a), json!(b), format!("token {t} chose experts {b:?}, the reference {a:?} (margin {:.3e} > bound {:.3e})", m.topk[t], 2.0 * bounds.choice[t]));
+                cx.push(
+                    "topk_ids",
+                    "ids",
+                    json!(a),
+                    json!(b),
+                    format!(
+                        "token {t} chose experts {b:?}, the reference {a:?} (margin {:.3e} > bound {:.3e})",
+                        m.topk[t],
+                        2.0 * bounds.choice[t]
+                    ),
+                );
             } else {
                 cx.j.near_ties.flipped_rows += 1;
             }
@@ -116,17 +169,27 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
         let scale = case.router.route_scale.abs();
         let rel = (k as f64 + 4.0) * crate::dtensor::DType::F32.eps();
         for ((id, a), (_, b)) in pr.iter().zip(&ps) {
-            let abs = 2.0 * bounds.score[t] * scale * if case.router.route_norm { 2.0 * (k as f64) / (sum / scale.max(1e-30)) } else { 1.0 };
+            let abs = 2.0
+                * bounds.score[t]
+                * scale
+                * if case.router.route_norm { 2.0 * (k as f64) / (sum / scale.max(1e-30)) } else { 1.0 };
             let tol = abs + rel * a.abs().max(b.abs());
             if !close(*a, *b, tol) {
                 let key = if a.is_nan() != b.is_nan() { "nan" } else { "values" };
-                cx.push("topk_scores", key, json!(a), json!(b), format!("token {t}, expert {id}: gate value {b} vs reference {a} (tolerance {tol:.3e})"));
+                cx.push(
+                    "topk_scores",
+                    key,
+                    json!(a),
+                    json!(b),
+                    format!("token {t}, expert {id}: gate value {b} vs reference {a} (tolerance {tol:.3e})"),
+                );
             }
         }
     }
 
     // routing_map on decided tokens, counts net of undecided tokens.
-    let to_bool = |t: &Tensor| Vec::<bool>::try_from(t.to_device(Device::Cpu).contiguous().view(-1)).expect("bool values");
+    let to_bool =
+        |t: &Tensor| Vec::<bool>::try_from(t.to_device(Device::Cpu).contiguous().view(-1)).expect("bool values");
     let (rmap, smap) = (to_bool(&r.routing_map), to_bool(&s_map));
     let (rc, sc) = (i64s(&r.counts), i64s(&s_counts));
     let mut own = vec![0i64; e];
@@ -139,15 +202,33 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
                 rnet[x] -= a as i64;
                 snet[x] -= b as i64;
             } else if a != b {
-                cx.push("routing_map", "map", json!(a), json!(b), format!("routing_map[token {t}, expert {x}] is {b}, the reference has {a}"));
+                cx.push(
+                    "routing_map",
+                    "map",
+                    json!(a),
+                    json!(b),
+                    format!("routing_map[token {t}, expert {x}] is {b}, the reference has {a}"),
+                );
             }
         }
     }
     if own != sc {
-        cx.push("counts", "inconsistent", json!(own), json!(sc), "sharded counts differ from the sharded routing map summed over tokens".into());
+        cx.push(
+            "counts",
+            "inconsistent",
+            json!(own),
+            json!(sc),
+            "sharded counts differ from the sharded routing map summed over tokens".into(),
+        );
     }
     if rnet != snet {
-        cx.push("counts", "values", json!(rc), json!(sc), "counts differ from the reference's on tokens whose choice was decided".into());
+        cx.push(
+            "counts",
+            "values",
+            json!(rc),
+            json!(sc),
+            "counts differ from the reference's on tokens whose choice was decided".into(),
+        );
     }
 
     // Each rank's counts must describe its own ids (GroupedExperts' offsets). Checked only where
@@ -161,21 +242,47 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
         (Placement::Replicate, Placement::Replicate) => true,
         _ => false,
     });
-    let problems = if contract_ok && paired { crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts) } else { Vec::new() };
+    let problems = if contract_ok && paired {
+        crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts)
+    } else {
+        Vec::new()
+    };
     for msg in problems {
-        cx.push("offsets", "inconsistent", json!("local counts matching local ids"), json!(msg.clone()), format!("{msg} (counts {} next to ids {})", crate::placement::short_list(&s.counts.placements), crate::placement::short_list(&s.topk_ids.placements)));
+        cx.push(
+            "offsets",
+            "inconsistent",
+            json!("local counts matching local ids"),
+            json!(msg.clone()),
+            format!(
+                "{msg} (counts {} next to ids {})",
+                crate::placement::short_list(&s.counts.placements),
+                crate::placement::short_list(&s.topk_ids.placements)
+            ),
+        );
     }
 
     if let (Some(rg), Some(sg)) = (&r.group_mask, &s.group_mask) {
         if let Ok(sgf) = sg.full_tensor() {
             if sgf.size() != rg.size() {
-                cx.push("group_mask", "shape", json!(rg.size()), json!(sgf.size()), "group_mask: gathered shape differs".into());
+                cx.push(
+                    "group_mask",
+                    "shape",
+                    json!(rg.size()),
+                    json!(sgf.size()),
+                    "group_mask: gathered shape differs".into(),
+                );
             } else {
                 let g = *rg.size().last().unwrap() as usize;
                 let (a, b) = (to_bool(rg), to_bool(&sgf));
                 for t in 0..rows {
                     if bounds.group_decided(m, t) && a[t * g..(t + 1) * g] != b[t * g..(t + 1) * g] {
-                        cx.push("group_mask", "mask", json!(a[t * g..(t + 1) * g]), json!(b[t * g..(t + 1) * g]), format!("token {t} kept other groups than the reference"));
+                        cx.push(
+                            "group_mask",
+                            "mask",
+                            json!(a[t * g..(t + 1) * g]),
+                            json!(b[t * g..(t + 1) * g]),
+                            format!("token {t} kept other groups than the reference"),
+                        );
                     }
                 }
             }
