@@ -44,9 +44,11 @@ impl fmt::Display for DeviceArg {
     }
 }
 
-/// A resolved device: what a case's `device` field and the runner use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A resolved device: what a case's `device` field names (`cpu`, `cuda`, `cuda:N`) and where
+/// cases run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Dev {
+    #[default]
     Cpu,
     Cuda(usize),
 }
@@ -58,19 +60,47 @@ impl Dev {
             Dev::Cuda(n) => tch::Device::Cuda(n),
         }
     }
-    /// The name used in case files: `cpu` or `cuda` (`cuda:N` beyond the first GPU).
-    pub fn name(self) -> String {
+
+    /// The request that resolves to exactly this device.
+    pub fn arg(self) -> DeviceArg {
         match self {
-            Dev::Cpu => "cpu".into(),
-            Dev::Cuda(0) => "cuda".into(),
-            Dev::Cuda(n) => format!("cuda:{n}"),
+            Dev::Cpu => DeviceArg::Cpu,
+            Dev::Cuda(n) => DeviceArg::Cuda(Some(n)),
         }
     }
 }
 
 impl fmt::Display for Dev {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name())
+        match self {
+            Dev::Cpu => write!(f, "cpu"),
+            Dev::Cuda(0) => write!(f, "cuda"),
+            Dev::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Dev {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.parse::<DeviceArg>() {
+            Ok(DeviceArg::Cpu) => Ok(Dev::Cpu),
+            Ok(DeviceArg::Cuda(n)) => Ok(Dev::Cuda(n.unwrap_or(0))),
+            _ => Err(format!("unknown device '{s}' (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl serde::Serialize for Dev {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Dev {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -8,10 +8,12 @@
 //! - [`router`]: the MoE router, as an unsharded reference and as sharded revisions.
 //! - [`harness`]: cases, generators, oracles, shrinking, campaigns and reports.
 //! - [`cli`]: the command line.
+//! - [`names`]: the small closed enums that travel as strings, declared once.
 
 pub mod cli;
 pub mod device;
 pub mod dtensor;
 pub mod harness;
+pub mod names;
 pub mod placement;
 pub mod router;

@@ -4,7 +4,8 @@
 //! output, and the same collectives counted per op.
 
 use serde_json::Value;
-use shardfuzz::harness::replay;
+use shardfuzz::device::Dev;
+use shardfuzz::harness::{check, replay, Options};
 use std::collections::BTreeMap;
 
 /// Cases whose real outcome depends on `_MaskPartial`, which the model does not have
@@ -55,7 +56,7 @@ fn check_file(name: &str, at_least: usize) {
             continue;
         }
         let case = replay::parse(&real["case"].to_string()).unwrap();
-        let ours = serde_json::to_value(replay::replay(&case, tch::Device::Cpu, false).unwrap().outcome()).unwrap();
+        let ours = serde_json::to_value(check(&case, Dev::Cpu, Options::default()).unwrap().outcome()).unwrap();
         let (r, o) = (&real["sharded"], &ours["sharded"]);
         let mut diffs = Vec::new();
         if r["ok"] != o["ok"] {

@@ -2,10 +2,10 @@
 //! `--ignored cuda`. Each asserts that the GPU path gives what the CPU path gives.
 
 use shardfuzz::device;
-use shardfuzz::harness::case::CaseDevice;
+use shardfuzz::device::Dev;
 use shardfuzz::harness::generate::{nth, GenConfig, SizeClass};
 use shardfuzz::harness::oracle::{self, device as cross, Judgement};
-use shardfuzz::harness::{replay, runner};
+use shardfuzz::harness::{check, replay, runner, Options};
 
 fn cuda() -> tch::Device {
     device::init();
@@ -36,8 +36,9 @@ fn cuda_golden_cases_give_the_cpu_verdicts() {
             continue;
         }
         let case = replay::parse(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        let on_cpu = replay::replay(&case, tch::Device::Cpu, false).unwrap().outcome();
-        let on_gpu = replay::replay(&case, dev, false).unwrap().outcome();
+        let on_cpu = check(&case, Dev::Cpu, Options::default()).unwrap().outcome();
+        let on_gpu = check(&case, Dev::Cuda(0), Options::default()).unwrap().outcome();
+        assert_eq!(dev, tch::Device::Cuda(0));
         let classes = |o: &shardfuzz::harness::outcome::Outcome| {
             o.verdicts.iter().map(|v| (v.class, v.output.clone())).collect::<Vec<_>>()
         };
@@ -50,7 +51,7 @@ fn cuda_golden_cases_give_the_cpu_verdicts() {
 
 fn cross_check(size: SizeClass, cases: u64, seed: u64) {
     let dev = cuda();
-    let cfg = GenConfig { size, device: CaseDevice::Cuda(0), ..GenConfig::default() };
+    let cfg = GenConfig { size, device: Dev::Cuda(0), ..GenConfig::default() };
     for i in 0..cases {
         let case = nth(seed, i, &cfg);
         let gpu = runner::run(&case, dev).unwrap();

@@ -3,9 +3,10 @@
 //! and compares everything they record: ok/error and its text, every sharded output's
 //! placements, global, per-rank and local shapes, values, communication, and verdicts.
 
+use shardfuzz::device::Dev;
 use shardfuzz::harness::outcome::{Outcome, ShardedOutput};
-use shardfuzz::harness::replay;
 use shardfuzz::harness::tensor_data::Values;
+use shardfuzz::harness::{check, replay, Options};
 use std::path::PathBuf;
 
 fn golden_dir() -> PathBuf {
@@ -51,7 +52,7 @@ fn every_golden_outcome_replays_identically() {
         let text = std::fs::read_to_string(&path).unwrap();
         let golden: Outcome = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let case = replay::parse(&text).unwrap();
-        let ours = replay::replay(&case, tch::Device::Cpu, true).unwrap().outcome();
+        let ours = check(&case, Dev::Cpu, Options { twice: true, ..Options::default() }).unwrap().outcome();
         let f = path.file_name().unwrap().to_string_lossy().to_string();
 
         assert_eq!(golden.sharded.ok, ours.sharded.ok, "{f}: sharded.ok");

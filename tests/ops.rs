@@ -310,7 +310,7 @@ fn gather_and_scatter() {
         );
         let z = s.zeros_like().to_kind(Kind::Bool);
         let expected = z.scatter_value(-1, &i, 1i64);
-        for rules in RuleSet::ALL {
+        for &rules in RuleSet::ALL {
             for inplace in [false, true] {
                 let op = Op::ScatterValue { dim: -1, value: 1.0, inplace };
                 check(
@@ -456,7 +456,7 @@ fn mm_drops_strided_rows_too_short_for_their_split_factor() {
 #[test]
 fn mm_moves_a_view_strided_lhs_through_replicate_for_free() {
     let mesh = Arc::new(Mesh::tp(2));
-    for rules in RuleSet::ALL {
+    for &rules in RuleSet::ALL {
         tch::manual_seed(0);
         let x = Tensor::randn([2, 4, 8], (Kind::Float, tch::Device::Cpu));
         let w = Tensor::randn([8, 8], (Kind::Float, tch::Device::Cpu));

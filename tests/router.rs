@@ -8,9 +8,9 @@ use shardfuzz::dtensor::local_map::local_map;
 use shardfuzz::dtensor::{call, call_mixed, Ctx, DTensor, DType, Op, RuleSet, TArg};
 use shardfuzz::harness::case::Case;
 use shardfuzz::harness::oracle::Class;
-use shardfuzz::harness::replay::{self, Replayed};
+use shardfuzz::harness::{check, replay, Checked, Options};
 use shardfuzz::placement::{Mesh, Placement, Placement::*, ReduceOp};
-use shardfuzz::router::{reference, Preset, RouterConfig, ScoreFunc};
+use shardfuzz::router::{reference, Groups, Preset, RouterConfig, RouterOptions, ScoreFunc};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -186,12 +186,12 @@ fn base() -> Case {
     c
 }
 
-fn run(c: &Case) -> Replayed {
+fn run(c: &Case) -> Checked {
     c.validate().unwrap_or_else(|e| panic!("test case invalid: {e}"));
-    replay::replay(c, tch::Device::Cpu, false).unwrap()
+    check(c, shardfuzz::device::Dev::Cpu, Options::default()).unwrap()
 }
 
-fn classes(r: &Replayed) -> Vec<Class> {
+fn classes(r: &Checked) -> Vec<Class> {
     let mut v: Vec<Class> = r.judgement.verdicts.iter().map(|v| v.class).collect();
     v.sort();
     v.dedup();
@@ -335,10 +335,10 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
             c.dims.experts = cfg.experts;
             c.dims.top_k = cfg.top_k;
             c.dims.model = 8;
-            c.router.score_func = cfg.score_func;
-            c.router.route_norm = cfg.route_norm;
-            c.router.route_scale = cfg.route_scale;
-            c.router.groups = cfg.groups;
+            c.router.score_func = cfg.options.score_func;
+            c.router.route_norm = cfg.options.route_norm;
+            c.router.route_scale = cfg.options.route_scale;
+            c.router.groups = cfg.options.groups;
         });
         let r = run(&c);
         assert!(r.judgement.verdicts.is_empty(), "{p}: {:?}", r.judgement.verdicts);
@@ -385,7 +385,8 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
 // The reference on hand-built examples.
 
 fn cfg(e: usize, k: usize, sf: ScoreFunc, groups: Option<(usize, usize)>) -> RouterConfig {
-    RouterConfig::new(e, k, sf, false, 1.0, groups.map(|(g, gk)| (g, Some(gk))), false, false).unwrap()
+    let groups = groups.map(|(num_groups, num_limited)| Groups { num_groups, num_limited });
+    RouterConfig::new(e, k, RouterOptions { groups, ..RouterOptions::plain(sf) }).unwrap()
 }
 
 fn ids_of(t: &Tensor) -> Vec<Vec<i64>> {
@@ -433,7 +434,8 @@ fn reference_hand_built_examples() {
     .unwrap();
     assert!(ids_of(&out.topk_ids).iter().all(|r| *r == vec![4, 5, 6]));
     // route_norm: each token's gate values sum to route_scale.
-    let c = RouterConfig::new(8, 3, ScoreFunc::Sigmoid, true, 2.5, None, false, false).unwrap();
+    let opts = RouterOptions { route_norm: true, route_scale: 2.5, ..RouterOptions::plain(ScoreFunc::Sigmoid) };
+    let c = RouterConfig::new(8, 3, opts).unwrap();
     let out = reference::run(
         &c,
         &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
@@ -444,7 +446,8 @@ fn reference_hand_built_examples() {
     let sums = out.topk_scores.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
     assert!(sums.allclose(&Tensor::full([2, 3], 2.5, (Kind::Float, tch::Device::Cpu)), 1e-5, 1e-6, false));
     // Force-balance: ids are (b*L*K + l*K + k) mod E.
-    let c = RouterConfig::new(4, 3, ScoreFunc::Sigmoid, false, 1.0, None, false, true).unwrap();
+    let opts = RouterOptions { force_load_balance: true, ..RouterOptions::plain(ScoreFunc::Sigmoid) };
+    let c = RouterConfig::new(4, 3, opts).unwrap();
     let out = reference::run(
         &c,
         &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
@@ -494,7 +497,7 @@ fn xcase(mesh: &str, dims: &str, router_cfg: &str, layout: &str, rev: &str, seed
     replay::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-fn comm_counts(r: &Replayed) -> Vec<(String, usize)> {
+fn comm_counts(r: &Checked) -> Vec<(String, usize)> {
     let mut m = std::collections::BTreeMap::new();
     for c in &r.run.comms {
         *m.entry(c.op.clone()).or_insert(0) += 1;
@@ -502,7 +505,7 @@ fn comm_counts(r: &Replayed) -> Vec<(String, usize)> {
     m.into_iter().collect()
 }
 
-fn placements_of(r: &Replayed) -> Vec<(&'static str, Vec<Placement>)> {
+fn placements_of(r: &Checked) -> Vec<(&'static str, Vec<Placement>)> {
     let o = r.run.sharded.as_ref().unwrap_or_else(|e| panic!("sharded run raised: {e}"));
     vec![
         ("topk_scores", o.topk_scores.placements.clone()),

@@ -4,8 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use shardfuzz::device::Dev;
 use shardfuzz::harness::case::Case;
-use shardfuzz::harness::{oracle, runner};
+use shardfuzz::harness::{check, Options};
 use std::sync::OnceLock;
 
 /// `*` in a known-signature line matches any run of characters.
@@ -42,10 +43,9 @@ fuzz_target!(|case: Case| {
         shardfuzz::device::init();
         tch::set_num_threads(1);
     });
-    let run = runner::run(&case, tch::Device::Cpu).expect("generated cases are valid");
-    let j = oracle::judge(&case, &run);
-    for v in &j.verdicts {
-        let sig = v.signature(&case);
+    let c = check(&case, Dev::Cpu, Options::default()).expect("generated cases are valid");
+    for (v, sig) in c.judgement.verdicts.iter().zip(c.signatures()) {
+        let sig = sig.to_string();
         if !known().iter().any(|k| glob(k, &sig)) {
             panic!("{sig}: {}", v.detail);
         }

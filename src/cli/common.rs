@@ -11,23 +11,22 @@ pub struct GenArgs {
     /// Device to run cases on: auto (CUDA when present), cpu, cuda, cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceArg,
-    /// Router revisions to draw from (comma-separated; default all): local_map_counts,
-    /// inplace_scatter, out_of_place_scatter, local_map_both
+    #[command(flatten)]
+    pub draw: Draw,
+}
+
+/// What to draw cases from: shared by `run`, `gen` and `nightly` (whose `--device` takes a list).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Draw {
+    /// Router revisions to draw from (comma-separated; default all)
     #[arg(long, value_delimiter = ',')]
     pub router: Vec<RouterRev>,
-    /// DTensor rule sets to draw from (comma-separated; default all): torch-2.12, torch-2.13, torch-2.14
+    /// DTensor rule sets to draw from (comma-separated; default all)
     #[arg(long, value_delimiter = ',')]
     pub rules: Vec<RuleSet>,
     /// Case sizes: small (<= 4 ranks, <= 64 tokens), medium (<= 16 ranks), large (real presets, GPU)
     #[arg(long, default_value = "small")]
-    pub size: SizeArg,
-    #[command(flatten)]
-    pub focus: Focus,
-}
-
-/// Narrows the generator to the layouts and shapes a question is about.
-#[derive(clap::Args, Debug, Clone)]
-pub struct Focus {
+    pub size: SizeClass,
     /// Router-tensor layouts: any (torchtitan's plus 30% what-if layouts) or torchtitan (only
     /// the layouts torchtitan produces)
     #[arg(long, default_value = "any")]
@@ -38,39 +37,18 @@ pub struct Focus {
     pub shapes: ShapeMix,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum SizeArg {
-    Small,
-    Medium,
-    Large,
-}
-
-impl SizeArg {
-    pub fn class(self) -> SizeClass {
-        match self {
-            SizeArg::Small => SizeClass::Small,
-            SizeArg::Medium => SizeClass::Medium,
-            SizeArg::Large => SizeClass::Large,
+impl Draw {
+    /// The generator settings, for cases on `device`.
+    pub fn config(&self, device: Dev) -> GenConfig {
+        GenConfig {
+            size: self.size,
+            routers: self.router.clone(),
+            rules: self.rules.clone(),
+            device,
+            max_ranks: 16,
+            layouts: self.layouts,
+            shapes: self.shapes,
         }
-    }
-}
-
-/// The generator settings of the flags shared by `run`, `gen`, `nightly` and `worker`.
-pub fn gen_config(
-    size: SizeArg,
-    routers: &[RouterRev],
-    rules: &[RuleSet],
-    device: crate::harness::case::CaseDevice,
-    focus: &Focus,
-) -> GenConfig {
-    GenConfig {
-        size: size.class(),
-        routers: routers.to_vec(),
-        rules: rules.to_vec(),
-        device,
-        max_ranks: 16,
-        layouts: focus.layouts,
-        shapes: focus.shapes,
     }
 }
 
@@ -80,7 +58,7 @@ impl GenArgs {
     }
 
     pub fn config(&self, dev: Dev) -> GenConfig {
-        gen_config(self.size, &self.router, &self.rules, dev.into(), &self.focus)
+        self.draw.config(dev)
     }
 }
 

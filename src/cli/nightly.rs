@@ -1,15 +1,13 @@
 //! `shardfuzz nightly`: a campaign across router revisions x rule sets x devices, with worker
 //! subprocesses, bucketing, shrinking and reports.
 
-use super::common::{gen_config, parse_duration, Focus, SizeArg};
+use super::common::{parse_duration, Draw};
 use super::CliResult;
 use crate::device::{self, DeviceArg};
-use crate::dtensor::RuleSet;
 use crate::harness::campaign::{self, Config};
 use crate::harness::report::Report;
 use crate::harness::shrink::Budget;
 use crate::harness::worker::Fault;
-use crate::router::RouterRev;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,17 +32,8 @@ pub struct Args {
     /// Devices, comma-separated (auto, cpu, cuda, cuda:N); cases alternate between them
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub device: Vec<DeviceArg>,
-    /// Router revisions to draw from (default all)
-    #[arg(long, value_delimiter = ',')]
-    pub router: Vec<RouterRev>,
-    /// Rule sets to draw from (default all)
-    #[arg(long, value_delimiter = ',')]
-    pub rules: Vec<RuleSet>,
-    /// Case sizes: small, medium or large
-    #[arg(long, default_value = "small")]
-    pub size: SizeArg,
     #[command(flatten)]
-    pub focus: Focus,
+    pub draw: Draw,
     /// A case running longer than this is killed and kept as a `timeout` reproducer
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub per_case_timeout: Duration,
@@ -57,12 +46,10 @@ pub struct Args {
     /// Do not shrink
     #[arg(long)]
     pub no_shrink: bool,
-    /// Where minimized reproducers are copied as well
-    #[arg(long, default_value = "corpus/repro")]
-    pub corpus: PathBuf,
-    /// Do not copy reproducers to --corpus
-    #[arg(long)]
-    pub no_corpus: bool,
+    /// Write minimized reproducers to DIR (e.g. corpus/repro) instead of OUT/repro/; the report
+    /// links to them there
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<PathBuf>,
     /// An earlier campaign directory: adds a regression section (new, fixed, still failing)
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -75,8 +62,8 @@ pub fn run(a: Args) -> CliResult {
     let mut devices = Vec::new();
     for d in &a.device {
         let dev = device::resolve(*d).map_err(anyhow::Error::msg)?;
-        if !devices.contains(&dev.into()) {
-            devices.push(dev.into());
+        if !devices.contains(&dev) {
+            devices.push(dev);
         }
     }
     let baseline = match &a.baseline {
@@ -90,8 +77,8 @@ pub fn run(a: Args) -> CliResult {
         time: a.time,
         jobs,
         out: a.out.clone(),
-        corpus: (!a.no_corpus).then(|| a.corpus.clone()),
-        gen: gen_config(a.size, &a.router, &a.rules, devices[0], &a.focus),
+        corpus: a.corpus.clone(),
+        gen: a.draw.config(devices[0]),
         devices,
         per_case_timeout: a.per_case_timeout,
         shrink: Budget { max_tries: a.shrink_tries, max_time: a.shrink_time },

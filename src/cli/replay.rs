@@ -2,7 +2,7 @@
 
 use super::CliResult;
 use crate::device::{self, DeviceArg};
-use crate::harness::replay;
+use crate::harness::{check, replay, Options};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,50 +23,45 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CliResult {
-    let mut diverged = false;
+    // Every file is read and every device resolved before anything runs: bad input fails fast.
     let mut loaded = Vec::new();
     for f in &a.files {
-        let mut case = replay::load(f).map_err(anyhow::Error::msg)?;
-        let dev = match a.device {
-            Some(d) => device::resolve(d).map_err(anyhow::Error::msg)?,
-            None => device::resolve(match case.device {
-                crate::harness::case::CaseDevice::Cpu => DeviceArg::Cpu,
-                crate::harness::case::CaseDevice::Cuda(n) => DeviceArg::Cuda(Some(n)),
-            })
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
-        };
-        case.device = match dev {
-            device::Dev::Cpu => crate::harness::case::CaseDevice::Cpu,
-            device::Dev::Cuda(n) => crate::harness::case::CaseDevice::Cuda(n),
-        };
+        let case = replay::load(f)?;
+        let dev = device::resolve(a.device.unwrap_or(case.device.arg()))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         loaded.push((f, case, dev));
     }
+    let mut diverged = false;
     for (f, case, dev) in loaded {
-        let r = replay::replay(&case, dev.tch(), !a.once).map_err(anyhow::Error::msg)?;
-        diverged |= !r.judgement.verdicts.is_empty();
+        let c = check(&case, dev, Options { twice: !a.once, ..Options::default() })?;
+        diverged |= !c.judgement.verdicts.is_empty();
         if a.json {
-            println!("{}", serde_json::to_string(&r.outcome())?);
-            continue;
-        }
-        let v = &r.judgement.verdicts;
-        if v.is_empty() {
-            println!("{}: no divergence ({})", f.display(), case.revision());
+            println!("{}", serde_json::to_string(&c.outcome())?);
         } else {
-            println!("{}: {} divergence(s) ({})", f.display(), v.len(), case.revision());
-            for x in v {
-                println!("  {:<14} {}", x.class.name(), x.signature(&r.case));
-                println!("  {:<14} {}", "", x.detail);
-            }
-        }
-        let nt = r.judgement.near_ties;
-        if nt.topk_rows + nt.group_rows > 0 {
-            println!(
-                "  near-ties: {} of {} tokens too close to call ({} flipped; not divergences)",
-                nt.topk_rows.max(nt.group_rows),
-                nt.rows,
-                nt.flipped_rows
-            );
+            print_summary(f, &c);
         }
     }
     Ok(if diverged { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn print_summary(f: &std::path::Path, c: &crate::harness::Checked) {
+    let v = &c.judgement.verdicts;
+    if v.is_empty() {
+        println!("{}: no divergence ({})", f.display(), c.case.revision);
+    } else {
+        println!("{}: {} divergence(s) ({})", f.display(), v.len(), c.case.revision);
+        for (x, sig) in v.iter().zip(c.signatures()) {
+            println!("  {:<14} {sig}", x.class.name());
+            println!("  {:<14} {}", "", x.detail);
+        }
+    }
+    let nt = c.judgement.near_ties;
+    if nt.topk_rows + nt.group_rows > 0 {
+        println!(
+            "  near-ties: {} of {} tokens too close to call ({} flipped; not divergences)",
+            nt.topk_rows.max(nt.group_rows),
+            nt.rows,
+            nt.flipped_rows
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::common::{parse_duration, GenArgs};
 use super::CliResult;
-use crate::harness::{generate, oracle, runner};
+use crate::harness::{check, generate, Options, Signature};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -43,29 +43,21 @@ pub fn run(a: Args) -> CliResult {
     if let Some(dir) = &a.save {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--save {}: {e}", dir.display()))?;
     }
+    let opts = Options { cross_device: a.cross_device, ..Options::default() };
     let start = Instant::now();
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: BTreeMap<Signature, u64> = BTreeMap::new();
     let mut n = 0u64;
     let mut diverging = 0u64;
     while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
-        let case = generate::nth(a.seed, n, &cfg);
-        let run = runner::run(&case, dev.tch()).map_err(anyhow::Error::msg)?;
-        let mut j = oracle::judge(&case, &run);
-        if a.cross_device {
-            let cpu = runner::run(&case, tch::Device::Cpu).map_err(anyhow::Error::msg)?;
-            oracle::device::check(&case, &cpu, &run, &mut j);
-        }
-        if !j.verdicts.is_empty() {
-            diverging += 1;
-        }
-        for v in &j.verdicts {
-            let sig = v.signature(&case);
+        let c = check(&generate::nth(a.seed, n, &cfg), dev, opts)?;
+        diverging += u64::from(!c.judgement.verdicts.is_empty());
+        for (v, sig) in c.judgement.verdicts.iter().zip(c.signatures()) {
             let count = seen.entry(sig.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
                 if let Some(dir) = &a.save {
-                    let path = dir.join(format!("{}.json", crate::harness::bucket::slug(&sig)));
-                    std::fs::write(&path, case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    let path = dir.join(format!("{}.json", sig.slug()));
+                    std::fs::write(&path, c.case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 }
             }
             if *count == 1 || a.all {
@@ -81,7 +73,7 @@ pub fn run(a: Args) -> CliResult {
         seen.len()
     );
     // The tally is what one reads after a long run; most frequent first, ties by signature.
-    let mut tally: Vec<(&String, &u64)> = seen.iter().collect();
+    let mut tally: Vec<(&Signature, &u64)> = seen.iter().collect();
     tally.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (sig, count) in tally {
         eprintln!("{count:>9}  {sig}");

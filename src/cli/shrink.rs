@@ -4,7 +4,7 @@ use super::common::parse_duration;
 use super::CliResult;
 use crate::device::{self, DeviceArg};
 use crate::harness::shrink::{self, Budget};
-use crate::harness::{bucket, oracle, replay, runner, worker};
+use crate::harness::{check, replay, worker, Options, Signature};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,8 +15,8 @@ pub struct Args {
     pub file: PathBuf,
     /// The signature to keep (default: the case's first divergence)
     #[arg(long)]
-    pub signature: Option<String>,
-    /// Where to write the minimized case (default: corpus/repro/<signature>.json)
+    pub signature: Option<Signature>,
+    /// Where to write the minimized case (default: standard output)
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Most candidates to try
@@ -31,40 +31,38 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> CliResult {
-    let mut case = replay::load(&a.file).map_err(anyhow::Error::msg)?;
-    let dev = match a.device {
-        Some(d) => device::resolve(d).map_err(anyhow::Error::msg)?,
-        None => device::resolve(match case.device {
-            crate::harness::case::CaseDevice::Cpu => DeviceArg::Cpu,
-            crate::harness::case::CaseDevice::Cuda(n) => DeviceArg::Cuda(Some(n)),
-        })
-        .map_err(anyhow::Error::msg)?,
-    };
-    case.device = dev.into();
-    let run = runner::run(&case, dev.tch()).map_err(anyhow::Error::msg)?;
-    let sigs: Vec<String> = oracle::judge(&case, &run).verdicts.iter().map(|v| v.signature(&case)).collect();
+    let case = replay::load(&a.file)?;
+    let dev = device::resolve(a.device.unwrap_or(case.device.arg())).map_err(anyhow::Error::msg)?;
+    let checked = check(&case, dev, Options::default())?;
+    let sigs = checked.signatures();
     let sig = match a.signature {
         Some(s) if sigs.contains(&s) => s,
-        Some(s) => anyhow::bail!(
-            "{} does not show {s}; it shows: {}",
-            a.file.display(),
-            if sigs.is_empty() { "no divergence".into() } else { sigs.join(", ") }
-        ),
+        Some(s) => {
+            let shows: Vec<String> = sigs.iter().map(|s| s.to_string()).collect();
+            let shows = if shows.is_empty() { "no divergence".into() } else { shows.join(", ") };
+            anyhow::bail!("{} does not show {s}; it shows: {shows}", a.file.display())
+        }
         None => sigs
             .first()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("{} shows no divergence: nothing to shrink", a.file.display()))?,
     };
-    let s =
-        shrink::shrink(&case, Budget { max_tries: a.max_tries, max_time: a.max_time }, worker::keeps(&case, dev, &sig));
-    let out = a.out.unwrap_or_else(|| PathBuf::from("corpus/repro").join(format!("{}.json", bucket::slug(&sig))));
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let case = checked.case;
+    let budget = Budget { max_tries: a.max_tries, max_time: a.max_time };
+    let s = shrink::shrink(&case, budget, worker::keeps(&case, dev, &sig));
+    let text = s.case.to_json() + "\n";
+    match &a.out {
+        Some(out) => {
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(out, &text).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+        }
+        None => print!("{text}"),
     }
-    std::fs::write(&out, s.case.to_json() + "\n").map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     let d = s.case.dims;
-    println!("{sig}");
-    println!(
+    eprintln!("{sig}");
+    eprintln!(
         "shrunk in {:.1}s: {} candidates tried, {} kept{}; now {} rank(s) {:?}, B={} L={} D={} E={} K={}",
         s.elapsed.as_secs_f64(),
         s.tried,
@@ -78,6 +76,8 @@ pub fn run(a: Args) -> CliResult {
         d.experts,
         d.top_k
     );
-    println!("wrote {}", out.display());
+    if let Some(out) = &a.out {
+        eprintln!("wrote {}", out.display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,32 +1,19 @@
 //! Tensor metadata the sharding rules reason about: dtype and global shape. Pure data, no
 //! libtorch, so that rules stay testable without it.
 
-use std::fmt;
-use std::str::FromStr;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DType {
-    F32,
-    F64,
-    BF16,
-    F16,
-    Bool,
-    I64,
-    I32,
+crate::named_enum! {
+    pub enum DType("dtype") {
+        F32 = "f32",
+        F64 = "f64",
+        BF16 = "bf16",
+        F16 = "f16",
+        Bool = "bool",
+        I64 = "i64",
+        I32 = "i32",
+    }
 }
 
 impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-            DType::Bool => "bool",
-            DType::I64 => "i64",
-            DType::I32 => "i32",
-        }
-    }
     /// PyTorch's spelling, as in `torch.float32`.
     pub fn torch_name(self) -> &'static str {
         match self {
@@ -70,28 +57,6 @@ impl DType {
     }
 }
 
-impl FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "f32" => DType::F32,
-            "f64" => DType::F64,
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            "bool" => DType::Bool,
-            "i64" => DType::I64,
-            "i32" => DType::I32,
-            _ => return Err(format!("unknown dtype '{s}' (expected f32, bf16, f16, f64, bool, i64 or i32)")),
-        })
-    }
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Global shape and dtype of one tensor argument.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Meta {
@@ -115,17 +80,4 @@ impl Meta {
 pub fn torch_size(shape: &[usize]) -> String {
     let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("torch.Size([{}])", s.join(", "))
-}
-
-impl serde::Serialize for DType {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DType {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }

@@ -2,41 +2,8 @@
 //! smallest case; and the one-line explanations reports print next to them.
 
 use super::oracle::{Class, Verdict};
+use super::signature::Signature;
 use serde::{Deserialize, Serialize};
-
-/// The parts of a signature (`class:output:router:rules:key`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SigParts<'a> {
-    pub class: &'a str,
-    pub output: &'a str,
-    pub router: &'a str,
-    pub rules: &'a str,
-    pub key: &'a str,
-}
-
-pub fn parts(sig: &str) -> SigParts<'_> {
-    let mut it = sig.splitn(5, ':');
-    let mut next = || it.next().unwrap_or("");
-    SigParts { class: next(), output: next(), router: next(), rules: next(), key: next() }
-}
-
-/// A file-name-safe form of a signature.
-pub fn slug(sig: &str) -> String {
-    let mut s = String::with_capacity(sig.len());
-    for ch in sig.chars() {
-        match ch {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => s.push(ch),
-            '(' | ')' | '[' | ']' => {}
-            '>' => s.push_str("to"),
-            '@' => s.push_str("at"),
-            _ => s.push('_'),
-        }
-    }
-    while s.contains("__") {
-        s = s.replace("__", "_");
-    }
-    s.trim_matches('_').to_string()
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ShrinkInfo {
@@ -53,7 +20,7 @@ pub struct ShrinkInfo {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bucket {
-    pub signature: String,
+    pub signature: Signature,
     pub class: Class,
     pub count: u64,
     pub first_index: u64,
@@ -70,6 +37,16 @@ pub struct Bucket {
     /// Names of the known upstream bugs (`known::Known`) the first case is an instance of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known: Vec<String>,
+}
+
+impl Bucket {
+    /// (ranks, tokens, experts x model) of its minimized reproducer, else of its smallest case.
+    pub fn minimized_size(&self) -> (usize, usize, usize) {
+        match &self.shrink {
+            Some(s) => (s.ranks, s.tokens, s.experts * s.model),
+            None => (self.smallest_size.0, self.smallest_size.1, self.smallest_size.2),
+        }
+    }
 }
 
 /// One line saying what a bucket means.
@@ -102,22 +79,5 @@ pub fn explain(v: &Verdict) -> String {
         Class::Device => format!("CPU and CUDA disagree on the same case ({key})"),
         Class::Crash => format!("the worker died running this case ({key})"),
         Class::Timeout => "the worker exceeded the per-case time limit".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures_split_and_slug() {
-        let s = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1";
-        let p = parts(s);
-        assert_eq!(
-            (p.class, p.output, p.router, p.rules, p.key),
-            ("placement", "counts", "inplace_scatter", "torch-2.13", "P(sum)->R@1")
-        );
-        assert_eq!(slug(s), "placement_counts_inplace_scatter_torch-2.13_Psum-toRat1");
-        assert_eq!(parts("error:-:a:b:RuntimeError:view_of_sharded_dim").key, "RuntimeError:view_of_sharded_dim");
     }
 }

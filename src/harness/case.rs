@@ -3,12 +3,11 @@
 //! and every invalid value is reported with the path of its field.
 
 use super::tensor_data::TensorData;
-use crate::dtensor::{DType, RuleSet};
+use crate::device::Dev;
+use crate::dtensor::DType;
 use crate::placement::{Mesh, Placement};
-use crate::router::{Groups, RouterConfig, RouterRev, ScoreFunc, Size1};
+use crate::router::{Revision, RouterConfig, RouterOptions};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 pub const CASE_FORMAT: &str = "shardfuzz.case/1";
 /// Most simulated ranks a case may ask for (the generator stays at 16).
@@ -33,17 +32,6 @@ pub struct Dims {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouterSpec {
-    pub score_func: ScoreFunc,
-    pub route_norm: bool,
-    pub route_scale: f64,
-    pub groups: Option<Groups>,
-    pub expert_bias: bool,
-    pub force_load_balance: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Layout {
     pub x: Vec<Placement>,
     pub gate: Vec<Placement>,
@@ -51,40 +39,19 @@ pub struct Layout {
     pub counts_contract: Vec<Placement>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevisionSpec {
-    pub router: RouterRev,
-    pub rules: RuleSet,
-    pub size1: Size1,
-}
-
-/// How input values are drawn from `data.seed`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Style {
-    /// x ~ N(0,1), gate ~ N(0,1)/sqrt(D), bias ~ N(0,1)e-3.
-    Normal,
-    /// Pairs of identical gate rows and a zero bias: exact ties between experts.
-    Ties,
-    /// Logits in the hundreds: sigmoid saturates to 1.0 and softmax to one-hot.
-    Saturated,
-    /// x scaled by 1e3: large but finite logits.
-    Large,
-    /// Small integers (-2..=2) everywhere: exact arithmetic, many ties.
-    SmallInt,
-}
-
-impl Style {
-    pub const ALL: [Style; 5] = [Style::Normal, Style::Ties, Style::Saturated, Style::Large, Style::SmallInt];
-    pub fn name(self) -> &'static str {
-        match self {
-            Style::Normal => "normal",
-            Style::Ties => "ties",
-            Style::Saturated => "saturated",
-            Style::Large => "large",
-            Style::SmallInt => "small_int",
-        }
+crate::named_enum! {
+    /// How input values are drawn from `data.seed`.
+    pub enum Style("data style") {
+        /// x ~ N(0,1), gate ~ N(0,1)/sqrt(D), bias ~ N(0,1)e-3.
+        Normal = "normal",
+        /// Pairs of identical gate rows and a zero bias: exact ties between experts.
+        Ties = "ties",
+        /// Logits in the hundreds: sigmoid saturates to 1.0 and softmax to one-hot.
+        Saturated = "saturated",
+        /// x scaled by 1e3: large but finite logits.
+        Large = "large",
+        /// Small integers (-2..=2) everywhere: exact arithmetic, many ties.
+        SmallInt = "small_int",
     }
 }
 
@@ -104,80 +71,17 @@ pub struct Tensors {
     pub expert_bias: Option<TensorData>,
 }
 
-/// Where a case runs: `cpu`, `cuda` or `cuda:N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CaseDevice {
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for CaseDevice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(CaseDevice::Cpu),
-            "cuda" => Ok(CaseDevice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(CaseDevice::Cuda)
-                .ok_or_else(|| format!("unknown device '{s}' (expected cpu, cuda or cuda:N)")),
-        }
-    }
-}
-
-impl fmt::Display for CaseDevice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CaseDevice::Cpu => write!(f, "cpu"),
-            CaseDevice::Cuda(0) => write!(f, "cuda"),
-            CaseDevice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl Serialize for CaseDevice {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for CaseDevice {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl From<crate::device::Dev> for CaseDevice {
-    fn from(d: crate::device::Dev) -> Self {
-        match d {
-            crate::device::Dev::Cpu => CaseDevice::Cpu,
-            crate::device::Dev::Cuda(n) => CaseDevice::Cuda(n),
-        }
-    }
-}
-
-impl From<CaseDevice> for crate::device::Dev {
-    fn from(d: CaseDevice) -> Self {
-        match d {
-            CaseDevice::Cpu => crate::device::Dev::Cpu,
-            CaseDevice::Cuda(n) => crate::device::Dev::Cuda(n),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub format: String,
     pub mesh: MeshSpec,
     pub dims: Dims,
-    pub router: RouterSpec,
+    pub router: RouterOptions,
     pub layout: Layout,
-    pub revision: RevisionSpec,
+    pub revision: Revision,
     pub dtype: DType,
-    pub device: CaseDevice,
+    pub device: Dev,
     pub data: Data,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Tensors>,
@@ -210,28 +114,13 @@ impl Case {
     }
 
     pub fn router_config(&self) -> Result<RouterConfig, CaseError> {
-        let r = &self.router;
-        RouterConfig::new(
-            self.dims.experts,
-            self.dims.top_k,
-            r.score_func,
-            r.route_norm,
-            r.route_scale,
-            r.groups.map(|g| (g.num_groups, Some(g.num_limited))),
-            r.expert_bias,
-            r.force_load_balance,
-        )
-        .map_err(|e| {
+        RouterConfig::new(self.dims.experts, self.dims.top_k, self.router.clone()).map_err(|e| {
             let field = match e.field {
                 "experts" | "top_k" => format!("dims.{}", e.field),
                 f => format!("router.{f}"),
             };
             CaseError(format!("{field}: {}", e.message))
         })
-    }
-
-    pub fn revision(&self) -> crate::router::Revision {
-        crate::router::Revision { router: self.revision.router, rules: self.revision.rules, size1: self.revision.size1 }
     }
 
     pub fn ranks(&self) -> usize {

@@ -6,10 +6,11 @@
 //! campaigns (portable: the same seed gives the same cases everywhere) and libFuzzer's bytes
 //! through `arbitrary` for coverage-guided fuzzing.
 
-use super::case::{Case, CaseDevice, Data, Dims, Layout, MeshSpec, RevisionSpec, RouterSpec, Style, CASE_FORMAT};
+use super::case::{Case, Data, Dims, Layout, MeshSpec, Style, CASE_FORMAT};
+use crate::device::Dev;
 use crate::dtensor::{DType, RuleSet};
 use crate::placement::{Placement, ReduceOp};
-use crate::router::{Groups, RouterRev, ScoreFunc, Size1};
+use crate::router::{Groups, Revision, RouterOptions, RouterRev, ScoreFunc, Size1};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -100,25 +101,27 @@ pub fn seed_bytes(seed: u64, index: u64) -> Vec<u8> {
     r.bytes
 }
 
-/// How big generated cases get.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SizeClass {
-    /// At most 4 ranks, 64 tokens, model dim 64, 16 experts: the fast default.
-    Small,
-    /// Up to 16 ranks and a few hundred tokens.
-    Medium,
-    /// Real router presets at real sizes (DeepSeek-V3 671B: 4096 tokens x 7168); GPU only.
-    Large,
+crate::named_enum! {
+    /// How big generated cases get.
+    pub enum SizeClass("size class") {
+        /// At most 4 ranks, 64 tokens, model dim 64, 16 experts: the fast default.
+        Small = "small",
+        /// Up to 16 ranks and a few hundred tokens.
+        Medium = "medium",
+        /// Real router presets at real sizes (DeepSeek-V3 671B: 4096 tokens x 7168); GPU only.
+        Large = "large",
+    }
 }
 
 /// What to generate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GenConfig {
     pub size: SizeClass,
     /// Revisions to draw from (router x rules); all when empty.
     pub routers: Vec<RouterRev>,
     pub rules: Vec<RuleSet>,
-    pub device: CaseDevice,
+    pub device: Dev,
     pub max_ranks: usize,
     pub layouts: LayoutMix,
     pub shapes: ShapeMix,
@@ -130,7 +133,7 @@ impl Default for GenConfig {
             size: SizeClass::Small,
             routers: RouterRev::ALL.to_vec(),
             rules: RuleSet::ALL.to_vec(),
-            device: CaseDevice::Cpu,
+            device: Dev::Cpu,
             max_ranks: 16,
             layouts: LayoutMix::Any,
             shapes: ShapeMix::Any,
@@ -138,64 +141,44 @@ impl Default for GenConfig {
     }
 }
 
-/// Which router-tensor layouts to draw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayoutMix {
-    /// torchtitan's layouts most of the time, what-if layouts (30%) otherwise.
-    Any,
-    /// Only the layouts torchtitan itself produces (router.md §4).
-    Torchtitan,
-}
+impl GenConfig {
+    /// The router revisions drawn from (every one when none is named).
+    pub fn router_revisions(&self) -> &[RouterRev] {
+        if self.routers.is_empty() {
+            RouterRev::ALL
+        } else {
+            &self.routers
+        }
+    }
 
-/// Which shapes to draw relative to the shard counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShapeMix {
-    /// Short, uneven and empty shards included: where sharding bugs live.
-    Any,
-    /// Shapes DTensor accepts for the layout: every sharded x dim at least as long as its shard
-    /// count, the flattened batch dim even (router.md §10.1); uneven sequences stay.
-    Valid,
-}
-
-impl LayoutMix {
-    pub const NAMES: [&'static str; 2] = ["any", "torchtitan"];
-    pub fn name(self) -> &'static str {
-        match self {
-            LayoutMix::Any => "any",
-            LayoutMix::Torchtitan => "torchtitan",
+    /// The rule sets drawn from (every one when none is named).
+    pub fn rule_sets(&self) -> &[RuleSet] {
+        if self.rules.is_empty() {
+            RuleSet::ALL
+        } else {
+            &self.rules
         }
     }
 }
 
-impl std::str::FromStr for LayoutMix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "any" => Ok(LayoutMix::Any),
-            "torchtitan" => Ok(LayoutMix::Torchtitan),
-            _ => Err(format!("unknown layout mix '{s}' (expected one of: {})", Self::NAMES.join(", "))),
-        }
+crate::named_enum! {
+    /// Which router-tensor layouts to draw.
+    pub enum LayoutMix("layout mix") {
+        /// torchtitan's layouts most of the time, what-if layouts (30%) otherwise.
+        Any = "any",
+        /// Only the layouts torchtitan itself produces (router.md §4).
+        Torchtitan = "torchtitan",
     }
 }
 
-impl ShapeMix {
-    pub const NAMES: [&'static str; 2] = ["any", "valid"];
-    pub fn name(self) -> &'static str {
-        match self {
-            ShapeMix::Any => "any",
-            ShapeMix::Valid => "valid",
-        }
-    }
-}
-
-impl std::str::FromStr for ShapeMix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "any" => Ok(ShapeMix::Any),
-            "valid" => Ok(ShapeMix::Valid),
-            _ => Err(format!("unknown shape mix '{s}' (expected one of: {})", Self::NAMES.join(", "))),
-        }
+crate::named_enum! {
+    /// Which shapes to draw relative to the shard counts.
+    pub enum ShapeMix("shape mix") {
+        /// Short, uneven and empty shards included: where sharding bugs live.
+        Any = "any",
+        /// Shapes DTensor accepts for the layout: every sharded x dim at least as long as its
+        /// shard count, the flattened batch dim even (router.md §10.1); uneven sequences stay.
+        Valid = "valid",
     }
 }
 
@@ -230,7 +213,7 @@ fn mesh<S: Source>(s: &mut S, cfg: &GenConfig) -> MeshSpec {
 fn dims<S: Source>(s: &mut S, cfg: &GenConfig, shards: usize) -> Dims {
     match cfg.size {
         SizeClass::Large => {
-            let p = s.pick(&crate::router::Preset::ALL);
+            let p = s.pick(crate::router::Preset::ALL);
             let c = p.config();
             Dims {
                 batch: s.pick(&[1, 2, 4]),
@@ -377,20 +360,12 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
     let large = cfg.size == SizeClass::Large;
     let router = if large {
         let p = crate::router::Preset::ALL
-            .into_iter()
+            .iter()
             .find(|p| p.config().experts == dims.experts)
-            .unwrap_or(crate::router::Preset::DeepSeekV3Debug);
-        let c = p.config();
-        RouterSpec {
-            score_func: c.score_func,
-            route_norm: c.route_norm,
-            route_scale: c.route_scale,
-            groups: c.groups,
-            expert_bias: c.expert_bias,
-            force_load_balance: false,
-        }
+            .unwrap_or(&crate::router::Preset::DeepSeekV3Debug);
+        p.config().options
     } else {
-        RouterSpec {
+        RouterOptions {
             score_func: s.pick(&[ScoreFunc::Softmax, ScoreFunc::Sigmoid]),
             route_norm: s.chance(35),
             route_scale: s.weighted(&[(50, 1.0), (20, 2.5), (15, 16.0), (15, 0.5)]),
@@ -404,11 +379,9 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
     if cfg.shapes == ShapeMix::Valid {
         make_valid(&mut dims, &mesh, &layout);
     }
-    let routers = if cfg.routers.is_empty() { RouterRev::ALL.to_vec() } else { cfg.routers.clone() };
-    let rules = if cfg.rules.is_empty() { RuleSet::ALL.to_vec() } else { cfg.rules.clone() };
-    let revision = RevisionSpec {
-        router: s.pick(&routers),
-        rules: s.pick(&rules),
+    let revision = Revision {
+        router: s.pick(cfg.router_revisions()),
+        rules: s.pick(cfg.rule_sets()),
         size1: s.pick(&[Size1::Keep, Size1::Normalize]),
     };
     let dtype = s.weighted(&[(60, DType::F32), (25, DType::BF16), (15, DType::F16)]);

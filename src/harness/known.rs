@@ -1,9 +1,11 @@
 //! The known upstream bugs of the comparison table (router.md §5, §9, §10): each is a family of
 //! signatures, so reports can say which were found and `bench` can time how fast each is found.
 
-use super::bucket::parts;
 use super::case::Case;
-use crate::router::Size1;
+use super::oracle::Class;
+use super::signature::Signature;
+use crate::dtensor::RuleSet;
+use crate::router::{RouterRev, Size1};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
@@ -39,43 +41,40 @@ impl Known {
         }
     }
 
-    /// True when a divergence with `signature` on `case` is an instance of this bug.
-    pub fn matches(self, signature: &str, case: &Case) -> bool {
-        let p = parts(signature);
+    /// True when a divergence with signature `p` on `case` is an instance of this bug.
+    pub fn matches(self, p: &Signature, case: &Case) -> bool {
+        let counts_placement = p.class == Class::Placement && p.output.as_deref() == Some("counts");
+        let mismatch = |m: &str| p.key.split(',').any(|k| k == m);
         match self {
             Known::InplaceScatter212 => {
-                p.class == "error"
-                    && p.rules == "torch-2.12"
+                p.class == Class::Error
+                    && p.rules == RuleSet::Torch212
                     && p.key.contains("inplace_placement_change@aten.scatter_")
             }
             Known::OutOfPlaceReplicate212 => {
-                p.class == "placement"
-                    && p.output == "counts"
-                    && p.router == "out_of_place_scatter"
-                    && p.rules == "torch-2.12"
-                    && p.key.split(',').any(|m| m == "P(sum)->R")
+                counts_placement
+                    && p.router == RouterRev::OutOfPlaceScatter
+                    && p.rules == RuleSet::Torch212
+                    && mismatch("P(sum)->R")
             }
-            Known::Size1Keep => {
-                // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
-                p.class == "placement"
-                    && p.output == "counts"
-                    && case.revision.size1 == Size1::Keep
-                    && p.key.split(',').any(|m| m == "P(sum)->R@1")
-            }
+            // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
+            Known::Size1Keep => counts_placement && case.revision.size1 == Size1::Keep && mismatch("P(sum)->R@1"),
             Known::ShortSeq213 => {
-                p.class == "error" && p.rules == "torch-2.13" && p.key.ends_with("view_of_sharded_dim") && {
+                p.class == Class::Error && p.rules == RuleSet::Torch213 && p.key.ends_with("view_of_sharded_dim") && {
                     let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
                     case.dims.batch < n[0] || case.dims.seq < n[1]
                 }
             }
             Known::LocalMapShapes => {
-                p.class == "shape" && p.router.starts_with("local_map") && p.key == "rank_dependent"
+                p.class == Class::Shape
+                    && matches!(p.router, RouterRev::LocalMapCounts | RouterRev::LocalMapBoth)
+                    && p.key == "rank_dependent"
             }
         }
     }
 
     /// The known bugs a divergence is an instance of.
-    pub fn of(signature: &str, case: &Case) -> Vec<Known> {
+    pub fn of(signature: &Signature, case: &Case) -> Vec<Known> {
         Known::ALL.into_iter().filter(|k| k.matches(signature, case)).collect()
     }
 }
@@ -86,6 +85,10 @@ mod tests {
     use crate::harness::generate::{nth, GenConfig};
     use crate::placement::Placement;
 
+    fn sig(s: &str) -> Signature {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn size1_keep_needs_a_size1_axis() {
         let mut c = nth(0, 0, &GenConfig::default());
@@ -93,32 +96,32 @@ mod tests {
         c.mesh.names = vec!["dp_shard".into(), "tp".into()];
         c.revision.size1 = Size1::Keep;
         c.layout.counts_contract = vec![Placement::Partial(crate::placement::ReduceOp::Sum), Placement::Replicate];
-        let sig = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1";
-        assert!(Known::Size1Keep.matches(sig, &c));
-        assert!(!Known::Size1Keep.matches("placement:counts:inplace_scatter:torch-2.13:P(sum)->R", &c));
+        let at1 = sig("placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1");
+        assert!(Known::Size1Keep.matches(&at1, &c));
+        assert!(!Known::Size1Keep.matches(&sig("placement:counts:inplace_scatter:torch-2.13:P(sum)->R"), &c));
         c.revision.size1 = Size1::Normalize;
-        assert!(!Known::Size1Keep.matches(sig, &c));
+        assert!(!Known::Size1Keep.matches(&at1, &c));
     }
 
     #[test]
     fn families_are_told_apart() {
         let c = nth(0, 0, &GenConfig::default());
         assert_eq!(
-            Known::of("shape:routing_map:local_map_both:torch-2.13:rank_dependent", &c),
+            Known::of(&sig("shape:routing_map:local_map_both:torch-2.13:rank_dependent"), &c),
             vec![Known::LocalMapShapes]
         );
-        assert!(Known::of("shape:routing_map:inplace_scatter:torch-2.13:rank_dependent", &c).is_empty());
+        assert!(Known::of(&sig("shape:routing_map:inplace_scatter:torch-2.13:rank_dependent"), &c).is_empty());
         assert_eq!(
             Known::of(
-                "error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value",
+                &sig("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value"),
                 &c
             ),
             vec![Known::InplaceScatter212]
         );
         assert_eq!(
-            Known::of("placement:counts:out_of_place_scatter:torch-2.12:P(sum)->R", &c),
+            Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.12:P(sum)->R"), &c),
             vec![Known::OutOfPlaceReplicate212]
         );
-        assert!(Known::of("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R", &c).is_empty());
+        assert!(Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R"), &c).is_empty());
     }
 }

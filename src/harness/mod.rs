@@ -1,10 +1,13 @@
-//! The differential harness: cases, data, the runner, oracles and outcomes.
+//! The differential harness: cases and their data, the runner, oracles and outcomes; one entry
+//! point to check a case ([`check()`]); generation, shrinking, campaigns and reports around it.
 
 pub mod bench;
 pub mod bucket;
 pub mod campaign;
 pub mod case;
+pub mod check;
 pub mod data;
+pub mod error;
 pub mod generate;
 pub mod json;
 pub mod known;
@@ -14,8 +17,14 @@ pub mod replay;
 pub mod report;
 pub mod runner;
 pub mod shrink;
+pub mod signature;
 pub mod tensor_data;
+pub mod timing;
 pub mod worker;
+
+pub use check::{check, Checked, Options};
+pub use error::{Error, Result};
+pub use signature::Signature;
 
 /// FNV-1a, for fingerprints that must be stable across runs and machines.
 pub fn hash64(bytes: &[u8]) -> u64 {

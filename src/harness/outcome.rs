@@ -4,8 +4,9 @@
 use super::case::Case;
 use super::oracle::{Judgement, NearTies, Verdict};
 use super::runner::Run;
+use super::signature::Signature;
 use super::tensor_data::{RawSeq, TensorData, Values, ValuesAs};
-use crate::dtensor::{local, CommRecord, DTensor, DTensorError, DType};
+use crate::dtensor::{CommRecord, DTensor, DTensorError, DType};
 use crate::placement::Placement;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
@@ -150,7 +151,7 @@ pub struct Outcome {
     pub verdicts: Vec<Verdict>,
     /// One signature per verdict, in order (an addition to the base format).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub signatures: Vec<String>,
+    pub signatures: Vec<Signature>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub near_ties: Option<NearTies>,
     /// Provenance of outcomes recorded on real PyTorch (golden files).
@@ -208,9 +209,4 @@ impl Outcome {
             pytorch: None,
         }
     }
-}
-
-/// The shape of a tensor as a Vec (helper for callers that hold tensors).
-pub fn shape_of(t: &tch::Tensor) -> Vec<usize> {
-    local::shape(t)
 }

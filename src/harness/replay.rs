@@ -1,12 +1,7 @@
-//! Replaying case files: read a case (or the `case` of an outcome file), run it, judge it.
+//! Reading case files: a case file, or the `case` of an outcome file (so an outcome replays).
 
 use super::case::{Case, CaseError};
-use super::data;
-use super::oracle::{self, nondeterminism, Judgement};
-use super::outcome::Outcome;
-use super::runner::{self, Run};
 use std::path::Path;
-use tch::Device;
 
 /// Reads a case from a case file or from an outcome file's `case`.
 pub fn load(path: &Path) -> Result<Case, CaseError> {
@@ -24,32 +19,4 @@ pub fn parse(text: &str) -> Result<Case, CaseError> {
         _ => text.to_string(),
     };
     Case::from_json(&case_text)
-}
-
-/// A replayed case: the run, its judgement (including the nondeterminism probe when asked).
-pub struct Replayed {
-    pub case: Case,
-    pub run: Run,
-    pub judgement: Judgement,
-}
-
-/// Runs a case on `device`; with `twice`, runs it again and compares.
-pub fn replay(case: &Case, device: Device, twice: bool) -> Result<Replayed, CaseError> {
-    let mut case = case.clone();
-    if case.tensors.is_none() {
-        case.tensors = Some(data::inline(&case));
-    }
-    let run = runner::run(&case, device)?;
-    let mut judgement = oracle::judge(&case, &run);
-    if twice {
-        let again = runner::run(&case, device)?;
-        nondeterminism::check(&run, &again, &mut judgement);
-    }
-    Ok(Replayed { case, run, judgement })
-}
-
-impl Replayed {
-    pub fn outcome(&self) -> Outcome {
-        Outcome::build(&self.case, &self.run, &self.judgement)
-    }
 }

@@ -3,23 +3,13 @@
 
 use super::case::{Case, CaseError};
 use super::data::{self, Inputs};
+use super::timing::{timed, Phases};
 use crate::dtensor::{CommRecord, Ctx, DTensor, DTensorError};
 use crate::placement::Mesh;
 use crate::router::reference::{self, Margins};
 use crate::router::{sharded, RouterOutputs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
-
-/// Where one case's time went.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Timings {
-    pub inputs: Duration,
-    pub reference: Duration,
-    pub sharded: Duration,
-    pub shadow: Duration,
-    pub oracles: Duration,
-}
 
 pub struct Run {
     pub mesh: Arc<Mesh>,
@@ -27,16 +17,16 @@ pub struct Run {
     pub sharded: Result<RouterOutputs<DTensor>, DTensorError>,
     pub comms: Vec<CommRecord>,
     pub margins: Margins,
-    pub timings: Timings,
+    /// Inputs, reference, sharded and shadow phases of this run.
+    pub phases: Phases,
 }
 
 /// Runs a validated case on `device`.
 pub fn run(case: &Case, device: Device) -> Result<Run, CaseError> {
-    let t0 = Instant::now();
-    let inputs = data::inputs(case, device);
-    let t_inputs = t0.elapsed();
+    let mut inputs_us = 0;
+    let inputs = timed(&mut inputs_us, || data::inputs(case, device));
     let mut r = run_inputs(case, &inputs)?;
-    r.timings.inputs = t_inputs;
+    r.phases.inputs_us = inputs_us;
     Ok(r)
 }
 
@@ -44,27 +34,27 @@ pub fn run(case: &Case, device: Device) -> Result<Run, CaseError> {
 pub fn run_inputs(case: &Case, inputs: &Inputs) -> Result<Run, CaseError> {
     let cfg = case.router_config()?;
     let mesh = Arc::new(case.mesh()?);
-    let mut timings = Timings::default();
-
-    let t = Instant::now();
-    let reference = reference::run(&cfg, &inputs.x, &inputs.gate, inputs.bias.as_ref());
-    timings.reference = t.elapsed();
-
-    let t = Instant::now();
+    let mut p = Phases::default();
+    let reference = timed(&mut p.reference_us, || reference::run(&cfg, &inputs.x, &inputs.gate, inputs.bias.as_ref()));
     let mut ctx = Ctx::new(case.revision.rules);
-    let sharded = (|| {
-        let x = DTensor::distribute(&inputs.x, &mesh, &case.layout.x)?;
-        let gate = DTensor::distribute(&inputs.gate, &mesh, &case.layout.gate)?;
-        let bias = match (&inputs.bias, &case.layout.expert_bias) {
-            (Some(b), Some(ps)) => Some(DTensor::distribute(b, &mesh, ps)?),
-            _ => None,
-        };
-        sharded::run(&mut ctx, &cfg, case.revision.router, &x, &gate, bias.as_ref())
-    })();
-    timings.sharded = t.elapsed();
+    let sharded = timed(&mut p.sharded_us, || sharded_run(&mut ctx, case, &cfg, &mesh, inputs));
+    let margins = timed(&mut p.shadow_us, || reference::margins(&cfg, &inputs.x, &inputs.gate, inputs.bias.as_ref()));
+    Ok(Run { mesh, reference, sharded, comms: ctx.comms, margins, phases: p })
+}
 
-    let t = Instant::now();
-    let margins = reference::margins(&cfg, &inputs.x, &inputs.gate, inputs.bias.as_ref());
-    timings.shadow = t.elapsed();
-    Ok(Run { mesh, reference, sharded, comms: ctx.comms, margins, timings })
+/// Distributes the inputs with the case's layouts and runs the sharded router revision.
+fn sharded_run(
+    ctx: &mut Ctx,
+    case: &Case,
+    cfg: &crate::router::RouterConfig,
+    mesh: &Arc<Mesh>,
+    inputs: &Inputs,
+) -> Result<RouterOutputs<DTensor>, DTensorError> {
+    let x = DTensor::distribute(&inputs.x, mesh, &case.layout.x)?;
+    let gate = DTensor::distribute(&inputs.gate, mesh, &case.layout.gate)?;
+    let bias = match (&inputs.bias, &case.layout.expert_bias) {
+        (Some(b), Some(ps)) => Some(DTensor::distribute(b, mesh, ps)?),
+        _ => None,
+    };
+    sharded::run(ctx, cfg, case.revision.router, &x, &gate, bias.as_ref())
 }

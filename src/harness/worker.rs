@@ -1,17 +1,43 @@
-//! The worker side of a campaign: a subprocess that reads jobs as JSON lines on stdin and
-//! answers on stdout. Campaigns spawn workers (never fork: libtorch holds threads), so a libtorch
-//! abort, a segfault or a hang loses only the job in flight.
+//! The worker side of a campaign: a subprocess that reads its [`Setup`] as the first JSON line
+//! on stdin, then one job per line, and answers one reply per line on stdout. Campaigns spawn
+//! workers (never fork: libtorch holds threads), so a libtorch abort, a segfault or a hang loses
+//! only the job in flight.
 
 use super::case::Case;
-use super::case::CaseDevice;
-use super::generate::GenConfig;
-use super::oracle::{self, nondeterminism, NearTies, Verdict};
-use super::runner::{self, Timings};
+use super::check::{check, Options};
+use super::generate::{self, GenConfig};
+use super::oracle::{NearTies, Verdict};
 use super::shrink::{self, Budget};
+use super::signature::Signature;
+use super::timing::{micros, Phases};
 use crate::device::Dev;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Everything a worker needs to generate the coordinator's cases, sent as one JSON line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    pub seed: u64,
+    pub gen: GenConfig,
+    /// Case `i` runs on `devices[i % len]`.
+    pub devices: Vec<Dev>,
+    /// Directory where the case about to run is written first.
+    pub inflight: Option<PathBuf>,
+    /// Test hook: fail on one case.
+    pub fault: Option<Fault>,
+}
+
+impl Setup {
+    /// Case `index` of the campaign: the generator's case on its device.
+    pub fn case(&self, index: u64) -> Case {
+        let mut c = generate::nth(self.seed, index, &self.gen);
+        c.device = self.devices[(index % self.devices.len() as u64) as usize];
+        c
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,27 +45,7 @@ pub enum Job {
     /// Generate case `index` of the campaign's stream, run and judge it.
     Run { index: u64 },
     /// Shrink a case while it keeps `signature`.
-    Shrink { case: Box<Case>, signature: String, max_tries: usize, max_ms: u64 },
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Phases {
-    pub generate_us: u64,
-    pub inputs_us: u64,
-    pub reference_us: u64,
-    pub sharded_us: u64,
-    pub shadow_us: u64,
-    pub oracles_us: u64,
-}
-
-impl Phases {
-    fn add(&mut self, t: &Timings) {
-        self.inputs_us += t.inputs.as_micros() as u64;
-        self.reference_us += t.reference.as_micros() as u64;
-        self.sharded_us += t.sharded.as_micros() as u64;
-        self.shadow_us += t.shadow.as_micros() as u64;
-        self.oracles_us += t.oracles.as_micros() as u64;
-    }
+    Shrink { case: Box<Case>, signature: Signature, max_tries: usize, max_ms: u64 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,12 +54,11 @@ pub enum Reply {
     Result {
         index: u64,
         verdicts: Vec<Verdict>,
-        signatures: Vec<String>,
         near_ties: NearTies,
         phases: Phases,
     },
     Shrunk {
-        signature: String,
+        signature: Signature,
         case: Box<Case>,
         tried: usize,
         kept: usize,
@@ -95,6 +100,28 @@ impl std::str::FromStr for Fault {
     }
 }
 
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Abort(n) => write!(f, "abort@{n}"),
+            Fault::Segv(n) => write!(f, "segv@{n}"),
+            Fault::Hang(n) => write!(f, "hang@{n}"),
+        }
+    }
+}
+
+impl Serialize for Fault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fault {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 fn inject(fault: Option<Fault>, index: u64) {
     match fault {
         Some(Fault::Abort(n)) if n == index => std::process::abort(),
@@ -117,7 +144,7 @@ pub struct Inflight {
 }
 
 impl Inflight {
-    pub fn create(path: &std::path::Path) -> std::io::Result<Inflight> {
+    pub fn create(path: &Path) -> std::io::Result<Inflight> {
         let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
         Ok(Inflight { file, len: 0 })
     }
@@ -134,70 +161,43 @@ impl Inflight {
 }
 
 /// Runs case `index` of a campaign and judges it, writing it to `inflight` first.
-pub fn run_index(
-    seed: u64,
-    index: u64,
-    cfg: &GenConfig,
-    devices: &[CaseDevice],
-    inflight: Option<&mut Inflight>,
-    fault: Option<Fault>,
-) -> std::io::Result<Reply> {
+pub fn run_index(setup: &Setup, index: u64, inflight: Option<&mut Inflight>) -> std::io::Result<Reply> {
     let t = Instant::now();
-    let case = super::campaign::campaign_case(seed, index, cfg, devices);
-    let gen_us = t.elapsed().as_micros() as u64;
+    let case = setup.case(index);
+    let generate_us = micros(t.elapsed());
     // The case goes to disk before it runs: if this process dies, it is not lost.
     if let Some(f) = inflight {
         f.write(&case.to_json())?;
     }
-    inject(fault, index);
-    Ok(match judge_case(&case, case.device.into(), index.is_multiple_of(PROBE_EVERY)) {
-        Ok((verdicts, near_ties, mut phases)) => {
-            phases.generate_us = gen_us;
-            let signatures = verdicts.iter().map(|v| v.signature(&case)).collect();
-            Reply::Result { index, verdicts, signatures, near_ties, phases }
+    inject(setup.fault, index);
+    Ok(match check(&case, case.device, Options { twice: index.is_multiple_of(PROBE_EVERY), ..Options::default() }) {
+        Ok(c) => {
+            let phases = Phases { generate_us, ..c.phases };
+            Reply::Result { index, verdicts: c.judgement.verdicts, near_ties: c.judgement.near_ties, phases }
         }
-        Err(message) => Reply::Failed { message },
+        Err(e) => Reply::Failed { message: e.to_string() },
     })
-}
-
-/// Runs and judges one case; `probe` also runs it a second time.
-pub fn judge_case(case: &Case, dev: Dev, probe: bool) -> Result<(Vec<Verdict>, NearTies, Phases), String> {
-    let run = runner::run(case, dev.tch()).map_err(|e| e.0)?;
-    let t = Instant::now();
-    let mut j = oracle::judge(case, &run);
-    if probe {
-        let again = runner::run(case, dev.tch()).map_err(|e| e.0)?;
-        nondeterminism::check(&run, &again, &mut j);
-    }
-    let mut phases = Phases::default();
-    phases.add(&run.timings);
-    phases.oracles_us = t.elapsed().as_micros() as u64;
-    Ok((j.verdicts, j.near_ties, phases))
-}
-
-/// True when the case shows `signature`.
-pub fn shows(case: &Case, dev: Dev, signature: &str) -> bool {
-    let Ok(run) = runner::run(case, dev.tch()) else { return false };
-    let j = oracle::judge(case, &run);
-    j.verdicts.iter().any(|v| v.signature(case) == signature)
 }
 
 /// What a shrink must keep: the signature, and membership in the known upstream bugs the
 /// original is an instance of (so a "sequence shorter than its shards" reproducer does not drift
 /// into a different case of the same error text).
-pub fn keeps<'a>(original: &Case, dev: Dev, signature: &'a str) -> impl FnMut(&Case) -> bool + 'a {
+pub fn keeps<'a>(original: &Case, dev: Dev, signature: &'a Signature) -> impl FnMut(&Case) -> bool + 'a {
     let known = super::known::Known::of(signature, original);
-    move |c: &Case| known.iter().all(|k| k.matches(signature, c)) && shows(c, dev, signature)
+    move |c: &Case| {
+        known.iter().all(|k| k.matches(signature, c))
+            && check(c, dev, Options::default()).is_ok_and(|r| r.shows(signature))
+    }
 }
 
-pub fn shrink_job(case: &Case, signature: &str, budget: Budget, dev: Dev) -> Reply {
+pub fn shrink_job(case: &Case, signature: &Signature, budget: Budget, dev: Dev) -> Reply {
     let mut case = case.clone();
-    case.device = dev.into();
+    case.device = dev;
     let mut keep = keeps(&case, dev, signature);
     let s = shrink::shrink(&case, budget, &mut keep);
     let lost = !keep(&s.case);
     Reply::Shrunk {
-        signature: signature.into(),
+        signature: signature.clone(),
         case: Box::new(s.case),
         tried: s.tried,
         kept: s.kept,
@@ -207,41 +207,58 @@ pub fn shrink_job(case: &Case, signature: &str, budget: Budget, dev: Dev) -> Rep
     }
 }
 
-/// The worker loop: one job per stdin line, one reply per stdout line.
-pub fn serve(
-    seed: u64,
-    cfg: &GenConfig,
-    devices: &[CaseDevice],
-    fault: Option<Fault>,
-    inflight: Option<&std::path::Path>,
-) -> std::io::Result<()> {
+fn answer(out: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, reply)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// The worker loop: the setup line, then one job per stdin line, one reply per stdout line.
+pub fn serve() -> std::io::Result<()> {
     // Die with the coordinator, even when it is SIGKILLed.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    let stdin = std::io::stdin();
+    let mut lines = std::io::stdin().lock().lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    let setup: Setup = serde_json::from_str(&first)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad worker setup: {e}")))?;
     let mut out = std::io::stdout().lock();
     crate::device::init();
-    serde_json::to_writer(&mut out, &Reply::Ready)?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    let mut file = match inflight {
+    answer(&mut out, &Reply::Ready)?;
+    let mut file = match &setup.inflight {
         Some(dir) => Some(Inflight::create(&dir.join(format!("w{}.json", std::process::id())))?),
         None => None,
     };
-    for line in stdin.lock().lines() {
-        let line = line?;
-        let reply = match serde_json::from_str::<Job>(&line) {
-            Ok(Job::Run { index }) => run_index(seed, index, cfg, devices, file.as_mut(), fault)?,
+    for line in lines {
+        let reply = match serde_json::from_str::<Job>(&line?) {
+            Ok(Job::Run { index }) => run_index(&setup, index, file.as_mut())?,
             Ok(Job::Shrink { case, signature, max_tries, max_ms }) => {
-                let dev = case.device.into();
-                shrink_job(&case, &signature, Budget { max_tries, max_time: Duration::from_millis(max_ms) }, dev)
+                let budget = Budget { max_tries, max_time: Duration::from_millis(max_ms) };
+                shrink_job(&case, &signature, budget, case.device)
             }
             Err(e) => Reply::Failed { message: format!("bad job: {e}") },
         };
-        serde_json::to_writer(&mut out, &reply)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+        answer(&mut out, &reply)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_setup_line_carries_every_generator_setting_and_device() {
+        let gen = GenConfig { device: Dev::Cuda(1), ..GenConfig::default() };
+        let setup = Setup { seed: 9, gen, devices: vec![Dev::Cuda(1), Dev::Cpu], inflight: None, fault: None };
+        let line = serde_json::to_string(&setup).unwrap();
+        assert!(!line.contains('\n'));
+        let back: Setup = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, setup);
+        // `nightly --device cuda:1`: the worker's cases run on device 1, not on device 0.
+        assert_eq!(back.case(0).device, Dev::Cuda(1));
+        assert_eq!(back.case(1).device, Dev::Cpu);
+        assert_eq!(back.case(2), setup.case(2));
+    }
 }

@@ -18,42 +18,21 @@ pub use mesh::Mesh;
 use std::fmt;
 use std::str::FromStr;
 
-/// Reduction of a `Partial` placement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ReduceOp {
-    Sum,
-    Avg,
-    Max,
-    Min,
-    Product,
+crate::named_enum! {
+    /// Reduction of a `Partial` placement.
+    pub enum ReduceOp("reduce op") {
+        Sum = "sum",
+        Avg = "avg",
+        Max = "max",
+        Min = "min",
+        Product = "product",
+    }
 }
 
 impl ReduceOp {
-    pub const ALL: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Min, ReduceOp::Product];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReduceOp::Sum => "sum",
-            ReduceOp::Avg => "avg",
-            ReduceOp::Max => "max",
-            ReduceOp::Min => "min",
-            ReduceOp::Product => "product",
-        }
-    }
-
     /// sum and avg commute with linear ops (PyTorch's `LINEAR_REDUCE_OPS`).
     pub fn is_linear(self) -> bool {
         matches!(self, ReduceOp::Sum | ReduceOp::Avg)
-    }
-}
-
-impl FromStr for ReduceOp {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ReduceOp::ALL
-            .into_iter()
-            .find(|op| op.name() == s)
-            .ok_or_else(|| format!("unknown reduce op '{s}' (expected sum, avg, max, min or product)"))
     }
 }
 

@@ -8,7 +8,7 @@ pub mod reference;
 pub mod revision;
 pub mod sharded;
 
-pub use config::{Groups, Preset, RouterConfig, ScoreFunc};
+pub use config::{Groups, Preset, RouterConfig, RouterOptions, ScoreFunc};
 pub use revision::{Revision, RouterRev, Size1};
 
 /// What the router and MoE.forward's routing part produce, for either side.

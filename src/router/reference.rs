@@ -23,7 +23,7 @@ pub fn run(
     let x32 = x.to_kind(Kind::Float);
     let w32 = gate.to_kind(Kind::Float);
     let logits = f(x32.f_matmul(&w32.tr()))?;
-    let scores = match cfg.score_func {
+    let scores = match cfg.options.score_func {
         ScoreFunc::Sigmoid => logits.sigmoid(),
         ScoreFunc::Softmax => logits.softmax(-1, Kind::Float),
     };
@@ -32,7 +32,7 @@ pub fn run(
         None => scores.shallow_clone(),
     };
     let mut group_mask = None;
-    if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
+    if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
         let (b, l) = (choice.size()[0], choice.size()[1]);
         let grouped = choice.view([b, l, g.num_groups as i64, p as i64]);
         let (top2, _) = grouped.f_topk(2, -1, true, true).map_err(torch_err)?;
@@ -44,18 +44,18 @@ pub fn run(
     }
     let (_, mut ids) = choice.f_topk(cfg.top_k as i64, -1, true, false).map_err(torch_err)?;
     let mut topk_scores = f(scores.f_gather(-1, &ids, false))?;
-    if cfg.force_load_balance {
+    if cfg.options.force_load_balance {
         let s = scores.size();
         let (b, l, k) = (s[0], s[1], cfg.top_k as i64);
         ids =
             Tensor::arange(b * l * k, (Kind::Int64, scores.device())).reshape([b, l, k]).remainder(cfg.experts as i64);
         topk_scores = f(scores.f_gather(-1, &ids, false))?;
     }
-    if cfg.route_norm {
+    if cfg.options.route_norm {
         let den = topk_scores.sum_dim_intlist([-1i64].as_slice(), true, Kind::Float) + 1e-20;
         topk_scores = &topk_scores / den;
     }
-    topk_scores *= cfg.route_scale;
+    topk_scores *= cfg.options.route_scale;
     let routing_map = scores.zeros_like().to_kind(Kind::Bool).scatter_value(-1, &ids, 1i64);
     let counts = routing_map.sum_dim_intlist([0i64, 1].as_slice(), false, Kind::Int64);
     Ok(RouterOutputs { topk_scores, topk_ids: ids, scores, routing_map, counts, group_mask })
@@ -163,7 +163,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
             absdot = absdot.max(abs);
         }
         m.absdot.push(if e == 0 { 0.0 } else { absdot });
-        match cfg.score_func {
+        match cfg.options.score_func {
             ScoreFunc::Sigmoid => choice.iter_mut().for_each(|c| *c = 1.0 / (1.0 + (-*c).exp())),
             ScoreFunc::Softmax => {
                 let mx = choice.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -178,7 +178,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
         m.scale
             .push(choice.iter().fold(0.0f64, |a, c| if c.is_nan() || a.is_nan() { f64::NAN } else { a.max(c.abs()) }));
         let mut group = f64::INFINITY;
-        if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
+        if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
             let sums: Vec<f64> = (0..g.num_groups)
                 .map(|gi| {
                     let mut v = choice[gi * p..(gi + 1) * p].to_vec();
@@ -196,7 +196,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
             }
         }
         m.group.push(group);
-        m.topk.push(if cfg.force_load_balance { f64::INFINITY } else { gap(&choice, cfg.top_k) });
+        m.topk.push(if cfg.options.force_load_balance { f64::INFINITY } else { gap(&choice, cfg.top_k) });
     }
     m
 }
@@ -211,7 +211,7 @@ pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option
         x64.abs().matmul(&w64.abs().tr()).view([-1, e]).amax([-1i64].as_slice(), false).contiguous(),
     )
     .expect("f64");
-    let scores = match cfg.score_func {
+    let scores = match cfg.options.score_func {
         ScoreFunc::Sigmoid => logits.sigmoid(),
         ScoreFunc::Softmax => logits.softmax(-1, Kind::Double),
     };
@@ -222,7 +222,7 @@ pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option
     let rows = choice.size()[0];
     let scale: Vec<f64> = Vec::<f64>::try_from(choice.abs().amax([-1i64].as_slice(), false).contiguous()).expect("f64");
     let mut group = vec![f64::INFINITY; rows as usize];
-    if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
+    if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
         let grouped = choice.view([rows, g.num_groups as i64, p as i64]);
         let (top2, _) = grouped.topk(2, -1, true, true);
         let gs = top2.sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
@@ -231,7 +231,8 @@ pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option
         let mask = gs.ones_like().to_kind(Kind::Bool).scatter_value(-1, &gidx, 0i64);
         choice = grouped.masked_fill(&mask.unsqueeze(-1), f64::NEG_INFINITY).view([rows, e]);
     }
-    let topk = if cfg.force_load_balance { vec![f64::INFINITY; rows as usize] } else { gaps(&choice, cfg.top_k) };
+    let topk =
+        if cfg.options.force_load_balance { vec![f64::INFINITY; rows as usize] } else { gaps(&choice, cfg.top_k) };
     Margins { topk, group, scale, absdot }
 }
 

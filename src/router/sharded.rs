@@ -80,7 +80,7 @@ pub fn run(
     let x2 = ctx.op1(Op::View { shape: vec![b * l, d], unsafe_view: false }, &[&x32])?;
     let logits2 = ctx.op1(Op::Mm, &[&x2, &wt])?;
     let logits = ctx.op1(Op::View { shape: vec![b, l, e], unsafe_view: true }, &[&logits2])?;
-    let scores = match cfg.score_func {
+    let scores = match cfg.options.score_func {
         ScoreFunc::Sigmoid => ctx.op1(Op::Sigmoid, &[&logits])?,
         ScoreFunc::Softmax => ctx.op1(Op::Softmax { dim: -1 }, &[&logits])?,
     };
@@ -92,7 +92,7 @@ pub fn run(
     };
 
     let mut group_mask = None;
-    if let (Some(g), Some(p)) = (cfg.groups, cfg.experts_per_group()) {
+    if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
         ctx.label("group_scores");
         let (gn, gk) = (g.num_groups as i64, g.num_limited);
         let grouped = ctx.op1(Op::View { shape: vec![b, l, gn, p as i64], unsafe_view: false }, &[&choice])?;
@@ -114,7 +114,7 @@ pub fn run(
         call(ctx, &Op::Topk { k: cfg.top_k, dim: -1, largest: true, sorted: false }, &[&choice])?.swap_remove(1);
     ctx.label("topk_scores");
     let mut topk_scores = ctx.op1(Op::Gather { dim: -1 }, &[&scores, &ids])?;
-    if cfg.force_load_balance {
+    if cfg.options.force_load_balance {
         // A plain int64 index built from the DTensor's global shape meets DTensor scores.
         let k = cfg.top_k as i64;
         let (sb, sl) = (scores.shape[0] as i64, scores.shape[1] as i64);
@@ -127,12 +127,12 @@ pub fn run(
         let locals = (0..scores.mesh.size()).map(|_| plain.shallow_clone()).collect();
         ids = DTensor::from_local(locals, &scores.mesh, &r, Some(vec![sb as usize, sl as usize, k as usize]))?;
     }
-    if cfg.route_norm {
+    if cfg.options.route_norm {
         let s = ctx.op1(Op::Sum { dims: vec![-1], keepdim: true }, &[&topk_scores])?;
         let den = ctx.op1(Op::AddScalar(1e-20), &[&s])?;
         topk_scores = ctx.op1(Op::Div, &[&topk_scores, &den])?;
     }
-    topk_scores = ctx.op1(Op::MulScalar(cfg.route_scale), &[&topk_scores])?;
+    topk_scores = ctx.op1(Op::MulScalar(cfg.options.route_scale), &[&topk_scores])?;
 
     ctx.label("routing_map");
     let zeros = ctx.op1(Op::ZerosLike(Some(DType::Bool)), &[&scores])?;

@@ -1,20 +1,18 @@
 //! The rule sets a run can select, one per PyTorch release, as data: each difference names the
 //! upstream change it follows. Everything not listed here is shared by all sets.
 
-use std::fmt;
-use std::str::FromStr;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RuleSet {
-    /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; a strict view that
-    /// cannot keep a shard replicates it silently.
-    Torch212,
-    /// PyTorch 2.13.0 (pytorch@cf30153c): scatter keeps `Shard(d)` on non-scatter dims of equal
-    /// global size (pytorch#186149); a strict view that cannot keep a shard raises.
-    Torch213,
-    /// PyTorch 2.14 (pytorch@08187d9e): scatter re-registered as a single-dim strategy whose
-    /// placeholders also expand to `_StridedShard` matching the inputs; src must share the rank.
-    Torch214,
+crate::named_enum! {
+    pub enum RuleSet("rule set") {
+        /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; a strict view that
+        /// cannot keep a shard replicates it silently.
+        Torch212 = "torch-2.12",
+        /// PyTorch 2.13.0 (pytorch@cf30153c): scatter keeps `Shard(d)` on non-scatter dims of equal
+        /// global size (pytorch#186149); a strict view that cannot keep a shard raises.
+        Torch213 = "torch-2.13",
+        /// PyTorch 2.14 (pytorch@08187d9e): scatter re-registered as a single-dim strategy whose
+        /// placeholders also expand to `_StridedShard` matching the inputs; src must share the rank.
+        Torch214 = "torch-2.14",
+    }
 }
 
 /// How scatter/scatter_ may be sharded.
@@ -37,16 +35,6 @@ pub enum ViewRule {
 }
 
 impl RuleSet {
-    pub const ALL: [RuleSet; 3] = [RuleSet::Torch212, RuleSet::Torch213, RuleSet::Torch214];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleSet::Torch212 => "torch-2.12",
-            RuleSet::Torch213 => "torch-2.13",
-            RuleSet::Torch214 => "torch-2.14",
-        }
-    }
-
     /// pytorch#186149 (first released in 2.13.0); single-dim re-registration in 2.14.
     pub fn scatter(self) -> ScatterRule {
         match self {
@@ -70,34 +58,5 @@ impl RuleSet {
     /// known, so 2.14 keeps the even-shard assumption too.
     pub fn local_map_exact_shapes(self) -> bool {
         false
-    }
-}
-
-impl FromStr for RuleSet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        RuleSet::ALL
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| format!("unknown rule set '{s}' (expected torch-2.12, torch-2.13 or torch-2.14)"))
-    }
-}
-
-impl fmt::Display for RuleSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl serde::Serialize for RuleSet {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for RuleSet {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }

@@ -12,63 +12,31 @@ pub mod value;
 
 use super::case::Case;
 use super::runner::Run;
+use super::signature::Signature;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Class {
-    /// Exactly one side raised.
-    Error,
-    /// Values differ beyond the derived tolerance, or decided choices differ.
-    Value,
-    /// An output's placements differ from its declared contract.
-    Placement,
-    /// A rank infers a global shape other than the true one.
-    Shape,
-    /// A collective where the revision and rule set promise none.
-    Comm,
-    /// The same case run twice gave different results.
-    Nondeterminism,
-    /// The same case on CPU and on CUDA disagrees (`--cross-device`).
-    Device,
-    /// The worker running the case died (abort, segfault, CUDA error).
-    Crash,
-    /// The worker running the case exceeded the per-case time limit.
-    Timeout,
-}
-
-impl Class {
-    pub const ALL: [Class; 9] = [
-        Class::Error,
-        Class::Value,
-        Class::Placement,
-        Class::Shape,
-        Class::Comm,
-        Class::Nondeterminism,
-        Class::Device,
-        Class::Crash,
-        Class::Timeout,
-    ];
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Error => "error",
-            Class::Value => "value",
-            Class::Placement => "placement",
-            Class::Shape => "shape",
-            Class::Comm => "comm",
-            Class::Nondeterminism => "nondeterminism",
-            Class::Device => "device",
-            Class::Crash => "crash",
-            Class::Timeout => "timeout",
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+crate::named_enum! {
+    /// What kind of divergence a verdict is.
+    pub enum Class("verdict class") {
+        /// Exactly one side raised.
+        Error = "error",
+        /// Values differ beyond the derived tolerance, or decided choices differ.
+        Value = "value",
+        /// An output's placements differ from its declared contract.
+        Placement = "placement",
+        /// A rank infers a global shape other than the true one.
+        Shape = "shape",
+        /// A collective where the revision and rule set promise none.
+        Comm = "comm",
+        /// The same case run twice gave different results.
+        Nondeterminism = "nondeterminism",
+        /// The same case on CPU and on CUDA disagrees (`--cross-device`).
+        Device = "device",
+        /// The worker running the case died (abort, segfault, CUDA error).
+        Crash = "crash",
+        /// The worker running the case exceeded the per-case time limit.
+        Timeout = "timeout",
     }
 }
 
@@ -88,15 +56,14 @@ pub struct Verdict {
 
 impl Verdict {
     /// The bucket this divergence belongs to: class, output, router revision, rule set, key.
-    pub fn signature(&self, case: &Case) -> String {
-        format!(
-            "{}:{}:{}:{}:{}",
-            self.class,
-            self.output.as_deref().unwrap_or("-"),
-            case.revision.router.name(),
-            case.revision.rules.name(),
-            if self.key.is_empty() { "-" } else { &self.key }
-        )
+    pub fn signature(&self, case: &Case) -> Signature {
+        Signature {
+            class: self.class,
+            output: self.output.clone(),
+            router: case.revision.router,
+            rules: case.revision.rules,
+            key: self.key.clone(),
+        }
     }
 }
 

@@ -1,0 +1,342 @@
+//! Campaigns: a coordinator hands cases to worker subprocesses ([`pool`]), records what they
+//! find ([`state`]), shrinks each bucket's smallest case, and writes the report.
+//!
+//! Crash isolation: a worker that dies or exceeds the per-case time limit loses only its case,
+//! which becomes a `crash` or `timeout` bucket; a new worker takes its place. A worker writes the
+//! case it is about to run to `inflight/` first, and every finding is on disk (`findings.jsonl`,
+//! `cases/`) as soon as it arrives, so a killed campaign loses nothing already found; SIGINT
+//! still writes the report.
+//!
+//! Determinism: case i is a pure function of (seed, i); results are aggregated by index, buckets
+//! keep their lowest index and smallest case, and shrinking starts only after the last case, from
+//! each bucket's smallest case. The same seed and case count give the same report.
+
+pub mod pool;
+pub mod state;
+
+use super::bucket::ShrinkInfo;
+use super::case::Case;
+use super::generate::GenConfig;
+use super::oracle::{Class, Verdict};
+use super::report::Report;
+use super::shrink::Budget;
+use super::signature::Signature;
+use super::worker::{Fault, Job, Reply, Setup};
+use crate::device::Dev;
+use pool::{Death, Event, Pool, Work, DEPTH};
+use state::{write_case, State};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT to [`INTERRUPTED`] (a second Ctrl-C still kills at once: the handler resets).
+pub fn catch_sigint() {
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub seed: u64,
+    pub cases: Option<u64>,
+    pub time: Option<Duration>,
+    pub jobs: usize,
+    pub out: PathBuf,
+    /// Where minimized reproducers go (default `OUT/repro`); the report links to them there.
+    pub corpus: Option<PathBuf>,
+    pub gen: GenConfig,
+    pub devices: Vec<Dev>,
+    pub per_case_timeout: Duration,
+    pub shrink: Budget,
+    pub no_shrink: bool,
+    pub fault: Option<Fault>,
+    pub exe: PathBuf,
+    pub progress: bool,
+}
+
+impl Config {
+    /// What every worker gets on its first line.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            seed: self.seed,
+            gen: self.gen.clone(),
+            devices: self.devices.clone(),
+            inflight: Some(self.out.join("inflight")),
+            fault: self.fault,
+        }
+    }
+}
+
+/// Where the coordinator is in its schedule.
+struct Schedule {
+    next: u64,
+    limit: u64,
+    /// No new case after this (shrinking gets the rest of the time).
+    case_deadline: Option<Instant>,
+    deadline: Option<Instant>,
+    shrinking: bool,
+    shrink_queue: VecDeque<Signature>,
+}
+
+impl Schedule {
+    fn new(cfg: &Config, start: Instant) -> Schedule {
+        Schedule {
+            next: 0,
+            limit: cfg.cases.unwrap_or(u64::MAX),
+            case_deadline: cfg.time.map(|t| start + if cfg.no_shrink { t } else { t.mul_f64(0.75) }),
+            deadline: cfg.time.map(|t| start + t),
+            shrinking: false,
+            shrink_queue: VecDeque::new(),
+        }
+    }
+
+    fn cases_open(&self) -> bool {
+        !interrupted() && self.next < self.limit && self.case_deadline.is_none_or(|d| Instant::now() < d)
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Shrinking starts once the last case is in, from every bucket (unless stopped early).
+    fn maybe_start_shrinking(&mut self, cfg: &Config, pool: &Pool, state: &State) {
+        if !self.shrinking && !self.cases_open() && !pool.running_cases() {
+            self.shrinking = true;
+            if !cfg.no_shrink && !interrupted() {
+                self.shrink_queue.extend(state.buckets.keys().cloned());
+            }
+        }
+    }
+
+    /// Queues cases DEPTH deep per worker, or one shrink per idle worker.
+    fn hand_out(&mut self, cfg: &Config, pool: &mut Pool, state: &State) {
+        if self.shrinking && (interrupted() || self.out_of_time()) {
+            self.shrink_queue.clear();
+        }
+        for w in 0..pool.len() {
+            if !self.shrinking {
+                while pool.queued(w) < DEPTH && self.cases_open() {
+                    if !pool.send(w, Work::Run(self.next), Job::Run { index: self.next }) {
+                        break;
+                    }
+                    self.next += 1;
+                }
+            } else if pool.queued(w) == 0 {
+                let Some(sig) = self.shrink_queue.pop_front() else { break };
+                let remaining =
+                    self.deadline.map_or(cfg.shrink.max_time, |d| d.saturating_duration_since(Instant::now()));
+                let job = Job::Shrink {
+                    case: Box::new(state.smallest[&sig].clone()),
+                    signature: sig,
+                    max_tries: cfg.shrink.max_tries,
+                    max_ms: cfg.shrink.max_time.min(remaining).as_millis() as u64,
+                };
+                pool.send(w, Work::Shrink, job);
+            }
+        }
+    }
+
+    fn finished(&self, pool: &Pool) -> bool {
+        self.shrinking && self.shrink_queue.is_empty() && pool.all_idle()
+    }
+}
+
+/// Runs a campaign and returns its report (already written to `cfg.out`).
+pub fn run(cfg: &Config) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(cfg.out.join("inflight"))?;
+    std::fs::create_dir_all(cfg.out.join("cases"))?;
+    if let Some(dir) = &cfg.corpus {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A stale findings file would mix two campaigns.
+    std::fs::remove_file(cfg.out.join("findings.jsonl")).ok();
+    let start = Instant::now();
+    let shrink_limit = cfg.shrink.max_time + cfg.per_case_timeout * 2;
+    let mut pool = Pool::start(cfg.exe.clone(), &cfg.setup(), cfg.jobs, cfg.per_case_timeout, shrink_limit)?;
+    let mut state = State::new(cfg);
+    let mut sched = Schedule::new(cfg, start);
+    let bar = progress_bar(cfg);
+    let result = coordinate(cfg, &mut pool, &mut state, &mut sched, &bar);
+    bar.finish_and_clear();
+    pool.shutdown();
+    result?;
+    std::fs::remove_dir_all(cfg.out.join("inflight")).ok();
+    let report = state.report(cfg, interrupted(), start.elapsed().as_secs_f64());
+    report.write(&cfg.out)?;
+    Ok(report)
+}
+
+fn coordinate(
+    cfg: &Config,
+    pool: &mut Pool,
+    state: &mut State,
+    sched: &mut Schedule,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    loop {
+        sched.maybe_start_shrinking(cfg, pool, state);
+        sched.hand_out(cfg, pool, state);
+        if sched.finished(pool) {
+            return Ok(());
+        }
+        match pool.next(Duration::from_millis(50))? {
+            Some((_, Event::Reply { job, reply })) => on_reply(cfg, state, bar, job, reply)?,
+            Some((_, Event::Died { job: Some(Work::Run(index)), death })) => on_death(cfg, state, bar, index, death)?,
+            Some((_, Event::Died { .. })) | None => {}
+        }
+        let left = sched
+            .deadline
+            .map(|d| format!("  {}s left", d.saturating_duration_since(Instant::now()).as_secs()))
+            .unwrap_or_default();
+        let phase = if sched.shrinking { "  (shrinking)" } else { "" };
+        bar.set_message(format!("{} buckets{phase}{left}", state.buckets.len()));
+    }
+}
+
+fn on_reply(
+    cfg: &Config,
+    state: &mut State,
+    bar: &indicatif::ProgressBar,
+    job: Option<Work>,
+    reply: Reply,
+) -> anyhow::Result<()> {
+    match reply {
+        Reply::Result { index, verdicts, near_ties, phases } => {
+            let case = cfg.setup().case(index);
+            record(cfg, state, bar, index, &case, &verdicts)?;
+            state.add_stats(&near_ties, &phases);
+        }
+        Reply::Shrunk { signature, case, tried, kept, elapsed_ms, truncated, lost } => {
+            state.add_shrink_time(elapsed_ms);
+            if !lost {
+                let file = write_repro(cfg, &signature, &case)?;
+                let d = case.dims;
+                let info = ShrinkInfo {
+                    tried,
+                    kept,
+                    ms: elapsed_ms,
+                    truncated,
+                    ranks: case.ranks(),
+                    tokens: d.batch * d.seq,
+                    experts: d.experts,
+                    model: d.model,
+                };
+                state.shrunk(&signature, file, info);
+            }
+        }
+        Reply::Failed { message } => {
+            bar.println(format!("shardfuzz: worker could not run {job:?}: {message}"));
+            if let Some(Work::Run(_)) = job {
+                bar.inc(1);
+            }
+        }
+        Reply::Ready => {}
+    }
+    Ok(())
+}
+
+/// A worker died running case `index`: the case becomes a `crash` or `timeout` divergence.
+fn on_death(
+    cfg: &Config,
+    state: &mut State,
+    bar: &indicatif::ProgressBar,
+    index: u64,
+    death: Death,
+) -> anyhow::Result<()> {
+    let (class, key) = match death {
+        Death::Timeout => (Class::Timeout, format!("over {}s", cfg.per_case_timeout.as_secs())),
+        Death::Signal(s) => (Class::Crash, format!("signal {s}")),
+        Death::Exit(c) => (Class::Crash, format!("exit {c}")),
+        Death::Unknown => (Class::Crash, "unknown".into()),
+    };
+    let how = if class == Class::Timeout { "timed out" } else { "died" };
+    let v = Verdict {
+        class,
+        output: None,
+        expected: serde_json::json!("a result"),
+        actual: serde_json::json!(key),
+        detail: format!("worker {how} while running case {index}"),
+        key,
+    };
+    record(cfg, state, bar, index, &cfg.setup().case(index), &[v])
+}
+
+fn record(
+    cfg: &Config,
+    state: &mut State,
+    bar: &indicatif::ProgressBar,
+    index: u64,
+    case: &Case,
+    v: &[Verdict],
+) -> anyhow::Result<()> {
+    for sig in state.record(&cfg.out, index, case, v)? {
+        bar.println(format!("new bucket at case {index}: {sig}"));
+    }
+    bar.inc(1);
+    Ok(())
+}
+
+/// Writes a minimized reproducer (inputs inline) and returns its path relative to the campaign
+/// directory, for the report's links.
+fn write_repro(cfg: &Config, sig: &Signature, case: &Case) -> anyhow::Result<String> {
+    let name = format!("{}.json", sig.slug());
+    match &cfg.corpus {
+        None => {
+            write_case(&cfg.out.join("repro").join(&name), case, true)?;
+            Ok(format!("repro/{name}"))
+        }
+        Some(dir) => {
+            write_case(&dir.join(&name), case, true)?;
+            Ok(relative(&dir.join(&name), &cfg.out))
+        }
+    }
+}
+
+/// `path` as seen from directory `from` (both made absolute first).
+fn relative(path: &Path, from: &Path) -> String {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (p, f) = (abs(path), abs(from));
+    let common = p.components().zip(f.components()).take_while(|(a, b)| a == b).count();
+    let ups = f.components().count() - common;
+    let mut out: Vec<String> = vec!["..".to_string(); ups];
+    out.extend(p.components().skip(common).map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    out.join("/")
+}
+
+fn progress_bar(cfg: &Config) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(cfg.cases.unwrap_or(0));
+    if !cfg.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} {bar:24} {pos} cases  {per_sec}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_to_the_common_ancestor() {
+        assert_eq!(
+            relative(Path::new("/a/corpus/repro/x.json"), Path::new("/a/reports/example")),
+            "../../corpus/repro/x.json"
+        );
+        assert_eq!(relative(Path::new("/a/out/repro/x.json"), Path::new("/a/out")), "repro/x.json");
+    }
+}

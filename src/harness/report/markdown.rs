@@ -1,0 +1,194 @@
+//! `report.md`: the summary, the comparison table, the known upstream bugs, the buckets, the
+//! near-ties and where the time went, one function per section.
+
+use super::{md_table, Report};
+use crate::harness::bucket::Bucket;
+use crate::harness::known::Known;
+use crate::harness::oracle::Class;
+use crate::harness::timing::PHASES;
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("# shardfuzz campaign report\n\n");
+        if self.interrupted {
+            s.push_str(
+                "**Interrupted**: the campaign was stopped early; the counts below cover the cases that finished.\n\n",
+            );
+        }
+        for section in [self.md_summary(), self.md_comparison(), self.md_known(), self.md_buckets(), self.md_ties()] {
+            s.push_str(&section);
+        }
+        if let Some(r) = self.md_regression() {
+            s.push_str(&r);
+        }
+        s.push_str(&self.md_time());
+        s
+    }
+
+    /// The file a bucket links to: its minimized reproducer, else its first case.
+    fn link(b: &Bucket) -> &str {
+        b.repro.as_deref().unwrap_or(&b.first_case)
+    }
+
+    fn md_summary(&self) -> String {
+        let summary = vec![
+            ["cases".to_string(), self.cases.to_string()],
+            ["diverging cases".into(), self.diverging_cases.to_string()],
+            ["buckets".into(), self.buckets.len().to_string()],
+            ["seed".into(), self.seed.to_string()],
+            ["case size".into(), self.size.clone()],
+            ["devices".into(), self.devices.join(", ")],
+            ["libtorch".into(), self.libtorch.clone()],
+            ["workers".into(), self.jobs.to_string()],
+            ["wall time".into(), format!("{:.1} s (timing)", self.timing.wall_s)],
+            ["cases/s".into(), format!("{:.0} (timing)", self.timing.cases_per_s)],
+        ];
+        format!("## Summary\n\n{}\n\n", md_table(&["", "value"], &summary))
+    }
+
+    fn md_comparison(&self) -> String {
+        let mut header = vec!["router".to_string(), "rules".into(), "cases".into(), "diverging".into()];
+        header.extend(Class::ALL.iter().map(|c| c.name().to_string()));
+        let rows: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let mut v = vec![
+                    format!("`{}`", r.router),
+                    format!("`{}`", r.rules),
+                    r.cases.to_string(),
+                    r.diverging.to_string(),
+                ];
+                v.extend(Class::ALL.iter().map(|c| match r.classes.get(c) {
+                    Some(cell) if cell.cases > 0 => {
+                        match cell.smallest.as_ref().and_then(|sig| self.buckets.iter().find(|b| &b.signature == sig)) {
+                            Some(b) => format!("{} [min]({})", cell.cases, Self::link(b)),
+                            None => cell.cases.to_string(),
+                        }
+                    }
+                    _ => "0".into(),
+                }));
+                v
+            })
+            .collect();
+        let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
+        format!(
+            "## Comparison: router revision x rule set\n\n\
+             Diverging cases per verdict class; `[min]` links the smallest reproducer of that class in that row.\n\n\
+             {}\n\n",
+            md_table(&hdr, &rows)
+        )
+    }
+
+    fn md_known(&self) -> String {
+        let rows: Vec<Vec<String>> = Known::ALL
+            .iter()
+            .map(|k| {
+                let hits: Vec<&Bucket> =
+                    self.buckets.iter().filter(|b| b.known.iter().any(|n| n == k.name())).collect();
+                let first = hits.iter().map(|b| b.first_index).min();
+                // The smallest minimized reproducer among the matching buckets.
+                let best = hits
+                    .iter()
+                    .filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b)))
+                    .min_by_key(|t| (t.0, t.1, t.2));
+                vec![
+                    k.name().to_string(),
+                    if hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", hits.len()) },
+                    first.map_or("-".into(), |i| i.to_string()),
+                    match best {
+                        Some((r, t, _, b)) => format!("[{r} rank(s), {t} token(s)]({})", Self::link(b)),
+                        None => hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
+                    },
+                ]
+            })
+            .collect();
+        format!(
+            "## Known upstream bugs\n\n\
+             The bugs of the comparison table in router.md (§5, §9, §10); a bucket counts when its first case is an instance.\n\n\
+             {}\n\n",
+            md_table(&["bug", "status", "first case", "smallest reproducer"], &rows)
+        )
+    }
+
+    fn md_buckets(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                let min = match &b.shrink {
+                    Some(x) => format!("{}r {}t {}e {}d", x.ranks, x.tokens, x.experts, x.model),
+                    None => "-".into(),
+                };
+                vec![
+                    format!("`{}`", b.signature),
+                    b.count.to_string(),
+                    b.first_index.to_string(),
+                    min,
+                    match &b.repro {
+                        Some(r) => format!("[repro]({r})"),
+                        None => format!("[first]({})", b.first_case),
+                    },
+                    b.explanation.replace('|', "\\|"),
+                ]
+            })
+            .collect();
+        format!(
+            "## Buckets\n\n\
+             One row per signature (`class:output:router:rules:key`). Minimized: ranks/tokens/experts/model dim of the shrunk reproducer.\n\n\
+             {}\n\n",
+            md_table(&["signature", "cases", "first", "minimized", "file", "what it means"], &rows)
+        )
+    }
+
+    fn md_ties(&self) -> String {
+        let t = &self.near_ties;
+        let row = vec![
+            t.tokens.to_string(),
+            t.topk_near_ties.to_string(),
+            t.group_near_ties.to_string(),
+            t.flipped.to_string(),
+            t.cases_with_near_ties.to_string(),
+        ];
+        format!(
+            "## Near-ties\n\n\
+             Tokens whose top-k (or group) choice was within the rounding bound of the next candidate are compared as information only.\n\n\
+             {}\n\n",
+            md_table(
+                &["tokens compared", "top-k near-ties", "group near-ties", "flipped (benign)", "cases with near-ties"],
+                &[row]
+            )
+        )
+    }
+
+    fn md_regression(&self) -> Option<String> {
+        let r = self.regression.as_ref()?;
+        let list = |v: &Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter().map(|x| format!("- `{x}`")).collect::<Vec<_>>().join("\n")
+            }
+        };
+        Some(format!(
+            "## Regression against `{}`\n\n**New** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n\n",
+            r.baseline,
+            r.new.len(),
+            list(&r.new),
+            r.fixed.len(),
+            list(&r.fixed),
+            r.still_failing.len(),
+            list(&r.still_failing)
+        ))
+    }
+
+    fn md_time(&self) -> String {
+        let p = &self.timing.phases_us;
+        let total = p.total_us().max(1) as f64;
+        let mut header: Vec<&str> = PHASES.iter().map(|(n, _)| *n).collect();
+        header.push("shrinking");
+        let mut row: Vec<String> = PHASES.iter().map(|(_, f)| format!("{:.0}%", 100.0 * f(p) as f64 / total)).collect();
+        row.push(format!("{:.1} s", self.timing.shrink_s));
+        format!("## Where the time went (timing)\n\n{}\n\n", md_table(&header, &[row]))
+    }
+}

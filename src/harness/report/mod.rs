@@ -1,0 +1,155 @@
+//! Campaign reports: the data (`report.json`, stable field names) and its renderings
+//! (`report.md` with tables, `junit.xml` for CI systems, `report.html`), one file each.
+//! Rendering is a pure function of the data, so `shardfuzz report DIR` can redo it, and two
+//! runs with the same seed and case count give byte-identical files apart from timing lines.
+
+use super::bucket::Bucket;
+use super::oracle::Class;
+use super::signature::Signature;
+use super::timing::Phases;
+use crate::dtensor::RuleSet;
+use crate::router::RouterRev;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tabled::settings::Style;
+use tabled::Table;
+
+mod html;
+mod junit;
+mod markdown;
+
+pub const REPORT_FORMAT: &str = "shardfuzz.report/1";
+
+/// Everything that depends on the machine's speed, kept apart from the deterministic data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub wall_s: f64,
+    pub cases_per_s: f64,
+    pub shrink_s: f64,
+    /// Summed time per phase over all cases, in microseconds.
+    pub phases_us: Phases,
+}
+
+/// One router revision x rule set row of the comparison table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub router: RouterRev,
+    pub rules: RuleSet,
+    pub cases: u64,
+    pub diverging: u64,
+    /// Per class: diverging cases, and the bucket signature of the smallest reproducer.
+    pub classes: BTreeMap<Class, Cell>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub cases: u64,
+    pub smallest: Option<Signature>,
+}
+
+impl Row {
+    pub fn new(router: RouterRev, rules: RuleSet) -> Row {
+        Row { router, rules, cases: 0, diverging: 0, classes: BTreeMap::new() }
+    }
+}
+
+/// Cases and diverging cases per (mesh shape, x layout), for the chart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GridCell {
+    pub mesh: String,
+    pub layout: String,
+    pub cases: u64,
+    pub diverging: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TieStats {
+    pub tokens: u64,
+    pub topk_near_ties: u64,
+    pub group_near_ties: u64,
+    pub flipped: u64,
+    pub cases_with_near_ties: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Regression {
+    pub baseline: String,
+    pub new: Vec<String>,
+    pub fixed: Vec<String>,
+    pub still_failing: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub format: String,
+    pub seed: u64,
+    pub jobs: usize,
+    pub cases: u64,
+    pub diverging_cases: u64,
+    pub devices: Vec<String>,
+    pub libtorch: String,
+    pub size: String,
+    pub interrupted: bool,
+    pub rows: Vec<Row>,
+    pub buckets: Vec<Bucket>,
+    pub near_ties: TieStats,
+    pub grid: Vec<GridCell>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<Regression>,
+    pub timing: Timing,
+}
+
+impl Report {
+    pub fn load(dir: &Path) -> anyhow::Result<Report> {
+        let p = dir.join("report.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a shardfuzz report: {e}", p.display()))
+    }
+
+    /// Adds the regression section against an earlier report.
+    pub fn compare(&mut self, baseline: &Report, name: &str) {
+        let now: std::collections::BTreeSet<String> = self.buckets.iter().map(|b| b.signature.to_string()).collect();
+        let before: std::collections::BTreeSet<String> =
+            baseline.buckets.iter().map(|b| b.signature.to_string()).collect();
+        self.regression = Some(Regression {
+            baseline: name.into(),
+            new: now.difference(&before).map(|s| s.to_string()).collect(),
+            fixed: before.difference(&now).map(|s| s.to_string()).collect(),
+            still_failing: now.intersection(&before).map(|s| s.to_string()).collect(),
+        });
+    }
+
+    /// Writes report.json, report.md, junit.xml and report.html into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        write_atomic(&dir.join("report.json"), &(serde_json::to_string_pretty(self)? + "\n"))?;
+        write_atomic(&dir.join("report.md"), &self.markdown())?;
+        write_atomic(&dir.join("junit.xml"), &self.junit())?;
+        write_atomic(&dir.join("report.html"), &self.html())?;
+        Ok(())
+    }
+}
+
+pub(crate) fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A markdown table through tabled.
+pub fn md_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut b = tabled::builder::Builder::default();
+    b.push_record(header.iter().map(|h| h.to_string()));
+    for r in rows {
+        b.push_record(r.as_ref().iter().cloned());
+    }
+    let mut t: Table = b.build();
+    t.with(Style::markdown());
+    t.to_string()
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

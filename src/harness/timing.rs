@@ -1,0 +1,55 @@
+//! Where a case's time goes, phase by phase: one type for the runner, the workers, campaigns,
+//! the bench and reports. Times are summed microseconds, so phases of many cases add up.
+
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    pub generate_us: u64,
+    pub inputs_us: u64,
+    pub reference_us: u64,
+    pub sharded_us: u64,
+    pub shadow_us: u64,
+    pub oracles_us: u64,
+}
+
+/// Reads one phase.
+pub type PhaseOf = fn(&Phases) -> u64;
+
+/// Names and accessors, in report order.
+pub const PHASES: [(&str, PhaseOf); 6] = [
+    ("generate", |p| p.generate_us),
+    ("inputs", |p| p.inputs_us),
+    ("reference", |p| p.reference_us),
+    ("sharded", |p| p.sharded_us),
+    ("float64 shadow", |p| p.shadow_us),
+    ("oracles", |p| p.oracles_us),
+];
+
+impl Phases {
+    pub fn add(&mut self, o: &Phases) {
+        self.generate_us += o.generate_us;
+        self.inputs_us += o.inputs_us;
+        self.reference_us += o.reference_us;
+        self.sharded_us += o.sharded_us;
+        self.shadow_us += o.shadow_us;
+        self.oracles_us += o.oracles_us;
+    }
+
+    pub fn total_us(&self) -> u64 {
+        PHASES.iter().map(|(_, f)| f(self)).sum()
+    }
+}
+
+/// Runs `f` and adds its wall time to `slot`.
+pub fn timed<T>(slot: &mut u64, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    *slot += micros(t.elapsed());
+    r
+}
+
+pub fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
