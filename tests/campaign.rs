@@ -10,7 +10,7 @@ fn shardfuzz() -> Command {
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("shardfuzz-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    std::fs::remove_dir_all(&d).ok();
     d
 }
 
@@ -51,7 +51,7 @@ fn a_worker_crash_loses_only_its_case_and_is_reported() {
     let st = shardfuzz().args(["replay", "--once"]).arg(&file).output().unwrap();
     assert!(st.status.code() == Some(0) || st.status.code() == Some(1), "the reproducer replays: {st:?}");
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("crash"));
-    let _ = std::fs::remove_dir_all(&out);
+    std::fs::remove_dir_all(&out).ok();
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn a_hanging_case_times_out_and_the_campaign_goes_on() {
     let r = report(&out);
     assert_eq!(r["cases"], 12);
     assert!(r["buckets"].as_array().unwrap().iter().any(|b| b["class"] == "timeout" && b["first_index"] == 4));
-    let _ = std::fs::remove_dir_all(&out);
+    std::fs::remove_dir_all(&out).ok();
 }
 
 #[test]
@@ -128,6 +128,6 @@ fn same_seed_and_count_give_the_same_report_whatever_the_worker_count() {
             assert_eq!(std::fs::read(a.join(r)).unwrap(), std::fs::read(b.join(r)).unwrap(), "{r}");
         }
     }
-    let _ = std::fs::remove_dir_all(&a);
-    let _ = std::fs::remove_dir_all(&b);
+    std::fs::remove_dir_all(&a).ok();
+    std::fs::remove_dir_all(&b).ok();
 }

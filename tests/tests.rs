@@ -14,6 +14,8 @@ mod golden;
 mod ops;
 /// The router: router.md §7 and §10 facts, presets, features, hand-built reference examples.
 mod router;
+/// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
+mod style;
 
 /// The repository root: `SHARDFUZZ_ROOT` when set (a test binary carried to another machine),
 /// else where this crate was built.

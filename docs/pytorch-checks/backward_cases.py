@@ -6,7 +6,8 @@
 
 For every boundary (tt-pre2416, tt-pr2388, tt-2416, tt-3192, tt-clean, tt-3654) x EP on/off it draws
 `--per-combo` cases, and redraws a combo's set until it covers sp on/off, score_before_experts on/off, gate_bias
-on/off, softmax/sigmoid, route_norm on/off, groups on/off and (EP on, pre-#3167 boundaries, tp > 1) etp in {1, tp}.
+on/off, softmax/sigmoid, route_norm on/off, groups on/off (each both ways among its tp > 1 cases) and (EP on,
+pre-#3167 boundaries, tp > 1) etp in {1, tp}.
 The same --seed gives the same cases for every --rules value (only revision.rules differs), so outcomes of
 different torch versions compare case by case.
 
@@ -117,16 +118,17 @@ def draw_config(rng, bnd, ep, tp_choices):
 
 
 def covered(cfgs, bnd, ep):
+    multi = [c for c in cfgs if c["tp"] > 1]
     need = ["sp", "sbe", "gate_bias", "route_norm", "groups_on"]
     for k in need:
-        if len({c[k] for c in cfgs}) < 2:
+        if len({c[k] for c in multi}) < 2:  # both values among the tp > 1 cases
             return False
     if len({c["score_func"] for c in cfgs}) < 2:
         return False
     if ep and bnd in ETP_ERA:
         if not any(c["etp"] > 1 for c in cfgs) or not any(c["etp"] == 1 and c["tp"] > 1 for c in cfgs):
             return False
-    if not any(c["tp"] > 1 for c in cfgs):
+    if len(multi) < len(cfgs) - 2:
         return False
     return True
 

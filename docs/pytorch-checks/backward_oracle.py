@@ -410,6 +410,35 @@ def worker(argv):
         s = str(e).lower()
         return type(e).__name__ == "DistBackendError" or "timed out" in s or ("timeout" in s and "gloo" in s)
 
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils import _pytree as pytree
+
+    class PlacementLog(TorchDispatchMode):
+        """Trace aid: one line per op that sees a DTensor, with input and output placements (the mode sits above
+        DTensor's dispatch, so the local ops DTensor runs underneath are not logged here)."""
+
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+
+            def desc(a):
+                if isinstance(a, DTensor):
+                    return f"{DNAME.get(a.dtype, a.dtype)}{list(a.shape)}|{','.join(pstr(p) for p in a.placements)}"
+                if isinstance(a, torch.Tensor):
+                    return f"plain {DNAME.get(a.dtype, a.dtype)}{list(a.shape)}"
+                if isinstance(a, (list, tuple)):
+                    return "(" + ", ".join(desc(x) for x in a) + ")"
+                return repr(a)
+
+            if any(isinstance(a, DTensor) for a in pytree.tree_leaves((args, kwargs, out))):
+                kw = "".join(f", {k}={desc(v)}" for k, v in kwargs.items())
+                self.lines.append(f"{func}({', '.join(desc(a) for a in args)}{kw}) -> {desc(out)}")
+            return out
+
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
     torch_meta = {"version": torch.__version__, "git": torch.version.git_version, "engine": "gloo"}
 
@@ -610,9 +639,13 @@ def worker(argv):
                 from torch.utils._debug_mode import DebugMode
                 dm = DebugMode(record_torchfunction=False)
             if dm is not None:
-                with dm:
-                    loss = program(case, x_in, W, b, eb, Vr)
-                trace["forward"] = dm.debug_string()
+                pl = PlacementLog()
+                try:
+                    with dm, pl:
+                        loss = program(case, x_in, W, b, eb, Vr)
+                finally:
+                    trace["forward"] = dm.debug_string()
+                    trace["forward_placements"] = "\n".join(pl.lines)
             else:
                 loss = program(case, x_in, W, b, eb, Vr)
             cm = CommDebugMode()
@@ -620,9 +653,10 @@ def worker(argv):
             if args.trace_dir:
                 from torch.utils._debug_mode import DebugMode
                 dmb = DebugMode(record_torchfunction=False)
+            plb = PlacementLog() if dmb is not None else None
             try:
                 if dmb is not None:
-                    with cm, dmb:
+                    with cm, dmb, plb:
                         loss.backward()
                 else:
                     with cm:
@@ -631,6 +665,7 @@ def worker(argv):
                 status["comms"] = {str(k): int(v) for k, v in cm.get_comm_counts().items() if v}
                 if dmb is not None:
                     trace["backward"] = dmb.debug_string()
+                    trace["backward_placements"] = "\n".join(plb.lines)
             grads = {"gate.weight": W.grad}
             if b is not None:
                 grads["gate.bias"] = b.grad
@@ -724,8 +759,13 @@ def worker(argv):
                     for name in ("gate.weight", "gate.bias", "x"):
                         if name in out["grads"] and out["grads"][name]:
                             f.write(f"# grad {name}: {out['grads'][name]['placements']}\n")
-                    f.write("\n=== FORWARD ===\n" + trace.get("forward", "") + "\n\n=== BACKWARD ===\n" +
-                            trace.get("backward", "(none)") + "\n")
+                    f.write("\n=== BACKWARD: DTensor ops, input -> output placements ===\n" +
+                            trace.get("backward_placements", "(none)") +
+                            "\n\n=== FORWARD: DTensor ops, input -> output placements ===\n" +
+                            trace.get("forward_placements", "(none)") +
+                            "\n\n=== BACKWARD: DebugMode (DTensor ops, implicit redistributions, local ops) ===\n" +
+                            trace.get("backward", "(none)") +
+                            "\n\n=== FORWARD: DebugMode ===\n" + trace.get("forward", "") + "\n")
         outcome = {"format": "shardfuzz.outcome/1", "case": case, "pytorch": torch_meta, "backward": out}
         write({"index": gi, "outcome": outcome, "abort": bool(diverged)})
         if diverged:

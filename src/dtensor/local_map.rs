@@ -8,7 +8,7 @@ use super::error::{DTensorError, Result};
 use super::redistribute::redistribute;
 use super::tensor::DTensor;
 use super::Ctx;
-use crate::placement::{layout, normalize_all, repr_tuple, Placement};
+use crate::placement::{normalize_all, repr_tuple, Placement};
 use tch::Tensor;
 
 /// Calls `f(rank, locals)` on every rank and wraps its outputs with `out_placements`.
@@ -66,6 +66,5 @@ fn exact_global_shape(locals: &[Tensor], mesh: &crate::placement::Mesh, ps: &[Pl
             g[d as usize] = fiber.iter().map(|&r| locals[r].size()[d as usize] as usize).sum();
         }
     }
-    let _ = layout::chunk;
     g
 }

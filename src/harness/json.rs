@@ -2,7 +2,6 @@
 //! short arrays on one line. The output is ordinary JSON (serde_json reads it back).
 
 use serde_json::Value;
-use std::fmt::Write;
 
 fn inline(v: &Value) -> bool {
     match v {
@@ -20,11 +19,11 @@ fn write(out: &mut String, v: &Value, indent: usize) {
         Value::Object(o) if !o.is_empty() => {
             out.push_str("{\n");
             for (i, (k, x)) in o.iter().enumerate() {
-                let _ = write!(out, "{}{}: ", "  ".repeat(indent + 1), Value::String(k.clone()));
+                out.push_str(&format!("{}{}: ", "  ".repeat(indent + 1), Value::String(k.clone())));
                 write(out, x, indent + 1);
                 out.push_str(if i + 1 < o.len() { ",\n" } else { "\n" });
             }
-            let _ = write!(out, "{}}}", "  ".repeat(indent));
+            out.push_str(&format!("{}}}", "  ".repeat(indent)));
         }
         Value::Array(a) if !inline(v) => {
             out.push_str("[\n");
@@ -33,7 +32,7 @@ fn write(out: &mut String, v: &Value, indent: usize) {
                 write(out, x, indent + 1);
                 out.push_str(if i + 1 < a.len() { ",\n" } else { "\n" });
             }
-            let _ = write!(out, "{}]", "  ".repeat(indent));
+            out.push_str(&format!("{}]", "  ".repeat(indent)));
         }
         _ => out.push_str(&serde_json::to_string(v).expect("a value serializes")),
     }

@@ -103,8 +103,17 @@ fn map_values(t: &TensorData, f: impl Fn(f64) -> f64) -> TensorData {
 /// Candidates, simplest first, each differing from `c` in one respect.
 fn candidates(c: &Case) -> Vec<Case> {
     let mut out = Vec::new();
+    mesh_candidates(c, &mut out);
+    dim_candidates(c, &mut out);
+    feature_candidates(c, &mut out);
+    placement_candidates(c, &mut out);
+    value_candidates(c, &mut out);
+    out
+}
+
+/// Fewer mesh dims (each placement list loses that dim), then smaller mesh dims.
+fn mesh_candidates(c: &Case, out: &mut Vec<Case>) {
     let nd = c.mesh.shape.len();
-    // Fewer mesh dims.
     if nd > 1 {
         for d in (0..nd).rev() {
             let mut n = c.clone();
@@ -119,7 +128,6 @@ fn candidates(c: &Case) -> Vec<Case> {
             out.push(n);
         }
     }
-    // Smaller mesh dims.
     for d in 0..nd {
         for s in smaller(c.mesh.shape[d], 1) {
             let mut n = c.clone();
@@ -127,6 +135,10 @@ fn candidates(c: &Case) -> Vec<Case> {
             out.push(n);
         }
     }
+}
+
+/// Smaller batch, sequence, model dim, top-k and expert count (tensors cut to match).
+fn dim_candidates(c: &Case, out: &mut Vec<Case>) {
     let dm = c.dims;
     for b in smaller(dm.batch, 1) {
         out.push(with_dims(c, b, dm.seq, dm.model, dm.experts));
@@ -152,50 +164,49 @@ fn candidates(c: &Case) -> Vec<Case> {
         }
         out.push(n);
     }
-    // Fewer features.
-    if let Some(g) = c.router.groups {
+}
+
+/// Router features off: groups (or fewer of them), the expert bias, force-balance, route_norm,
+/// a route scale other than 1.
+fn feature_candidates(c: &Case, out: &mut Vec<Case>) {
+    let with = |f: &dyn Fn(&mut Case)| {
         let mut n = c.clone();
-        n.router.groups = None;
-        out.push(n);
-        for gn in
-            smaller(g.num_groups, 1).into_iter().filter(|&gn| dm.experts.is_multiple_of(gn) && dm.experts / gn >= 2)
-        {
-            let mut n = c.clone();
-            n.router.groups = Some(Groups { num_groups: gn, num_limited: g.num_limited.min(gn) });
-            out.push(n);
+        f(&mut n);
+        n
+    };
+    if let Some(g) = c.router.groups {
+        out.push(with(&|n| n.router.groups = None));
+        let e = c.dims.experts;
+        for gn in smaller(g.num_groups, 1).into_iter().filter(|&gn| e % gn == 0 && e / gn >= 2) {
+            out.push(with(&|n| n.router.groups = Some(Groups { num_groups: gn, num_limited: g.num_limited.min(gn) })));
         }
         for gk in smaller(g.num_limited, 1) {
-            let mut n = c.clone();
-            n.router.groups = Some(Groups { num_groups: g.num_groups, num_limited: gk });
-            out.push(n);
+            out.push(with(&|n| n.router.groups = Some(Groups { num_groups: g.num_groups, num_limited: gk })));
         }
     }
     if c.router.expert_bias {
-        let mut n = c.clone();
-        n.router.expert_bias = false;
-        n.layout.expert_bias = None;
-        if let Some(t) = &mut n.tensors {
-            t.expert_bias = None;
-        }
-        out.push(n);
+        out.push(with(&|n| {
+            n.router.expert_bias = false;
+            n.layout.expert_bias = None;
+            if let Some(t) = &mut n.tensors {
+                t.expert_bias = None;
+            }
+        }));
     }
     if c.router.force_load_balance {
-        let mut n = c.clone();
-        n.router.force_load_balance = false;
-        out.push(n);
+        out.push(with(&|n| n.router.force_load_balance = false));
     }
     if c.router.route_norm {
-        let mut n = c.clone();
-        n.router.route_norm = false;
-        out.push(n);
+        out.push(with(&|n| n.router.route_norm = false));
     }
     if c.router.route_scale != 1.0 {
-        let mut n = c.clone();
-        n.router.route_scale = 1.0;
-        out.push(n);
+        out.push(with(&|n| n.router.route_scale = 1.0));
     }
-    // Placements toward Replicate.
-    for d in 0..nd {
+}
+
+/// Placements toward Replicate, then shard dims spelled positively (reads better; same layout).
+fn placement_candidates(c: &Case, out: &mut Vec<Case>) {
+    for d in 0..c.mesh.shape.len() {
         for which in 0..3 {
             let mut n = c.clone();
             let slot = match which {
@@ -212,27 +223,30 @@ fn candidates(c: &Case) -> Vec<Case> {
             }
         }
     }
-    // Shard dims spelled positively (reads better; same layout).
-    {
-        let mut n = c.clone();
-        let norm = |ps: &mut Vec<Placement>, ndim: usize| {
-            for p in ps.iter_mut() {
-                if let Ok(q) = p.normalized(ndim) {
-                    *p = q;
-                }
+    let mut n = c.clone();
+    let norm = |ps: &mut Vec<Placement>, ndim: usize| {
+        for p in ps.iter_mut() {
+            if let Ok(q) = p.normalized(ndim) {
+                *p = q;
             }
-        };
-        norm(&mut n.layout.x, 3);
-        norm(&mut n.layout.gate, 2);
-        norm(&mut n.layout.counts_contract, 1);
-        if let Some(b) = &mut n.layout.expert_bias {
-            norm(b, 1);
         }
-        if n.layout != c.layout {
-            out.push(n);
-        }
+    };
+    norm(&mut n.layout.x, 3);
+    norm(&mut n.layout.gate, 2);
+    norm(&mut n.layout.counts_contract, 1);
+    if let Some(b) = &mut n.layout.expert_bias {
+        norm(b, 1);
     }
-    // f32, then simpler values.
+    if n.layout != c.layout {
+        out.push(n);
+    }
+}
+
+/// A simplification of the input values.
+type Simplify = fn(f64) -> f64;
+
+/// f32, then simpler values: zeros, signs, integers, tenths, one tensor at a time.
+fn value_candidates(c: &Case, out: &mut Vec<Case>) {
     if c.dtype != DType::F32 {
         let mut n = c.clone();
         n.dtype = DType::F32;
@@ -242,35 +256,31 @@ fn candidates(c: &Case) -> Vec<Case> {
         }
         out.push(n);
     }
-    if c.tensors.is_some() {
-        let simplify: [(&str, fn(f64) -> f64); 4] = [
-            ("zero", |_| 0.0),
-            ("sign", |x: f64| if x == 0.0 { 0.0 } else { x.signum() }),
-            ("int", f64::round),
-            ("tenths", |x| (x * 10.0).round() / 10.0),
-        ];
-        for (_, f) in simplify {
-            for which in 0..3 {
-                let mut n = c.clone();
-                let nt = n.tensors.as_mut().expect("tensors");
-                let slot = match which {
-                    0 => &mut nt.x,
-                    1 => &mut nt.gate,
-                    _ => match &mut nt.expert_bias {
-                        Some(b) => b,
-                        None => continue,
-                    },
-                };
-                let new = map_values(slot, f);
-                if new != *slot {
-                    *slot = new;
-                    n.data.style = Style::Normal;
-                    out.push(n);
-                }
+    if c.tensors.is_none() {
+        return;
+    }
+    let simplify: [Simplify; 4] =
+        [|_| 0.0, |x| if x == 0.0 { 0.0 } else { x.signum() }, f64::round, |x| (x * 10.0).round() / 10.0];
+    for f in simplify {
+        for which in 0..3 {
+            let mut n = c.clone();
+            let nt = n.tensors.as_mut().expect("tensors");
+            let slot = match which {
+                0 => &mut nt.x,
+                1 => &mut nt.gate,
+                _ => match &mut nt.expert_bias {
+                    Some(b) => b,
+                    None => continue,
+                },
+            };
+            let new = map_values(slot, f);
+            if new != *slot {
+                *slot = new;
+                n.data.style = Style::Normal;
+                out.push(n);
             }
         }
     }
-    out
 }
 
 /// Shrinks `case` while `interesting` holds. The input must be interesting.

@@ -13,13 +13,13 @@
 //! the same dim and carried to the output (VERIFIED on 2.12.1 and 2.13.0), which is how a
 //! token-sharded (B, L, D) input goes through a linear without communication.
 
-use super::{expand, Arg, Proposal, Row, RuleSet, Strategy};
+use super::{expand, Arg, Proposal, Row, Strategy};
 use crate::dtensor::error::{DTensorError, Result};
 use crate::dtensor::meta::Meta;
 use crate::dtensor::op::Op;
 use crate::placement::{Mesh, Placement, ReduceOp};
 
-pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
+pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
     match op {
         Op::T => {
             let a = &args[0];
@@ -66,19 +66,16 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 rows.push(Row::new(&[Partial(op)], &[Partial(op), Replicate]));
                 rows.push(Row::new(&[Partial(op)], &[Replicate, Partial(op)]));
             }
-            {
-                let _ = rules;
-                for p in args[0].placements.iter().chain(&args[1].placements) {
-                    if let StridedShard { sf, .. } = *p {
-                        let s = |d| StridedShard { dim: d, sf };
-                        for row in [
-                            Row::new(&[Partial(ReduceOp::Sum)], &[s(1), s(0)]),
-                            Row::new(&[s(0)], &[s(0), Replicate]),
-                            Row::new(&[s(1)], &[Replicate, s(1)]),
-                        ] {
-                            if !rows.contains(&row) {
-                                rows.push(row);
-                            }
+            for p in args[0].placements.iter().chain(&args[1].placements) {
+                if let StridedShard { sf, .. } = *p {
+                    let s = |d| StridedShard { dim: d, sf };
+                    for row in [
+                        Row::new(&[Partial(ReduceOp::Sum)], &[s(1), s(0)]),
+                        Row::new(&[s(0)], &[s(0), Replicate]),
+                        Row::new(&[s(1)], &[Replicate, s(1)]),
+                    ] {
+                        if !rows.contains(&row) {
+                            rows.push(row);
                         }
                     }
                 }

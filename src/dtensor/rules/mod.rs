@@ -110,7 +110,7 @@ pub fn expand(rows: &[Row], mesh_ndim: usize) -> Vec<Strategy> {
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     match op {
         Op::View { .. } | Op::Unsqueeze { .. } => view::propose(op, args, mesh, rules),
-        Op::T | Op::Mm => matrix::propose(op, args, mesh, rules),
+        Op::T | Op::Mm => matrix::propose(op, args, mesh),
         Op::Sigmoid
         | Op::ToDtype(_)
         | Op::Add

@@ -16,8 +16,9 @@ use crate::dtensor::DTensor;
 use crate::harness::case::Case;
 use crate::harness::runner::Run;
 use crate::placement::Placement;
+use crate::router::reference::Margins;
 use crate::router::RouterOutputs;
-use serde_json::json;
+use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 fn f64s(t: &Tensor) -> Vec<f64> {
@@ -26,49 +27,218 @@ fn f64s(t: &Tensor) -> Vec<f64> {
 fn i64s(t: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Int64).contiguous().view(-1)).expect("int values")
 }
-
-struct Ctx<'a> {
-    j: &'a mut Judgement,
-}
-
-impl Ctx<'_> {
-    fn push(
-        &mut self,
-        output: &str,
-        key: &str,
-        expected: serde_json::Value,
-        actual: serde_json::Value,
-        detail: String,
-    ) {
-        // One verdict per output and key: the first offending element tells the story.
-        if self
-            .j
-            .verdicts
-            .iter()
-            .any(|v| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key)
-        {
-            return;
-        }
-        self.j.verdicts.push(Verdict {
-            class: Class::Value,
-            output: Some(output.into()),
-            expected,
-            actual,
-            detail,
-            key: key.into(),
-        });
-    }
+fn bools(t: &Tensor) -> Vec<bool> {
+    Vec::<bool>::try_from(t.to_device(Device::Cpu).contiguous().view(-1)).expect("bool values")
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol
 }
 
+/// The comparison of one run: the case, both sides (the sharded one gathered), the bounds, and
+/// which tokens' choices are decided.
+struct Compare<'a> {
+    case: &'a Case,
+    run: &'a Run,
+    r: &'a RouterOutputs<Tensor>,
+    s: &'a RouterOutputs<DTensor>,
+    full: RouterOutputs<Tensor>,
+    m: &'a Margins,
+    bounds: Bounds,
+    decided: Vec<bool>,
+    j: &'a mut Judgement,
+}
+
+impl Compare<'_> {
+    fn push(&mut self, output: &str, key: &str, expected: Value, actual: Value, detail: String) {
+        // One verdict per output and key: the first offending element tells the story.
+        let seen = |v: &Verdict| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key;
+        if !self.j.verdicts.iter().any(seen) {
+            let output = Some(output.into());
+            self.j.verdicts.push(Verdict { class: Class::Value, output, expected, actual, detail, key: key.into() });
+        }
+    }
+
+    /// Values of different shapes cannot be compared element-wise: false when any differs.
+    fn shapes(&mut self) -> bool {
+        let pairs = [
+            ("scores", &self.r.scores, &self.full.scores),
+            ("topk_ids", &self.r.topk_ids, &self.full.topk_ids),
+            ("topk_scores", &self.r.topk_scores, &self.full.topk_scores),
+            ("routing_map", &self.r.routing_map, &self.full.routing_map),
+            ("counts", &self.r.counts, &self.full.counts),
+        ];
+        let bad: Vec<(&str, Vec<i64>, Vec<i64>)> =
+            pairs.iter().filter(|(_, a, b)| a.size() != b.size()).map(|(n, a, b)| (*n, a.size(), b.size())).collect();
+        for (name, a, b) in &bad {
+            let detail = format!("{name}: gathered shape {b:?} differs from the reference's {a:?}");
+            self.push(name, "shape", json!(a), json!(b), detail);
+        }
+        bad.is_empty()
+    }
+
+    fn scores(&mut self) {
+        let e = self.case.dims.experts;
+        let (rs, ss) = (f64s(&self.r.scores), f64s(&self.full.scores));
+        for (i, (&a, &b)) in rs.iter().zip(&ss).enumerate() {
+            let (t, bound) = (i / e, 2.0 * self.bounds.score[i / e]);
+            if !close(a, b, bound) {
+                let key = if b.is_nan() != a.is_nan() { "nan" } else { "values" };
+                let detail = format!("scores[token {t}, expert {}]: {b} vs reference {a} (bound {bound:.3e})", i % e);
+                self.push("scores", key, json!(a), json!(b), detail);
+            }
+        }
+    }
+
+    /// Counts near-ties and marks decided tokens: the choice was not a near-tie at the group or
+    /// the expert level.
+    fn decide(&mut self) {
+        let (m, b) = (self.m, &self.bounds);
+        let rows = m.topk.len();
+        self.decided = (0..rows).map(|t| b.topk_decided(m, t) && b.group_decided(m, t)).collect();
+        self.j.near_ties.rows += rows;
+        self.j.near_ties.topk_rows += (0..rows).filter(|&t| !b.topk_decided(m, t)).count();
+        self.j.near_ties.group_rows += (0..rows).filter(|&t| !b.group_decided(m, t)).count();
+    }
+
+    /// Per token: the chosen experts as a set, and the gate value each got.
+    fn choices(&mut self) {
+        let k = self.case.dims.top_k;
+        let (rids, sids) = (i64s(&self.r.topk_ids), i64s(&self.full.topk_ids));
+        let (rts, sts) = (f64s(&self.r.topk_scores), f64s(&self.full.topk_scores));
+        for t in 0..self.decided.len() {
+            let pairs = |ids: &[i64], ts: &[f64]| {
+                let mut v: Vec<(i64, f64)> = (0..k).map(|c| (ids[t * k + c], ts[t * k + c])).collect();
+                v.sort_by_key(|p| p.0);
+                v
+            };
+            let (pr, ps) = (pairs(&rids, &rts), pairs(&sids, &sts));
+            if pr.iter().zip(&ps).all(|(a, b)| a.0 == b.0) {
+                self.gate_values(t, &pr, &ps);
+            } else if self.decided[t] {
+                let a: Vec<i64> = pr.iter().map(|p| p.0).collect();
+                let b: Vec<i64> = ps.iter().map(|p| p.0).collect();
+                let (margin, bound) = (self.m.topk[t], 2.0 * self.bounds.choice[t]);
+                let detail = format!(
+                    "token {t} chose experts {b:?}, the reference {a:?} (margin {margin:.3e} > bound {bound:.3e})"
+                );
+                self.push("topk_ids", "ids", json!(a), json!(b), detail);
+            } else {
+                self.j.near_ties.flipped_rows += 1;
+            }
+        }
+    }
+
+    /// The same experts: their gate values must agree (route_norm divides by a sum of K).
+    fn gate_values(&mut self, t: usize, pr: &[(i64, f64)], ps: &[(i64, f64)]) {
+        let k = self.case.dims.top_k as f64;
+        let sum: f64 = pr.iter().map(|p| p.1.abs()).sum::<f64>().max(1e-30);
+        let scale = self.case.router.route_scale.abs();
+        let rel = (k + 4.0) * crate::dtensor::DType::F32.eps();
+        let norm = if self.case.router.route_norm { 2.0 * k / (sum / scale.max(1e-30)) } else { 1.0 };
+        let abs = 2.0 * self.bounds.score[t] * scale * norm;
+        for ((id, a), (_, b)) in pr.iter().zip(ps) {
+            let tol = abs + rel * a.abs().max(b.abs());
+            if !close(*a, *b, tol) {
+                let key = if a.is_nan() != b.is_nan() { "nan" } else { "values" };
+                let detail = format!("token {t}, expert {id}: gate value {b} vs reference {a} (tolerance {tol:.3e})");
+                self.push("topk_scores", key, json!(a), json!(b), detail);
+            }
+        }
+    }
+
+    /// The routing map on decided tokens; counts net of undecided tokens, and consistent with
+    /// the sharded side's own map.
+    fn map_and_counts(&mut self) {
+        let e = self.case.dims.experts;
+        let (rmap, smap) = (bools(&self.r.routing_map), bools(&self.full.routing_map));
+        let (rc, sc) = (i64s(&self.r.counts), i64s(&self.full.counts));
+        let mut own = vec![0i64; e];
+        let (mut rnet, mut snet) = (rc.clone(), sc.clone());
+        for t in 0..self.decided.len() {
+            for x in 0..e {
+                let (a, b) = (rmap[t * e + x], smap[t * e + x]);
+                own[x] += b as i64;
+                if !self.decided[t] {
+                    rnet[x] -= a as i64;
+                    snet[x] -= b as i64;
+                } else if a != b {
+                    let detail = format!("routing_map[token {t}, expert {x}] is {b}, the reference has {a}");
+                    self.push("routing_map", "map", json!(a), json!(b), detail);
+                }
+            }
+        }
+        if own != sc {
+            let detail = "sharded counts differ from the sharded routing map summed over tokens".into();
+            self.push("counts", "inconsistent", json!(own), json!(sc), detail);
+        }
+        if rnet != snet {
+            let detail = "counts differ from the reference's on tokens whose choice was decided".into();
+            self.push("counts", "values", json!(rc), json!(sc), detail);
+        }
+    }
+
+    /// Each rank's counts must describe its own ids (GroupedExperts' offsets). Checked only
+    /// where the counts satisfy their contract (otherwise torchtitan raises at the contract
+    /// first) and come with ids laid out to match: tokens split where counts are partial; other
+    /// pairings are stopped by their input contracts before any offsets exist.
+    fn offsets(&mut self) {
+        let (case, s) = (self.case, self.s);
+        let contract =
+            crate::router::contract::resolve(&case.layout.counts_contract, &self.run.mesh, case.revision.size1);
+        let contract_ok = crate::router::contract::matches(&s.counts.placements, &contract, 1).unwrap_or(false);
+        let paired = s.counts.placements.iter().zip(&s.topk_ids.placements).all(|(c, i)| match (c, i) {
+            (Placement::Partial(_), i) => i.shard_dim().is_some_and(|d| d == 0 || d == 1),
+            (Placement::Replicate, Placement::Replicate) => true,
+            _ => false,
+        });
+        if !(contract_ok && paired) {
+            return;
+        }
+        let (counts, ids) =
+            (crate::placement::short_list(&s.counts.placements), crate::placement::short_list(&s.topk_ids.placements));
+        for msg in crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts) {
+            let detail = format!("{msg} (counts {counts} next to ids {ids})");
+            self.push("offsets", "inconsistent", json!("local counts matching local ids"), json!(msg), detail);
+        }
+    }
+
+    /// The kept groups of decided tokens.
+    fn group_mask(&mut self) {
+        let (Some(rg), Some(sg)) = (&self.r.group_mask, &self.full.group_mask) else { return };
+        if sg.size() != rg.size() {
+            let detail = "group_mask: gathered shape differs".into();
+            self.push("group_mask", "shape", json!(rg.size()), json!(sg.size()), detail);
+            return;
+        }
+        let g = *rg.size().last().unwrap() as usize;
+        let (a, b) = (bools(rg), bools(sg));
+        for t in 0..self.decided.len() {
+            let (ra, rb) = (&a[t * g..(t + 1) * g], &b[t * g..(t + 1) * g]);
+            if self.bounds.group_decided(self.m, t) && ra != rb {
+                let detail = format!("token {t} kept other groups than the reference");
+                self.push("group_mask", "mask", json!(ra), json!(rb), detail);
+            }
+        }
+    }
+}
+
+/// Gathers every sharded output to a full tensor (an optional group mask that cannot be
+/// gathered is left out).
+fn gather(s: &RouterOutputs<DTensor>) -> Option<RouterOutputs<Tensor>> {
+    let full = |d: &DTensor| d.full_tensor().ok();
+    Some(RouterOutputs {
+        topk_scores: full(&s.topk_scores)?,
+        topk_ids: full(&s.topk_ids)?,
+        scores: full(&s.scores)?,
+        routing_map: full(&s.routing_map)?,
+        counts: full(&s.counts)?,
+        group_mask: s.group_mask.as_ref().and_then(full),
+    })
+}
+
 pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judgement) {
-    let full = |d: &DTensor| d.full_tensor();
-    let (Ok(s_scores), Ok(s_ids), Ok(s_ts), Ok(s_map), Ok(s_counts)) =
-        (full(&s.scores), full(&s.topk_ids), full(&s.topk_scores), full(&s.routing_map), full(&s.counts))
-    else {
+    let Some(full) = gather(s) else {
         j.verdicts.push(Verdict {
             class: Class::Value,
             output: None,
@@ -79,213 +249,16 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
         });
         return;
     };
-    let mut cx = Ctx { j };
-    let e = case.dims.experts;
-    let k = case.dims.top_k;
     let m = &run.margins;
     let bounds = Bounds::new(m, case.dims.model);
-
-    // Shapes first: values of different shapes cannot be compared element-wise.
-    for (name, rt, st) in [
-        ("scores", &r.scores, &s_scores),
-        ("topk_ids", &r.topk_ids, &s_ids),
-        ("topk_scores", &r.topk_scores, &s_ts),
-        ("routing_map", &r.routing_map, &s_map),
-        ("counts", &r.counts, &s_counts),
-    ] {
-        if rt.size() != st.size() {
-            cx.push(
-                name,
-                "shape",
-                json!(rt.size()),
-                json!(st.size()),
-                format!("{name}: gathered shape {:?} differs from the reference's {:?}", st.size(), rt.size()),
-            );
-        }
-    }
-    if cx.j.verdicts.iter().any(|v| v.class == Class::Value) {
+    let mut c = Compare { case, run, r, s, full, m, bounds, decided: Vec::new(), j };
+    if !c.shapes() {
         return;
     }
-
-    // scores
-    let (rs, ss) = (f64s(&r.scores), f64s(&s_scores));
-    for (i, (&a, &b)) in rs.iter().zip(&ss).enumerate() {
-        let t = i / e;
-        if !close(a, b, 2.0 * bounds.score[t]) {
-            let key = if b.is_nan() != a.is_nan() { "nan" } else { "values" };
-            cx.push(
-                "scores",
-                key,
-                json!(a),
-                json!(b),
-                format!(
-                    "scores[token {t}, expert {}]: {b} vs reference {a} (bound {:.3e})",
-                    i % e,
-                    2.0 * bounds.score[t]
-                ),
-            );
-        }
-    }
-
-    // Decided tokens: the choice was not a near-tie at the group or the expert level.
-    let rows = m.topk.len();
-    let decided: Vec<bool> = (0..rows).map(|t| bounds.topk_decided(m, t) && bounds.group_decided(m, t)).collect();
-    cx.j.near_ties.rows += rows;
-    cx.j.near_ties.topk_rows += (0..rows).filter(|&t| !bounds.topk_decided(m, t)).count();
-    cx.j.near_ties.group_rows += (0..rows).filter(|&t| !bounds.group_decided(m, t)).count();
-
-    let (rids, sids) = (i64s(&r.topk_ids), i64s(&s_ids));
-    let (rts, sts) = (f64s(&r.topk_scores), f64s(&s_ts));
-    for t in 0..rows {
-        let pairs = |ids: &[i64], ts: &[f64]| {
-            let mut v: Vec<(i64, f64)> = (0..k).map(|c| (ids[t * k + c], ts[t * k + c])).collect();
-            v.sort_by_key(|p| p.0);
-            v
-        };
-        let (pr, ps) = (pairs(&rids, &rts), pairs(&sids, &sts));
-        let same_set = pr.iter().zip(&ps).all(|(a, b)| a.0 == b.0);
-        if !same_set {
-            if decided[t] {
-                let a: Vec<i64> = pr.iter().map(|p| p.0).collect();
-                let b: Vec<i64> = ps.iter().map(|p| p.0).collect();
-                cx.push(
-                    "topk_ids",
-                    "ids",
-                    json!(a),
-                    json!(b),
-                    format!(
-                        "token {t} chose experts {b:?}, the reference {a:?} (margin {:.3e} > bound {:.3e})",
-                        m.topk[t],
-                        2.0 * bounds.choice[t]
-                    ),
-                );
-            } else {
-                cx.j.near_ties.flipped_rows += 1;
-            }
-            continue;
-        }
-        // Same experts: their gate values must agree (route_norm divides by a sum of K).
-        let sum: f64 = pr.iter().map(|p| p.1.abs()).sum::<f64>().max(1e-30);
-        let scale = case.router.route_scale.abs();
-        let rel = (k as f64 + 4.0) * crate::dtensor::DType::F32.eps();
-        for ((id, a), (_, b)) in pr.iter().zip(&ps) {
-            let abs = 2.0
-                * bounds.score[t]
-                * scale
-                * if case.router.route_norm { 2.0 * (k as f64) / (sum / scale.max(1e-30)) } else { 1.0 };
-            let tol = abs + rel * a.abs().max(b.abs());
-            if !close(*a, *b, tol) {
-                let key = if a.is_nan() != b.is_nan() { "nan" } else { "values" };
-                cx.push(
-                    "topk_scores",
-                    key,
-                    json!(a),
-                    json!(b),
-                    format!("token {t}, expert {id}: gate value {b} vs reference {a} (tolerance {tol:.3e})"),
-                );
-            }
-        }
-    }
-
-    // routing_map on decided tokens, counts net of undecided tokens.
-    let to_bool =
-        |t: &Tensor| Vec::<bool>::try_from(t.to_device(Device::Cpu).contiguous().view(-1)).expect("bool values");
-    let (rmap, smap) = (to_bool(&r.routing_map), to_bool(&s_map));
-    let (rc, sc) = (i64s(&r.counts), i64s(&s_counts));
-    let mut own = vec![0i64; e];
-    let (mut rnet, mut snet) = (rc.clone(), sc.clone());
-    for t in 0..rows {
-        for x in 0..e {
-            let (a, b) = (rmap[t * e + x], smap[t * e + x]);
-            own[x] += b as i64;
-            if !decided[t] {
-                rnet[x] -= a as i64;
-                snet[x] -= b as i64;
-            } else if a != b {
-                cx.push(
-                    "routing_map",
-                    "map",
-                    json!(a),
-                    json!(b),
-                    format!("routing_map[token {t}, expert {x}] is {b}, the reference has {a}"),
-                );
-            }
-        }
-    }
-    if own != sc {
-        cx.push(
-            "counts",
-            "inconsistent",
-            json!(own),
-            json!(sc),
-            "sharded counts differ from the sharded routing map summed over tokens".into(),
-        );
-    }
-    if rnet != snet {
-        cx.push(
-            "counts",
-            "values",
-            json!(rc),
-            json!(sc),
-            "counts differ from the reference's on tokens whose choice was decided".into(),
-        );
-    }
-
-    // Each rank's counts must describe its own ids (GroupedExperts' offsets). Checked only where
-    // the counts satisfy their contract: otherwise torchtitan raises at the contract first.
-    let contract = crate::router::contract::resolve(&case.layout.counts_contract, &run.mesh, case.revision.size1);
-    let contract_ok = crate::router::contract::matches(&s.counts.placements, &contract, 1).unwrap_or(false);
-    // The experts receive ids and counts laid out to match (tokens split where counts are
-    // partial); other pairings are stopped by their input contracts before any offsets exist.
-    let paired = s.counts.placements.iter().zip(&s.topk_ids.placements).all(|(c, i)| match (c, i) {
-        (Placement::Partial(_), i) => i.shard_dim().is_some_and(|d| d == 0 || d == 1),
-        (Placement::Replicate, Placement::Replicate) => true,
-        _ => false,
-    });
-    let problems = if contract_ok && paired {
-        crate::router::dispatch::local_consistency(&s.topk_ids, &s.counts)
-    } else {
-        Vec::new()
-    };
-    for msg in problems {
-        cx.push(
-            "offsets",
-            "inconsistent",
-            json!("local counts matching local ids"),
-            json!(msg.clone()),
-            format!(
-                "{msg} (counts {} next to ids {})",
-                crate::placement::short_list(&s.counts.placements),
-                crate::placement::short_list(&s.topk_ids.placements)
-            ),
-        );
-    }
-
-    if let (Some(rg), Some(sg)) = (&r.group_mask, &s.group_mask) {
-        if let Ok(sgf) = sg.full_tensor() {
-            if sgf.size() != rg.size() {
-                cx.push(
-                    "group_mask",
-                    "shape",
-                    json!(rg.size()),
-                    json!(sgf.size()),
-                    "group_mask: gathered shape differs".into(),
-                );
-            } else {
-                let g = *rg.size().last().unwrap() as usize;
-                let (a, b) = (to_bool(rg), to_bool(&sgf));
-                for t in 0..rows {
-                    if bounds.group_decided(m, t) && a[t * g..(t + 1) * g] != b[t * g..(t + 1) * g] {
-                        cx.push(
-                            "group_mask",
-                            "mask",
-                            json!(a[t * g..(t + 1) * g]),
-                            json!(b[t * g..(t + 1) * g]),
-                            format!("token {t} kept other groups than the reference"),
-                        );
-                    }
-                }
-            }
-        }
-    }
+    c.scores();
+    c.decide();
+    c.choices();
+    c.map_and_counts();
+    c.offsets();
+    c.group_mask();
 }
