@@ -1,5 +1,5 @@
-//! The router, reference and sharded: every row of router.md §7 (ops alone) and every fact of
-//! §10 (whole router) that was verified on real PyTorch, the presets, score functions, groups,
+//! The router, reference and sharded: every scatter-op fact and every whole-router fact that
+//! was verified on real PyTorch (docs/design.md, docs/pytorch-facts.md), the presets, score functions, groups,
 //! route_norm, bias, uneven and short sequences, size-1 mesh axes, and hand-built reference
 //! examples whose answer is known.
 

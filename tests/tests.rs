@@ -12,7 +12,7 @@ mod cuda;
 mod golden;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
-/// The router: router.md §7 and §10 facts, presets, features, hand-built reference examples.
+/// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.
 mod router;
 /// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
 mod style;

@@ -3,7 +3,7 @@
 All ranks run in one process: fake process group + LocalTensorMode. Every DTensor input is built
 explicitly from per-rank local tensors (a LocalTensor holding one tensor per rank) with
 DTensor.from_local(..., shape=, stride=), so Replicate and Partial inputs carry real per-rank values
-(dtensor.md section 8 pitfall). Each case runs with the sharding-propagation caches cleared, under
+(a LocalTensorMode pitfall: replicated inputs must be real per-rank copies). Each case runs with the sharding-propagation caches cleared, under
 CommDebugMode, and prints one JSON line: placements (str and repr), global shape, local shape per
 rank, dtype, comm counts, whether full_tensor() matches the plain-tensor reference, or the exception
 type, str(e) verbatim and its first line.

@@ -1,5 +1,5 @@
 //! A case (`shardfuzz.case/1`): everything one differential run needs, as a JSON file that can
-//! be replayed. Field names are fixed by the spec (case-format.md); unknown fields are errors,
+//! be replayed. Field names are fixed (docs/formats.md); unknown fields are errors,
 //! and every invalid value is reported with the path of its field.
 
 use super::tensor_data::TensorData;

@@ -166,7 +166,7 @@ crate::named_enum! {
     pub enum LayoutMix("layout mix") {
         /// torchtitan's layouts most of the time, what-if layouts (30%) otherwise.
         Any = "any",
-        /// Only the layouts torchtitan itself produces (router.md §4).
+        /// Only the layouts torchtitan itself produces (the MoE sharding plan).
         Torchtitan = "torchtitan",
     }
 }
@@ -177,7 +177,7 @@ crate::named_enum! {
         /// Short, uneven and empty shards included: where sharding bugs live.
         Any = "any",
         /// Shapes DTensor accepts for the layout: every sharded x dim at least as long as its
-        /// shard count, the flattened batch dim even (router.md §10.1); uneven sequences stay.
+        /// shard count, the flattened batch dim even (docs/design.md); uneven sequences stay.
         Valid = "valid",
     }
 }
@@ -287,7 +287,7 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> 
         .iter()
         .zip(&mesh.shape)
         .map(|(n, &size)| {
-            // torchtitan's token layout (router.md §4.1, §4.4), resolved on the mesh: Shard(0) on
+            // torchtitan's token layout, resolved on the mesh: Shard(0) on
             // DP, Shard(1) on CP and (with EP on) on TP; a shard on a size-1 axis resolves to R.
             let titan = match n.as_str() {
                 "dp_shard" | "dp_replicate" => Placement::Shard(0),

@@ -1,4 +1,4 @@
-//! The known upstream bugs of the comparison table (router.md §5, §9, §10): each is a family of
+//! The known upstream bugs of the comparison table (docs/design.md, "what upstream did"): each is a family of
 //! signatures, so reports can say which were found and `bench` can time how fast each is found.
 
 use super::case::Case;

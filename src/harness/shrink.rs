@@ -177,7 +177,7 @@ fn feature_candidates(c: &Case, out: &mut Vec<Case>) {
     if let Some(g) = c.router.groups {
         out.push(with(&|n| n.router.groups = None));
         let e = c.dims.experts;
-        for gn in smaller(g.num_groups, 1).into_iter().filter(|&gn| e % gn == 0 && e / gn >= 2) {
+        for gn in smaller(g.num_groups, 1).into_iter().filter(|&gn| e.is_multiple_of(gn) && e / gn >= 2) {
             out.push(with(&|n| n.router.groups = Some(Groups { num_groups: gn, num_limited: g.num_limited.min(gn) })));
         }
         for gk in smaller(g.num_limited, 1) {

@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn nested_uneven_sharding_is_not_a_flat_chunk() {
-        // dtensor.md §1 worked example: [2,5] over mesh (2,2) with (S(1),S(1)).
+        // the worked example of PyTorch's `_compute_local_shape_and_global_offset`: [2,5] over mesh (2,2) with (S(1),S(1)).
         let m = mesh2x2();
         let ps = [Shard(1), Shard(1)];
         let shapes = local_shapes(&[2, 5], &m, &ps);

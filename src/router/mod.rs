@@ -1,5 +1,5 @@
 //! The MoE router of torchtitan, twice: an unsharded libtorch reference and a sharded version
-//! on the simulated DTensor, in the revisions upstream went through (router.md §9).
+//! on the simulated DTensor, in the revisions upstream went through (docs/design.md).
 
 pub mod config;
 pub mod contract;

@@ -1,5 +1,5 @@
-//! Which router code and which DTensor rules a case runs (router.md §9, case-format.md
-//! `revision`).
+//! Which router code and which DTensor rules a case runs (docs/design.md; the case file's
+//! `revision`, docs/formats.md).
 
 use crate::dtensor::RuleSet;
 use serde::{Deserialize, Serialize};

@@ -65,7 +65,7 @@ pub fn run(
     let e = cfg.experts as i64;
 
     // Gate linear in float32; F.linear without bias on a 3-D input decomposes into
-    // t, view to (B*L, D), mm, _unsafe_view back (router.md §10.1).
+    // t, view to (B*L, D), mm, _unsafe_view back (docs/design.md).
     ctx.label("scores");
     let to32 = |ctx: &mut Ctx, t: &DTensor| {
         if t.dtype == DType::F32 {

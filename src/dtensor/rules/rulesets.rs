@@ -44,7 +44,7 @@ impl RuleSet {
         }
     }
 
-    /// `_view_ops.py` of 2.13.0 raises where 2.12.1 replicated (router.md §10.1, VERIFIED with
+    /// `_view_ops.py` of 2.13.0 raises where 2.12.1 replicated (docs/design.md, VERIFIED with
     /// gloo ranks, docs/pytorch-facts.md).
     pub fn view(self) -> ViewRule {
         match self {

@@ -1,6 +1,6 @@
 //! The sort family (`topk`, `sort`/`argsort`): shard any dim except the one being sorted; outputs
 //! (values, indices) follow the input. Offered as single-mesh-dim rows `[values, indices, input]`
-//! plus all-Replicate, so an input too short to shard falls back to Replicate (router.md c3).
+//! plus all-Replicate, so an input too short to shard falls back to Replicate (docs/design.md).
 
 use super::{expand, norm_dim, Arg, Proposal, Row};
 use crate::dtensor::error::{DTensorError, Result};

@@ -1,5 +1,5 @@
 //! `shape`: every rank must infer the true global shape of every output. A `from_local`
-//! re-wrap without `shape=` on uneven shards makes ranks disagree (router.md d2).
+//! re-wrap without `shape=` on uneven shards makes ranks disagree (docs/design.md).
 
 use super::{Class, Judgement, Verdict};
 use crate::dtensor::{local, DTensor};

@@ -105,7 +105,7 @@ impl Report {
             .collect();
         format!(
             "## Known upstream bugs\n\n\
-             The bugs of the comparison table in router.md (§5, §9, §10); a bucket counts when its first case is an instance.\n\n\
+             Upstream bugs this harness knows by their mechanism (docs/design.md); a bucket counts when its first case is an instance.\n\n\
              {}\n\n",
             md_table(&["bug", "status", "first case", "smallest reproducer"], &rows)
         )
