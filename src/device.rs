@@ -91,18 +91,7 @@ impl FromStr for Dev {
     }
 }
 
-impl serde::Serialize for Dev {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Dev {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_str!(Dev);
 
 /// Resolves a request against the GPUs present. Asking for CUDA where there is none is a
 /// usage error, not a silent fallback: a nightly on the wrong device would mislead.

@@ -110,17 +110,7 @@ impl std::fmt::Display for Fault {
     }
 }
 
-impl Serialize for Fault {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Fault {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_str!(Fault);
 
 fn inject(fault: Option<Fault>, index: u64) {
     match fault {

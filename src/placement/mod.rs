@@ -167,18 +167,7 @@ pub fn normalize_all(ps: &[Placement], ndim: usize) -> Result<Vec<Placement>, Pl
 }
 
 // Placements travel in case files as their short strings (`"S(1)"`, `"P(sum)"`).
-impl serde::Serialize for Placement {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Placement {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_str!(Placement);
 
 #[cfg(test)]
 mod tests {
