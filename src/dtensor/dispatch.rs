@@ -57,9 +57,10 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
     let mut per_rank: Vec<Vec<Tensor>> = Vec::with_capacity(n);
     for r in 0..n {
         let locals: Vec<&Tensor> = moved.iter().map(|d| &d.locals[r]).collect();
-        // A view's local shape is what the output placements give this rank (PyTorch computes it
-        // the same way, so a wrong rule shows up as libtorch's own view error).
-        let view_shape = if matches!(op, Op::View { .. }) {
+        // A view's (or a shaped factory's) local shape is what the output placements give this
+        // rank (PyTorch computes it the same way, so a wrong rule shows up as libtorch's own view
+        // error).
+        let out_shape = if op.takes_local_shape() {
             let d = decisions.iter().find(|d| d.2.contains(&r)).expect("every rank decided");
             local_i64(&crate::placement::layout::local_shape(
                 &d.1[0],
@@ -70,7 +71,7 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
         } else {
             Vec::new()
         };
-        per_rank.push(run_local(op, &locals, &view_shape)?);
+        per_rank.push(run_local(op, &locals, &out_shape)?);
     }
     let mut outs = Vec::with_capacity(op.n_outputs());
     for k in 0..op.n_outputs() {
@@ -124,11 +125,24 @@ pub fn call_mixed(ctx: &mut Ctx, op: &Op, args: &[TArg]) -> Result<Vec<DTensor>>
     call(ctx, op, &refs)
 }
 
-/// The local computation of `op` on one rank's tensors.
-fn run_local(op: &Op, x: &[&Tensor], view_shape: &[i64]) -> Result<Vec<Tensor>> {
+/// The local computation of `op` on one rank's tensors; `out_shape` is this rank's output shape
+/// for the ops that take one ([`Op::takes_local_shape`]).
+pub fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor>> {
     let one = |t: std::result::Result<Tensor, tch::TchError>| t.map(|t| vec![t]).map_err(torch_err);
     match op {
-        Op::View { .. } => one(x[0].f_view_(view_shape)),
+        Op::View { .. } => one(x[0].f_view_(out_shape)),
+        Op::Expand { .. } => one(x[0].f_expand(out_shape, false)),
+        Op::NewZeros { .. } => one(x[0].f_new_zeros(out_shape, (x[0].kind(), x[0].device()))),
+        Op::Addmm => one(x[0].f_addmm(x[1], x[2])),
+        Op::SigmoidBackward => one(Tensor::f_sigmoid_backward(x[0], x[1])),
+        Op::Neg => one(x[0].f_neg()),
+        Op::SoftmaxBackward { dim, input_dtype } => {
+            one(Tensor::f_internal_softmax_backward_data(x[0], x[1], *dim, local::kind(*input_dtype)))
+        }
+        Op::ScatterAdd { dim } => {
+            local::check_index(x[0], *dim, x[1])?;
+            one(x[0].f_scatter_add(*dim, x[1], x[2]))
+        }
         Op::Unsqueeze { dim } => one(x[0].f_unsqueeze(*dim)),
         Op::T => one(x[0].f_tr()),
         Op::Mm => one(x[0].f_mm(x[1])),

@@ -19,8 +19,14 @@ pub enum Op {
     T,
     /// `aten.mm`: (m, k) x (k, n).
     Mm,
+    /// `aten.addmm(bias, mat1, mat2)`: bias + mat1 x mat2, the bias broadcast over rows.
+    Addmm,
     // --- pointwise (rules/pointwise.rs) ---
     Sigmoid,
+    /// `aten.sigmoid_backward(grad_output, output)`.
+    SigmoidBackward,
+    /// `aten.neg`.
+    Neg,
     /// `aten._to_copy` to a dtype.
     ToDtype(DType),
     /// `aten.add.Tensor` of two tensors.
@@ -38,6 +44,11 @@ pub enum Op {
     /// `aten._softmax(x, dim, False)`.
     Softmax {
         dim: i64,
+    },
+    /// `aten._softmax_backward_data(grad_output, output, dim, input_dtype)`.
+    SoftmaxBackward {
+        dim: i64,
+        input_dtype: DType,
     },
     /// `aten.sum.dim_IntList(x, dims, keepdim)`.
     Sum {
@@ -79,9 +90,22 @@ pub enum Op {
         dim: i64,
         inplace: bool,
     },
+    /// `aten.scatter_add(self, dim, index, src)` (out of place, as gather's backward calls it on
+    /// DTensors).
+    ScatterAdd {
+        dim: i64,
+    },
     // --- factories (rules/like.rs) ---
     ZerosLike(Option<DType>),
     OnesLike(Option<DType>),
+    /// `aten.new_zeros(self, size)`: zeros of another shape, self's dtype and device.
+    NewZeros {
+        shape: Vec<usize>,
+    },
+    /// `aten.expand(self, size)` (a view).
+    Expand {
+        shape: Vec<usize>,
+    },
 }
 
 impl Op {
@@ -93,6 +117,13 @@ impl Op {
             Op::Unsqueeze { .. } => "aten.unsqueeze.default".into(),
             Op::T => "aten.t.default".into(),
             Op::Mm => "aten.mm.default".into(),
+            Op::Addmm => "aten.addmm.default".into(),
+            Op::SigmoidBackward => "aten.sigmoid_backward.default".into(),
+            Op::Neg => "aten.neg.default".into(),
+            Op::SoftmaxBackward { .. } => "aten._softmax_backward_data.default".into(),
+            Op::ScatterAdd { .. } => "aten.scatter_add.default".into(),
+            Op::NewZeros { .. } => "aten.new_zeros.default".into(),
+            Op::Expand { .. } => "aten.expand.default".into(),
             Op::Sigmoid => "aten.sigmoid.default".into(),
             Op::ToDtype(_) => "aten._to_copy.default".into(),
             Op::Add | Op::AddScalar(_) => "aten.add.Tensor".into(),
@@ -117,6 +148,12 @@ impl Op {
 
     pub fn is_inplace(&self) -> bool {
         matches!(self, Op::ScatterValue { inplace: true, .. } | Op::ScatterSrc { inplace: true, .. })
+    }
+
+    /// Whether each rank's output shape comes from the output placements (views, expand, shaped
+    /// factories) rather than from the local inputs.
+    pub fn takes_local_shape(&self) -> bool {
+        matches!(self, Op::View { .. } | Op::Expand { .. } | Op::NewZeros { .. })
     }
 
     /// Number of tensor outputs.

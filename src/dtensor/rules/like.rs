@@ -12,6 +12,13 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
     let a = &args[0];
     let dtype = match op {
         Op::ZerosLike(d) | Op::OnesLike(d) => d.unwrap_or(a.meta.dtype),
+        // `new_zeros` of another shape is replicated zeros: nothing of the input's layout carries.
+        Op::NewZeros { shape } if *shape != a.meta.shape => {
+            let out = vec![Placement::Replicate; a.placements.len()];
+            let meta = Meta::new(shape.clone(), a.meta.dtype);
+            return Ok(Proposal::single(vec![meta], Strategy { outs: vec![out], ins: vec![a.placements.clone()] }));
+        }
+        Op::NewZeros { .. } => a.meta.dtype,
         _ => unreachable!("like::propose called for {op:?}"),
     };
     let out: Vec<Placement> =

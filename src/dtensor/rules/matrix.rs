@@ -44,6 +44,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
                 Strategy { outs: vec![out], ins: vec![a.placements.clone()] },
             ))
         }
+        Op::Addmm => addmm(args, mesh),
         Op::Mm => {
             let (l, r) = (&args[0].meta, &args[1].meta);
             if l.ndim() != 2 || r.ndim() != 2 {
@@ -89,4 +90,28 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
         }
         _ => unreachable!("matrix::propose called for {op:?}"),
     }
+}
+
+/// addmm(bias, mat1, mat2): mm's rows, the bias placement derived from the output's through
+/// broadcasting (a (n,) bias: out S(1) -> bias S(0); out S(0) -> R, the bias broadcasts over rows;
+/// any other placement is copied, so a Partial output needs a Partial bias).
+fn addmm(args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
+    let mm = propose(&Op::Mm, &args[1..], mesh)?;
+    let bias_nd = args[0].meta.ndim();
+    let bias_of = |out: Placement| match out.shard_dim() {
+        Some(0) if bias_nd < 2 => Placement::Replicate,
+        Some(d) => out.with_dim(d - 2 + bias_nd as i64),
+        None => out,
+    };
+    let strategies = mm
+        .strategies
+        .into_iter()
+        .map(|s| {
+            let bias: Vec<Placement> = s.outs[0].iter().map(|&p| bias_of(p)).collect();
+            let mut ins = vec![bias];
+            ins.extend(s.ins);
+            Strategy { outs: s.outs, ins }
+        })
+        .collect();
+    Ok(Proposal { out_metas: mm.out_metas, strategies, filter: super::Filter::All })
 }

@@ -109,9 +109,11 @@ pub fn expand(rows: &[Row], mesh_ndim: usize) -> Vec<Strategy> {
 /// shapes the way PyTorch's meta functions do).
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     match op {
-        Op::View { .. } | Op::Unsqueeze { .. } => view::propose(op, args, mesh, rules),
-        Op::T | Op::Mm => matrix::propose(op, args, mesh),
+        Op::View { .. } | Op::Unsqueeze { .. } | Op::Expand { .. } => view::propose(op, args, mesh, rules),
+        Op::T | Op::Mm | Op::Addmm => matrix::propose(op, args, mesh),
         Op::Sigmoid
+        | Op::SigmoidBackward
+        | Op::Neg
         | Op::ToDtype(_)
         | Op::Add
         | Op::Sub
@@ -121,12 +123,14 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         | Op::MulScalar(_)
         | Op::DivScalar(_)
         | Op::MaskedFill(_) => pointwise::propose(op, args, mesh),
-        Op::Softmax { .. } | Op::Sum { .. } | Op::Cumsum { .. } => reduction::propose(op, args),
+        Op::Softmax { .. } | Op::SoftmaxBackward { .. } | Op::Sum { .. } | Op::Cumsum { .. } => {
+            reduction::propose(op, args)
+        }
         Op::Topk { .. } | Op::Sort { .. } => sort::propose(op, args, mesh),
-        Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } => {
+        Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } | Op::ScatterAdd { .. } => {
             scatter_gather::propose(op, args, mesh, rules)
         }
-        Op::ZerosLike(_) | Op::OnesLike(_) => like::propose(op, args),
+        Op::ZerosLike(_) | Op::OnesLike(_) | Op::NewZeros { .. } => like::propose(op, args),
     }
 }
 

@@ -35,6 +35,14 @@ fn partial_rows(op: &Op) -> Vec<Row> {
                 push(P(r), &[P(r)]);
             }
         }
+        // Linear and decreasing: -sum = sum of -, -max = min of -.
+        Op::Neg => {
+            for r in [Sum, Avg] {
+                push(P(r), &[P(r)]);
+            }
+            push(P(Min), &[P(Max)]);
+            push(P(Max), &[P(Min)]);
+        }
         // Non-decreasing: f(max_i x_i) = max_i f(x_i), likewise min.
         Op::Sigmoid => {
             for r in [Max, Min] {

@@ -37,6 +37,15 @@ pub fn propose(op: &Op, args: &[Arg]) -> Result<Proposal> {
             };
             Ok(Proposal::single(vec![a.meta.clone()], Strategy { outs: vec![ps.clone()], ins: vec![ps] }))
         }
+        // 2.12/2.13: one strategy, following the more sharded of grad and output, with the softmax
+        // dim and every Partial replicated (`softmax_backward_strategy`).
+        Op::SoftmaxBackward { dim, .. } => {
+            let d = norm_dim(*dim, nd)?;
+            let shards = |ps: &[Placement]| ps.iter().filter(|p| p.is_shard()).count();
+            let follow = if shards(&args[0].placements) >= shards(&args[1].placements) { &args[0] } else { &args[1] };
+            let ps = replicate_dims(&follow.placements, &[d], true);
+            Ok(Proposal::single(vec![a.meta.clone()], Strategy { outs: vec![ps.clone()], ins: vec![ps.clone(), ps] }))
+        }
         Op::Cumsum { dim, dtype } => {
             // A scan is not treated as linear: every Partial is reduced first (VERIFIED).
             let d = norm_dim(*dim, nd)?;

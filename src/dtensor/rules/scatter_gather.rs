@@ -65,6 +65,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 filter: super::Filter::All,
             })
         }
+        Op::ScatterAdd { dim } => scatter_add(args, *dim, mesh, rules),
         Op::ScatterValue { dim, .. } | Op::ScatterSrc { dim, .. } => {
             let (this, index) = (&args[0].meta, &args[1].meta);
             let d = norm_dim(*dim, this.ndim())?;
@@ -108,6 +109,26 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         }
         _ => unreachable!("scatter_gather::propose called for {op:?}"),
     }
+}
+
+/// scatter_add(self, dim, index, src), rows `[out, self, index, src]`: all-R, and `[S(d)]*4` for
+/// every d != dim where self and index agree in size (a disjoint add on each rank's rows). 2.14
+/// registers it as a single-dim strategy whose placeholders fill only with shard kinds present
+/// among the inputs, so with no input sharded only all-R is left.
+fn scatter_add(args: &[Arg], dim: i64, mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
+    let (this, index) = (&args[0].meta, &args[1].meta);
+    let d = norm_dim(dim, this.ndim())?;
+    check_index("self", this, index, d)?;
+    check_index("src", &args[2].meta, index, d)?;
+    let sharded = args.iter().any(|a| a.placements.iter().any(|p| p.is_shard()));
+    let mut rows = vec![Row::replicate(1, 3)];
+    if rules != RuleSet::Torch214 || sharded {
+        for k in (0..this.ndim()).filter(|&k| k != d && this.shape[k] == index.shape[k]) {
+            let s = Placement::Shard(k as i64);
+            rows.push(Row { outs: vec![s], ins: vec![s; 3] });
+        }
+    }
+    Ok(Proposal { out_metas: vec![this.clone()], strategies: expand(&rows, mesh.ndim()), filter: super::Filter::All })
 }
 
 #[cfg(test)]

@@ -504,9 +504,32 @@ pub fn propagate(
     Ok((tgt, out))
 }
 
+/// `expand(size)` of a tensor of the same rank: dims of size 1 grow. A shard on a growing dim
+/// is replicated first (PyTorch's `reshape_strategy` for expand); other shards and Partials stay.
+fn expand_rule(a: &Arg, shape: &[usize]) -> Result<Proposal> {
+    let from = &a.meta.shape;
+    let bad = shape.len() != from.len() || from.iter().zip(shape).any(|(&f, &t)| f != t && f != 1);
+    if bad {
+        return Err(DTensorError::Shape(format!(
+            "The expanded size of the tensor ({shape:?}) must match the existing size ({from:?}) at every dim of size other than 1"
+        )));
+    }
+    let ins: Vec<Placement> = a
+        .placements
+        .iter()
+        .map(|&p| match p.shard_dim() {
+            Some(d) if from[d as usize] != shape[d as usize] => Placement::Replicate,
+            _ => p,
+        })
+        .collect();
+    let meta = Meta::new(shape.to_vec(), a.meta.dtype);
+    Ok(Proposal::single(vec![meta], Strategy { outs: vec![ins.clone()], ins: vec![ins] }))
+}
+
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     let a = &args[0];
     let (rule, out_shape, strict) = match op {
+        Op::Expand { shape } => return expand_rule(a, shape),
         Op::View { shape, .. } => {
             let to = infer_size(a.meta.numel(), shape)?;
             (view_groups(&a.meta.shape, &to), to, true)
