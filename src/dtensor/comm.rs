@@ -2,6 +2,7 @@
 //! of one mesh dim, as LocalTensorMode computes them; and the communication log, the
 //! equivalent of CommDebugMode.
 
+use super::error::DTensorError;
 use super::local;
 use crate::placement::layout::chunk;
 use crate::placement::{Mesh, ReduceOp};
@@ -35,11 +36,32 @@ fn per_fiber(mesh: &Mesh, md: usize, locals: &[Tensor], f: impl Fn(&[&Tensor]) -
     out.into_iter().map(|t| t.expect("every rank is in one fiber")).collect()
 }
 
-/// Shard(dim) -> Replicate: concatenate the fiber's pieces along `dim`. (PyTorch pads uneven
-/// pieces to equal size and unpads after; with chunk layouts the result is the concatenation.)
-pub fn all_gather(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize) -> Vec<Tensor> {
+/// Shard(dim) -> Replicate: concatenate the fiber's pieces along `dim`. PyTorch pads uneven
+/// pieces to equal size and unpads after; with chunk layouts the values are the concatenation.
+/// `padded` keeps 2.12.1's layout of the result: the padded gather narrowed back, so an uneven
+/// gather along a dim other than 0 leaves a non-contiguous tensor (a later local `view` then
+/// fails as it does there).
+pub fn all_gather(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, padded: bool) -> Vec<Tensor> {
     per_fiber(mesh, md, locals, |g| {
-        let cat = Tensor::cat(g, dim as i64);
+        let logical: i64 = g.iter().map(|t| t.size()[dim]).sum();
+        let n = g.len() as i64;
+        let full = (logical + n - 1) / n;
+        let cat = if padded && logical % n != 0 {
+            let pieces: Vec<Tensor> = g
+                .iter()
+                .map(|t| {
+                    let mut pad = t.size();
+                    pad[dim] = full - pad[dim];
+                    Tensor::cat(
+                        &[(*t).shallow_clone(), t.new_zeros(pad.as_slice(), (t.kind(), t.device()))],
+                        dim as i64,
+                    )
+                })
+                .collect();
+            Tensor::cat(&pieces, dim as i64).narrow(dim as i64, 0, logical)
+        } else {
+            Tensor::cat(g, dim as i64)
+        };
         g.iter().map(|_| cat.shallow_clone()).collect()
     })
 }
@@ -131,6 +153,66 @@ pub fn local_strided_chunk(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize
             })
             .collect()
     })
+}
+
+/// Shard(dim) -> Partial(sum) (2.14's graph planner, an explicit step): each member's shard in
+/// zeros of the fiber's whole size along `dim`, so the pieces sum to the gathered tensor.
+pub fn zero_fill(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize) -> Vec<Tensor> {
+    per_fiber(mesh, md, locals, |g| {
+        let total: i64 = g.iter().map(|t| t.size()[dim]).sum();
+        let mut offset = 0;
+        g.iter()
+            .map(|t| {
+                let mut shape = t.size();
+                shape[dim] = total;
+                let z = t.new_zeros(shape.as_slice(), (t.kind(), t.device()));
+                let len = t.size()[dim];
+                z.narrow(dim as i64, offset, len).copy_(t);
+                offset += len;
+                z
+            })
+            .collect()
+    })
+}
+
+/// Replicate index -> `_MaskPartial` on mesh dim `md` (`_MaskPartial._partition_value`): each
+/// rank keeps the indices of its own chunk of a dim of `size`, shifted to local positions, the
+/// others set to 0; returns (masked indices, masks of the indices that were outside).
+pub fn mask_index(mesh: &Mesh, md: usize, locals: &[Tensor], size: usize) -> (Vec<Tensor>, Vec<Tensor>) {
+    let n = mesh.dim_size(md);
+    let (mut out, mut masks) = (Vec::with_capacity(locals.len()), Vec::with_capacity(locals.len()));
+    for (r, t) in locals.iter().enumerate() {
+        let (len, off) = chunk(size, n, mesh.coord(r)[md]);
+        let (lo, hi) = (off as i64, (off + len) as i64);
+        let mask = t.lt(lo).logical_or(&t.ge(hi));
+        out.push((t - lo).masked_fill(&mask, 0));
+        masks.push(mask);
+    }
+    (out, masks)
+}
+
+/// `MaskBuffer.apply_mask` (`tensor[mask] = 0`): what each rank gathered through a masked index
+/// is zeroed. A mask made before the index was chunked no longer fits a result gathered back
+/// afterwards, and boolean indexing raises (real 2.13.0/2.14.0: gather of `[S(2), S(1)]` scores
+/// with a `[R, S(0)]` index, then `full_tensor()`).
+pub fn apply_mask(locals: &[Tensor], masks: &[Tensor]) -> Result<Vec<Tensor>, DTensorError> {
+    let mut out = Vec::with_capacity(locals.len());
+    for (t, m) in locals.iter().zip(masks) {
+        let (ts, ms) = (t.size(), m.size());
+        if let Some(i) = (0..ms.len().min(ts.len())).find(|&i| ms[i] != ts[i]) {
+            let list = |v: &[i64]| format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+            return Err(DTensorError::Local {
+                kind: "IndexError",
+                message: format!(
+                    "The shape of the mask {} at index {i} does not match the shape of the indexed tensor {} at index {i}",
+                    list(&ms),
+                    list(&ts)
+                ),
+            });
+        }
+        out.push(t.f_masked_fill_tensor(m, &local::scalar(0.0, t)).map_err(local::torch_err)?);
+    }
+    Ok(out)
 }
 
 /// Replicate -> Partial(op): sum splits the value evenly (x / n), avg/max/min keep it.

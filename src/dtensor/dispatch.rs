@@ -8,9 +8,9 @@ use super::local::{self, torch_err};
 use super::op::Op;
 use super::redistribute::redistribute;
 use super::rules::{self, Arg, Strategy};
-use super::tensor::DTensor;
+use super::tensor::{DTensor, MaskBuffer};
 use super::Ctx;
-use crate::placement::Placement;
+use crate::placement::{Placement, FRESH_MASK};
 use tch::{Kind, Tensor};
 
 /// A tensor argument: a DTensor, or a plain tensor (which DTensor refuses unless it is a
@@ -44,13 +44,14 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
         let out_shapes = proposal.out_metas.iter().map(|m| m.shape.clone()).collect();
         decisions.push((chosen, out_shapes, ranks.clone()));
     }
-    let strategy = decisions[0].0.clone();
+    let mut strategy = decisions[0].0.clone();
     if let Some((other, _, ranks)) = decisions.iter().find(|d| d.0 != strategy) {
         return Err(DTensorError::RankDesync {
             op: op.aten_name(),
             detail: format!("rank {} chose inputs {:?}, rank 0 chose {:?}", ranks[0], other.ins, strategy.ins),
         });
     }
+    name_new_masks(&mut strategy);
 
     let moved: Vec<DTensor> =
         args.iter().zip(&strategy.ins).map(|(a, want)| redistribute(ctx, a, want)).collect::<Result<_>>()?;
@@ -83,6 +84,11 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
             }
         }
         let agree = rank_shapes.iter().all(|s| *s == rank_shapes[0]);
+        // An output holding an input's `_MaskPartial` shares that input's mask buffer.
+        let mask = strategy.outs[k].iter().find_map(|p| match p {
+            Placement::MaskPartial { id, .. } => moved.iter().find_map(|d| d.mask.clone().filter(|b| b.id == *id)),
+            _ => None,
+        });
         outs.push(DTensor {
             mesh: args[0].mesh.clone(),
             placements: strategy.outs[k].clone(),
@@ -90,9 +96,25 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
             rank_shapes: if agree { None } else { Some(rank_shapes) },
             dtype: local::dtype(locals[0].kind()),
             locals,
+            mask,
         });
     }
     Ok(outs)
+}
+
+/// A `_MaskPartial` the chosen strategy created gets its own buffer id: one new placement
+/// object per propagation, shared by the index it masks and the output it produces.
+fn name_new_masks(s: &mut Strategy) {
+    let fresh = |p: &Placement| matches!(p, Placement::MaskPartial { id: FRESH_MASK, .. });
+    if !s.outs.iter().chain(&s.ins).flatten().any(fresh) {
+        return;
+    }
+    let id = MaskBuffer::fresh_id();
+    for p in s.outs.iter_mut().chain(s.ins.iter_mut()).flatten() {
+        if let Placement::MaskPartial { id: i @ FRESH_MASK, .. } = p {
+            *i = id;
+        }
+    }
 }
 
 /// Runs `op` with possibly plain tensor arguments: plain tensors of more than one element are

@@ -14,10 +14,20 @@ pub enum DTensorError {
     MixedTensor { op: String },
     #[error("Operator {op} does not have a sharding strategy registered.")]
     NoStrategy { op: String },
+    /// 2.14: every expanded candidate was filtered out (`_ops/utils.py`).
+    #[error("{op}: no valid sharding strategy for the input placements.")]
+    NoValidStrategy { op: String },
+    /// 2.12/2.13: every expanded candidate was filtered out, and `min()` of no costs raises.
+    #[error("min() arg is an empty sequence")]
+    EmptyStrategies,
     #[error("This operation would remove or reshape sharded dimension {dim}, which requires redistribution. Please redistribute the input first.")]
     ViewOfShardedDim { dim: usize },
     #[error("{0}")]
     ViewUneven(String),
+    /// A strategy function's `KeyError` (wrapped by the dispatcher as a RuntimeError whose first
+    /// line is the key).
+    #[error("{0}")]
+    PropagationKeyError(String),
     #[error("Attempted to split the sharded dimension {dim} into multiple subdimensions. It cannot be performed without redistribution, which is disallowed by the current operator.")]
     SplitShardedDim { dim: usize },
 
@@ -28,6 +38,13 @@ pub enum DTensorError {
     // === redistribution ===
     #[error(transparent)]
     Placement(#[from] PlacementError),
+
+    // === _MaskPartial's mask buffer (`placement_types.py`, `_ops/_mask_buffer.py`) ===
+    /// A second reduction of a `_MaskPartial` whose mask was released: a bare `AssertionError`.
+    #[error("")]
+    MaskReleased,
+    #[error("MaskBuffer has been materialized with conflicting data")]
+    MaskConflict,
 
     // === local_map ===
     #[error("arg {arg} in local_map has a mismatched placements: arg placements is {actual} but the input placements is {expected}! If redistribute_inputs is wanted, set redistribute_inputs=True to local_map.")]
@@ -56,8 +73,13 @@ impl DTensorError {
             | DTensorError::ViewOfShardedDim { .. }
             | DTensorError::ViewUneven(_)
             | DTensorError::SplitShardedDim { .. }
+            | DTensorError::PropagationKeyError(_)
             | DTensorError::Shape(_) => "RuntimeError",
             DTensorError::NoStrategy { .. } => "NotImplementedError",
+            DTensorError::NoValidStrategy { .. } | DTensorError::EmptyStrategies | DTensorError::MaskConflict => {
+                "RuntimeError"
+            }
+            DTensorError::MaskReleased => "AssertionError",
             DTensorError::Placement(e) => e.kind(),
             DTensorError::LocalMapMismatch { .. } => "ValueError",
             DTensorError::Local { kind, .. } => kind,
@@ -75,9 +97,14 @@ impl DTensorError {
             DTensorError::InPlacePlacementChange { op, .. } => format!("inplace_placement_change@{op}"),
             DTensorError::MixedTensor { op } => format!("mixed_tensor@{op}"),
             DTensorError::NoStrategy { op } => format!("no_strategy@{op}"),
+            DTensorError::NoValidStrategy { op } => format!("no_valid_strategy@{op}"),
+            DTensorError::EmptyStrategies => "empty_strategies".into(),
+            DTensorError::MaskReleased => "mask_released".into(),
+            DTensorError::MaskConflict => "mask_conflict".into(),
             DTensorError::ViewOfShardedDim { .. } => "view_of_sharded_dim".into(),
             DTensorError::ViewUneven(m) => slug(m),
             DTensorError::SplitShardedDim { .. } => "split_sharded_dim".into(),
+            DTensorError::PropagationKeyError(_) => "propagation_key_error".into(),
             DTensorError::Shape(m) => slug(m),
             DTensorError::Placement(e) => slug(&e.to_string()),
             DTensorError::LocalMapMismatch { .. } => "local_map_mismatch".into(),

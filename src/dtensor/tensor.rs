@@ -7,8 +7,66 @@ use super::local;
 use super::meta::{DType, Meta};
 use super::redistribute::redistribute_quiet;
 use crate::placement::{layout, normalize_all, Mesh, Placement, PlacementError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use tch::Tensor;
+
+/// `MaskBuffer` (`_ops/_mask_buffer.py`): the per-rank masks of one `_MaskPartial` placement
+/// object, shared by every DTensor whose spec holds it (the gather output, the masked index, a
+/// sum that passed it through). Materializing counts references; each reduction applies the
+/// mask and releases one; at zero the masks are dropped, and reducing again is PyTorch's bare
+/// AssertionError.
+#[derive(Debug)]
+pub struct MaskBuffer {
+    pub id: u32,
+    state: Mutex<MaskState>,
+}
+
+#[derive(Debug, Default)]
+struct MaskState {
+    masks: Option<Vec<Tensor>>,
+    refcount: usize,
+}
+
+static NEXT_MASK: AtomicU32 = AtomicU32::new(1);
+
+impl MaskBuffer {
+    /// A buffer for a `_MaskPartial` a strategy just created.
+    pub fn fresh_id() -> u32 {
+        NEXT_MASK.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn new(id: u32) -> Arc<MaskBuffer> {
+        Arc::new(MaskBuffer { id, state: Mutex::new(MaskState::default()) })
+    }
+
+    /// `materialize_mask`: the first reference stores the masks, later ones must agree.
+    pub fn materialize(&self, masks: Vec<Tensor>) -> Result<()> {
+        let mut st = self.state.lock().expect("mask buffer lock");
+        if st.refcount == 0 {
+            st.masks = Some(masks);
+        } else {
+            let held = st.masks.as_ref().ok_or(DTensorError::MaskReleased)?;
+            if held.iter().zip(&masks).any(|(a, b)| !a.equal(b)) {
+                return Err(DTensorError::MaskConflict);
+            }
+        }
+        st.refcount += 1;
+        Ok(())
+    }
+
+    /// `_reduce_value`'s prologue: the masks to apply, releasing one reference.
+    pub fn take(&self) -> Result<Vec<Tensor>> {
+        let mut st = self.state.lock().expect("mask buffer lock");
+        let masks: Vec<Tensor> =
+            st.masks.as_ref().ok_or(DTensorError::MaskReleased)?.iter().map(|t| t.shallow_clone()).collect();
+        st.refcount -= 1;
+        if st.refcount == 0 {
+            st.masks = None;
+        }
+        Ok(masks)
+    }
+}
 
 pub struct DTensor {
     pub mesh: Arc<Mesh>,
@@ -21,6 +79,8 @@ pub struct DTensor {
     pub rank_shapes: Option<Vec<Vec<usize>>>,
     pub dtype: DType,
     pub locals: Vec<Tensor>,
+    /// The mask buffer of the `_MaskPartial` in `placements`, if any.
+    pub mask: Option<Arc<MaskBuffer>>,
 }
 
 impl Clone for DTensor {
@@ -32,6 +92,7 @@ impl Clone for DTensor {
             rank_shapes: self.rank_shapes.clone(),
             dtype: self.dtype,
             locals: self.locals.iter().map(|t| t.shallow_clone()).collect(),
+            mask: self.mask.clone(),
         }
     }
 }
@@ -83,6 +144,7 @@ impl DTensor {
             rank_shapes: None,
             dtype: local::dtype(global.kind()),
             locals,
+            mask: None,
         })
     }
 
@@ -109,7 +171,7 @@ impl DTensor {
                 (per[0].clone(), if agree { None } else { Some(per) })
             }
         };
-        Ok(DTensor { mesh: mesh.clone(), placements: ps, shape, rank_shapes, dtype, locals })
+        Ok(DTensor { mesh: mesh.clone(), placements: ps, shape, rank_shapes, dtype, locals, mask: None })
     }
 
     pub fn meta(&self) -> Meta {

@@ -26,6 +26,9 @@ pub enum PlacementError {
     PartialToStrided,
     #[error("Redistribute from Shard to _StridedShard is not implemented yet")]
     ShardToStrided,
+    /// The graph planner found no path (e.g. to a `_MaskPartial`, which it never generates).
+    #[error("No path found from src_state {} to dst_state {}", super::short_list(.from), super::short_list(.to))]
+    NoPath { from: Vec<Placement>, to: Vec<Placement> },
 }
 
 impl PlacementError {
@@ -40,6 +43,7 @@ impl PlacementError {
             PlacementError::StridedToShard | PlacementError::PartialToStrided | PlacementError::ShardToStrided => {
                 "NotImplementedError"
             }
+            PlacementError::NoPath { .. } => "AssertionError",
         }
     }
 }

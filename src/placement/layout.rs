@@ -50,7 +50,7 @@ pub fn local_indices(global: &[usize], mesh: &Mesh, placements: &[Placement], co
                 let cur = &mut idx[dim as usize];
                 *cur = strided_positions(cur.len(), n, coord[md], sf).into_iter().map(|i| cur[i]).collect();
             }
-            Placement::Replicate | Placement::Partial(_) => {}
+            Placement::Replicate | Placement::Partial(_) | Placement::MaskPartial { .. } => {}
         }
     }
     idx

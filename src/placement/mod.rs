@@ -49,16 +49,41 @@ pub enum Placement {
         sf: usize,
     },
     Partial(ReduceOp),
+    /// `_MaskPartial(offset_shape, offset_dim)`, which gather offers for an index of size 1 on a
+    /// sharded gather dim: a Partial(sum) whose reduction first zeroes what each rank gathered
+    /// for indices outside its shard. `size` is `offset_shape[dim]`; `id` names the mask buffer,
+    /// which PyTorch compares by identity (0: not yet given one, see `MaskPartial::FRESH`).
+    MaskPartial {
+        id: u32,
+        dim: u32,
+        size: u64,
+    },
 }
 
 use Placement::*;
+
+/// The id a strategy gives a `_MaskPartial` it creates; the dispatcher replaces it with a new
+/// buffer's id once the strategy is chosen.
+pub const FRESH_MASK: u32 = 0;
 
 impl Placement {
     pub fn is_shard(self) -> bool {
         matches!(self, Shard(_) | StridedShard { .. })
     }
     pub fn is_partial(self) -> bool {
-        matches!(self, Partial(_))
+        matches!(self, Partial(_) | MaskPartial { .. })
+    }
+    /// The reduction of a Partial (`_MaskPartial` reduces by sum).
+    pub fn reduce_op(self) -> Option<ReduceOp> {
+        match self {
+            Partial(op) => Some(op),
+            MaskPartial { .. } => Some(ReduceOp::Sum),
+            _ => None,
+        }
+    }
+    /// PyTorch's `Placement.is_shard()`: plain `Shard` only, not `_StridedShard`.
+    pub fn is_plain_shard(self) -> bool {
+        matches!(self, Shard(_))
     }
     pub fn is_replicate(self) -> bool {
         matches!(self, Replicate)
@@ -105,6 +130,7 @@ impl Placement {
             Shard(d) => format!("Shard(dim={d})"),
             StridedShard { dim, sf } => format!("_StridedShard(dim={dim}, sf={sf})"),
             Partial(op) => format!("Partial({})", op.name()),
+            MaskPartial { dim, .. } => format!("_MaskPartial(reduce_op=sum, offset_dim={dim})"),
         }
     }
 }
@@ -115,7 +141,9 @@ impl fmt::Display for Placement {
             Replicate => write!(f, "R"),
             Shard(d) => write!(f, "S({d})"),
             StridedShard { dim, sf } => write!(f, "_S({dim},{sf})"),
+            // Real outcomes print any Partial subclass by its reduce op (router_oracle.py).
             Partial(op) => write!(f, "P({})", op.name()),
+            MaskPartial { .. } => write!(f, "P(sum)"),
         }
     }
 }

@@ -1,14 +1,25 @@
 //! Redistribution plans as data: which mesh dim moves from which placement to which, in what
 //! order, and with which collective. The planner decides; `dtensor::redistribute` executes.
 //!
-//! Order is PyTorch's greedy planner (`_gen_transform_infos`, default shard order): on a 1-D mesh
-//! one step; otherwise, when the source is sharded, walk mesh dims right to left, turning a
-//! target `Shard(d)` into `Replicate` for now when the mesh dims before it shard `d` differently
-//! in source and target (nested shards must be undone from the inside out); then walk left to
-//! right and apply what is left. Example: `(S(0),S(0)) -> (R,S(0))` is all_gather on mesh dim 1,
-//! all_gather on mesh dim 0, then a local chunk on mesh dim 1.
+//! PyTorch has two planners (`_redistribute.py`, `_gen_transform_infos_non_cached`), and which
+//! one runs depends only on the placements, in 2.12.1, 2.13.0 and 2.14.0 alike:
+//! - the greedy planner (`generate_greedy_transform_infos`) when no `_StridedShard` is involved:
+//!   on a 1-D mesh one step; otherwise, when the source is sharded, walk mesh dims right to
+//!   left, turning a target `Shard(d)` into `Replicate` for now when the mesh dims before it
+//!   shard `d` differently in source and target (nested shards are undone inside out); then walk
+//!   left to right and apply what is left. `(S(0),S(0)) -> (R,S(0))` is all_gather on mesh dim 1,
+//!   all_gather on mesh dim 0, then a local chunk on mesh dim 1.
+//! - the graph planner (`find_min_cost_path`) as soon as source or target holds a
+//!   `_StridedShard`: Dijkstra over (placements, shard order) states, each edge weighted by the
+//!   cost of that one step from the current local size, ties broken by push order. Its paths can
+//!   differ from the greedy ones (and from each other in what the cost model then charges), which
+//!   decides the mm choice of golden 13. 2.14 adds `S(d) -> P(sum)` edges of weight 0 toward a
+//!   `Partial(sum)` target ([`PlanRules::shard_to_partial`]).
 
+use super::cost::step_cost;
 use super::{Mesh, Placement, PlacementError, ReduceOp};
+use std::cell::RefCell;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 
 /// What one step does on its mesh dim.
@@ -26,6 +37,9 @@ pub enum Collective {
     LocalChunk,
     /// R -> P(op): sum divides by the group size, avg/max/min keep the value; no communication
     Partition(ReduceOp),
+    /// S(d) -> P(sum) (2.14's graph planner only): the rank's shard in zeros of the unsharded
+    /// size, no communication
+    ZeroFill,
 }
 
 impl Collective {
@@ -38,11 +52,12 @@ impl Collective {
             Collective::AllToAll => "all_to_all",
             Collective::LocalChunk => "local_chunk",
             Collective::Partition(_) => "partition",
+            Collective::ZeroFill => "zero_fill",
         }
     }
-    /// Whether ranks exchange data (local chunking and partitioning do not).
+    /// Whether ranks exchange data (local chunking, partitioning and zero-filling do not).
     pub fn communicates(self) -> bool {
-        !matches!(self, Collective::LocalChunk | Collective::Partition(_))
+        !matches!(self, Collective::LocalChunk | Collective::Partition(_) | Collective::ZeroFill)
     }
 }
 
@@ -61,47 +76,103 @@ impl fmt::Display for Transform {
     }
 }
 
+/// What differs between the releases' planners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PlanRules {
+    /// 2.14's graph planner may step `S(d) -> P(sum)` straight into a `Partial(sum)` target
+    /// (`_get_shard_to_partial_target_states`, weight 0); the cost model still charges it inf.
+    pub shard_to_partial: bool,
+}
+
+/// The tensor being moved: its global shape and element size (the graph planner weighs steps
+/// by bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint<'a> {
+    pub shape: &'a [usize],
+    pub itemsize: usize,
+}
+
 /// Classifies a single-mesh-dim move, or returns the error PyTorch raises for it.
 pub fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, PlacementError> {
     use Placement::*;
     Ok(Some(match (from, to) {
         _ if from == to => return Ok(None),
         (Shard(_), Replicate) | (StridedShard { .. }, Replicate) => Collective::AllGather,
-        (Partial(op), Replicate) => Collective::AllReduce(op),
-        (Partial(op), Shard(_)) => Collective::ReduceScatter(op),
+        (Partial(_) | MaskPartial { .. }, Replicate) => Collective::AllReduce(from.reduce_op().expect("partial")),
+        (Partial(_) | MaskPartial { .. }, Shard(_)) => Collective::ReduceScatter(from.reduce_op().expect("partial")),
         (Replicate, Shard(_)) | (Replicate, StridedShard { .. }) => Collective::LocalChunk,
         (Shard(_), Shard(_)) => Collective::AllToAll,
+        (Replicate, MaskPartial { .. }) => Collective::Partition(ReduceOp::Sum),
         (Replicate, Partial(op)) => match op {
             ReduceOp::Sum | ReduceOp::Avg | ReduceOp::Max | ReduceOp::Min => Collective::Partition(op),
             ReduceOp::Product => return Err(PlacementError::ReplicateToPartial(op.name())),
         },
-        (Shard(_), Partial(_)) | (StridedShard { .. }, Partial(_)) => {
+        (Shard(_) | StridedShard { .. }, Partial(_) | MaskPartial { .. }) => {
             return Err(PlacementError::ShardToPartial { from, to })
         }
-        (Partial(_), Partial(_)) => return Err(PlacementError::PartialToPartial { from, to }),
+        (Partial(_) | MaskPartial { .. }, Partial(_) | MaskPartial { .. }) => {
+            return Err(PlacementError::PartialToPartial { from, to })
+        }
         (StridedShard { .. }, Shard(_)) => return Err(PlacementError::StridedToShard),
-        (Partial(_), StridedShard { .. }) => return Err(PlacementError::PartialToStrided),
+        (Partial(_) | MaskPartial { .. }, StridedShard { .. }) => return Err(PlacementError::PartialToStrided),
         (Shard(_), StridedShard { .. }) => return Err(PlacementError::ShardToStrided),
-        // _S -> _S goes through Replicate.
-        (StridedShard { .. }, StridedShard { .. }) => Collective::AllGather,
+        (StridedShard { .. }, StridedShard { .. }) => return Err(PlacementError::StridedToShard),
         (Replicate, Replicate) => unreachable!("equal placements handled above"),
     }))
 }
 
-/// Plans `src -> dst` (both normalised, one placement per mesh dim). Moves on size-1 mesh dims
-/// are dropped: they change nothing, and PyTorch skips them when executing.
+/// Plans `src -> dst` (both normalised, one placement per mesh dim) for execution, with 2.13's
+/// rules and a nominal tensor (every dim 64 long, 4 bytes): moves on size-1 mesh dims are
+/// dropped, as PyTorch skips them when executing.
 pub fn plan(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Transform>, PlacementError> {
-    let mut steps = plan_all(mesh, src, dst)?;
+    let shape = vec![64; src.iter().chain(dst).filter_map(|p| p.shard_dim()).max().map_or(1, |d| d as usize + 1)];
+    plan_for(mesh, src, dst, Footprint { shape: &shape, itemsize: 4 }, PlanRules::default())
+}
+
+/// Plans `src -> dst` for execution: [`plan_all`] without the moves on size-1 mesh dims.
+pub fn plan_for(
+    mesh: &Mesh,
+    src: &[Placement],
+    dst: &[Placement],
+    t: Footprint,
+    rules: PlanRules,
+) -> Result<Vec<Transform>, PlacementError> {
+    let mut steps = plan_all(mesh, src, dst, t, rules)?;
     steps.retain(|t| mesh.dim_size(t.mesh_dim) > 1);
     Ok(steps)
 }
 
 /// The full plan, size-1 mesh dims included: what PyTorch's cost model charges for.
-pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Transform>, PlacementError> {
+pub fn plan_all(
+    mesh: &Mesh,
+    src: &[Placement],
+    dst: &[Placement],
+    t: Footprint,
+    rules: PlanRules,
+) -> Result<Vec<Transform>, PlacementError> {
     let n = mesh.ndim();
     if src.len() != n || dst.len() != n {
         return Err(PlacementError::WrongLength { found: src.len().min(dst.len()), mesh_ndim: n });
     }
+    let strided = src.iter().chain(dst).any(|p| matches!(p, Placement::StridedShard { .. }));
+    if !strided {
+        return greedy(mesh, src, dst);
+    }
+    let steps = if n == 1 { one_dim_graph(src[0], dst[0]) } else { cached_graph(mesh, src, dst, t, rules)? };
+    steps
+        .into_iter()
+        .map(|(md, from, to)| {
+            let collective = match (from, to) {
+                (Placement::Shard(_), Placement::Partial(ReduceOp::Sum)) => Collective::ZeroFill,
+                _ => classify(from, to)?.expect("a graph step changes its mesh dim"),
+            };
+            Ok(Transform { mesh_dim: md, from, to, collective })
+        })
+        .collect()
+}
+
+fn greedy(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Transform>, PlacementError> {
+    let n = mesh.ndim();
     let mut steps: Vec<(usize, Placement, Placement)> = Vec::new();
     let mut cur = src.to_vec();
     let num_shards: usize =
@@ -109,8 +180,9 @@ pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec
     if n > 1 && num_shards > 1 {
         for md in (0..n).rev() {
             let mut target = dst[md];
-            if let Some(d) = target.shard_dim() {
-                let before = |ps: &[Placement]| -> Vec<usize> { (0..md).filter(|&i| ps[i].shards(d)).collect() };
+            if let Placement::Shard(d) = target {
+                let before =
+                    |ps: &[Placement]| -> Vec<usize> { (0..md).filter(|&i| ps[i] == Placement::Shard(d)).collect() };
                 if before(&cur) != before(dst) {
                     target = Placement::Replicate;
                 }
@@ -129,25 +201,413 @@ pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec
     }
     let mut out = Vec::with_capacity(steps.len());
     for (md, from, to) in steps {
-        // _S -> _S has no direct collective: gather, then chunk again. So has _S(d) -> S(e) on
-        // another tensor dim: PyTorch's graph-based planner (used whenever a _StridedShard is
-        // involved) goes through Replicate, e.g. `_S(0, 2)->R->S(1)` for an mm whose lhs comes
-        // from a flattening view (docs/pytorch-facts.md §1, crosscheck case-1-000165).
-        let via_r = match (from, to) {
-            (Placement::StridedShard { .. }, Placement::StridedShard { .. }) => true,
-            (Placement::StridedShard { dim, .. }, Placement::Shard(e)) => dim != e,
-            _ => false,
-        };
-        if via_r {
-            out.push(Transform { mesh_dim: md, from, to: Placement::Replicate, collective: Collective::AllGather });
-            out.push(Transform { mesh_dim: md, from: Placement::Replicate, to, collective: Collective::LocalChunk });
-            continue;
-        }
         if let Some(c) = classify(from, to)? {
             out.push(Transform { mesh_dim: md, from, to, collective: c });
         }
     }
     Ok(out)
+}
+
+const MESH_MAX: usize = 4;
+const DIMS_MAX: usize = 8;
+
+/// A planner state: placements plus, per tensor dim, the mesh dims sharding it in the order they
+/// were applied (PyTorch's `DistState`). Fixed arrays, so states copy and hash without
+/// allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    placements: [Placement; MESH_MAX],
+    n: u8,
+    order: [[u8; MESH_MAX]; DIMS_MAX],
+    order_len: [u8; DIMS_MAX],
+}
+
+impl std::hash::Hash for State {
+    /// A two-word fingerprint (equality stays exact).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let mut a = 0u64;
+        for p in self.placements() {
+            a = a.rotate_left(16) ^ pack(*p);
+        }
+        let mut b = 0u64;
+        for d in 0..DIMS_MAX {
+            for i in 0..self.order_len[d] as usize {
+                b = b.rotate_left(3) ^ (self.order[d][i] as u64 + 1) ^ (d as u64) << 40;
+            }
+            b = b.rotate_left(2) ^ self.order_len[d] as u64;
+        }
+        h.write_u64(a);
+        h.write_u64(b);
+    }
+}
+
+impl State {
+    /// The default (left to right) shard order of a spec.
+    fn new(placements: &[Placement]) -> State {
+        let mut s = State {
+            placements: [Placement::Replicate; MESH_MAX],
+            n: placements.len() as u8,
+            order: [[0; MESH_MAX]; DIMS_MAX],
+            order_len: [0; DIMS_MAX],
+        };
+        s.placements[..placements.len()].copy_from_slice(placements);
+        for (md, p) in placements.iter().enumerate() {
+            if let Some(d) = p.shard_dim() {
+                s.push(d as usize, md);
+            }
+        }
+        s
+    }
+
+    fn placements(&self) -> &[Placement] {
+        &self.placements[..self.n as usize]
+    }
+
+    fn last(&self, d: usize) -> Option<usize> {
+        self.order_len[d].checked_sub(1).map(|i| self.order[d][i as usize] as usize)
+    }
+
+    fn push(&mut self, d: usize, md: usize) {
+        self.order[d][self.order_len[d] as usize] = md as u8;
+        self.order_len[d] += 1;
+    }
+
+    fn with(&self, md: usize, p: Placement, pop: Option<usize>, push: Option<usize>) -> State {
+        let mut s = *self;
+        s.placements[md] = p;
+        if let Some(d) = pop {
+            // Clear the slot so that equal states compare (and hash) equal.
+            s.order_len[d] -= 1;
+            s.order[d][s.order_len[d] as usize] = 0;
+        }
+        if let Some(d) = push {
+            s.push(d, md);
+        }
+        s
+    }
+}
+
+struct Graph<'a> {
+    mesh: &'a Mesh,
+    t: Footprint<'a>,
+    strided_targets: Vec<Placement>,
+    reduce_ops: Vec<ReduceOp>,
+}
+
+impl Graph<'_> {
+    /// `one_step_redistribute_cost`: the step's cost from the current local shard size.
+    fn weight(&self, cur: &State, md: usize, to: Placement) -> f64 {
+        let num_shards: usize = cur
+            .placements()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_shard())
+            .map(|(i, _)| self.mesh.dim_size(i))
+            .product();
+        let bytes = (self.t.itemsize * self.t.shape.iter().product::<usize>()) as f64
+            / num_shards as f64
+            / (1024.0 * 1024.0 * 1024.0);
+        step_cost(cur.placements[md], to, self.mesh.dim_size(md), bytes).0
+    }
+
+    /// `get_next_state`: the states one step away, in PyTorch's order.
+    fn next(&self, cur: &State) -> Vec<(State, f64)> {
+        use Placement::*;
+        let nd = self.t.shape.len();
+        let mut out = Vec::new();
+        let mut push = |s: State, md: usize, to: Placement| {
+            let w = self.weight(cur, md, to);
+            out.push((s, w));
+        };
+        let last = |d: usize| cur.last(d);
+        // case 1: the innermost Shard of a tensor dim moves to another tensor dim (all-to-all)
+        for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
+            let md = last(d).expect("non-empty");
+            if let Shard(_) = cur.placements[md] {
+                for e in (0..nd).filter(|&e| e != d) {
+                    push(cur.with(md, Shard(e as i64), Some(d), Some(e)), md, Shard(e as i64));
+                }
+            }
+        }
+        // case 2: the innermost Shard of a tensor dim is gathered
+        for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
+            let md = last(d).expect("non-empty");
+            if let Shard(_) = cur.placements[md] {
+                push(cur.with(md, Replicate, Some(d), None), md, Replicate);
+            }
+        }
+        // case 3: a Partial is reduced
+        for (md, p) in cur.placements().iter().enumerate() {
+            if p.is_partial() {
+                push(cur.with(md, Replicate, None, None), md, Replicate);
+            }
+        }
+        // case 4: a Replicate is chunked
+        for (md, p) in cur.placements().iter().enumerate() {
+            if p.is_replicate() {
+                for e in 0..nd {
+                    push(cur.with(md, Shard(e as i64), None, Some(e)), md, Shard(e as i64));
+                }
+            }
+        }
+        // case 5: a Partial is reduce-scattered
+        for (md, p) in cur.placements().iter().enumerate() {
+            if p.is_partial() {
+                for e in 0..nd {
+                    push(cur.with(md, Shard(e as i64), None, Some(e)), md, Shard(e as i64));
+                }
+            }
+        }
+        // case 6: a Replicate becomes a Partial of an op the source or target uses
+        for (md, p) in cur.placements().iter().enumerate() {
+            if !p.is_replicate() {
+                continue;
+            }
+            for &op in &self.reduce_ops {
+                let mut ops: Vec<ReduceOp> = cur.placements().iter().filter_map(|q| q.reduce_op()).collect();
+                ops.push(op);
+                ops.sort_unstable();
+                ops.dedup();
+                if ops.len() > 1 && ops != [ReduceOp::Sum, ReduceOp::Avg] {
+                    continue;
+                }
+                push(cur.with(md, Partial(op), None, None), md, Partial(op));
+            }
+        }
+        // case 8 (9 in 2.14): the innermost _StridedShard of a tensor dim is gathered
+        for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
+            let md = last(d).expect("non-empty");
+            if let StridedShard { .. } = cur.placements[md] {
+                push(cur.with(md, Replicate, Some(d), None), md, Replicate);
+            }
+        }
+        // case 11 (12 in 2.14): a Replicate becomes a _StridedShard the target holds
+        for (md, p) in cur.placements().iter().enumerate() {
+            if p.is_replicate() {
+                for &s in &self.strided_targets {
+                    let e = s.shard_dim().expect("strided") as usize;
+                    push(cur.with(md, s, None, Some(e)), md, s);
+                }
+            }
+        }
+        out
+    }
+
+    /// 2.14's `_get_shard_to_partial_target_states`: weight-0 steps into a Partial(sum) target.
+    fn shard_to_partial(&self, cur: &State, dst: &State) -> Vec<(State, f64)> {
+        let mut out = Vec::new();
+        for d in (0..DIMS_MAX).filter(|&d| cur.order_len[d] > 0) {
+            let md = cur.last(d).expect("non-empty");
+            if matches!(cur.placements[md], Placement::Shard(_))
+                && dst.placements[md] == Placement::Partial(ReduceOp::Sum)
+            {
+                out.push((cur.with(md, dst.placements[md], Some(d), None), 0.0));
+            }
+        }
+        out
+    }
+}
+
+/// Heap entry: smallest cost first, then the earliest pushed (PyTorch's counter).
+#[derive(PartialEq)]
+struct Entry {
+    cost: f64,
+    counter: usize,
+    node: usize,
+}
+
+impl Eq for Entry {}
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.cost.total_cmp(&self.cost).then(o.counter.cmp(&self.counter))
+    }
+}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+type Steps = Vec<(usize, Placement, Placement)>;
+
+/// `generate_graph_based_transform_infos`: the Dijkstra path, as (mesh dim, from, to) steps.
+/// The planner's sets of strided targets and reduce ops come from this source and target only
+/// (PyTorch's cached planner object accumulates them across calls for one mesh and tensor meta).
+fn graph(
+    mesh: &Mesh,
+    src: &[Placement],
+    dst: &[Placement],
+    t: Footprint,
+    rules: PlanRules,
+) -> Result<Steps, PlacementError> {
+    if t.shape.len() > DIMS_MAX || src.len() > MESH_MAX {
+        return Err(PlacementError::NoPath { from: src.to_vec(), to: dst.to_vec() });
+    }
+    let mut g = Graph { mesh, t, strided_targets: Vec::new(), reduce_ops: Vec::new() };
+    for &p in dst {
+        if matches!(p, Placement::StridedShard { .. }) && !g.strided_targets.contains(&p) {
+            g.strided_targets.push(p);
+        }
+    }
+    for op in src.iter().chain(dst).filter_map(|p| p.reduce_op()) {
+        if !g.reduce_ops.contains(&op) {
+            g.reduce_ops.push(op);
+        }
+    }
+    let (start, goal) = (State::new(src), State::new(dst));
+    let neighbors = |g: &Graph, s: &State| {
+        let mut next = g.next(s);
+        if rules.shard_to_partial {
+            next.extend(g.shard_to_partial(s, &goal));
+        }
+        next
+    };
+    // A free step straight to the goal is what Dijkstra returns: every entry popped before it
+    // costs 0 too and was pushed earlier, and what they push comes later.
+    let first = neighbors(&g, &start);
+    if first.iter().any(|(s, w)| *s == goal && *w == 0.0) {
+        return Ok(vec![step_between(&start, &goal)]);
+    }
+    let mut nodes: Vec<(State, Option<usize>)> = vec![(start, None)];
+    let mut heap = BinaryHeap::from([Entry { cost: 0.0, counter: 0, node: 0 }]);
+    let mut counter = 0usize;
+    // Per state: the cheapest cost pushed so far, or None once popped. A push that cannot beat
+    // an earlier one would only ever be popped after it and skipped, so it is left out.
+    let mut seen: HashMap<State, Option<f64>, std::hash::BuildHasherDefault<WordHasher>> = HashMap::default();
+    let mut next = Some(first);
+    while let Some(Entry { cost, node, .. }) = heap.pop() {
+        let state = nodes[node].0;
+        if state == goal {
+            let mut path = vec![node];
+            while let Some(p) = nodes[*path.last().expect("non-empty")].1 {
+                path.push(p);
+            }
+            path.reverse();
+            return Ok(path.windows(2).map(|w| step_between(&nodes[w[0]].0, &nodes[w[1]].0)).collect());
+        }
+        if seen.insert(state, None) == Some(None) {
+            continue;
+        }
+        for (s, w) in next.take().unwrap_or_else(|| neighbors(&g, &state)) {
+            let c = cost + w;
+            match seen.get(&s) {
+                Some(None) => continue,
+                Some(Some(best)) if *best <= c => continue,
+                _ => {}
+            }
+            seen.insert(s, Some(c));
+            counter += 1;
+            nodes.push((s, Some(node)));
+            heap.push(Entry { cost: c, counter, node: nodes.len() - 1 });
+        }
+    }
+    Err(PlacementError::NoPath { from: src.to_vec(), to: dst.to_vec() })
+}
+
+/// The graph planner on a 1-D mesh with a `_StridedShard` on either side: nothing leaves or
+/// reaches a `_StridedShard` but through Replicate, so the only path is via Replicate.
+fn one_dim_graph(from: Placement, to: Placement) -> Steps {
+    if from == to {
+        return vec![];
+    }
+    if from.is_replicate() || to.is_replicate() {
+        return vec![(0, from, to)];
+    }
+    vec![(0, from, Placement::Replicate), (0, Placement::Replicate, to)]
+}
+
+fn step_between(a: &State, b: &State) -> (usize, Placement, Placement) {
+    let md = (0..a.n as usize).find(|&i| a.placements[i] != b.placements[i]).expect("a step changes a mesh dim");
+    (md, a.placements[md], b.placements[md])
+}
+
+/// A plan's inputs packed into words: the cache key, built without allocating.
+type Key = [u64; 24];
+
+fn pack(p: Placement) -> u64 {
+    use Placement::*;
+    match p {
+        Replicate => 1,
+        Shard(d) => 2 | (d as u64) << 8,
+        StridedShard { dim, sf } => 3 | (dim as u64) << 8 | (sf as u64) << 16,
+        Partial(op) => 4 | (op as u64) << 8,
+        MaskPartial { id, dim, .. } => 5 | (dim as u64) << 8 | (id as u64) << 16,
+    }
+}
+
+fn key(mesh: &Mesh, src: &[Placement], dst: &[Placement], t: Footprint, rules: PlanRules) -> Option<Key> {
+    let words = mesh.shape().iter().map(|&d| d as u64).chain(t.shape.iter().map(|&d| d as u64 | 1 << 62));
+    let words = words.chain([t.itemsize as u64 | 2 << 60, rules.shard_to_partial as u64 | 3 << 60]);
+    let words = words.chain(src.iter().chain(dst).map(|&p| pack(p)));
+    let mut k = [0u64; 24];
+    for (i, w) in words.enumerate() {
+        *k.get_mut(i)? = w;
+    }
+    Some(k)
+}
+
+/// FxHash-style word hasher for the plan cache (SipHash dominated the lookups).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u8(&mut self, w: u8) {
+        self.write_u64(w as u64);
+    }
+    fn write_u32(&mut self, w: u32) {
+        self.write_u64(w as u64);
+    }
+    fn write_i64(&mut self, w: i64) {
+        self.write_u64(w as u64);
+    }
+    fn write_usize(&mut self, w: usize) {
+        self.write_u64(w as u64);
+    }
+    fn write_isize(&mut self, w: isize) {
+        self.write_u64(w as u64);
+    }
+}
+
+type Cache = HashMap<Key, Result<Steps, PlacementError>, std::hash::BuildHasherDefault<WordHasher>>;
+
+thread_local! {
+    /// Graph plans already found, as PyTorch caches `_gen_transform_infos` per spec pair.
+    static GRAPH_CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+fn cached_graph(
+    mesh: &Mesh,
+    src: &[Placement],
+    dst: &[Placement],
+    t: Footprint,
+    rules: PlanRules,
+) -> Result<Steps, PlacementError> {
+    let Some(key) = key(mesh, src, dst, t, rules) else { return graph(mesh, src, dst, t, rules) };
+    if let Some(hit) = GRAPH_CACHE.with(|c| c.borrow().get(&key).cloned()) {
+        return hit;
+    }
+    let r = graph(mesh, src, dst, t, rules);
+    GRAPH_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > 16384 {
+            c.clear();
+        }
+        c.insert(key, r.clone());
+    });
+    r
 }
 
 /// `a->b[0] -> c->d[1]` form of a plan, as PyTorch's `stringify_transform_infos` prints it.
@@ -162,6 +622,10 @@ mod tests {
 
     fn m22() -> Mesh {
         Mesh::new(vec![2, 2], vec!["dp".into(), "tp".into()]).unwrap()
+    }
+
+    fn graph_plan(src: &[Placement], dst: &[Placement], shape: &[usize], rules: PlanRules) -> String {
+        describe(&plan_all(&m22(), src, dst, Footprint { shape, itemsize: 4 }, rules).unwrap())
     }
 
     #[test]
@@ -188,6 +652,31 @@ mod tests {
         assert_eq!(describe(&p), "R->S(0)[0] -> R->S(1)[1]");
         let p = plan(&m22(), &[Partial(ReduceOp::Sum), Shard(1)], &[Replicate, Shard(1)]).unwrap();
         assert_eq!(describe(&p), "P(sum)->R[0]");
+        // The research's t_cost.py trace: [S(2), R] -> [R, S(0)] chunks mesh dim 1 first.
+        let p = plan(&m22(), &[Shard(2), Replicate], &[Replicate, Shard(0)]).unwrap();
+        assert_eq!(describe(&p), "R->S(0)[1] -> S(2)->R[0]");
+    }
+
+    /// Golden 13's lhs `[_S(0,2), S(1)] -> [S(0), R]` (x (8,4) f32 on 2x2): the graph planner
+    /// pops the free `_S -> R` and `R -> S(0)` first, so the all_gather on mesh dim 1 comes last
+    /// and moves half the bytes (9.3008 in torch214-audit.md §2.3; the greedy order costs 9.3015).
+    #[test]
+    fn graph_planner_unstrides_first() {
+        let sf = StridedShard { dim: 0, sf: 2 };
+        let p = graph_plan(&[sf, Shard(1)], &[Shard(0), Replicate], &[8, 4], PlanRules::default());
+        assert_eq!(p, "_S(0,2)->R[0] -> R->S(0)[0] -> S(1)->R[1]");
+        let p = graph_plan(&[sf, Shard(1)], &[sf, Replicate], &[8, 4], PlanRules::default());
+        assert_eq!(p, "S(1)->R[1]");
+    }
+
+    #[test]
+    fn shard_to_partial_through_replicate_until_2_14() {
+        let sf = StridedShard { dim: 0, sf: 2 };
+        let (src, dst) = ([sf, Shard(1)], [Replicate, Partial(ReduceOp::Sum)]);
+        let old = graph_plan(&src, &dst, &[8, 4], PlanRules::default());
+        assert!(old.contains("S(1)->R[1]") && old.contains("R->P(sum)[1]"), "{old}");
+        let new = graph_plan(&src, &dst, &[8, 4], PlanRules { shard_to_partial: true });
+        assert!(new.contains("S(1)->P(sum)[1]"), "{new}");
     }
 
     #[test]
@@ -204,7 +693,6 @@ mod tests {
         assert_eq!(e.kind(), "RuntimeError");
         let e = plan(&Mesh::tp(2), &[Partial(ReduceOp::Sum)], &[Partial(ReduceOp::Max)]).unwrap_err();
         assert_eq!(e.to_string(), "Redistribution from one partial type (P(sum)) to another (P(max)) is unsupported.");
-        assert!(plan(&Mesh::tp(2), &[StridedShard { dim: 0, sf: 2 }], &[Shard(0)]).is_err());
     }
 
     #[test]
@@ -214,8 +702,7 @@ mod tests {
             for b in all {
                 let r = classify(a, b);
                 let illegal = (a.is_shard() && b.is_partial()) || (a.is_partial() && b.is_partial() && a != b);
-                let legal = !illegal;
-                assert_eq!(r.is_ok(), legal, "{a} -> {b}");
+                assert_eq!(r.is_ok(), !illegal, "{a} -> {b}");
             }
         }
     }

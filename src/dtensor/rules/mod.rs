@@ -1,11 +1,17 @@
 //! Sharding propagation: for each op, the strategies PyTorch would offer (one family per file),
 //! and the one selection procedure all families share.
 //!
-//! A strategy is `[outs..., ins...]` placements over the whole mesh. Table-driven families write
-//! rows for one mesh dim ([`Row`]) and [`expand`] takes their cartesian product across mesh dims,
-//! as PyTorch's `expand_to_full_mesh_op_strategy` does; strategies built that way are dropped when
-//! an input cannot be sharded that way (`is_tensor_shardable`). Families that derive one strategy
-//! from their input (pointwise, reductions, views, factories) skip that filter, as in PyTorch.
+//! A strategy is `[outs..., ins...]` placements over the whole mesh. Families either write rows
+//! for one mesh dim and expand them as PyTorch does ([`single_dim`]: single-dim strategies with
+//! placeholders, or full-mesh strategies that expand concrete rows themselves), or derive their
+//! strategies from the inputs directly (views, reductions and factories in some releases). Which
+//! registration an op has, per release, follows PyTorch: a single-dim strategy wins over a
+//! full-mesh one (`propagate_op_sharding_non_cached` looks it up first).
+//!
+//! [`select`] then does what `expand_to_full_mesh_op_strategy` and `_select_min_cost_strategy`
+//! do, in their order: drop expanded candidates that mix Partial kinds, break an in-place op's
+//! self, or shard an input too short for it; then take a negative-cost candidate, else the last
+//! candidate that moves nothing, else the first free one, else the first cheapest.
 //!
 //! Nothing here touches libtorch: rules see shapes, dtypes and placements only.
 
@@ -15,15 +21,18 @@ pub mod pointwise;
 pub mod reduction;
 pub mod rulesets;
 pub mod scatter_gather;
+pub mod single_dim;
 pub mod sort;
 pub mod view;
 
 pub use rulesets::RuleSet;
+pub use single_dim::{Cell, Row};
 
 use super::error::{DTensorError, Result};
 use super::meta::Meta;
 use super::op::Op;
 use crate::placement::cost::redistribute_cost;
+use crate::placement::plan::PlanRules;
 use crate::placement::{layout, Mesh, Placement};
 
 /// One tensor argument as the rules see it: global metadata and current placements.
@@ -40,16 +49,15 @@ pub struct Strategy {
     pub ins: Vec<Vec<Placement>>,
 }
 
-/// Which strategies the shardability filter (`is_tensor_shardable`) drops.
+/// Which filters `expand_to_full_mesh_op_strategy` applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
-    /// Derived from the input itself: nothing to filter.
+    /// Derived from the inputs by the strategy function itself: nothing is filtered.
     None,
-    /// Expanded rows: any strategy with an input too short for its shards.
-    All,
-    /// Pointwise rows (`allow_uneven_sharding`): only inputs that would be redistributed into a
-    /// layout too short for them; an input already laid out that way is accepted as is.
-    Redistributed,
+    /// Expanded rows: mixed Partial kinds, the in-place rule, and `is_tensor_shardable` on every
+    /// input; with `uneven` (`allow_uneven_sharding`) an input the candidate leaves as it is
+    /// passes even when it is too short for its shards.
+    Expanded { uneven: bool },
 }
 
 /// What a family offers for one call.
@@ -58,59 +66,36 @@ pub struct Proposal {
     pub out_metas: Vec<Meta>,
     pub strategies: Vec<Strategy>,
     pub filter: Filter,
+    /// Costs the strategy function set itself (new_factory's -0.1), instead of redistribution
+    /// costs.
+    pub costs: Option<Vec<f64>>,
+    /// The release (error texts, planner); [`propose`] sets it.
+    pub rules: RuleSet,
 }
 
 impl Proposal {
     /// A family that derives exactly one strategy from its inputs.
     pub fn single(out_metas: Vec<Meta>, s: Strategy) -> Proposal {
-        Proposal { out_metas, strategies: vec![s], filter: Filter::None }
+        Proposal { out_metas, strategies: vec![s], filter: Filter::None, costs: None, rules: RuleSet::Torch213 }
     }
-}
 
-/// One row of a single-mesh-dim rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub outs: Vec<Placement>,
-    pub ins: Vec<Placement>,
-}
-
-impl Row {
-    pub fn new(outs: &[Placement], ins: &[Placement]) -> Row {
-        Row { outs: outs.to_vec(), ins: ins.to_vec() }
+    /// Derived strategies with the costs the strategy function gave them.
+    pub fn with_costs(out_metas: Vec<Meta>, strategies: Vec<Strategy>, costs: Vec<f64>) -> Proposal {
+        Proposal { out_metas, strategies, filter: Filter::None, costs: Some(costs), rules: RuleSet::Torch213 }
     }
-    /// The all-Replicate row every expanded rule starts with.
-    pub fn replicate(n_out: usize, n_in: usize) -> Row {
-        Row { outs: vec![Placement::Replicate; n_out], ins: vec![Placement::Replicate; n_in] }
-    }
-}
 
-/// Cartesian product of `rows` over `mesh_ndim` mesh dims, the first mesh dim varying slowest
-/// (itertools.product order, which decides ties).
-pub fn expand(rows: &[Row], mesh_ndim: usize) -> Vec<Strategy> {
-    let n_out = rows[0].outs.len();
-    let n_in = rows[0].ins.len();
-    let total = rows.len().pow(mesh_ndim as u32);
-    (0..total)
-        .map(|mut code| {
-            let mut pick = vec![0; mesh_ndim];
-            for md in (0..mesh_ndim).rev() {
-                pick[md] = code % rows.len();
-                code /= rows.len();
-            }
-            Strategy {
-                outs: (0..n_out).map(|k| pick.iter().map(|&r| rows[r].outs[k]).collect()).collect(),
-                ins: (0..n_in).map(|k| pick.iter().map(|&r| rows[r].ins[k]).collect()).collect(),
-            }
-        })
-        .collect()
+    /// Expanded rows (single-dim or full-mesh), filtered and chosen by cost.
+    pub fn expanded(out_metas: Vec<Meta>, strategies: Vec<Strategy>, uneven: bool) -> Proposal {
+        Proposal { out_metas, strategies, filter: Filter::Expanded { uneven }, costs: None, rules: RuleSet::Torch213 }
+    }
 }
 
 /// The strategies an op offers for these arguments, and its output metadata (which also checks
 /// shapes the way PyTorch's meta functions do).
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
-    match op {
+    let mut p = match op {
         Op::View { .. } | Op::Unsqueeze { .. } | Op::Expand { .. } => view::propose(op, args, mesh, rules),
-        Op::T | Op::Mm | Op::Addmm => matrix::propose(op, args, mesh),
+        Op::T | Op::Mm | Op::Addmm => matrix::propose(op, args, mesh, rules),
         Op::Sigmoid
         | Op::SigmoidBackward
         | Op::Neg
@@ -122,67 +107,131 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
         | Op::AddScalar(_)
         | Op::MulScalar(_)
         | Op::DivScalar(_)
-        | Op::MaskedFill(_) => pointwise::propose(op, args, mesh),
+        | Op::MaskedFill(_) => pointwise::propose(op, args, mesh, rules),
         Op::Softmax { .. } | Op::SoftmaxBackward { .. } | Op::Sum { .. } | Op::Cumsum { .. } => {
-            reduction::propose(op, args)
+            reduction::propose(op, args, mesh, rules)
         }
-        Op::Topk { .. } | Op::Sort { .. } => sort::propose(op, args, mesh),
+        Op::Topk { .. } | Op::Sort { .. } => sort::propose(op, args, mesh, rules),
         Op::Gather { .. } | Op::ScatterValue { .. } | Op::ScatterSrc { .. } | Op::ScatterAdd { .. } => {
             scatter_gather::propose(op, args, mesh, rules)
         }
-        Op::ZerosLike(_) | Op::OnesLike(_) | Op::NewZeros { .. } => like::propose(op, args),
+        Op::ZerosLike(_) | Op::OnesLike(_) | Op::NewZeros { .. } => like::propose(op, args, mesh, rules),
+    }?;
+    p.rules = rules;
+    Ok(p)
+}
+
+/// Total cost of moving every input to the placements `s` asks for (`generate_redistribute_costs`
+/// summed as `_select_min_cost_strategy` sums them).
+pub fn strategy_cost(s: &Strategy, args: &[Arg], mesh: &Mesh, rules: PlanRules) -> f64 {
+    let mut total = 0.0;
+    for (want, a) in s.ins.iter().zip(args) {
+        total += redistribute_cost(mesh, &a.placements, want, &a.meta.shape, a.meta.dtype.itemsize(), rules);
     }
+    total
 }
 
-/// Total cost of moving every input to the placements `s` asks for.
-pub fn strategy_cost(s: &Strategy, args: &[Arg], mesh: &Mesh) -> f64 {
-    s.ins
-        .iter()
-        .zip(args)
-        .map(|(want, a)| redistribute_cost(mesh, &a.placements, want, &a.meta.shape, a.meta.dtype.itemsize()))
-        .sum()
-}
-
-/// PyTorch's choice: filter (shardability for expanded rules, then the in-place rule), then take
-/// the first strategy that needs no redistribution, else the first free one, else the cheapest.
-pub fn select(op: &Op, p: &Proposal, args: &[Arg], mesh: &Mesh) -> Result<Strategy> {
-    let mut cands: Vec<&Strategy> = p
-        .strategies
-        .iter()
-        .filter(|s| {
-            s.ins.iter().zip(args).all(|(pl, a)| match p.filter {
-                Filter::None => true,
-                Filter::All => layout::is_shardable(&a.meta.shape, mesh, pl),
-                Filter::Redistributed => *pl == a.placements || layout::is_shardable(&a.meta.shape, mesh, pl),
-            })
-        })
-        .collect();
-    if op.is_inplace() {
-        let cur = &args[0].placements;
-        cands.retain(|s| &s.ins[0] == cur && &s.outs[0] == cur);
-        if cands.is_empty() {
-            return Err(DTensorError::InPlacePlacementChange { op: op.aten_name(), placements: cur.clone() });
+/// `expand_to_full_mesh_op_strategy`'s mixed-partial filter: one spec may not hold two kinds of
+/// Partial (a `_MaskPartial` is its own kind), except sum with avg.
+fn mixes_partials(spec: &[Placement]) -> bool {
+    use crate::placement::ReduceOp::{Avg, Sum};
+    let mask = |p: Placement| matches!(p, Placement::MaskPartial { .. });
+    let linear = |p: Placement| matches!(p, Placement::Partial(Sum | Avg));
+    let mut first: Option<Placement> = None;
+    for &p in spec.iter().filter(|p| p.is_partial()) {
+        match first {
+            None => first = Some(p),
+            Some(f) if mask(f) == mask(p) && f.reduce_op() == p.reduce_op() => {}
+            Some(f) if linear(f) && linear(p) => {}
+            Some(_) => return true,
         }
     }
-    match cands.len() {
-        0 => return Err(DTensorError::NoStrategy { op: op.aten_name() }),
-        1 => return Ok(cands[0].clone()),
-        _ => {}
+    false
+}
+
+/// The candidates PyTorch keeps (filters in `expand_to_full_mesh_op_strategy`'s order), or the
+/// error it raises when none is left.
+fn filtered<'a>(op: &Op, p: &'a Proposal, args: &[Arg], mesh: &Mesh) -> Result<Vec<&'a Strategy>> {
+    let Filter::Expanded { uneven } = p.filter else { return Ok(p.strategies.iter().collect()) };
+    let mut blocked = false;
+    let mut kept = Vec::with_capacity(p.strategies.len());
+    for s in &p.strategies {
+        if s.outs.iter().chain(&s.ins).any(|spec| mixes_partials(spec)) {
+            continue;
+        }
+        if op.is_inplace() && (s.ins[0] != args[0].placements || s.outs[0] != args[0].placements) {
+            blocked = true;
+            continue;
+        }
+        let shardable = s
+            .ins
+            .iter()
+            .zip(args)
+            .all(|(pl, a)| layout::is_shardable(&a.meta.shape, mesh, pl) || (uneven && *pl == a.placements));
+        if shardable {
+            kept.push(s);
+        }
     }
-    if let Some(s) = cands.iter().find(|s| s.ins.iter().zip(args).all(|(want, a)| *want == a.placements)) {
+    if kept.is_empty() {
+        return Err(if blocked {
+            DTensorError::InPlacePlacementChange { op: op.aten_name(), placements: args[0].placements.clone() }
+        } else if p.rules.empty_expansion_raises() {
+            DTensorError::NoValidStrategy { op: op.aten_name() }
+        } else {
+            DTensorError::EmptyStrategies
+        });
+    }
+    Ok(kept)
+}
+
+/// PyTorch's choice (`_select_min_cost_strategy`): the cheapest negative-cost candidate, else the
+/// last free candidate that moves no input, else the first free candidate, else the first of
+/// the cheapest.
+pub fn select(op: &Op, p: &Proposal, args: &[Arg], mesh: &Mesh) -> Result<Strategy> {
+    let cands = filtered(op, p, args, mesh)?;
+    if cands.len() == 1 {
+        return Ok(cands[0].clone());
+    }
+    let keeps = |s: &Strategy| s.ins.iter().zip(args).all(|(want, a)| *want == a.placements);
+    let plan = p.rules.plan();
+    if let Some(fixed) = &p.costs {
+        // Only derived strategies set their own costs, so nothing was filtered out.
+        let mut neg: Option<usize> = None;
+        for (i, &c) in fixed.iter().enumerate() {
+            if c < 0.0 && neg.is_none_or(|n| c < fixed[n]) {
+                neg = Some(i);
+            }
+        }
+        let pick = neg
+            .or_else(|| (0..cands.len()).rev().find(|&i| fixed[i] == 0.0 && keeps(cands[i])))
+            .or_else(|| fixed.iter().position(|&c| c == 0.0))
+            .unwrap_or_else(|| first_min(fixed));
+        return Ok(cands[pick].clone());
+    }
+    // A candidate that moves nothing costs 0, so the last one of them wins outright.
+    if let Some(s) = cands.iter().rev().find(|s| keeps(s)) {
         return Ok((*s).clone());
     }
-    let costs: Vec<f64> = cands.iter().map(|s| strategy_cost(s, args, mesh)).collect();
-    if let Some(i) = costs.iter().position(|&c| c == 0.0) {
-        return Ok(cands[i].clone());
+    let mut costs = Vec::with_capacity(cands.len());
+    for s in &cands {
+        let c = strategy_cost(s, args, mesh, plan);
+        if c == 0.0 {
+            return Ok((*s).clone());
+        }
+        costs.push(c);
     }
+    Ok(cands[first_min(&costs)].clone())
+}
+
+/// `costs.index(min(costs))`.
+fn first_min(costs: &[f64]) -> usize {
     let mut best = 0;
     for (i, &c) in costs.iter().enumerate() {
         if c < costs[best] {
             best = i;
         }
     }
-    Ok(cands[best].clone())
+    best
 }
 
 /// Normalises a possibly negative dim against `ndim`, with PyTorch's IndexError text.
@@ -198,24 +247,113 @@ pub fn norm_dim(dim: i64, ndim: usize) -> Result<usize> {
     Ok(d as usize)
 }
 
+/// The number of shards of a spec (`DTensorSpec.num_shards`: mesh dim sizes of every shard-like
+/// placement).
+pub fn num_shards(mesh: &Mesh, ps: &[Placement]) -> usize {
+    ps.iter().enumerate().filter(|(_, p)| p.is_shard()).map(|(i, _)| mesh.dim_size(i)).product()
+}
+
+/// Helpers for the families' unit tests.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use crate::dtensor::meta::DType;
+
+    pub fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
+        argd(shape, ps, DType::F32)
+    }
+
+    pub fn argd(shape: &[usize], ps: &[Placement], dt: DType) -> Arg {
+        Arg { meta: Meta::new(shape.to_vec(), dt), placements: ps.to_vec() }
+    }
+
+    /// A mesh of 2 ranks per dim, as many dims as the first argument has placements.
+    pub fn mesh_for(args: &[Arg]) -> Mesh {
+        let n = args[0].placements.len();
+        Mesh::new(vec![2; n], ["dp", "tp", "ep"][..n].iter().map(|s| s.to_string()).collect()).unwrap()
+    }
+
+    /// The chosen strategy on a mesh of 2 ranks per dim.
+    pub fn pick(op: &Op, args: &[Arg], rules: RuleSet) -> Result<Strategy> {
+        let m = mesh_for(args);
+        select(op, &propose(op, args, &m, rules)?, args, &m)
+    }
+
+    /// The inputs the chosen strategy moves, as `(index, from, to)`.
+    pub fn moves(s: &Strategy, args: &[Arg]) -> Vec<(usize, Vec<Placement>, Vec<Placement>)> {
+        s.ins
+            .iter()
+            .zip(args)
+            .enumerate()
+            .filter(|(_, (w, a))| **w != a.placements)
+            .map(|(i, (w, a))| (i, a.placements.clone(), w.clone()))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtensor::meta::DType;
     use crate::placement::Placement::*;
+    use crate::placement::ReduceOp;
+
+    fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
+        Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
+    }
+
+    fn strat(o: Placement, i: Placement) -> Strategy {
+        Strategy { outs: vec![vec![o]], ins: vec![vec![i]] }
+    }
+
+    /// `_select_min_cost_strategy` (identical in 2.12.1, 2.13.0, 2.14.0): the no-redistribute
+    /// index is overwritten in the loop, so the LAST candidate keeping every input wins; a
+    /// negative cost beats everything; else the FIRST zero-cost one; else the first minimum.
+    #[test]
+    fn selection_order_is_pytorchs() {
+        let m = Mesh::tp(2);
+        let a = [arg(&[4, 4], &[Shard(0)])];
+        let op = Op::Neg;
+        let mut p =
+            Proposal::expanded(vec![], vec![strat(Shard(0), Shard(0)), strat(Partial(ReduceOp::Sum), Shard(0))], true);
+        assert_eq!(select(&op, &p, &a, &m).unwrap().outs[0], vec![Partial(ReduceOp::Sum)]);
+        // Two candidates keep the replicated input: the last one wins.
+        let r = [arg(&[4, 4], &[Replicate])];
+        p.strategies = vec![strat(Replicate, Replicate), strat(Shard(1), Shard(1)), strat(Shard(0), Replicate)];
+        assert_eq!(select(&op, &p, &r, &m).unwrap().outs[0], vec![Shard(0)], "the last keeping the input");
+        // None keeps it: chunking a replicated input is free, and the first free one wins.
+        p.strategies = vec![strat(Shard(1), Shard(1)), strat(Shard(0), Shard(0))];
+        assert_eq!(select(&op, &p, &r, &m).unwrap().ins[0], vec![Shard(1)], "the first free one");
+        // First minimum among equal costs: gather on either of two equal all_gathers.
+        p.strategies = vec![strat(Replicate, Replicate), strat(Shard(1), Shard(1)), strat(Replicate, Replicate)];
+        assert_eq!(select(&op, &p, &a, &m).unwrap().ins[0], vec![Replicate]);
+        // A negative fixed cost wins over a candidate that moves nothing.
+        let f = Proposal {
+            costs: Some(vec![0.0, -0.1]),
+            ..Proposal::expanded(vec![], vec![strat(Replicate, Shard(0)), strat(Shard(0), Shard(0))], true)
+        };
+        let f = Proposal { filter: Filter::None, ..f };
+        assert_eq!(select(&op, &f, &a, &m).unwrap().outs[0], vec![Shard(0)]);
+    }
 
     #[test]
-    fn expand_is_a_cartesian_product_with_first_mesh_dim_slowest() {
-        let rows = [Row::replicate(1, 1), Row::new(&[Shard(0)], &[Shard(0)])];
-        let s = expand(&rows, 2);
-        let outs: Vec<Vec<Placement>> = s.iter().map(|s| s.outs[0].clone()).collect();
-        assert_eq!(
-            outs,
-            vec![
-                vec![Replicate, Replicate],
-                vec![Replicate, Shard(0)],
-                vec![Shard(0), Replicate],
-                vec![Shard(0), Shard(0)]
-            ]
-        );
+    fn mixed_partials_are_dropped_except_sum_with_avg() {
+        assert!(mixes_partials(&[Partial(ReduceOp::Sum), Partial(ReduceOp::Max)]));
+        assert!(!mixes_partials(&[Partial(ReduceOp::Sum), Partial(ReduceOp::Avg)]));
+        assert!(mixes_partials(&[Partial(ReduceOp::Sum), MaskPartial { id: 3, dim: 0, size: 4 }]));
+    }
+
+    #[test]
+    fn empty_expansion_errors_by_release() {
+        let m = Mesh::tp(2);
+        let a = [arg(&[1, 4], &[Replicate])];
+        for (rules, text) in [
+            (RuleSet::Torch213, "min() arg is an empty sequence"),
+            (RuleSet::Torch214, "aten.neg.default: no valid sharding strategy for the input placements."),
+        ] {
+            let p = Proposal { rules, ..Proposal::expanded(vec![], vec![strat(Shard(0), Shard(0))], false) };
+            let e = select(&Op::Neg, &p, &a, &m).unwrap_err();
+            assert_eq!((e.kind(), e.to_string().as_str()), ("RuntimeError", text));
+        }
     }
 }

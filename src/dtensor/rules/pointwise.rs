@@ -1,87 +1,78 @@
-//! Pointwise ops (`_pointwise_ops.py`): single-mesh-dim rules, expanded over the mesh and
-//! chosen by cost like any other rule (VERIFIED on 2.12.1 and 2.13.0, docs/pytorch-facts.md §3-4).
+//! Pointwise ops (`_ops/_pointwise_ops.py`, byte-identical in 2.12.1, 2.13.0 and 2.14.0; `_to_copy`
+//! in `_ops/_tensor_ops.py`): single-dim strategies with `allow_uneven_sharding=True`.
 //!
-//! Rows `[out, in...]` for one mesh dim:
-//! - all Replicate;
-//! - `Shard(d)` on every output dim d, each input sharded on the dim it broadcasts to d from
-//!   (Replicate where it broadcasts): offered only for the shard kinds present among the inputs
-//!   (`Shard`, or `_StridedShard(sf)` for each split factor present), so with no shard anywhere a
-//!   Partial input can only be reduced to Replicate;
-//! - Partial rows, by what the op is linear or monotone in ([`partial_rows`]).
+//! Rows `[out, in...]` for one mesh dim, after the inserted all-R:
+//! - `Ph(d)` on every output dim d, each tensor input `Ph` of the dim it broadcasts to d from, or
+//!   R where it broadcasts (`_common_pointwise_single_dim_strategy`); with no shard kind among
+//!   the inputs these disappear, so a Partial input can only be reduced to Replicate;
+//! - the op's Partial rows ([`partial_rows`]), kept only when their length fits the number of
+//!   tensor arguments (so `x + 1e-20`, one tensor, gets none of add's three-place rows, while
+//!   `x * 2.5` gets mul's two-place ones).
+//!
+//! Tag-discovered ops with no special rules (sigmoid_backward, masked_fill) have no Partial
+//! rows at all.
 
-use super::{expand, Arg, Proposal, Row};
+use super::single_dim::{p, single_dim, Cell, Ph, Row, R};
+use super::{Arg, Proposal, RuleSet};
 use crate::dtensor::error::{DTensorError, Result};
 use crate::dtensor::meta::{torch_size, DType, Meta};
 use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement, ReduceOp};
+use crate::placement::{Mesh, ReduceOp};
 
-/// Partial rows of an op, `[out, in...]`, each with why it holds.
-fn partial_rows(op: &Op) -> Vec<Row> {
-    use Placement::Partial as P;
-    use Placement::Replicate as R;
-    use ReduceOp::*;
-    let mut rows = Vec::new();
-    let mut push = |o: Placement, ins: &[Placement]| rows.push(Row::new(&[o], ins));
-    match op {
-        // A dtype cast commutes with every reduction (up to rounding).
-        Op::ToDtype(_) => {
-            for r in [Sum, Avg, Max, Min] {
-                push(P(r), &[P(r)]);
-            }
-        }
-        // Scaling by a constant commutes with sum and avg (not with max: the scale may be negative).
-        Op::MulScalar(_) | Op::DivScalar(_) => {
-            for r in [Sum, Avg] {
-                push(P(r), &[P(r)]);
-            }
-        }
-        // Linear and decreasing: -sum = sum of -, -max = min of -.
-        Op::Neg => {
-            for r in [Sum, Avg] {
-                push(P(r), &[P(r)]);
-            }
-            push(P(Min), &[P(Max)]);
-            push(P(Max), &[P(Min)]);
-        }
-        // Non-decreasing: f(max_i x_i) = max_i f(x_i), likewise min.
-        Op::Sigmoid => {
-            for r in [Max, Min] {
-                push(P(r), &[P(r)]);
-            }
-        }
-        // sum_i a_i + sum_i b_i = sum_i (a_i + b_i), avg likewise; avg_i a_i + c = avg_i (a_i + c);
-        // max_i a_i + c = max_i (a_i + c).
-        Op::Add | Op::Sub => {
-            for r in [Sum, Avg] {
-                push(P(r), &[P(r), P(r)]);
-            }
-            push(P(Avg), &[P(Avg), R]);
-            push(P(Avg), &[R, P(Avg)]);
-            for r in [Max, Min] {
-                push(P(r), &[P(r), R]);
-                if matches!(op, Op::Add) {
-                    push(P(r), &[R, P(r)]);
-                }
-            }
-        }
-        // (sum_i a_i) * c = sum_i (a_i * c): one side partial, the other replicated.
-        Op::Mul => {
-            for r in [Sum, Avg] {
-                push(P(r), &[P(r), R]);
-                push(P(r), &[R, P(r)]);
-            }
-        }
-        // Only the numerator may be partial.
-        Op::Div => {
-            for r in [Sum, Avg] {
-                push(P(r), &[P(r), R]);
-            }
-        }
-        // Adding a Python scalar to a partial would add it once per rank (pytorch#163193);
-        // masked_fill is not linear.
-        _ => {}
+/// `_partial_needs_reduce_for_dtype_cast`: whether a Partial of `op` must be reduced before the
+/// cast (a cast to bool, or a sum/avg/product cast from float to an integer type).
+fn cast_needs_reduce(op: ReduceOp, src: DType, dst: DType) -> bool {
+    if src == dst {
+        return false;
     }
-    rows
+    if dst == DType::Bool {
+        return true;
+    }
+    if matches!(op, ReduceOp::Max | ReduceOp::Min) {
+        return false;
+    }
+    src.is_float() && !dst.is_float()
+}
+
+/// Partial rows of an op `[out, in...]`, in PyTorch's order (each list names its upstream table).
+fn partial_rows(op: &Op, args: &[Arg], rules: RuleSet) -> Vec<Row> {
+    use ReduceOp::*;
+    let row = |o: ReduceOp, ins: &[Cell]| Row::new(&[p(o)], ins);
+    match op {
+        // `_to_copy`: a cast commutes with each reduction it does not need reduced first;
+        // 2.14 dropped product (`_PARTIAL_PASS_THROUGH_REDUCE_OPS`).
+        Op::ToDtype(dst) => {
+            let mut ops = vec![Sum, Avg, Min, Max];
+            if rules.to_copy_passes_product() {
+                ops.push(Product);
+            }
+            ops.into_iter()
+                .filter(|&o| !cast_needs_reduce(o, args[0].meta.dtype, *dst))
+                .map(|o| row(o, &[p(o)]))
+                .collect()
+        }
+        // `_UNARY_LINEAR_RULES` (mul/div by a Python scalar): scaling commutes with sum and avg.
+        Op::MulScalar(_) | Op::DivScalar(_) => vec![row(Sum, &[p(Sum)]), row(Avg, &[p(Avg)])],
+        // `_NEG_RULES`: linear (sum, avg), and decreasing (-max = min of -, -min = max of -).
+        Op::Neg => vec![row(Sum, &[p(Sum)]), row(Avg, &[p(Avg)]), row(Min, &[p(Max)]), row(Max, &[p(Min)])],
+        // `_NON_DECREASING_RULES`: f(max_i x_i) = max_i f(x_i), likewise min.
+        Op::Sigmoid => vec![row(Max, &[p(Max)]), row(Min, &[p(Min)])],
+        // `_BINARY_ADDITIVE_RULES`: sums and avgs add up; a replicated addend keeps avg, max, min
+        // (not sum: it would be added once per rank); R + P(avg) holds for any alpha.
+        Op::Add | Op::Sub => vec![
+            row(Sum, &[p(Sum), p(Sum)]),
+            row(Avg, &[p(Avg), p(Avg)]),
+            row(Avg, &[p(Avg), R]),
+            row(Max, &[p(Max), R]),
+            row(Min, &[p(Min), R]),
+            row(Avg, &[R, p(Avg)]),
+        ],
+        // `_MUL_RULES`: a product is linear in either factor with the other replicated.
+        Op::Mul => vec![row(Sum, &[p(Sum), R]), row(Avg, &[p(Avg), R]), row(Sum, &[R, p(Sum)]), row(Avg, &[R, p(Avg)])],
+        // `_DIV_RULES`: linear in the numerator only.
+        Op::Div => vec![row(Sum, &[p(Sum), R]), row(Avg, &[p(Avg), R])],
+        _ => vec![],
+    }
 }
 
 /// Broadcast shape as TensorIterator computes it (add, mul, ...), with its error text.
@@ -158,7 +149,7 @@ fn out_dtype(op: &Op, args: &[Arg]) -> DType {
     }
 }
 
-pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
+pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     let shapes: Vec<&[usize]> = args.iter().map(|a| a.meta.shape.as_slice()).collect();
     let common = match op {
         Op::MaskedFill(_) => {
@@ -184,46 +175,35 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh) -> Result<Proposal> {
     };
     let maps: Vec<Vec<Option<usize>>> = args.iter().map(|a| dims_map(&common, &a.meta.shape)).collect();
 
-    // Shard kinds present among the inputs.
-    let mut kinds: Vec<Placement> = Vec::new();
-    for p in args.iter().flat_map(|a| &a.placements) {
-        let k = match *p {
-            Placement::Shard(_) => Placement::Shard(0),
-            Placement::StridedShard { sf, .. } => Placement::StridedShard { dim: 0, sf },
-            _ => continue,
-        };
-        if !kinds.contains(&k) {
-            kinds.push(k);
-        }
-    }
-    let mut rows = vec![Row::replicate(1, args.len())];
-    for k in &kinds {
-        for d in 0..common.len() {
-            let ins: Vec<Placement> =
-                maps.iter().map(|m| m[d].map_or(Placement::Replicate, |i| k.with_dim(i as i64))).collect();
-            rows.push(Row::new(&[k.with_dim(d as i64)], &ins));
-        }
-    }
-    rows.extend(partial_rows(op));
-    Ok(Proposal {
-        out_metas: vec![Meta::new(common, out_dtype(op, args))],
-        strategies: expand(&rows, mesh.ndim()),
-        filter: super::Filter::Redistributed,
-    })
+    let mut rows: Vec<Row> = (0..common.len())
+        .map(|d| {
+            // Output dim d: every input shards the dim it reads d from, or is replicated where
+            // it broadcasts.
+            let ins: Vec<Cell> = maps.iter().map(|m| m[d].map_or(R, Ph)).collect();
+            Row::new(&[Ph(d)], &ins)
+        })
+        .collect();
+    rows.extend(partial_rows(op, args, rules));
+    let meta = Meta::new(common, out_dtype(op, args));
+    Ok(Proposal::expanded(vec![meta], single_dim(&rows, 1, args, mesh.ndim()), true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dtensor::rules::{select, Strategy};
-    use crate::placement::{Placement::*, ReduceOp};
+    use crate::placement::{Placement, Placement::*, ReduceOp};
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
     }
 
     fn pick(op: Op, args: &[Arg], mesh: &Mesh) -> Strategy {
-        select(&op, &propose(&op, args, mesh).unwrap(), args, mesh).unwrap()
+        pick_in(op, args, mesh, RuleSet::Torch213)
+    }
+
+    fn pick_in(op: Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Strategy {
+        select(&op, &crate::dtensor::rules::propose(&op, args, mesh, rules).unwrap(), args, mesh).unwrap()
     }
 
     #[test]
@@ -278,5 +258,71 @@ mod tests {
         );
         assert_eq!(broadcast_iter(&[2, 4, 8], &[8]).unwrap(), vec![2, 4, 8]);
         assert!(broadcast_iter(&[2, 4, 8], &[3]).is_err());
+    }
+
+    use crate::dtensor::rules::testing::{arg as targ, moves, pick as tpick};
+
+    const PS: Placement = Partial(ReduceOp::Sum);
+
+    /// backward-rules.md §3.3 (out_ops.*, the same in 2.12.1, 2.13.0 and 2.14.0): the Partial
+    /// rows of the arithmetic the router's backward runs, on a 1-D mesh of 2.
+    #[test]
+    fn backward_arithmetic_partials() {
+        let (b, bk, b1) = ([2, 4, 2], [2, 4, 2], [2, 4, 1]);
+        for rules in RuleSet::ALL.iter().copied() {
+            let run = |op: Op, args: &[Arg]| {
+                let s = tpick(&op, args, rules).unwrap();
+                (s.outs[0].clone(), moves(&s, args))
+            };
+            // mul(P, S(0)): the Partial is reduce-scattered onto the shard.
+            let (o, mv) = run(Op::Mul, &[targ(&b, &[PS]), targ(&b, &[Shard(0)])]);
+            assert_eq!((o, mv), (vec![Shard(0)], vec![(0, vec![PS], vec![Shard(0)])]));
+            // mul(P, P): one operand is all-reduced, the product stays P.
+            let (o, mv) = run(Op::Mul, &[targ(&b, &[PS]), targ(&b, &[PS])]);
+            assert_eq!((o, mv), (vec![PS], vec![(1, vec![PS], vec![Replicate])]));
+            // div(P, S(0) denominator): cheaper to gather the small denominator.
+            let (o, mv) = run(Op::Div, &[targ(&bk, &[PS]), targ(&b1, &[Shard(0)])]);
+            assert_eq!((o, mv), (vec![PS], vec![(1, vec![Shard(0)], vec![Replicate])]));
+            // div(R, P): only a numerator may be pending.
+            let (o, mv) = run(Op::Div, &[targ(&bk, &[Replicate]), targ(&b1, &[PS])]);
+            assert_eq!((o, mv), (vec![Replicate], vec![(1, vec![PS], vec![Replicate])]));
+            // add(P, R) and add(R, P): the replicated side is partitioned locally, no comm.
+            let (o, mv) = run(Op::Add, &[targ(&b, &[PS]), targ(&b, &[Replicate])]);
+            assert_eq!((o, mv), (vec![PS], vec![(1, vec![Replicate], vec![PS])]));
+            let (o, _) = run(Op::Add, &[targ(&b, &[Replicate]), targ(&b, &[PS])]);
+            assert_eq!(o, vec![PS]);
+            // neg keeps sums and swaps max with min.
+            assert_eq!(run(Op::Neg, &[targ(&b, &[PS])]).0, vec![PS]);
+            assert_eq!(run(Op::Neg, &[targ(&b, &[Partial(ReduceOp::Max)])]).0, vec![Partial(ReduceOp::Min)]);
+            // sigmoid_backward has no Partial rows: a P grad is reduced (scattered onto a shard).
+            let (o, mv) = run(Op::SigmoidBackward, &[targ(&b, &[PS]), targ(&b, &[Replicate])]);
+            assert_eq!((o, mv), (vec![Replicate], vec![(0, vec![PS], vec![Replicate])]));
+            let (o, _) = run(Op::SigmoidBackward, &[targ(&b, &[PS]), targ(&b, &[Shard(0)])]);
+            assert_eq!(o, vec![Shard(0)]);
+            // 2x2: g [S(0), P], out [S(0), R] -> [S(0), S(1)] by one reduce_scatter.
+            let (o, _) = run(
+                Op::SigmoidBackward,
+                &[targ(&[2, 4, 8], &[Shard(0), PS]), targ(&[2, 4, 8], &[Shard(0), Replicate])],
+            );
+            assert_eq!(o, vec![Shard(0), Shard(1)]);
+        }
+    }
+
+    /// `_to_copy`'s Partial rows (P213 `_tensor_ops.py` all of `ALL_REDUCE_OPS`, P214 sum/avg/min/
+    /// max only); a cast to bool reduces every Partial, a float-to-int cast reduces sums.
+    #[test]
+    fn to_copy_partials_by_release() {
+        let prod = Partial(ReduceOp::Product);
+        for rules in RuleSet::ALL.iter().copied() {
+            let s = tpick(&Op::ToDtype(DType::BF16), &[targ(&[4, 8], &[prod])], rules).unwrap();
+            let want = if rules == RuleSet::Torch214 { vec![Replicate] } else { vec![prod] };
+            assert_eq!(s.outs[0], want, "{rules}");
+            let s = tpick(&Op::ToDtype(DType::Bool), &[targ(&[4, 8], &[Partial(ReduceOp::Max)])], rules).unwrap();
+            assert_eq!(s.outs[0], vec![Replicate]);
+            let s = tpick(&Op::ToDtype(DType::I64), &[targ(&[4, 8], &[Partial(ReduceOp::Max)])], rules).unwrap();
+            assert_eq!(s.outs[0], vec![Partial(ReduceOp::Max)]);
+            let s = tpick(&Op::ToDtype(DType::I64), &[targ(&[4, 8], &[PS])], rules).unwrap();
+            assert_eq!(s.outs[0], vec![Replicate]);
+        }
     }
 }

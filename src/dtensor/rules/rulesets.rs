@@ -1,18 +1,43 @@
 //! The rule sets a run can select, one per PyTorch release, as data: each difference names the
-//! upstream change it follows. Everything not listed here is shared by all sets.
+//! upstream change it follows. Everything not listed here is shared by all sets (docs/rules.md).
+
+use crate::placement::plan::PlanRules;
 
 crate::named_enum! {
     pub enum RuleSet("rule set") {
         /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; a strict view that
-        /// cannot keep a shard replicates it silently.
+        /// cannot keep a shard replicates it silently; an uneven all_gather returns a padded,
+        /// narrowed (non-contiguous) tensor.
         Torch212 = "torch-2.12",
         /// PyTorch 2.13.0 (pytorch@cf30153c): scatter keeps `Shard(d)` on non-scatter dims of equal
         /// global size (pytorch#186149); a strict view that cannot keep a shard raises.
         Torch213 = "torch-2.13",
-        /// PyTorch 2.14 (pytorch@08187d9e): scatter re-registered as a single-dim strategy whose
-        /// placeholders also expand to `_StridedShard` matching the inputs; src must share the rank.
+        /// PyTorch 2.14 (pytorch@08187d9e): t, sum, softmax and its backward, cumsum, topk/sort,
+        /// gather, scatter, scatter_add and the factories re-registered as single-dim strategies.
         Torch214 = "torch-2.14",
     }
+}
+
+/// Op families whose registration changed between releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `t` (2.12/2.13 `transpose_strategy` follows the input, no shardability check).
+    Transpose,
+    /// `sum.dim_IntList` (2.12/2.13 `linear_reduction_strategy` follows the input).
+    Sum,
+    /// `_softmax`, `_softmax_backward_data` (2.12/2.13: one candidate).
+    Softmax,
+    /// `cumsum` (2.12/2.13 `scan_strategy`).
+    Cumsum,
+    /// `topk`, `sort` (2.12/2.13 `sort_strategy`: explicit `Shard(d)` rows).
+    Sort,
+    /// `gather`, `scatter_add` (2.12/2.13: explicit `Shard(d)` rows).
+    GatherScatterAdd,
+    /// `scatter`/`scatter_` (2.12 all-R, 2.13 explicit `Shard(d)` rows).
+    Scatter,
+    /// `new_zeros`, `zeros_like`, `ones_like` (2.12/2.13 `new_factory_strategy`,
+    /// `create_like_strategy`).
+    Factory,
 }
 
 /// How scatter/scatter_ may be sharded.
@@ -20,9 +45,9 @@ crate::named_enum! {
 pub enum ScatterRule {
     /// `[R]*n` only (PyTorch <= 2.12, "TODO: see if we can support input sharding pattern").
     ReplicateOnly,
-    /// all-R plus `[S(d)]*n` for every non-scatter d where self, index (and a tensor src) agree in
-    /// global size; `strided` also offers `_StridedShard(d, sf)` when an input has it.
-    ShardNonScatterDims { strided: bool },
+    /// all-R plus `[S(d)]*n` for every non-scatter d where self, index (and a tensor src) agree
+    /// in global size (pytorch#186149, full-mesh in 2.13, single-dim placeholders in 2.14).
+    ShardNonScatterDims,
 }
 
 /// What a strict view (`view`, `_unsafe_view`) does with a shard it cannot keep.
@@ -35,12 +60,20 @@ pub enum ViewRule {
 }
 
 impl RuleSet {
+    /// Whether the family is a single-dim strategy (placeholders, cost-based over every mesh
+    /// dim combination). 2.14 re-registered all of them (`register_single_dim_strategy` in
+    /// P214 `_ops/_matrix_ops.py`, `_math_ops.py`, `_tensor_ops.py`); in 2.12/2.13 they are
+    /// full-mesh strategies, and a single-dim registration, where both exist (mm, addmm),
+    /// already wins (`_sharding_prop.py` looks single-dim strategies up first).
+    pub fn single_dim(self, _f: Family) -> bool {
+        self == RuleSet::Torch214
+    }
+
     /// pytorch#186149 (first released in 2.13.0); single-dim re-registration in 2.14.
     pub fn scatter(self) -> ScatterRule {
         match self {
             RuleSet::Torch212 => ScatterRule::ReplicateOnly,
-            RuleSet::Torch213 => ScatterRule::ShardNonScatterDims { strided: false },
-            RuleSet::Torch214 => ScatterRule::ShardNonScatterDims { strided: true },
+            RuleSet::Torch213 | RuleSet::Torch214 => ScatterRule::ShardNonScatterDims,
         }
     }
 
@@ -51,6 +84,32 @@ impl RuleSet {
             RuleSet::Torch212 => ViewRule::Replicate,
             RuleSet::Torch213 | RuleSet::Torch214 => ViewRule::Raise,
         }
+    }
+
+    /// `_to_copy`'s Partial rows: 2.12/2.13 pass every reduce op of `Partial.ALL_REDUCE_OPS`
+    /// (product included), 2.14 only `_PARTIAL_PASS_THROUGH_REDUCE_OPS` (P214
+    /// `_tensor_ops.py:47`).
+    pub fn to_copy_passes_product(self) -> bool {
+        self != RuleSet::Torch214
+    }
+
+    /// 2.14's `expand_to_full_mesh_op_strategy` raises "{op}: no valid sharding strategy for the
+    /// input placements." when every candidate was filtered out (P214 `_ops/utils.py:689`);
+    /// 2.12/2.13 return no candidate and `min()` of nothing raises.
+    pub fn empty_expansion_raises(self) -> bool {
+        self == RuleSet::Torch214
+    }
+
+    /// 2.12.1 all-gathers an uneven `Shard(d)` by padding every piece, gathering and narrowing
+    /// (`Shard._to_replicate_tensor` with `all_gather_tensor`), which leaves a non-contiguous
+    /// local tensor when d != 0; 2.13.0 and 2.14.0 return it contiguous.
+    pub fn uneven_gather_is_strided(self) -> bool {
+        self == RuleSet::Torch212
+    }
+
+    /// The redistribution planner's rules (2.14 adds `S -> P(sum)` graph edges).
+    pub fn plan(self) -> PlanRules {
+        PlanRules { shard_to_partial: self == RuleSet::Torch214 }
     }
 
     /// Whether local_map computes an output's global shape from every rank's local size

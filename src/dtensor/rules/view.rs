@@ -1,5 +1,6 @@
-//! View ops (`_view_ops.py`): `view`, `_unsafe_view` (strict: they may not redistribute
-//! silently from torch 2.13 on) and `unsqueeze` (not strict).
+//! View ops (`_view_ops.py` `reshape_strategy`, a full-mesh strategy in every release): `view`,
+//! `_unsafe_view` (strict: they may not redistribute silently from torch 2.13 on), `unsqueeze`
+//! and `expand` (not strict). Partials pass through every one of them.
 //!
 //! A view is first decomposed into, for each output dim, where it comes from ([`Dim`]): an
 //! input dim as is, several input dims flattened, one piece of a split, or a new size-1 dim.
@@ -504,26 +505,57 @@ pub fn propagate(
     Ok((tgt, out))
 }
 
-/// `expand(size)` of a tensor of the same rank: dims of size 1 grow. A shard on a growing dim
-/// is replicated first (PyTorch's `reshape_strategy` for expand); other shards and Partials stay.
+/// `expand(size)` (`_view_ops.py` `expand` + `propagate_shape_and_sharding`, the same in every
+/// release): new leading dims shift the shards, dims that keep their size keep theirs, and a
+/// size-1 dim that grows is a `Broadcast` PyTorch maps to no output dim, so a shard on it fails
+/// propagation with the bare `KeyError` of that dim (checked on 2.12.1, 2.13.0, 2.14.0: "2").
+/// Partials pass.
 fn expand_rule(a: &Arg, shape: &[usize]) -> Result<Proposal> {
     let from = &a.meta.shape;
-    let bad = shape.len() != from.len() || from.iter().zip(shape).any(|(&f, &t)| f != t && f != 1);
-    if bad {
+    let list = |v: &[usize]| format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+    if shape.len() < from.len() {
+        use crate::dtensor::meta::DType::*;
+        let ty = match a.meta.dtype {
+            F32 => "torch.FloatTensor",
+            F64 => "torch.DoubleTensor",
+            BF16 => "CPUBFloat16Type",
+            F16 => "torch.HalfTensor",
+            Bool => "CPUBoolType",
+            I64 => "torch.LongTensor",
+            I32 => "torch.IntTensor",
+        };
         return Err(DTensorError::Shape(format!(
-            "The expanded size of the tensor ({shape:?}) must match the existing size ({from:?}) at every dim of size other than 1"
+            "expand({ty}{{{}}}, size={}): the number of sizes provided ({}) must be greater or equal to the number of dimensions in the tensor ({})",
+            list(from),
+            list(shape),
+            shape.len(),
+            from.len()
         )));
     }
-    let ins: Vec<Placement> = a
-        .placements
-        .iter()
-        .map(|&p| match p.shard_dim() {
-            Some(d) if from[d as usize] != shape[d as usize] => Placement::Replicate,
-            _ => p,
-        })
-        .collect();
+    let pad = shape.len() - from.len();
+    for (i, &f) in from.iter().enumerate() {
+        if f != 1 && shape[i + pad] != f {
+            return Err(DTensorError::Shape(format!(
+                "The expanded size of the tensor ({}) must match the existing size ({f}) at non-singleton dimension {}.  Target sizes: {}.  Tensor sizes: {}",
+                shape[i + pad],
+                i + pad,
+                list(shape),
+                list(from)
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(a.placements.len());
+    for &p in &a.placements {
+        out.push(match p.shard_dim() {
+            Some(d) if from[d as usize] == 1 && shape[d as usize + pad] != 1 => {
+                return Err(DTensorError::PropagationKeyError(d.to_string()))
+            }
+            Some(d) => p.with_dim(d + pad as i64),
+            None => p,
+        });
+    }
     let meta = Meta::new(shape.to_vec(), a.meta.dtype);
-    Ok(Proposal::single(vec![meta], Strategy { outs: vec![ins.clone()], ins: vec![ins] }))
+    Ok(Proposal::single(vec![meta], Strategy { outs: vec![out], ins: vec![a.placements.clone()] }))
 }
 
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
@@ -607,5 +639,29 @@ mod tests {
         let rule = view_groups(&[8, 8], &[2, 4, 8]);
         let e = propagate(&out, &[8, 8], &rule, &[1, 2], true, RuleSet::Torch213).unwrap_err();
         assert!(e.to_string().starts_with("Cannot unflatten tensor with _StridedShard placement: split_factor=2"));
+    }
+
+    /// expand (checked on real 2.12.1, 2.13.0, 2.14.0): a shard on a size-1 dim that grows fails
+    /// propagation with the KeyError of that dim ("2"); one that stays size 1 is kept; new leading
+    /// dims shift the shards; Partials pass.
+    #[test]
+    fn expand_follows_pytorchs_dim_map() {
+        let a = |ps: &[Placement]| Arg {
+            meta: Meta::new(vec![2, 4, 1], crate::dtensor::meta::DType::F32),
+            placements: ps.to_vec(),
+        };
+        let m = Mesh::tp(2);
+        let run = |shape: &[usize], ps: &[Placement]| {
+            propose(&Op::Expand { shape: shape.to_vec() }, &[a(ps)], &m, RuleSet::Torch213)
+                .map(|p| p.strategies[0].outs[0].clone())
+        };
+        let e = run(&[2, 4, 3], &[Shard(2)]).unwrap_err();
+        assert_eq!((e.kind(), e.to_string()), ("RuntimeError", "2".to_string()));
+        assert_eq!(run(&[2, 4, 1], &[Shard(2)]).unwrap(), vec![Shard(2)]);
+        assert_eq!(run(&[5, 2, 4, 1], &[Shard(0)]).unwrap(), vec![Shard(1)]);
+        let p = Partial(crate::placement::ReduceOp::Sum);
+        assert_eq!(run(&[2, 4, 3], &[p]).unwrap(), vec![p]);
+        let e = run(&[2, 3, 3], &[Replicate]).unwrap_err();
+        assert_eq!(e.to_string(), "The expanded size of the tensor (3) must match the existing size (4) at non-singleton dimension 1.  Target sizes: [2, 3, 3].  Tensor sizes: [2, 4, 1]");
     }
 }
