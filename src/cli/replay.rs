@@ -46,14 +46,24 @@ pub fn run(a: Args) -> CliResult {
 
 fn print_summary(f: &std::path::Path, c: &crate::harness::Checked) {
     let v = &c.judgement.verdicts;
+    let what = match &c.case.backward {
+        None => c.case.revision.to_string(),
+        Some(b) => format!("{}; backward {b}", c.case.revision),
+    };
     if v.is_empty() {
-        println!("{}: no divergence ({})", f.display(), c.case.revision);
+        println!("{}: no divergence ({what})", f.display());
     } else {
-        println!("{}: {} divergence(s) ({})", f.display(), v.len(), c.case.revision);
+        println!("{}: {} divergence(s) ({what})", f.display(), v.len());
         for (x, sig) in v.iter().zip(c.signatures()) {
             println!("  {:<14} {sig}", x.class.name());
             println!("  {:<14} {}", "", x.detail);
         }
+    }
+    let g = c.judgement.grads;
+    if g.near_tie + g.forward_differs > 0 {
+        let why =
+            if g.near_tie > 0 { "the reference's choice is a near-tie" } else { "the program chose other experts" };
+        println!("  gradients not compared: {why}");
     }
     let nt = c.judgement.near_ties;
     if nt.topk_rows + nt.group_rows > 0 {

@@ -5,7 +5,22 @@ use super::case::Case;
 use super::oracle::Class;
 use super::signature::Signature;
 use crate::dtensor::RuleSet;
-use crate::router::{RouterRev, Size1};
+use crate::router::backward::Boundary;
+use crate::router::{Program, RouterRev, Size1};
+
+/// The gate weight's gradient of `boundary`, Replicate-labelled over unequal per-rank shares
+/// (`replica`) or never reduced (`grad` missing_reduction), on more than one rank.
+fn unreduced_gate(p: &Signature, case: &Case, boundary: Boundary) -> bool {
+    let mechanism = match p.class {
+        Class::Replica => true,
+        Class::Grad => p.key.starts_with("missing_reduction"),
+        _ => false,
+    };
+    mechanism
+        && p.program == Program::Boundary(boundary)
+        && p.output.as_deref() == Some("gate.weight")
+        && case.ranks() > 1
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
@@ -20,15 +35,25 @@ pub enum Known {
     ShortSeq213,
     /// local_map re-wraps uneven shards with rank-dependent global shapes (§9.2 d2).
     LocalMapShapes,
+    /// Before #2416: the gate's output `to_local()` labels per-rank score gradients Replicate,
+    /// so the gate weight's gradient is never reduced and the TP ranks' copies drift apart
+    /// (torchtitan#2387): with tokens split over ranks or TP-sharded experts without
+    /// score_before_experts.
+    RouterDiverges2387,
+    /// #3654 to #4054: without EP the experts' local_map gets no in_grad_placements, so the
+    /// gate values' partial gradients are labelled Replicate (torchtitan#4054).
+    NoInGrad4054,
 }
 
 impl Known {
-    pub const ALL: [Known; 5] = [
+    pub const ALL: [Known; 7] = [
         Known::InplaceScatter212,
         Known::OutOfPlaceReplicate212,
         Known::Size1Keep,
         Known::ShortSeq213,
         Known::LocalMapShapes,
+        Known::RouterDiverges2387,
+        Known::NoInGrad4054,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +63,8 @@ impl Known {
             Known::Size1Keep => "size1=keep contract mismatch (#3762)",
             Known::ShortSeq213 => "sequence shorter than shards (torch-2.13)",
             Known::LocalMapShapes => "local_map rank-dependent shapes",
+            Known::RouterDiverges2387 => "router gradient never reduced, ranks diverge (#2387, tt-pre2416)",
+            Known::NoInGrad4054 => "experts' in_grad_placements dropped without EP (#4054, tt-3654)",
         }
     }
 
@@ -53,7 +80,7 @@ impl Known {
             }
             Known::OutOfPlaceReplicate212 => {
                 counts_placement
-                    && p.router == RouterRev::OutOfPlaceScatter
+                    && p.program == Program::Router(RouterRev::OutOfPlaceScatter)
                     && p.rules == RuleSet::Torch212
                     && mismatch("P(sum)->R")
             }
@@ -65,9 +92,13 @@ impl Known {
                     case.dims.batch < n[0] || case.dims.seq < n[1]
                 }
             }
+            Known::RouterDiverges2387 => unreduced_gate(p, case, Boundary::Pre2416),
+            Known::NoInGrad4054 => {
+                unreduced_gate(p, case, Boundary::T3654) && case.backward.as_ref().is_some_and(|b| !b.ep)
+            }
             Known::LocalMapShapes => {
                 p.class == Class::Shape
-                    && matches!(p.router, RouterRev::LocalMapCounts | RouterRev::LocalMapBoth)
+                    && matches!(p.program, Program::Router(RouterRev::LocalMapCounts | RouterRev::LocalMapBoth))
                     && p.key == "rank_dependent"
             }
         }

@@ -3,11 +3,13 @@
 
 use super::case::Case;
 use super::oracle::{Judgement, NearTies, Verdict};
-use super::runner::Run;
+use super::runner::{BackwardRun, Run};
 use super::signature::Signature;
 use super::tensor_data::{RawSeq, TensorData, Values, ValuesAs};
+use crate::dtensor::autograd::{Site, Val};
 use crate::dtensor::{CommRecord, DTensor, DTensorError, DType};
 use crate::placement::Placement;
+use crate::router::backward::loss::LossClass;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
@@ -141,6 +143,71 @@ pub struct ShardedSide {
     pub error: Option<ErrorInfo>,
 }
 
+/// The backward pass of a backward case (docs/backward.md): the boundary program's gradients
+/// with their placements, per-rank locals, reduced values and the sites they crossed; the
+/// reference gradients; the backward's collectives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackwardSide {
+    pub ok: bool,
+    pub error: Option<ErrorInfo>,
+    pub loss_class: LossClass,
+    pub grads: Ordered<GradOutput>,
+    pub reference: Ordered<TensorData>,
+    pub comms: Vec<CommRecord>,
+}
+
+/// One gradient of the boundary program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradOutput {
+    pub placements: Vec<Placement>,
+    pub locals: Vec<TensorData>,
+    pub reduced: TensorData,
+    pub sites: Vec<Site>,
+}
+
+fn backward_side(case: &Case, bw: &BackwardRun) -> Option<BackwardSide> {
+    let spec = case.backward.as_ref()?;
+    let loss_class = crate::router::backward::loss::class(spec, case.ranks());
+    let reference = match &bw.reference {
+        Ok(r) => Ordered(r.grads.iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect()),
+        Err(_) => Ordered::default(),
+    };
+    let side = match &bw.program {
+        Ok(p) => {
+            let grads = p.grads.iter().filter_map(|(n, g)| {
+                let Val::D(d) = &g.val else { return None };
+                let reduced = d.full_tensor().ok()?;
+                let out = GradOutput {
+                    placements: d.placements.clone(),
+                    locals: d.locals.iter().map(TensorData::from_tensor).collect(),
+                    reduced: TensorData::from_tensor(&reduced),
+                    sites: g.sites.clone(),
+                };
+                Some((n.to_string(), out))
+            });
+            BackwardSide {
+                ok: true,
+                error: None,
+                loss_class,
+                grads: Ordered(grads.collect()),
+                reference,
+                comms: p.comms.clone(),
+            }
+        }
+        Err(e) => BackwardSide {
+            ok: false,
+            error: Some(e.into()),
+            loss_class,
+            grads: Ordered::default(),
+            reference,
+            comms: vec![],
+        },
+    };
+    Some(side)
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
@@ -154,6 +221,9 @@ pub struct Outcome {
     pub signatures: Vec<Signature>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub near_ties: Option<NearTies>,
+    /// The backward pass; absent for a forward-only case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward: Option<BackwardSide>,
     /// Provenance of outcomes recorded on real PyTorch (golden files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pytorch: Option<serde_json::Value>,
@@ -206,6 +276,7 @@ impl Outcome {
             signatures: j.verdicts.iter().map(|v| v.signature(case)).collect(),
             verdicts: j.verdicts.clone(),
             near_ties: Some(j.near_ties),
+            backward: run.backward.as_ref().and_then(|bw| backward_side(case, bw)),
             pytorch: None,
         }
     }

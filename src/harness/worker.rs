@@ -6,7 +6,7 @@
 use super::case::Case;
 use super::check::{check, Options};
 use super::generate::{self, GenConfig};
-use super::oracle::{NearTies, Verdict};
+use super::oracle::{GradTally, NearTies, Verdict};
 use super::shrink::{self, Budget};
 use super::signature::Signature;
 use super::timing::{micros, Phases};
@@ -55,6 +55,8 @@ pub enum Reply {
         index: u64,
         verdicts: Vec<Verdict>,
         near_ties: NearTies,
+        #[serde(default)]
+        grads: GradTally,
         phases: Phases,
     },
     Shrunk {
@@ -68,9 +70,7 @@ pub enum Reply {
         lost: bool,
     },
     /// The job could not run (an invalid case from a shrink request, say).
-    Failed {
-        message: String,
-    },
+    Failed { message: String },
     /// Sent once at start: libtorch is loaded and jobs can run (time limits start now).
     Ready,
 }
@@ -163,7 +163,8 @@ pub fn run_index(setup: &Setup, index: u64, inflight: Option<&mut Inflight>) -> 
     Ok(match check(&case, case.device, Options { twice: index.is_multiple_of(PROBE_EVERY), ..Options::default() }) {
         Ok(c) => {
             let phases = Phases { generate_us, ..c.phases };
-            Reply::Result { index, verdicts: c.judgement.verdicts, near_ties: c.judgement.near_ties, phases }
+            let (verdicts, near_ties, grads) = (c.judgement.verdicts, c.judgement.near_ties, c.judgement.grads);
+            Reply::Result { index, verdicts, near_ties, grads, phases }
         }
         Err(e) => Reply::Failed { message: e.to_string() },
     })

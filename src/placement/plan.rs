@@ -129,15 +129,18 @@ pub fn plan_all(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec
     }
     let mut out = Vec::with_capacity(steps.len());
     for (md, from, to) in steps {
-        // _S -> _S has no direct collective: gather, then chunk again. So has _S(d) -> S(e) on
-        // another tensor dim: PyTorch's graph-based planner (used whenever a _StridedShard is
-        // involved) goes through Replicate, e.g. `_S(0, 2)->R->S(1)` for an mm whose lhs comes
-        // from a flattening view (docs/pytorch-facts.md §1, crosscheck case-1-000165).
-        let via_r = match (from, to) {
-            (Placement::StridedShard { .. }, Placement::StridedShard { .. }) => true,
-            (Placement::StridedShard { dim, .. }, Placement::Shard(e)) => dim != e,
-            _ => false,
-        };
+        // _S -> _S has no direct collective: gather, then chunk again. So has _S(d) -> S(e), on
+        // another tensor dim or the same one: PyTorch's graph-based planner (used whenever a
+        // _StridedShard is involved) goes through Replicate, e.g. `_S(0, 2)->R->S(1)` for an mm
+        // whose lhs comes from a flattening view (docs/pytorch-facts.md §1, crosscheck
+        // case-1-000165) and `_S(0, 2)->R->S(0)` when a SequenceParallel gate takes flattened
+        // sequence-sharded tokens (recorded on 2.12.1, 2.13.0 and 2.14.0, tests/backward.rs).
+        // The backward of that redistribution, `S(0)->R->_S(0, 2)`, goes the same way.
+        let via_r = matches!(
+            (from, to),
+            (Placement::StridedShard { .. }, Placement::StridedShard { .. } | Placement::Shard(_))
+                | (Placement::Shard(_), Placement::StridedShard { .. })
+        );
         if via_r {
             out.push(Transform { mesh_dim: md, from, to: Placement::Replicate, collective: Collective::AllGather });
             out.push(Transform { mesh_dim: md, from: Placement::Replicate, to, collective: Collective::LocalChunk });
@@ -204,7 +207,8 @@ mod tests {
         assert_eq!(e.kind(), "RuntimeError");
         let e = plan(&Mesh::tp(2), &[Partial(ReduceOp::Sum)], &[Partial(ReduceOp::Max)]).unwrap_err();
         assert_eq!(e.to_string(), "Redistribution from one partial type (P(sum)) to another (P(max)) is unsupported.");
-        assert!(plan(&Mesh::tp(2), &[StridedShard { dim: 0, sf: 2 }], &[Shard(0)]).is_err());
+        let p = plan(&Mesh::tp(2), &[StridedShard { dim: 0, sf: 2 }], &[Shard(0)]).unwrap();
+        assert_eq!(describe(&p), "_S(0,2)->R[0] -> R->S(0)[0]");
     }
 
     #[test]

@@ -213,10 +213,10 @@ fn on_reply(
     reply: Reply,
 ) -> anyhow::Result<()> {
     match reply {
-        Reply::Result { index, verdicts, near_ties, phases } => {
+        Reply::Result { index, verdicts, near_ties, grads, phases } => {
             let case = cfg.setup().case(index);
             record(cfg, state, bar, index, &case, &verdicts)?;
-            state.add_stats(&near_ties, &phases);
+            state.add_stats(&near_ties, &grads, &phases);
         }
         Reply::Shrunk { signature, case, tried, kept, elapsed_ms, truncated, lost } => {
             state.add_shrink_time(elapsed_ms);
@@ -269,6 +269,7 @@ fn on_death(
         actual: serde_json::json!(key),
         detail: format!("worker {how} while running case {index}"),
         key,
+        backward: false,
     };
     record(cfg, state, bar, index, &cfg.setup().case(index), &[v])
 }

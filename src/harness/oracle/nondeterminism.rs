@@ -41,6 +41,7 @@ pub fn check(first: &Run, second: &Run, j: &mut Judgement) {
             actual: json!(b.get(i)),
             detail: "a second run of the same case gave a different result".into(),
             key: a.get(i).and_then(|s| s.split(' ').next()).unwrap_or("-").to_string(),
+            backward: false,
         });
     }
 }

@@ -55,7 +55,15 @@ impl Compare<'_> {
         let seen = |v: &Verdict| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key;
         if !self.j.verdicts.iter().any(seen) {
             let output = Some(output.into());
-            self.j.verdicts.push(Verdict { class: Class::Value, output, expected, actual, detail, key: key.into() });
+            self.j.verdicts.push(Verdict {
+                class: Class::Value,
+                output,
+                expected,
+                actual,
+                detail,
+                key: key.into(),
+                backward: false,
+            });
         }
     }
 
@@ -246,6 +254,7 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
             actual: json!("redistribute failed"),
             detail: "an output could not be gathered to Replicate".into(),
             key: "gather".into(),
+            backward: false,
         });
         return;
     };
