@@ -65,7 +65,10 @@ pub fn run_inputs(case: &Case, inputs: &Inputs) -> Result<Run, CaseError> {
                 backward::loss::abs_weights(spec.loss_seed, d.batch * d.seq, d.experts, n, class, inputs.x.device());
             BackwardRun {
                 program: program::run(&cfg, spec, site, case.revision.rules, &mesh, &pw),
-                reference: backward::reference::grads(&cfg, &inputs.x, &w, spec.loss_seed, &abs),
+                reference: match &reference {
+                    Ok(r) => backward::reference::grads(&cfg, &inputs.x, &w, &r.topk_ids, spec.loss_seed, &abs),
+                    Err(e) => Err(e.clone()),
+                },
             }
         })
     });

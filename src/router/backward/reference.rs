@@ -1,19 +1,19 @@
 //! The reference gradients: libtorch's autograd on the unsharded router with the loss
-//! `Σ_{t,k} ts[t,k] · V[t, ids[t,k]]` (the reference's own ids), in the case's dtypes, and its
-//! float64 twin with the same ids (what the rounding of both sides is measured against).
+//! `Σ_{t,k} ts[t,k] · V[t, ids[t,k]]`, in float64, at the experts the forward reference chose
+//! (the choice carries no gradient, so only the gate values' path is differentiated); and the
+//! size of the terms every gradient element sums, which bounds what float32 rounding can do.
 
 use super::loss;
 use crate::dtensor::local::torch_err;
 use crate::dtensor::Result;
 use crate::router::config::ScoreFunc;
-use crate::router::reference::{self, Weights};
+use crate::router::reference::Weights;
 use crate::router::RouterConfig;
 use tch::{Kind, Tensor};
 
-/// Gradients by name (`gate.weight`, `gate.bias`, `x`), in the case's dtypes and in float64.
+/// Gradients by name (`gate.weight`, `gate.bias`, `x`), in float64.
 pub struct RefGrads {
     pub grads: Vec<(&'static str, Tensor)>,
-    pub f64: Vec<(&'static str, Tensor)>,
     /// The size of the terms each gradient element sums (the backward with every value and
     /// Jacobian entry made absolute, in float64): what bounds the rounding of a sum, which can
     /// far exceed the gradient where terms cancel (saturated softmax, route_norm).
@@ -41,26 +41,26 @@ fn loss_of(ts: &Tensor, ids: &Tensor, v: &Tensor) -> Result<Tensor> {
     Ok((ts.reshape([-1, k]) * picked.to_kind(ts.kind())).sum(ts.kind()))
 }
 
-/// The reference gradients for the loss seeded `loss_seed`; `abs_weights` (Σ_r |V_r|, from
-/// [`loss::abs_weights`]) sizes the rounding bound.
-pub fn grads(cfg: &RouterConfig, x: &Tensor, w: &Weights, loss_seed: u64, abs_weights: &Tensor) -> Result<RefGrads> {
-    let k = x.kind();
-    let (xl, wl) = (leaf(x, k), leaf(w.gate, k));
-    let bl = w.gate_bias.map(|b| leaf(b, b.kind()));
-    let weights = Weights { gate: &wl, gate_bias: bl.as_ref(), expert_bias: w.expert_bias };
-    let out = reference::run(cfg, &xl, &weights)?;
+/// The reference gradients at the forward reference's choice `ids` for the loss seeded
+/// `loss_seed`; `abs_weights` (Σ_r |V_r|, [`loss::abs_weights`]) sizes the rounding bound.
+pub fn grads(
+    cfg: &RouterConfig,
+    x: &Tensor,
+    w: &Weights,
+    ids: &Tensor,
+    loss_seed: u64,
+    abs_weights: &Tensor,
+) -> Result<RefGrads> {
     let size = x.size();
     let (t, e) = ((size[0] * size[1]) as usize, cfg.experts);
     let v = loss::v_tensor(loss_seed, t, e, x.device());
-    loss_of(&out.topk_scores, &out.topk_ids, &v)?.f_backward().map_err(torch_err)?;
-    let grads = named(&xl, &wl, bl.as_ref());
-    let f64 = shadow(cfg, x, w, &out.topk_ids, &v)?;
-    let terms = terms(cfg, x, w, &out.topk_ids, abs_weights);
-    Ok(RefGrads { grads, f64, terms, ids: out.topk_ids })
+    let grads = shadow(cfg, x, w, ids, &v)?;
+    let terms = terms(cfg, x, w, ids, abs_weights);
+    Ok(RefGrads { grads, terms, ids: ids.shallow_clone() })
 }
 
-/// The same gradients in float64, for the chosen `ids`: the gate values' path only (the
-/// choice carries no gradient).
+/// libtorch's autograd in float64 through the gate values at the chosen `ids` (the choice
+/// itself carries no gradient).
 fn shadow(
     cfg: &RouterConfig,
     x: &Tensor,
@@ -139,10 +139,6 @@ fn terms(
 impl RefGrads {
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.grads.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
-    }
-
-    pub fn get64(&self, name: &str) -> Option<&Tensor> {
-        self.f64.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
 
     pub fn terms(&self, name: &str) -> Option<&Tensor> {
