@@ -2,11 +2,19 @@
 //! `docs/pytorch-checks/backward_oracle.py`; every boundary revision, EP on and off) replay the
 //! same on the simulated DTensor: the same ok or error (kind and text), and per gradient the
 //! same placements, every rank's local tensor, the reduced value, and the backward's collectives.
+//! And generated backward cases: no gradient verdict on the correct revisions, each buggy one's
+//! bug at its site, the generator's mix, and a finding shrunk to two ranks.
 
 use serde_json::Value;
 use shardfuzz::device::Dev;
 use shardfuzz::dtensor::autograd::Val;
-use shardfuzz::harness::{check, replay, Options};
+use shardfuzz::harness::case::Case;
+use shardfuzz::harness::generate::{self, BackwardMix, GenConfig};
+use shardfuzz::harness::known::Known;
+use shardfuzz::harness::oracle::Class;
+use shardfuzz::harness::shrink::{self, Budget};
+use shardfuzz::harness::{check, replay, Options, Signature};
+use shardfuzz::router::backward::Boundary;
 use std::collections::BTreeMap;
 
 fn floats(v: &Value) -> Vec<f64> {
@@ -155,4 +163,92 @@ fn backward_cases_agree_with_real_pytorch_2_13() {
 #[test]
 fn backward_cases_agree_with_real_pytorch_2_14() {
     check_file("backward-t2140.jsonl", 90);
+}
+
+/// Generated backward cases of one boundary revision, all rule sets.
+fn cases(boundary: Boundary, n: u64) -> impl Iterator<Item = Case> {
+    let cfg = GenConfig { backward: BackwardMix::Only, boundaries: vec![boundary], ..GenConfig::default() };
+    (0..n).map(move |i| generate::nth(21, i, &cfg))
+}
+
+/// How many of `n` generated cases of `boundary` show a gradient verdict, and of those how
+/// many are instances of `bug`.
+fn found(boundary: Boundary, n: u64, bug: Option<Known>) -> (usize, usize) {
+    let (mut any, mut of_bug) = (0, 0);
+    for case in cases(boundary, n) {
+        let c = check(&case, Dev::Cpu, Options::default()).unwrap();
+        let grads: Vec<Signature> =
+            c.signatures().into_iter().filter(|s| matches!(s.class, Class::Grad | Class::Replica)).collect();
+        any += usize::from(!grads.is_empty());
+        of_bug += usize::from(bug.is_some_and(|k| grads.iter().any(|s| k.matches(s, &c.case))));
+    }
+    (any, of_bug)
+}
+
+#[test]
+fn correct_boundaries_show_no_gradient_verdict() {
+    for b in [Boundary::Clean, Boundary::T3192] {
+        assert_eq!(found(b, 400, None).0, 0, "{b}: a gradient verdict on a correct revision");
+    }
+}
+
+#[test]
+fn each_buggy_boundary_shows_its_bug_at_its_site() {
+    for (b, bug) in [
+        (Boundary::Pre2416, Known::RouterDiverges2387),
+        (Boundary::T3654, Known::NoInGrad4054),
+        (Boundary::T2416, Known::GateInputTwice2416),
+        (Boundary::Pr2388, Known::Pr2388Sbe),
+    ] {
+        let (any, of_bug) = found(b, 300, Some(bug));
+        assert!(of_bug >= 20, "{b}: only {of_bug} of 300 cases show {}", bug.name());
+        assert!(any >= of_bug);
+    }
+}
+
+#[test]
+fn the_generator_draws_backward_cases_as_asked() {
+    let mix = |m: BackwardMix| {
+        let cfg = GenConfig { backward: m, ..GenConfig::default() };
+        (0..400).map(|i| generate::nth(4, i, &cfg)).collect::<Vec<_>>()
+    };
+    assert!(mix(BackwardMix::Off).iter().all(|c| c.backward.is_none()));
+    let on = mix(BackwardMix::On).iter().filter(|c| c.backward.is_some()).count();
+    assert!((120..280).contains(&on), "--backward on drew {on} of 400");
+    let only = mix(BackwardMix::Only);
+    for c in &only {
+        c.validate().unwrap();
+        let b = c.backward.as_ref().expect("--backward only");
+        assert!(!(b.ep && c.ranks() == 1), "EP on one rank: {}", c.to_json());
+    }
+    for b in Boundary::ALL {
+        assert!(only.iter().filter(|c| c.backward.as_ref().unwrap().boundary == *b).count() > 20, "{b} is rare");
+    }
+    assert!(cases(Boundary::T3654, 100).all(|c| c.backward.unwrap().boundary == Boundary::T3654));
+}
+
+#[test]
+fn a_gradient_finding_shrinks_to_two_ranks_and_keeps_its_signature() {
+    let case = cases(Boundary::Pre2416, 200)
+        .find(|c| {
+            c.ranks() >= 3
+                && check(c, Dev::Cpu, Options::default())
+                    .unwrap()
+                    .signatures()
+                    .iter()
+                    .any(|s| s.class == Class::Replica)
+        })
+        .expect("a tt-pre2416 replica finding on 3+ ranks");
+    let sig = check(&case, Dev::Cpu, Options::default())
+        .unwrap()
+        .signatures()
+        .into_iter()
+        .find(|s| s.class == Class::Replica)
+        .unwrap();
+    let s = shrink::shrink(&case, Budget::default(), |c| {
+        check(c, Dev::Cpu, Options::default()).is_ok_and(|r| r.shows(&sig))
+    });
+    assert_eq!(s.case.ranks(), 2, "{}", s.case.to_json());
+    assert!(s.case.dims.batch * s.case.dims.seq <= 2, "{} tokens", s.case.dims.batch * s.case.dims.seq);
+    assert!(check(&s.case, Dev::Cpu, Options::default()).unwrap().shows(&sig));
 }

@@ -48,9 +48,11 @@ pub fn run(a: Args) -> CliResult {
     let mut seen: BTreeMap<Signature, u64> = BTreeMap::new();
     let mut n = 0u64;
     let mut diverging = 0u64;
+    let mut grads = crate::harness::oracle::GradTally::default();
     while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
         let c = check(&generate::nth(a.seed, n, &cfg), dev, opts)?;
         diverging += u64::from(!c.judgement.verdicts.is_empty());
+        grads.add(&c.judgement.grads);
         for (v, sig) in c.judgement.verdicts.iter().zip(c.signatures()) {
             let count = seen.entry(sig.clone()).or_insert(0);
             *count += 1;
@@ -72,6 +74,12 @@ pub fn run(a: Args) -> CliResult {
         n as f64 / secs.max(1e-9),
         seen.len()
     );
+    if grads.cases > 0 {
+        eprintln!(
+            "shardfuzz: {} backward case(s): gradients compared in {}; skipped {} near-tie and {} where the program chose other experts (the rest raised)",
+            grads.cases, grads.checked, grads.near_tie, grads.forward_differs
+        );
+    }
     // The tally is what one reads after a long run; most frequent first, ties by signature.
     let mut tally: Vec<(&Signature, &u64)> = seen.iter().collect();
     tally.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

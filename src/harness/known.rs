@@ -10,15 +10,13 @@ use crate::router::{Program, RouterRev, Size1};
 
 /// The gate weight's gradient of `boundary`, Replicate-labelled over unequal per-rank shares
 /// (`replica`) or never reduced (`grad` missing_reduction), on more than one rank.
-fn unreduced_gate(p: &Signature, case: &Case, boundary: Boundary) -> bool {
-    let mechanism = match p.class {
-        Class::Replica => true,
-        Class::Grad => p.key.starts_with("missing_reduction"),
-        _ => false,
-    };
-    mechanism
+/// A gradient verdict of boundary revision `boundary` whose path crossed `site`: the label
+/// put there is the mechanism, whichever tensor (gate.weight, gate.bias, x) shows it.
+fn through(p: &Signature, case: &Case, boundary: Boundary, site: &str) -> bool {
+    let path = p.key.split_once('@').map_or("", |(_, path)| path);
+    matches!(p.class, Class::Grad | Class::Replica)
         && p.program == Program::Boundary(boundary)
-        && p.output.as_deref() == Some("gate.weight")
+        && path.split('>').any(|s| s == site)
         && case.ranks() > 1
 }
 
@@ -43,10 +41,22 @@ pub enum Known {
     /// #3654 to #4054: without EP the experts' local_map gets no in_grad_placements, so the
     /// gate values' partial gradients are labelled Replicate (torchtitan#4054).
     NoInGrad4054,
+    /// #2416 to #3386: the gate's `from_local(R)` has no grad label, so its backward all-reduces
+    /// the router's share of dx, and the MoE input's `to_local(grad_placements=P)` then sums
+    /// those full copies again: x.grad gets n times the router's share. Found here; no upstream
+    /// report (docs/findings.md).
+    GateInputTwice2416,
+    /// The closed PR #2388 labels the gate output P also where #1878's all-reduce already made
+    /// every rank's gradient complete (score_before_experts with TP-sharded experts): every
+    /// router gradient n times. Found here (docs/findings.md).
+    Pr2388Sbe,
+    /// torchtitan's ReordererSequenceParallel refuses a token count the TP degree does not
+    /// divide (a ValueError by design, not a wrong result).
+    UnevenTokenSplit,
 }
 
 impl Known {
-    pub const ALL: [Known; 7] = [
+    pub const ALL: [Known; 10] = [
         Known::InplaceScatter212,
         Known::OutOfPlaceReplicate212,
         Known::Size1Keep,
@@ -54,6 +64,9 @@ impl Known {
         Known::LocalMapShapes,
         Known::RouterDiverges2387,
         Known::NoInGrad4054,
+        Known::GateInputTwice2416,
+        Known::Pr2388Sbe,
+        Known::UnevenTokenSplit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +78,9 @@ impl Known {
             Known::LocalMapShapes => "local_map rank-dependent shapes",
             Known::RouterDiverges2387 => "router gradient never reduced, ranks diverge (#2387, tt-pre2416)",
             Known::NoInGrad4054 => "experts' in_grad_placements dropped without EP (#4054, tt-3654)",
+            Known::GateInputTwice2416 => "router's dx reduced twice at the MoE input (tt-2416; new)",
+            Known::Pr2388Sbe => "gate output labelled P after #1878's all-reduce (closed PR #2388; new)",
+            Known::UnevenTokenSplit => "token split refuses T not divisible by TP (torchtitan ValueError)",
         }
     }
 
@@ -92,9 +108,24 @@ impl Known {
                     case.dims.batch < n[0] || case.dims.seq < n[1]
                 }
             }
-            Known::RouterDiverges2387 => unreduced_gate(p, case, Boundary::Pre2416),
+            Known::RouterDiverges2387 => through(p, case, Boundary::Pre2416, "gate.to_local"),
             Known::NoInGrad4054 => {
-                unreduced_gate(p, case, Boundary::T3654) && case.backward.as_ref().is_some_and(|b| !b.ep)
+                through(p, case, Boundary::T3654, "experts.local_map") && case.backward.as_ref().is_some_and(|b| !b.ep)
+            }
+            Known::GateInputTwice2416 => {
+                through(p, case, Boundary::T2416, "gate.from_local")
+                    && p.output.as_deref() == Some("x")
+                    && p.key.starts_with("reduced_twice@")
+            }
+            Known::Pr2388Sbe => {
+                through(p, case, Boundary::Pr2388, "gate.to_local")
+                    && p.key.starts_with("reduced_twice@")
+                    && case.backward.as_ref().is_some_and(|b| b.score_before_experts)
+            }
+            Known::UnevenTokenSplit => {
+                p.class == Class::Error
+                    && matches!(p.program, Program::Boundary(Boundary::Pre2416 | Boundary::Pr2388 | Boundary::T2416))
+                    && p.key.starts_with("ValueError:uneven_split_of_tokens")
             }
             Known::LocalMapShapes => {
                 p.class == Class::Shape

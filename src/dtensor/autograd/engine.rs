@@ -97,7 +97,7 @@ impl Tape {
                     .collect();
                 let moved = redistribute(ctx, gd, &target)?;
                 let what = format!("{} -> {}", short_list(&gd.placements), short_list(&target));
-                self.pass(ctx, grads, *x, g, Val::D(moved), site, what)?;
+                self.pass(ctx, grads, *x, g, Val::D(moved), Site { name: site.clone(), what })?;
             }
             Step::ToLocal { x, out, grad, site } => {
                 let Some(g) = grads[*out].take() else { return Ok(()) };
@@ -107,7 +107,7 @@ impl Tape {
                 let d = DTensor::from_local(locals, &self.mesh, &label, Some(fwd.shape.clone()))?;
                 let what =
                     format!("to_local label {}{}", short_list(&label), if grad.is_none() { " (default)" } else { "" });
-                self.pass(ctx, grads, *x, g, Val::D(d), site, what)?;
+                self.pass(ctx, grads, *x, g, Val::D(d), Site { name: site.clone(), what })?;
             }
             Step::FromLocal { x, out, grad, site } => {
                 let Some(g) = grads[*out].take() else { return Ok(()) };
@@ -117,26 +117,16 @@ impl Tape {
                 let what = format!("from_local {} -> {}", short_list(&gd.placements), short_list(&target));
                 let moved = if gd.placements == target { gd.clone() } else { redistribute(ctx, gd, &target)? };
                 let locals = moved.locals.iter().map(|t| t.shallow_clone()).collect();
-                self.pass(ctx, grads, *x, g, Val::L(locals), site, what)?;
+                self.pass(ctx, grads, *x, g, Val::L(locals), Site { name: site.clone(), what })?;
             }
         }
         Ok(())
     }
 
     /// Hands `val` (what `g` became at boundary `site`) to value `x`.
-    #[allow(clippy::too_many_arguments)]
-    fn pass(
-        &self,
-        ctx: &mut Ctx,
-        grads: &mut [Option<Grad>],
-        x: Id,
-        g: Grad,
-        val: Val,
-        site: &str,
-        what: String,
-    ) -> Result<()> {
+    fn pass(&self, ctx: &mut Ctx, grads: &mut [Option<Grad>], x: Id, g: Grad, val: Val, site: Site) -> Result<()> {
         let mut sites = g.sites;
-        merge(&mut sites, &[Site { name: site.into(), what }]);
+        merge(&mut sites, &[site]);
         self.accumulate(ctx, grads, x, Grad { val, sites })
     }
 

@@ -2,8 +2,9 @@
 //!
 //! - `grad`: a gradient, reduced by its placements (Partial summed, Shard concatenated, any
 //!   rank's Replicate), differs from the reference gradient beyond the rounding both sides can
-//!   make; classified by r = ⟨g, ref⟩ / ⟨ref, ref⟩ as `reduced_twice` (r ≈ n: reduced once too
-//!   often), `missing_reduction` (a Replicate label over unequal locals) or `wrong`;
+//!   make; classified as `missing_reduction` (it crossed a boundary that put a Replicate label
+//!   on unequal locals, or it is 1/n of the reference on n ranks), `reduced_twice` (n times the
+//!   reference: reduced once too often) or `wrong`;
 //! - `replica`: a Replicate-labelled gradient whose locals differ across the ranks (bitwise);
 //! - `grad_placement`: a parameter's gradient that is neither its placement (R) nor P(sum); an
 //!   activation's that is neither its forward placement nor P(sum) nor a shard of it.
@@ -20,6 +21,7 @@ use crate::dtensor::{DTensor, DType};
 use crate::harness::case::Case;
 use crate::harness::runner::Run;
 use crate::placement::{short_list, Placement, ReduceOp};
+use crate::router::backward::reference::Expected;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -65,17 +67,28 @@ pub fn check(case: &Case, run: &Run, j: &mut Judgement) {
         return;
     }
     j.grads.checked = 1;
-    for (name, g) in &p.grads {
-        let d = match &g.val {
-            crate::dtensor::autograd::Val::D(d) => d,
-            crate::dtensor::autograd::Val::L(_) => continue,
-        };
-        let path = path(&g.sites);
-        placement(case, name, d, &path, j);
-        let unequal = replica(name, d, g, &path, j);
-        if let (Some(r64), Some(terms)) = (r.get(name), r.terms(name)) {
-            let tokens = case.dims.batch * case.dims.seq;
-            value(name, d, g, [r64, terms], tokens, unequal, &path, j);
+    let dtensors: Vec<(&str, &DTensor, &Grad)> = p
+        .grads
+        .iter()
+        .filter_map(|(name, g)| match &g.val {
+            crate::dtensor::autograd::Val::D(d) => Some((*name, d, g)),
+            crate::dtensor::autograd::Val::L(_) => None,
+        })
+        .collect();
+    // The boundaries where a Replicate label was put on unequal locals: a wrong gradient that
+    // crossed one of them is missing a reduction, whatever its values look like.
+    let mut unreduced: Vec<&str> = Vec::new();
+    for &(name, d, g) in &dtensors {
+        placement(case, name, d, &path(&g.sites), j);
+        if replica(name, d, g, &path(&g.sites), j) {
+            unreduced.extend(g.sites.iter().filter(|s| s.what.starts_with("to_local")).map(|s| s.name.as_str()));
+        }
+    }
+    let tokens = case.dims.batch * case.dims.seq;
+    for &(name, d, g) in &dtensors {
+        if let Some(want) = r.expected(name) {
+            let missing = g.sites.iter().any(|s| unreduced.contains(&s.name.as_str()));
+            value(name, d, g, &want, tokens, missing, j);
         }
     }
 }
@@ -172,47 +185,40 @@ fn f64s(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.to_device(tch::Device::Cpu).to_kind(Kind::Double).contiguous().view(-1)).expect("floats")
 }
 
-/// The reduced gradient against the float64 reference, within a bound made of the
-/// reference's own rounding (its case-dtype gradient against the float64 one) and the
-/// dtype's precision times the size of the terms summed (which exceeds the gradient where
-/// route_norm's terms cancel).
-#[allow(clippy::too_many_arguments)]
-fn value(
-    name: &str,
-    d: &DTensor,
-    g: &Grad,
-    refs: [&Tensor; 2],
-    tokens: usize,
-    unequal: bool,
-    path: &str,
-    j: &mut Judgement,
-) {
+/// The reduced gradient against the float64 reference, within a bound made of the dtype's
+/// precision times the size of the terms summed (which exceeds the gradient where route_norm's
+/// terms cancel), plus what the float32 rounding of the logits can move it (which the
+/// exponential in sigmoid and softmax turns into a relative error of the order of the logits),
+/// plus float32's underflow threshold.
+fn value(name: &str, d: &DTensor, g: &Grad, want: &Expected, tokens: usize, missing: bool, j: &mut Judgement) {
     let Ok(full) = d.full_tensor() else { return };
-    let (ours, r64, terms) = (f64s(&full), f64s(refs[0]), f64s(refs[1]));
+    let (ours, r64) = (f64s(&full), f64s(want.grad));
     if ours.len() != r64.len() {
         return;
     }
-    let max = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let scale = max(&r64).max(max(&terms));
+    let max = |t: &Tensor| f64s(t).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let scale = max(want.grad).max(max(want.terms));
     // Sums of up to one term per token in float32; in a low-precision dtype, the gradient is
     // rounded there, and so is every rank's share before it is summed.
-    let (tokens, n) = (tokens as f64, d.mesh.size() as f64);
-    let eps = DType::F32.eps() * (16.0 + 2.0 * tokens)
-        + if d.dtype == DType::F32 { 0.0 } else { 4.0 * (1.0 + n) * d.dtype.eps() };
-    let tol = eps * scale + f64::MIN_POSITIVE;
-    let Some(i) = ours.iter().zip(&r64).position(|(a, b)| (a - b).abs() > tol || (a.is_nan() != b.is_nan())) else {
-        return;
-    };
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let ratio = dot(&ours, &r64) / dot(&r64, &r64).max(f64::MIN_POSITIVE);
-    let n = d.mesh.size() as f64;
-    let class = if n > 1.0 && (ratio - n).abs() < 0.02 * n {
-        "reduced_twice"
-    } else if unequal {
+    let (t, n) = (tokens as f64, d.mesh.size() as f64);
+    let eps =
+        DType::F32.eps() * (16.0 + 2.0 * t) + if d.dtype == DType::F32 { 0.0 } else { 4.0 * (1.0 + n) * d.dtype.eps() };
+    // Below float32's normal range the relative precision is gone: an absolute floor.
+    let floor = (16.0 + 2.0 * t) * f64::from(f32::MIN_POSITIVE);
+    let tol = eps * scale + max(want.logits) + floor;
+    let off = |a: f64, b: f64, tol: f64| (a - b).abs() > tol || a.is_nan() != b.is_nan();
+    let Some(i) = ours.iter().zip(&r64).position(|(&a, &b)| off(a, b, tol)) else { return };
+    let times = |k: f64| n > 1.0 && !ours.iter().zip(&r64).any(|(&a, &b)| off(a, k * b, k * tol));
+    // Unequal shares under one label, or n equal shares that each hold 1/n, miss a reduction.
+    let class = if missing || times(1.0 / n) {
         "missing_reduction"
+    } else if times(n) {
+        "reduced_twice"
     } else {
         "wrong"
     };
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let ratio = dot(&ours, &r64) / dot(&r64, &r64).max(f64::MIN_POSITIVE);
     let detail = format!(
         "{name}.grad ({}) reduced is {} at element {i}, the reference {} (tolerance {tol:.3e}); <g,ref>/<ref,ref> = {ratio:.3} on {n} ranks; {}",
         short_list(&d.placements),
@@ -220,5 +226,5 @@ fn value(
         r64[i],
         route(&g.sites)
     );
-    push(j, Class::Grad, name, format!("{class}@{path}"), json!(r64[i]), json!(ours[i]), detail);
+    push(j, Class::Grad, name, format!("{class}@{}", path(&g.sites)), json!(r64[i]), json!(ours[i]), detail);
 }

@@ -11,15 +11,27 @@ use crate::router::reference::Weights;
 use crate::router::RouterConfig;
 use tch::{Kind, Tensor};
 
-/// Gradients by name (`gate.weight`, `gate.bias`, `x`), in float64.
+/// Tensors by gradient name (`gate.weight`, `gate.bias`, `x`).
+pub type Named = Vec<(&'static str, Tensor)>;
+
+/// Gradients by name, in float64.
 pub struct RefGrads {
     pub grads: Vec<(&'static str, Tensor)>,
     /// The size of the terms each gradient element sums (the backward with every value and
     /// Jacobian entry made absolute, in float64): what bounds the rounding of a sum, which can
     /// far exceed the gradient where terms cancel (saturated softmax, route_norm).
     pub terms: Vec<(&'static str, Tensor)>,
+    /// How far the float32 rounding of the logits can move each gradient element.
+    pub logits: Vec<(&'static str, Tensor)>,
     /// The reference's choice, (B, L, K).
     pub ids: Tensor,
+}
+
+/// What one gradient should be, and the sizes that bound its rounding.
+pub struct Expected<'a> {
+    pub grad: &'a Tensor,
+    pub terms: &'a Tensor,
+    pub logits: &'a Tensor,
 }
 
 fn leaf(t: &Tensor, kind: Kind) -> Tensor {
@@ -55,8 +67,8 @@ pub fn grads(
     let (t, e) = ((size[0] * size[1]) as usize, cfg.experts);
     let v = loss::v_tensor(loss_seed, t, e, x.device());
     let grads = shadow(cfg, x, w, ids, &v)?;
-    let terms = terms(cfg, x, w, ids, abs_weights);
-    Ok(RefGrads { grads, terms, ids: ids.shallow_clone() })
+    let (terms, logits) = terms(cfg, x, w, ids, abs_weights);
+    Ok(RefGrads { grads, terms, logits, ids: ids.shallow_clone() })
 }
 
 /// libtorch's autograd in float64 through the gate values at the chosen `ids` (the choice
@@ -92,19 +104,20 @@ fn shadow(
 /// chosen experts, scaled;
 /// route_norm's |g|/den + Σ|g·ts|/den²; gather's scatter; softmax's |y|(|g| + Σ|y·g|) or
 /// sigmoid's |g|·y (which covers the rounding of 1 - y); then |dlogits|ᵀ|x|, |dlogits||W| and
-/// Σ|dlogits|.
-fn terms(
-    cfg: &RouterConfig,
-    x: &Tensor,
-    w: &Weights,
-    ids: &Tensor,
-    abs_weights: &Tensor,
-) -> Vec<(&'static str, Tensor)> {
+/// Σ|dlogits|. Second, the derivative's size (|g|·y(1-y), or softmax's y(|g|(1-y) + Σ_{j≠i}
+/// y_j|g_j|)) scaled per token by 8δ_t, where δ_t bounds the float32 rounding of that token's
+/// logits (u·(D+2)·max_e(|x||W|ᵀ + |b|)): through exp, a logit error δ moves the scores, and
+/// what is computed from them, by a relative 2δ at most.
+fn terms(cfg: &RouterConfig, x: &Tensor, w: &Weights, ids: &Tensor, abs_weights: &Tensor) -> (Named, Named) {
     let d = |t: &Tensor| t.to_kind(Kind::Double);
     let (x64, w64) = (d(x), d(w.gate));
     let logits = x64.matmul(&w64.tr());
+    let mut sizes = x64.abs().matmul(&w64.abs().tr());
     let logits = match w.gate_bias {
-        Some(b) => logits + d(b),
+        Some(b) => {
+            sizes += d(b).abs();
+            logits + d(b)
+        }
         None => logits,
     };
     let y = match cfg.options.score_func {
@@ -125,11 +138,26 @@ fn terms(
         ScoreFunc::Sigmoid => &gs * &y,
         ScoreFunc::Softmax => &y * (&gs + (&y * &gs).sum_dim_intlist([-1i64].as_slice(), true, Kind::Double)),
     };
-    let e = cfg.experts as i64;
-    let gl2 = gl.reshape([-1, e]);
+    // The derivative's own size, without the slack for rounding 1 - y: what a relative change
+    // of the scores moves.
+    let sums = |t: &Tensor| t.sum_dim_intlist([-1i64].as_slice(), true, Kind::Double);
+    let slope = match cfg.options.score_func {
+        ScoreFunc::Sigmoid => &gs * &y * (1.0 - &y),
+        ScoreFunc::Softmax => &y * (&gs * (1.0 - &y) + sums(&(&y * &gs)) - &y * &gs),
+    };
+    let model = x64.size()[x64.dim() - 1];
+    let u = f64::from(f32::EPSILON) * (model as f64 + 2.0);
+    let delta = sizes.amax([-1i64].as_slice(), true) * (8.0 * u);
+    let through = |gl: &Tensor| through_linear(gl, &x64, &w64, cfg.experts, w.gate_bias.is_some());
+    (through(&gl), through(&(slope * delta)))
+}
+
+/// |dlogits| back through the gate Linear: to W, b and x.
+fn through_linear(gl: &Tensor, x64: &Tensor, w64: &Tensor, experts: usize, bias: bool) -> Named {
+    let gl2 = gl.reshape([-1, experts as i64]);
     let x2 = x64.abs().reshape([-1, x64.size()[x64.dim() - 1]]);
     let mut v = vec![("gate.weight", gl2.tr().matmul(&x2))];
-    if w.gate_bias.is_some() {
+    if bias {
         v.push(("gate.bias", gl2.sum_dim_intlist([0i64].as_slice(), false, Kind::Double)));
     }
     v.push(("x", gl.matmul(&w64.abs())));
@@ -138,10 +166,15 @@ fn terms(
 
 impl RefGrads {
     pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.grads.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+        find(&self.grads, name)
     }
 
-    pub fn terms(&self, name: &str) -> Option<&Tensor> {
-        self.terms.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+    /// The reference gradient `name` with its rounding sizes.
+    pub fn expected(&self, name: &str) -> Option<Expected<'_>> {
+        Some(Expected { grad: self.get(name)?, terms: find(&self.terms, name)?, logits: find(&self.logits, name)? })
     }
+}
+
+fn find<'a>(v: &'a [(&'static str, Tensor)], name: &str) -> Option<&'a Tensor> {
+    v.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
 }
