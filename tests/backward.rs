@@ -165,6 +165,15 @@ fn backward_cases_agree_with_real_pytorch_2_14() {
     check_file("backward-t2140.jsonl", 90);
 }
 
+/// The minimized reproducer of every backward signature of a 320,000-case campaign, run on real
+/// PyTorch of its rule set's release (docs/findings.md, "The backward pass").
+#[test]
+fn backward_findings_reproduce_on_real_pytorch() {
+    check_file("backward-findings-t2121.jsonl", 20);
+    check_file("backward-findings-t2130.jsonl", 20);
+    check_file("backward-findings-t2140.jsonl", 20);
+}
+
 /// Generated backward cases of one boundary revision, all rule sets.
 fn cases(boundary: Boundary, n: u64) -> impl Iterator<Item = Case> {
     let cfg = GenConfig { backward: BackwardMix::Only, boundaries: vec![boundary], ..GenConfig::default() };

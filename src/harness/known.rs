@@ -5,6 +5,7 @@ use super::case::Case;
 use super::oracle::Class;
 use super::signature::Signature;
 use crate::dtensor::RuleSet;
+use crate::placement::Placement;
 use crate::router::backward::Boundary;
 use crate::router::{Program, RouterRev, Size1};
 
@@ -29,8 +30,9 @@ pub enum Known {
     OutOfPlaceReplicate212,
     /// `size1=keep`: Partial on a size-1 mesh axis is not normalised to Replicate (#3762).
     Size1Keep,
-    /// torch-2.13: a sequence shorter than its shard count raises at the gate's view (§10.1).
-    ShortSeq213,
+    /// torch-2.13 and 2.14: a sharded token dim shorter than its shard count, or of length 1,
+    /// cannot be flattened by the gate's view, which raises (2.12 all-gathers instead).
+    ShortTokens,
     /// local_map re-wraps uneven shards with rank-dependent global shapes (§9.2 d2).
     LocalMapShapes,
     /// Before #2416: the gate's output `to_local()` labels per-rank score gradients Replicate,
@@ -60,7 +62,7 @@ impl Known {
         Known::InplaceScatter212,
         Known::OutOfPlaceReplicate212,
         Known::Size1Keep,
-        Known::ShortSeq213,
+        Known::ShortTokens,
         Known::LocalMapShapes,
         Known::RouterDiverges2387,
         Known::NoInGrad4054,
@@ -74,7 +76,7 @@ impl Known {
             Known::InplaceScatter212 => "inplace-scatter-error (torch-2.12)",
             Known::OutOfPlaceReplicate212 => "out-of-place Replicate counts (torch-2.12)",
             Known::Size1Keep => "size1=keep contract mismatch (#3762)",
-            Known::ShortSeq213 => "sequence shorter than shards (torch-2.13)",
+            Known::ShortTokens => "token dim shorter than its shards, or 1, at the gate's view (torch-2.13+)",
             Known::LocalMapShapes => "local_map rank-dependent shapes",
             Known::RouterDiverges2387 => "router gradient never reduced, ranks diverge (#2387, tt-pre2416)",
             Known::NoInGrad4054 => "experts' in_grad_placements dropped without EP (#4054, tt-3654)",
@@ -102,10 +104,12 @@ impl Known {
             }
             // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
             Known::Size1Keep => counts_placement && case.revision.size1 == Size1::Keep && mismatch("P(sum)->R@1"),
-            Known::ShortSeq213 => {
-                p.class == Class::Error && p.rules == RuleSet::Torch213 && p.key.ends_with("view_of_sharded_dim") && {
+            Known::ShortTokens => {
+                p.class == Class::Error && p.rules != RuleSet::Torch212 && p.key.ends_with("view_of_sharded_dim") && {
                     let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
-                    case.dims.batch < n[0] || case.dims.seq < n[1]
+                    let sharded = |d: i64| case.layout.x.iter().any(|p| *p == Placement::Shard(d));
+                    let short = |d: usize, len: usize| len < n[d] || (len == 1 && sharded(d as i64));
+                    short(0, case.dims.batch) || short(1, case.dims.seq)
                 }
             }
             Known::RouterDiverges2387 => through(p, case, Boundary::Pre2416, "gate.to_local"),
@@ -145,7 +149,6 @@ impl Known {
 mod tests {
     use super::*;
     use crate::harness::generate::{nth, GenConfig};
-    use crate::placement::Placement;
 
     fn sig(s: &str) -> Signature {
         s.parse().unwrap()
@@ -185,5 +188,34 @@ mod tests {
             vec![Known::OutOfPlaceReplicate212]
         );
         assert!(Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R"), &c).is_empty());
+    }
+
+    #[test]
+    fn gradient_families_follow_the_site_and_the_mechanism() {
+        let mut c = nth(0, 0, &GenConfig::default());
+        c.mesh.shape = vec![2];
+        let path = "gate.to_local>gate.from_local>moe.to_local>moe.input";
+        let twice = sig(&format!("grad:x:tt-2416:torch-2.13:reduced_twice@{path}"));
+        assert_eq!(Known::of(&twice, &c), vec![Known::GateInputTwice2416]);
+        assert!(Known::of(&sig(&format!("grad:x:tt-2416:torch-2.13:wrong@{path}")), &c).is_empty());
+        assert!(Known::of(&sig("grad:gate.weight:tt-clean:torch-2.13:wrong@experts.local_map"), &c).is_empty());
+        let replica = sig(&format!("replica:x:tt-pre2416:torch-2.14:R@{path}"));
+        assert_eq!(Known::of(&replica, &c), vec![Known::RouterDiverges2387]);
+        c.mesh.shape = vec![1];
+        assert!(Known::of(&replica, &c).is_empty(), "one rank has nothing to reduce");
+    }
+
+    #[test]
+    fn short_tokens_need_a_sharded_token_dim_too_short_to_flatten() {
+        let mut c = nth(0, 0, &GenConfig::default());
+        (c.mesh.shape, c.layout.x) = (vec![1], vec![Placement::Shard(1)]);
+        (c.dims.batch, c.dims.seq) = (2, 1);
+        let view = |rules: &str| sig(&format!("error:-:tt-clean:{rules}:RuntimeError:view_of_sharded_dim"));
+        assert_eq!(Known::of(&view("torch-2.14"), &c), vec![Known::ShortTokens]);
+        assert!(Known::of(&view("torch-2.12"), &c).is_empty());
+        c.dims.seq = 3;
+        assert!(Known::of(&view("torch-2.13"), &c).is_empty());
+        c.mesh.shape = vec![4];
+        assert_eq!(Known::of(&view("torch-2.13"), &c), vec![Known::ShortTokens]);
     }
 }

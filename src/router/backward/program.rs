@@ -59,8 +59,12 @@ pub fn run(
 ) -> Result<ProgramRun> {
     let mut ctx = Ctx::new(rules);
     let mut tape = Tape::new(mesh);
+    // Leaves carry their gradient's name, for the labels of the backward's collectives.
+    tape.name(&mut ctx, "x");
     let x = tape.leaf(Val::D(DTensor::distribute(w.x, mesh, &[spec.moe_input()])?), true);
+    tape.name(&mut ctx, "gate.weight");
     let wd = tape.leaf(Val::D(DTensor::distribute(w.gate, mesh, &[R])?), true);
+    tape.name(&mut ctx, "gate.bias");
     let b = match w.gate_bias {
         Some(b) => Some(tape.leaf(Val::D(DTensor::distribute(b, mesh, &[R])?), true)),
         None => None,
