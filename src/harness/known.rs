@@ -107,7 +107,7 @@ impl Known {
             Known::ShortTokens => {
                 p.class == Class::Error && p.rules != RuleSet::Torch212 && p.key.ends_with("view_of_sharded_dim") && {
                     let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
-                    let sharded = |d: i64| case.layout.x.iter().any(|p| *p == Placement::Shard(d));
+                    let sharded = |d: i64| case.layout.x.contains(&Placement::Shard(d));
                     let short = |d: usize, len: usize| len < n[d] || (len == 1 && sharded(d as i64));
                     short(0, case.dims.batch) || short(1, case.dims.seq)
                 }
