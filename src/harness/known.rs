@@ -23,7 +23,7 @@ fn through(p: &Signature, case: &Case, boundary: Boundary, site: &str) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
-    /// torch-2.12: `scatter_` on token-sharded inputs needs a placement change (T3753, §7).
+    /// torch-2.12: `scatter_` on token-sharded inputs needs a placement change (torchtitan#3515, before pytorch#186149).
     InplaceScatter212,
     /// torch-2.12: the out-of-place scatter falls back to Replicate, counts lose their Partial
     /// contract (T3753 c1).
@@ -33,7 +33,7 @@ pub enum Known {
     /// torch-2.13 and 2.14: a sharded token dim shorter than its shard count, or of length 1,
     /// cannot be flattened by the gate's view, which raises (2.12 all-gathers instead).
     ShortTokens,
-    /// local_map re-wraps uneven shards with rank-dependent global shapes (§9.2 d2).
+    /// local_map re-wraps uneven shards with rank-dependent global shapes (docs/design.md).
     LocalMapShapes,
     /// Before #2416: the gate's output `to_local()` labels per-rank score gradients Replicate,
     /// so the gate weight's gradient is never reduced and the TP ranks' copies drift apart
