@@ -48,6 +48,9 @@ pub struct Draw {
 impl Draw {
     /// The generator settings, for cases on `device`.
     pub fn config(&self, device: Dev) -> GenConfig {
+        if self.size == SizeClass::Large {
+            crate::harness::limits::raise(crate::harness::limits::Limits::LARGE);
+        }
         GenConfig {
             size: self.size,
             routers: self.router.clone(),

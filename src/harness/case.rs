@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub const CASE_FORMAT: &str = "shardfuzz.case/1";
 /// Most simulated ranks a case may ask for (the generator stays at 16).
-pub const MAX_RANKS: usize = 64;
+pub use super::limits::MAX_RANKS;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +150,7 @@ impl Case {
             }
         }
         self.router_config()?;
+        super::limits::check_case(mesh.size(), d.batch, d.seq, d.model, d.experts).map_err(CaseError)?;
         if !matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16) {
             return err(format!("dtype: expected f32, bf16 or f16, found {}", self.dtype));
         }
@@ -164,12 +165,14 @@ impl Case {
         if self.mesh.shape.is_empty() || self.mesh.shape.len() > 3 {
             return err(format!("mesh.shape: 1 to 3 mesh dims, found {}", self.mesh.shape.len()));
         }
-        let mesh = self.mesh()?;
-        if mesh.size() > MAX_RANKS {
-            let n = mesh.size();
-            return err(format!("mesh.shape: {n} ranks is more than the {MAX_RANKS} simulated ranks allowed"));
+        // Before the mesh is built: its rank tables are as large as the product.
+        match super::limits::product(&self.mesh.shape) {
+            Some(n) if n <= MAX_RANKS as u64 => self.mesh(),
+            Some(n) => err(format!("mesh.shape: {n} ranks is more than the {MAX_RANKS} simulated ranks allowed")),
+            None => {
+                err(format!("mesh.shape: {:?} is more than the {MAX_RANKS} simulated ranks allowed", self.mesh.shape))
+            }
         }
-        Ok(mesh)
     }
 
     fn validate_layout(&self, mesh: &Mesh) -> Result<(), CaseError> {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod json;
 pub mod known;
+pub mod limits;
 pub mod oracle;
 pub mod outcome;
 pub mod replay;

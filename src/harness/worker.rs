@@ -6,6 +6,7 @@
 use super::case::Case;
 use super::check::{check, Options};
 use super::generate::{self, GenConfig};
+use super::limits::Limits;
 use super::oracle::{GradTally, NearTies, Verdict};
 use super::shrink::{self, Budget};
 use super::signature::Signature;
@@ -28,6 +29,13 @@ pub struct Setup {
     pub inflight: Option<PathBuf>,
     /// Test hook: fail on one case.
     pub fault: Option<Fault>,
+    /// The coordinator's size limits (shrink jobs validate cases).
+    #[serde(default = "default_limits")]
+    pub limits: Limits,
+}
+
+fn default_limits() -> Limits {
+    Limits::DEFAULT
 }
 
 impl Setup {
@@ -214,8 +222,8 @@ pub fn serve() -> std::io::Result<()> {
     let first = lines.next().transpose()?.unwrap_or_default();
     let setup: Setup = serde_json::from_str(&first)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad worker setup: {e}")))?;
+    super::limits::set(setup.limits);
     let mut out = std::io::stdout().lock();
-    crate::device::init();
     answer(&mut out, &Reply::Ready)?;
     let mut file = match &setup.inflight {
         Some(dir) => Some(Inflight::create(&dir.join(format!("w{}.json", std::process::id())))?),
@@ -242,7 +250,14 @@ mod tests {
     #[test]
     fn the_setup_line_carries_every_generator_setting_and_device() {
         let gen = GenConfig { device: Dev::Cuda(1), ..GenConfig::default() };
-        let setup = Setup { seed: 9, gen, devices: vec![Dev::Cuda(1), Dev::Cpu], inflight: None, fault: None };
+        let setup = Setup {
+            seed: 9,
+            gen,
+            devices: vec![Dev::Cuda(1), Dev::Cpu],
+            inflight: None,
+            fault: None,
+            limits: Limits::DEFAULT,
+        };
         let line = serde_json::to_string(&setup).unwrap();
         assert!(!line.contains('\n'));
         let back: Setup = serde_json::from_str(&line).unwrap();

@@ -75,6 +75,7 @@ impl Config {
             devices: self.devices.clone(),
             inflight: Some(self.out.join("inflight")),
             fault: self.fault,
+            limits: crate::harness::limits::get(),
         }
     }
 }
