@@ -162,3 +162,22 @@ fn a_backward_campaign_finds_2387_and_4054_and_shrinks_them_to_two_ranks() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+#[test]
+fn a_panic_in_a_worker_is_a_crash_bucket_and_the_worker_lives_on() {
+    let out = tmp("panic");
+    let st = shardfuzz()
+        .args(["nightly", "--cases", "30", "--seed", "3", "--jobs", "1", "--no-shrink", "--device", "cpu"])
+        .args(["--inject-fault", "panic@5", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    let r = report(&out);
+    assert_eq!(r["cases"], 30);
+    let crash = r["buckets"].as_array().unwrap().iter().find(|b| b["class"] == "crash").expect("a crash bucket");
+    assert!(crash["signature"].as_str().unwrap().ends_with(":panic"), "{}", crash["signature"]);
+    assert_eq!(crash["first_index"], 5);
+    assert!(out.join(crash["first_case"].as_str().unwrap()).exists());
+    std::fs::remove_dir_all(&out).ok();
+}

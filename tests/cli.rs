@@ -274,3 +274,27 @@ fn any_number_of_a_case_set_to_an_extreme_is_handled_within_seconds() {
     });
     assert!(failures.is_empty(), "{} of {} mutations:\n{}", failures.len(), jobs.len(), failures.join("\n"));
 }
+
+#[test]
+fn a_panic_inside_a_case_is_a_crash_verdict_and_the_run_goes_on() {
+    let dir = std::env::temp_dir().join(format!("shardfuzz-cli-{}-panic", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let save = dir.to_str().unwrap();
+    let args = ["run", "--seed", "1", "--cases", "30", "--device", "cpu", "--inject-fault", "panic@7", "--save", save];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("case 7 seed 1: crash:") && l.contains(":panic: ")), "{out}");
+    assert!(stderr(&o).contains("shardfuzz: 30 cases in"), "the run went on: {}", stderr(&o));
+    // The crashed case is on disk, inputs inline, and replays (without the injected panic).
+    let kept: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("crash-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let text = std::fs::read_to_string(&kept[0]).unwrap();
+    assert!(text.contains("\"tensors\""));
+    assert!(matches!(run(&["replay", "--once", kept[0].to_str().unwrap()]).status.code(), Some(0 | 1)));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -239,8 +239,18 @@ fn on_reply(
         }
         Reply::Failed { message } => {
             bar.println(format!("shardfuzz: worker could not run {job:?}: {message}"));
-            if let Some(Work::Run(_)) = job {
-                bar.inc(1);
+            // A case the worker could not run is a finding too, not a gap in the count.
+            if let Some(Work::Run(index)) = job {
+                let v = Verdict {
+                    class: Class::Crash,
+                    output: None,
+                    expected: serde_json::json!("a result"),
+                    actual: serde_json::json!("failed"),
+                    detail: format!("the worker could not run case {index}: {message}"),
+                    key: "failed".into(),
+                    backward: false,
+                };
+                record(cfg, state, bar, index, &cfg.setup().case(index), &[v])?;
             }
         }
         Reply::Ready => {}

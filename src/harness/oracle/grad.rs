@@ -191,11 +191,30 @@ fn f64s(t: &Tensor) -> Vec<f64> {
 /// exponential in sigmoid and softmax turns into a relative error of the order of the logits),
 /// plus float32's underflow threshold.
 fn value(name: &str, d: &DTensor, g: &Grad, want: &Expected, tokens: usize, missing: bool, j: &mut Judgement) {
-    let Ok(full) = d.full_tensor() else { return };
+    let at = path(&g.sites);
+    let full = match d.full_tensor() {
+        Ok(t) if t.size() == want.grad.size() => t,
+        Ok(t) => {
+            let detail =
+                format!("{name}.grad reduces to shape {:?}, the reference's is {:?}", t.size(), want.grad.size());
+            push(j, Class::Grad, name, format!("shape@{at}"), json!(want.grad.size()), json!(t.size()), detail);
+            return;
+        }
+        Err(e) => {
+            let detail = format!("{name}.grad ({}) cannot be reduced: {e}", short_list(&d.placements));
+            push(
+                j,
+                Class::Grad,
+                name,
+                format!("unreducible@{at}"),
+                json!("a reducible gradient"),
+                json!(e.to_string()),
+                detail,
+            );
+            return;
+        }
+    };
     let (ours, r64) = (f64s(&full), f64s(want.grad));
-    if ours.len() != r64.len() {
-        return;
-    }
     let max = |t: &Tensor| f64s(t).iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let scale = max(want.grad).max(max(want.terms));
     // Sums of up to one term per token in float32; in a low-precision dtype, the gradient is
@@ -226,5 +245,5 @@ fn value(name: &str, d: &DTensor, g: &Grad, want: &Expected, tokens: usize, miss
         r64[i],
         route(&g.sites)
     );
-    push(j, Class::Grad, name, format!("{class}@{}", path(&g.sites)), json!(r64[i]), json!(ours[i]), detail);
+    push(j, Class::Grad, name, format!("{class}@{at}"), json!(r64[i]), json!(ours[i]), detail);
 }

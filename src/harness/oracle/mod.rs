@@ -131,9 +131,10 @@ pub fn judge(case: &Case, run: &Run) -> Judgement {
     let mut j = Judgement::default();
     error::check(run, &mut j);
     if let (Ok(r), Ok(s)) = (&run.reference, &run.sharded) {
+        // Shapes first: the value oracle leaves out what a shape verdict already explains.
+        shape::check(r, s, &mut j);
         value::check(case, run, r, s, &mut j);
         placement::check(case, run, s, &mut j);
-        shape::check(r, s, &mut j);
     }
     comm::check(case, run, &mut j);
     grad::check(case, run, &mut j);
