@@ -33,7 +33,7 @@ pub struct Checked {
 /// finding (class `crash`), so the run goes on and the case is kept.
 #[derive(Clone, Debug)]
 pub struct Crashed {
-    pub case: Case,
+    pub case: Box<Case>,
     pub verdict: Verdict,
 }
 
@@ -71,7 +71,7 @@ pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std:
         key: key.into(),
         backward: false,
     };
-    let mut case = case.clone();
+    let mut case = Box::new(case.clone());
     case.device = dev;
     Err(Crashed { case, verdict })
 }
