@@ -63,7 +63,7 @@ fn one_case(
         Err(crashed) => {
             let path = save_crash(a.save.as_deref(), &crashed)?;
             eprintln!("shardfuzz: case {n} crashed; kept at {}", path.display());
-            Ok((*crashed.case, vec![crashed.verdict]))
+            Ok((crashed.case, vec![crashed.verdict]))
         }
     }
 }

@@ -33,7 +33,7 @@ pub struct Checked {
 /// finding (class `crash`), so the run goes on and the case is kept.
 #[derive(Clone, Debug)]
 pub struct Crashed {
-    pub case: Box<Case>,
+    pub case: Case,
     pub verdict: Verdict,
 }
 
@@ -44,12 +44,12 @@ impl Crashed {
 }
 
 /// [`check`], with a panic or an error caught and turned into a `crash` verdict on the case.
-pub fn check_guarded(case: &Case, dev: Dev, opts: Options) -> std::result::Result<Checked, Crashed> {
+pub fn check_guarded(case: &Case, dev: Dev, opts: Options) -> std::result::Result<Checked, Box<Crashed>> {
     guard(case, dev, || check(case, dev, opts))
 }
 
 /// Runs `f` (a check of `case` on `dev`), catching a panic or an error as a `crash` verdict.
-pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std::result::Result<Checked, Crashed> {
+pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std::result::Result<Checked, Box<Crashed>> {
     let (key, detail) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(c)) => return Ok(c),
         Ok(Err(e)) => ("error", format!("shardfuzz failed on a valid case: {e}")),
@@ -71,9 +71,9 @@ pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std:
         key: key.into(),
         backward: false,
     };
-    let mut case = Box::new(case.clone());
+    let mut case = case.clone();
     case.device = dev;
-    Err(Crashed { case, verdict })
+    Err(Box::new(Crashed { case, verdict }))
 }
 
 /// Runs `case` on `dev` and judges it.
