@@ -11,6 +11,19 @@ use crate::router::{Program, RouterRev, Size1};
 
 /// The gate weight's gradient of `boundary`, Replicate-labelled over unequal per-rank shares
 /// (`replica`) or never reduced (`grad` missing_reduction), on more than one rank.
+/// torchtitan's token layout: tokens sharded (batch or sequence) on some mesh axis of size > 1,
+/// nothing else sharded. The 2.12 scatter bugs are about token-sharded scores; the same error on
+/// an expert-sharded what-if layout is another mechanism.
+fn token_sharded_scores(case: &Case) -> bool {
+    let l = &case.layout;
+    let all_r = |ps: &[Placement]| ps.iter().all(|p| *p == Placement::Replicate);
+    let token = |p: &Placement| matches!(p, Placement::Shard(0 | 1 | -2 | -3));
+    all_r(&l.gate)
+        && l.expert_bias.as_deref().is_none_or(all_r)
+        && l.x.iter().all(|p| token(p) || *p == Placement::Replicate)
+        && l.x.iter().zip(&case.mesh.shape).any(|(p, &n)| token(p) && n > 1)
+}
+
 /// A gradient verdict of boundary revision `boundary` whose path crossed `site`: the label
 /// put there is the mechanism, whichever tensor (gate.weight, gate.bias, x) shows it.
 fn through(p: &Signature, case: &Case, boundary: Boundary, site: &str) -> bool {
@@ -95,12 +108,14 @@ impl Known {
                 p.class == Class::Error
                     && p.rules == RuleSet::Torch212
                     && p.key.contains("inplace_placement_change@aten.scatter_")
+                    && token_sharded_scores(case)
             }
             Known::OutOfPlaceReplicate212 => {
                 counts_placement
                     && p.program == Program::Router(RouterRev::OutOfPlaceScatter)
                     && p.rules == RuleSet::Torch212
                     && mismatch("P(sum)->R")
+                    && token_sharded_scores(case)
             }
             // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
             Known::Size1Keep => counts_placement && case.revision.size1 == Size1::Keep && mismatch("P(sum)->R@1"),
@@ -170,7 +185,10 @@ mod tests {
 
     #[test]
     fn families_are_told_apart() {
-        let c = nth(0, 0, &GenConfig::default());
+        let mut c = nth(0, 0, &GenConfig::default());
+        (c.mesh.shape, c.mesh.names) = (vec![2], vec!["tp".into()]);
+        (c.layout.x, c.layout.gate) = (vec![Placement::Shard(1)], vec![Placement::Replicate]);
+        c.layout.expert_bias = c.router.expert_bias.then(|| vec![Placement::Replicate]);
         assert_eq!(
             Known::of(&sig("shape:routing_map:local_map_both:torch-2.13:rank_dependent"), &c),
             vec![Known::LocalMapShapes]
@@ -188,6 +206,10 @@ mod tests {
             vec![Known::OutOfPlaceReplicate212]
         );
         assert!(Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R"), &c).is_empty());
+        // The same error on an expert-sharded what-if layout is another mechanism.
+        c.layout.gate = vec![Placement::Shard(0)];
+        let inplace = sig("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value");
+        assert!(Known::of(&inplace, &c).is_empty());
     }
 
     #[test]
