@@ -57,7 +57,10 @@ impl Dev {
     pub fn tch(self) -> tch::Device {
         match self {
             Dev::Cpu => tch::Device::Cpu,
-            Dev::Cuda(n) => tch::Device::Cuda(n),
+            Dev::Cuda(n) => {
+                init();
+                tch::Device::Cuda(n)
+            }
         }
     }
 
@@ -97,6 +100,10 @@ crate::serde_as_str!(Dev);
 /// usage error, not a silent fallback: a nightly on the wrong device would mislead.
 pub fn resolve(arg: DeviceArg) -> Result<Dev, String> {
     init();
+    // Only CUDA requests load the CUDA library: a CPU run starts faster without it.
+    if arg == DeviceArg::Cpu {
+        return Ok(Dev::Cpu);
+    }
     let count = cuda_count();
     match arg {
         DeviceArg::Cpu => Ok(Dev::Cpu),

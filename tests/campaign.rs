@@ -131,3 +131,53 @@ fn same_seed_and_count_give_the_same_report_whatever_the_worker_count() {
     std::fs::remove_dir_all(&a).ok();
     std::fs::remove_dir_all(&b).ok();
 }
+
+#[test]
+fn a_backward_campaign_finds_2387_and_4054_and_shrinks_them_to_two_ranks() {
+    let out = tmp("backward");
+    let st = shardfuzz()
+        .args(["nightly", "--cases", "120", "--seed", "4", "--jobs", "2", "--shrink-tries", "300", "--device", "cpu"])
+        .args(["--backward", "only", "--boundary", "tt-pre2416,tt-3654", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1), "the buggy revisions diverge");
+    let r = report(&out);
+    for bug in ["#2387", "#4054"] {
+        let buckets: Vec<&Value> = r["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["known"].as_array().is_some_and(|k| k.iter().any(|n| n.as_str().unwrap().contains(bug))))
+            .collect();
+        assert!(!buckets.is_empty(), "no bucket of {bug}");
+        for b in buckets {
+            let ranks = b["shrink"]["ranks"].as_u64().expect("shrunk");
+            assert!(ranks <= 2, "{bug}: {} shrank to {ranks} ranks", b["signature"]);
+            let file = out.join(b["repro"].as_str().unwrap());
+            let replay = shardfuzz().args(["replay", "--once"]).arg(&file).output().unwrap();
+            let text = String::from_utf8_lossy(&replay.stdout);
+            assert!(text.contains(b["signature"].as_str().unwrap()), "the reproducer replays its signature: {text}");
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn a_panic_in_a_worker_is_a_crash_bucket_and_the_worker_lives_on() {
+    let out = tmp("panic");
+    let st = shardfuzz()
+        .args(["nightly", "--cases", "30", "--seed", "3", "--jobs", "1", "--no-shrink", "--device", "cpu"])
+        .args(["--inject-fault", "panic@5", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(1));
+    let r = report(&out);
+    assert_eq!(r["cases"], 30);
+    let crash = r["buckets"].as_array().unwrap().iter().find(|b| b["class"] == "crash").expect("a crash bucket");
+    assert!(crash["signature"].as_str().unwrap().ends_with(":panic"), "{}", crash["signature"]);
+    assert_eq!(crash["first_index"], 5);
+    assert!(out.join(crash["first_case"].as_str().unwrap()).exists());
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -131,6 +131,36 @@ fn bad_case_files_exit_2_with_one_clear_line() {
             "router.groups.num_groups",
         ),
     ];
+    // Sizes that once wrapped, aborted or ran for minutes: refused before anything is allocated.
+    let sized = |name: &'static str, f: &dyn Fn(&mut serde_json::Value), needle: &'static str| {
+        let mut c = case.clone();
+        c.as_object_mut().unwrap().remove("tensors");
+        f(&mut c);
+        (name, c.to_string(), needle)
+    };
+    let two = |a: u64, b: u64| {
+        move |c: &mut serde_json::Value| {
+            c["mesh"] = serde_json::json!({"shape": [a, b], "names": ["dp", "tp"]});
+            c["layout"]["x"] = serde_json::json!(["R", "S(1)"]);
+            c["layout"]["gate"] = serde_json::json!(["R", "R"]);
+            c["layout"]["counts_contract"] = serde_json::json!(["R", "P(sum)"]);
+        }
+    };
+    let variants = variants.into_iter().chain([
+        sized("ranks-wrap", &two(1 << 32, 1 << 32), "mesh.shape"),
+        sized("ranks-hang", &two(65536, 65536), "mesh.shape"),
+        sized("ranks-alloc", &|c| c["mesh"]["shape"] = serde_json::json!([8589934592u64]), "mesh.shape"),
+        sized("seq-1e12", &|c| c["dims"]["seq"] = serde_json::json!(1_000_000_000_000u64), "dims: x has"),
+        sized(
+            "tokens-2^80",
+            &|c| {
+                c["dims"]["batch"] = serde_json::json!(1u64 << 40);
+                c["dims"]["seq"] = serde_json::json!(1u64 << 40);
+            },
+            "overflows",
+        ),
+        sized("model-1e9", &|c| c["dims"]["model"] = serde_json::json!(1_000_000_000u64), "--max-elements"),
+    ]);
     for (name, text, needle) in variants {
         let p = write(name, &text);
         let o = run(&["replay", p.to_str().unwrap()]);
@@ -143,6 +173,12 @@ fn bad_case_files_exit_2_with_one_clear_line() {
     }
     let o = run(&["replay", "/nonexistent/case.json"]);
     assert_eq!(o.status.code(), Some(2));
+    // The limit is a flag.
+    let g = crate::root().join("tests/golden/02_tp2_s1_inplace_torch213.outcome.json");
+    let o = run(&["replay", "--max-elements", "4", g.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("more than the limit of 4 per tensor"), "{}", stderr(&o));
+    assert_eq!(run(&["replay", "--once", "--max-elements", "100000", g.to_str().unwrap()]).status.code(), Some(0));
 }
 
 #[test]
@@ -160,4 +196,105 @@ fn replay_exit_codes_and_json_round_trip() {
     assert_eq!(a["verdicts"], b["verdicts"]);
     assert_eq!(a["case"], b["case"]);
     std::fs::remove_file(p).ok();
+}
+
+/// Every number path of a case (tensor values: only the first of each tensor).
+fn number_paths(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        serde_json::Value::Number(_) => out.push(path.clone()),
+        serde_json::Value::Array(a) => {
+            let n = if path.last().is_some_and(|k| k == "values") { a.len().min(1) } else { a.len() };
+            for (i, x) in a.iter().take(n).enumerate() {
+                path.push(i.to_string());
+                number_paths(x, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                path.push(k.clone());
+                number_paths(x, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn at<'a>(v: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::Value {
+    path.iter().fold(v, |v, k| match v {
+        serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+        v => &mut v[k.as_str()],
+    })
+}
+
+/// A valid backward case with every optional part: groups, both biases, tensors inline.
+fn rich_case() -> serde_json::Value {
+    use shardfuzz::harness::generate::{nth, BackwardMix, GenConfig};
+    let cfg = GenConfig { backward: BackwardMix::Only, ..GenConfig::default() };
+    let c = (0..5000)
+        .map(|i| nth(2, i, &cfg))
+        .find(|c| c.router.groups.is_some() && c.router.expert_bias && c.router.gate_bias && c.ranks() > 1)
+        .expect("a case with groups and both biases");
+    let mut v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+    v["tensors"] = serde_json::to_value(shardfuzz::harness::data::inline(&c)).unwrap();
+    v
+}
+
+#[test]
+fn any_number_of_a_case_set_to_an_extreme_is_handled_within_seconds() {
+    let case = rich_case();
+    let mut paths = Vec::new();
+    number_paths(&case, &mut Vec::new(), &mut paths);
+    assert!(paths.len() > 20, "{} numbers", paths.len());
+    let extremes = ["0", "-1", "2147483648", "4294967296", "9223372036854775808", "1000000000000"];
+    let mut jobs = Vec::new();
+    for p in &paths {
+        for x in extremes {
+            let mut c = case.clone();
+            *at(&mut c, p) = serde_json::from_str(x).unwrap();
+            jobs.push((format!("{}={x}", p.join(".")), c.to_string()));
+        }
+    }
+    let check = |(name, text): &(String, String)| -> Option<String> {
+        let f = write(&format!("extreme-{}", name.replace(['.', '='], "_")), text);
+        let start = std::time::Instant::now();
+        let o = run(&["replay", "--once", f.to_str().unwrap()]);
+        std::fs::remove_file(&f).ok();
+        let (took, e) = (start.elapsed(), stderr(&o));
+        let clear = o.status.code() != Some(2) || (e.starts_with("shardfuzz: ") && e.trim_end().lines().count() == 1);
+        let fine = matches!(o.status.code(), Some(0..=2)) && clear && !e.contains("panicked");
+        (!fine || took.as_secs() >= 10).then(|| format!("{name}: exit {:?} in {took:?}: {e}", o.status.code()))
+    };
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let chunks: Vec<_> = jobs.chunks(jobs.len().div_ceil(4)).collect();
+        let handles: Vec<_> =
+            chunks.into_iter().map(|c| s.spawn(move || c.iter().filter_map(check).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{} of {} mutations:\n{}", failures.len(), jobs.len(), failures.join("\n"));
+}
+
+#[test]
+fn a_panic_inside_a_case_is_a_crash_verdict_and_the_run_goes_on() {
+    let dir = std::env::temp_dir().join(format!("shardfuzz-cli-{}-panic", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let save = dir.to_str().unwrap();
+    let args = ["run", "--seed", "1", "--cases", "30", "--device", "cpu", "--inject-fault", "panic@7", "--save", save];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().any(|l| l.starts_with("case 7 seed 1: crash:") && l.contains(":panic: ")), "{out}");
+    assert!(stderr(&o).contains("shardfuzz: 30 cases in"), "the run went on: {}", stderr(&o));
+    // The crashed case is on disk, inputs inline, and replays (without the injected panic).
+    let kept: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("crash-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let text = std::fs::read_to_string(&kept[0]).unwrap();
+    assert!(text.contains("\"tensors\""));
+    assert!(matches!(run(&["replay", "--once", kept[0].to_str().unwrap()]).status.code(), Some(0 | 1)));
+    std::fs::remove_dir_all(&dir).ok();
 }

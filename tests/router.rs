@@ -401,17 +401,22 @@ fn ids_of(t: &Tensor) -> Vec<Vec<i64>> {
         .collect()
 }
 
+fn weights<'a>(gate: &'a Tensor, expert_bias: Option<&'a Tensor>) -> reference::Weights<'a> {
+    reference::Weights { gate, gate_bias: None, expert_bias }
+}
+
 #[test]
 fn reference_hand_built_examples() {
     // One token, D=1, x=1: logits are the gate column.
     let x = Tensor::from_slice(&[1.0f32]).view([1, 1, 1]);
     let gate = Tensor::from_slice(&[0.1f32, 0.9, 0.3, 0.8, 0.2, 0.7, 0.4, 0.6]).view([8, 1]);
-    let out = reference::run(&cfg(8, 2, ScoreFunc::Sigmoid, None), &x, &gate, None).unwrap();
+    let out = reference::run(&cfg(8, 2, ScoreFunc::Sigmoid, None), &x, &weights(&gate, None)).unwrap();
     assert_eq!(ids_of(&out.topk_ids), vec![vec![1, 3]]);
     assert_eq!(Vec::<i64>::try_from(&out.counts).unwrap(), vec![0, 1, 0, 1, 0, 0, 0, 0]);
     // Groups of 2: group scores (top-2 sums) 1.0, 1.1, 0.9, 1.0 -> keep groups 1 and (0 or 3):
     // with Gk=1 only group 1 (experts 2, 3) survives; -inf masks the rest.
-    let out = reference::run(&cfg(8, 2, ScoreFunc::Sigmoid, Some((4, 1))), &x, &(&gate * 10.0), None).unwrap();
+    let out =
+        reference::run(&cfg(8, 2, ScoreFunc::Sigmoid, Some((4, 1))), &x, &weights(&(&gate * 10.0), None)).unwrap();
     let s = Vec::<f32>::try_from(out.scores.reshape([-1])).unwrap();
     let g: Vec<f32> = s.chunks(2).map(|c| c[0] + c[1]).collect();
     let best = (0..4).max_by(|&a, &b| g[a].partial_cmp(&g[b]).unwrap()).unwrap();
@@ -421,15 +426,14 @@ fn reference_hand_built_examples() {
         (0..4).map(|i| i != best).collect::<Vec<_>>()
     );
     // K > Gk * P: topk must take -inf entries; their gate values come from the unmasked scores.
-    let out = reference::run(&cfg(8, 3, ScoreFunc::Sigmoid, Some((4, 1))), &x, &gate, None).unwrap();
+    let out = reference::run(&cfg(8, 3, ScoreFunc::Sigmoid, Some((4, 1))), &x, &weights(&gate, None)).unwrap();
     let ts = Vec::<f32>::try_from(out.topk_scores.reshape([-1])).unwrap();
     assert!(ts.iter().all(|&v| v > 0.0 && v.is_finite()), "{ts:?}");
     // Ties: all-equal scores, K=3 -> libtorch's CPU topk keeps experts 4, 5, 6 (docs/ties.md).
     let out = reference::run(
         &cfg(8, 3, ScoreFunc::Softmax, None),
         &Tensor::zeros([2, 4, 4], (Kind::Float, tch::Device::Cpu)),
-        &Tensor::ones([8, 4], (Kind::Float, tch::Device::Cpu)),
-        None,
+        &weights(&Tensor::ones([8, 4], (Kind::Float, tch::Device::Cpu)), None),
     )
     .unwrap();
     assert!(ids_of(&out.topk_ids).iter().all(|r| *r == vec![4, 5, 6]));
@@ -439,8 +443,7 @@ fn reference_hand_built_examples() {
     let out = reference::run(
         &c,
         &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
-        &Tensor::randn([8, 4], (Kind::Float, tch::Device::Cpu)),
-        None,
+        &weights(&Tensor::randn([8, 4], (Kind::Float, tch::Device::Cpu)), None),
     )
     .unwrap();
     let sums = out.topk_scores.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
@@ -451,15 +454,14 @@ fn reference_hand_built_examples() {
     let out = reference::run(
         &c,
         &Tensor::randn([2, 3, 4], (Kind::Float, tch::Device::Cpu)),
-        &Tensor::randn([4, 4], (Kind::Float, tch::Device::Cpu)),
-        None,
+        &weights(&Tensor::randn([4, 4], (Kind::Float, tch::Device::Cpu)), None),
     )
     .unwrap();
     let v = Vec::<i64>::try_from(out.topk_ids.reshape([-1])).unwrap();
     assert_eq!(v, (0..18).map(|i| i % 4).collect::<Vec<i64>>());
     // The bias steers the choice but not the gate values.
     let bias = Tensor::from_slice(&[10.0f32, 0., 0., 0., 0., 0., 0., 0.]);
-    let out = reference::run(&cfg(8, 1, ScoreFunc::Sigmoid, None), &x, &gate, Some(&bias)).unwrap();
+    let out = reference::run(&cfg(8, 1, ScoreFunc::Sigmoid, None), &x, &weights(&gate, Some(&bias))).unwrap();
     assert_eq!(ids_of(&out.topk_ids), vec![vec![0]]);
     assert!(
         (Vec::<f32>::try_from(out.topk_scores.reshape([-1])).unwrap()[0] - 1.0 / (1.0 + (-0.1f32).exp())).abs() < 1e-6

@@ -1,5 +1,9 @@
 //! One test binary (libtorch links once). Each module is a topic:
 
+/// Autograd on the simulated DTensor: boundary labels, backward collectives, op gradients.
+mod autograd;
+/// Backward cases recorded on real PyTorch replay the same gradients, placements and comms.
+mod backward;
 /// Campaigns through the binary: crash and hang isolation, determinism, reports.
 mod campaign;
 /// The command line: help, exit codes, clear errors for bad input.

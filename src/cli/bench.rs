@@ -48,6 +48,10 @@ pub fn run(a: Args) -> CliResult {
         }
     }
     anyhow::ensure!(a.cases > 0, "--cases must be at least 1");
+    let cuda = devices.iter().any(|d| *d != device::Dev::Cpu);
+    if a.sizes.contains(&SizeClass::Large) || (a.sizes.is_empty() && cuda) {
+        crate::harness::limits::raise(crate::harness::limits::Limits::LARGE);
+    }
     anyhow::ensure!(a.seeds > 0, "--seeds must be at least 1");
     let scratch = a.out.join("scratch");
     std::fs::create_dir_all(&scratch).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;

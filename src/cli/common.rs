@@ -2,7 +2,8 @@
 
 use crate::device::{self, Dev, DeviceArg};
 use crate::dtensor::RuleSet;
-use crate::harness::generate::{GenConfig, LayoutMix, ShapeMix, SizeClass};
+use crate::harness::generate::{BackwardMix, GenConfig, LayoutMix, ShapeMix, SizeClass};
+use crate::router::backward::Boundary;
 use crate::router::RouterRev;
 use std::time::Duration;
 
@@ -35,11 +36,21 @@ pub struct Draw {
     /// its shard count, batch even; uneven sequences stay)
     #[arg(long, default_value = "any")]
     pub shapes: ShapeMix,
+    /// Backward cases: off, on (half the cases also check the gradients at a torchtitan MoE
+    /// boundary) or only
+    #[arg(long, default_value = "on")]
+    pub backward: BackwardMix,
+    /// Boundary revisions to draw backward cases from (comma-separated; default all)
+    #[arg(long, value_delimiter = ',')]
+    pub boundary: Vec<Boundary>,
 }
 
 impl Draw {
     /// The generator settings, for cases on `device`.
     pub fn config(&self, device: Dev) -> GenConfig {
+        if self.size == SizeClass::Large {
+            crate::harness::limits::raise(crate::harness::limits::Limits::LARGE);
+        }
         GenConfig {
             size: self.size,
             routers: self.router.clone(),
@@ -48,6 +59,8 @@ impl Draw {
             max_ranks: 16,
             layouts: self.layouts,
             shapes: self.shapes,
+            backward: self.backward,
+            boundaries: self.boundary.clone(),
         }
     }
 }

@@ -26,6 +26,10 @@ mod worker;
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Command,
+    /// Most elements one tensor of a case may have (default 16777216; the case may hold 16 times
+    /// that over its ranks). Larger cases are refused before anything is allocated
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_elements: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,7 +61,9 @@ pub type CliResult = anyhow::Result<ExitCode>;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::device::init();
+    if let Some(n) = cli.max_elements {
+        crate::harness::limits::set(crate::harness::limits::Limits::per_tensor(n));
+    }
     // Cases are small: one intra-op thread is fastest, and parallelism comes from processes.
     tch::set_num_threads(1);
     if let Err(msg) = crate::device::check_libtorch() {

@@ -2,7 +2,7 @@
 
 use super::CliResult;
 use crate::device::{self, DeviceArg};
-use crate::harness::{check, replay, Options};
+use crate::harness::{check_guarded, replay, Options};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,12 +33,33 @@ pub fn run(a: Args) -> CliResult {
     }
     let mut diverged = false;
     for (f, case, dev) in loaded {
-        let c = check(&case, dev, Options { twice: !a.once, ..Options::default() })?;
-        diverged |= !c.judgement.verdicts.is_empty();
-        if a.json {
-            println!("{}", serde_json::to_string(&c.outcome())?);
-        } else {
-            print_summary(f, &c);
+        match check_guarded(&case, dev, Options { twice: !a.once, ..Options::default() }) {
+            Ok(c) => {
+                diverged |= !c.judgement.verdicts.is_empty();
+                if a.json {
+                    println!("{}", serde_json::to_string(&c.outcome())?);
+                } else {
+                    print_summary(f, &c);
+                }
+            }
+            // The tool failed on this case: a finding; the other files still run.
+            Err(crashed) => {
+                diverged = true;
+                let sig = crashed.signature();
+                if a.json {
+                    let o = serde_json::json!({
+                        "format": "shardfuzz.outcome/1",
+                        "case": crashed.case,
+                        "verdicts": [crashed.verdict],
+                        "signatures": [sig],
+                    });
+                    println!("{o}");
+                } else {
+                    println!("{}: 1 divergence(s) ({})", f.display(), crashed.case.revision);
+                    println!("  {:<14} {sig}", "crash");
+                    println!("  {:<14} {}", "", crashed.verdict.detail);
+                }
+            }
         }
     }
     Ok(if diverged { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -46,14 +67,24 @@ pub fn run(a: Args) -> CliResult {
 
 fn print_summary(f: &std::path::Path, c: &crate::harness::Checked) {
     let v = &c.judgement.verdicts;
+    let what = match &c.case.backward {
+        None => c.case.revision.to_string(),
+        Some(b) => format!("{}; backward {b}", c.case.revision),
+    };
     if v.is_empty() {
-        println!("{}: no divergence ({})", f.display(), c.case.revision);
+        println!("{}: no divergence ({what})", f.display());
     } else {
-        println!("{}: {} divergence(s) ({})", f.display(), v.len(), c.case.revision);
+        println!("{}: {} divergence(s) ({what})", f.display(), v.len());
         for (x, sig) in v.iter().zip(c.signatures()) {
             println!("  {:<14} {sig}", x.class.name());
             println!("  {:<14} {}", "", x.detail);
         }
+    }
+    let g = c.judgement.grads;
+    if g.near_tie + g.forward_differs > 0 {
+        let why =
+            if g.near_tie > 0 { "the reference's choice is a near-tie" } else { "the program chose other experts" };
+        println!("  gradients not compared: {why}");
     }
     let nt = c.judgement.near_ties;
     if nt.topk_rows + nt.group_rows > 0 {

@@ -2,7 +2,12 @@
 
 use super::common::{parse_duration, GenArgs};
 use super::CliResult;
-use crate::harness::{check, generate, Options, Signature};
+use crate::device::Dev;
+use crate::harness::case::Case;
+use crate::harness::generate::GenConfig;
+use crate::harness::oracle::{GradTally, Verdict};
+use crate::harness::worker::Fault;
+use crate::harness::{check, generate, guard, Crashed, Options, Signature};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -28,8 +33,39 @@ pub struct Args {
     /// needs a CUDA device
     #[arg(long)]
     pub cross_device: bool,
+    /// Test hook: panic inside case N's check (panic@N), to see the run go on
+    #[arg(long, hide = true)]
+    pub inject_fault: Option<Fault>,
     #[command(flatten)]
     pub gen: GenArgs,
+}
+
+/// Case `n`, checked; a panic or an error inside the tool is a `crash` verdict, and the case is
+/// written to disk.
+fn one_case(
+    a: &Args,
+    cfg: &GenConfig,
+    dev: Dev,
+    opts: Options,
+    n: u64,
+    grads: &mut GradTally,
+) -> anyhow::Result<(Case, Vec<Verdict>)> {
+    let case = generate::nth(a.seed, n, cfg);
+    let panic_here = a.inject_fault == Some(Fault::Panic(n));
+    match guard(&case, dev, || {
+        assert!(!panic_here, "injected panic at case {n}");
+        check(&case, dev, opts)
+    }) {
+        Ok(c) => {
+            grads.add(&c.judgement.grads);
+            Ok((c.case, c.judgement.verdicts))
+        }
+        Err(crashed) => {
+            let path = save_crash(a.save.as_deref(), &crashed)?;
+            eprintln!("shardfuzz: case {n} crashed; kept at {}", path.display());
+            Ok((crashed.case, vec![crashed.verdict]))
+        }
+    }
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -48,16 +84,18 @@ pub fn run(a: Args) -> CliResult {
     let mut seen: BTreeMap<Signature, u64> = BTreeMap::new();
     let mut n = 0u64;
     let mut diverging = 0u64;
+    let mut grads = GradTally::default();
     while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
-        let c = check(&generate::nth(a.seed, n, &cfg), dev, opts)?;
-        diverging += u64::from(!c.judgement.verdicts.is_empty());
-        for (v, sig) in c.judgement.verdicts.iter().zip(c.signatures()) {
+        let (case, verdicts) = one_case(&a, &cfg, dev, opts, n, &mut grads)?;
+        diverging += u64::from(!verdicts.is_empty());
+        for v in &verdicts {
+            let sig = v.signature(&case);
             let count = seen.entry(sig.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
                 if let Some(dir) = &a.save {
                     let path = dir.join(format!("{}.json", sig.slug()));
-                    std::fs::write(&path, c.case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    std::fs::write(&path, case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 }
             }
             if *count == 1 || a.all {
@@ -72,6 +110,12 @@ pub fn run(a: Args) -> CliResult {
         n as f64 / secs.max(1e-9),
         seen.len()
     );
+    if grads.cases > 0 {
+        eprintln!(
+            "shardfuzz: {} backward case(s): gradients compared in {}; skipped {} near-tie and {} where the program chose other experts (the rest raised)",
+            grads.cases, grads.checked, grads.near_tie, grads.forward_differs
+        );
+    }
     // The tally is what one reads after a long run; most frequent first, ties by signature.
     let mut tally: Vec<(&Signature, &u64)> = seen.iter().collect();
     tally.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -79,4 +123,16 @@ pub fn run(a: Args) -> CliResult {
         eprintln!("{count:>9}  {sig}");
     }
     Ok(if diverging > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Writes a crashed case (inputs inline) to `--save DIR`, or else to the temp dir: a crash is
+/// never lost, even when nothing asked for cases to be kept.
+fn save_crash(save: Option<&std::path::Path>, crashed: &Crashed) -> anyhow::Result<std::path::PathBuf> {
+    let dir = save.map(|d| d.to_path_buf()).unwrap_or_else(|| std::env::temp_dir().join("shardfuzz-crashes"));
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let mut case = crashed.case.clone();
+    case.tensors = Some(crate::harness::data::inline(&case));
+    let path = dir.join(format!("crash-{:016x}.json", crate::harness::hash64(case.to_json().as_bytes())));
+    std::fs::write(&path, case.to_json()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(path)
 }

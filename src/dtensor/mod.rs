@@ -3,6 +3,7 @@
 //! functions over mesh-dim fibers and are logged, and each op is sharded by PyTorch's rules for
 //! the selected release (`rules::RuleSet`).
 
+pub mod autograd;
 pub mod comm;
 pub mod dispatch;
 pub mod error;

@@ -79,5 +79,10 @@ pub fn explain(v: &Verdict) -> String {
         Class::Device => format!("CPU and CUDA disagree on the same case ({key})"),
         Class::Crash => format!("the worker died running this case ({key})"),
         Class::Timeout => "the worker exceeded the per-case time limit".into(),
+        Class::Grad if has("reduced_twice") => "a gradient reduced once too often: a Partial label over a gradient already reduced (ratio to the reference = the TP degree)".into(),
+        Class::Grad if has("missing_reduction") => "a gradient labelled Replicate over per-rank shares: never reduced, and the ranks' copies drift apart".into(),
+        Class::Grad => format!("a gradient differs from the reference ({key})"),
+        Class::Replica => "a Replicate-labelled gradient whose per-rank copies differ: an optimizer step would move the ranks apart (torchtitan#2387's signature)".into(),
+        Class::GradPlacement => format!("a gradient with a placement its tensor may not have ({key})"),
     }
 }

@@ -4,7 +4,7 @@
 
 use super::case::Case;
 use super::error::Result;
-use super::oracle::{self, device, nondeterminism, Judgement};
+use super::oracle::{self, device, nondeterminism, Judgement, Verdict};
 use super::outcome::Outcome;
 use super::runner::{self, Run};
 use super::signature::Signature;
@@ -27,6 +27,53 @@ pub struct Checked {
     pub judgement: Judgement,
     /// Inputs, reference, sharded, shadow and oracle time (the oracles include extra runs).
     pub phases: Phases,
+}
+
+/// A case the tool itself failed on: it panicked, or returned an error on a valid case. A
+/// finding (class `crash`), so the run goes on and the case is kept.
+#[derive(Clone, Debug)]
+pub struct Crashed {
+    pub case: Case,
+    pub verdict: Verdict,
+}
+
+impl Crashed {
+    pub fn signature(&self) -> Signature {
+        self.verdict.signature(&self.case)
+    }
+}
+
+/// [`check`], with a panic or an error caught and turned into a `crash` verdict on the case.
+pub fn check_guarded(case: &Case, dev: Dev, opts: Options) -> std::result::Result<Checked, Box<Crashed>> {
+    guard(case, dev, || check(case, dev, opts))
+}
+
+/// Runs `f` (a check of `case` on `dev`), catching a panic or an error as a `crash` verdict.
+pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std::result::Result<Checked, Box<Crashed>> {
+    let (key, detail) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(e)) => ("error", format!("shardfuzz failed on a valid case: {e}")),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            ("panic", format!("shardfuzz panicked on this case: {msg}"))
+        }
+    };
+    let verdict = Verdict {
+        class: oracle::Class::Crash,
+        output: None,
+        expected: serde_json::json!("a result"),
+        actual: serde_json::json!(key),
+        detail,
+        key: key.into(),
+        backward: false,
+    };
+    let mut case = case.clone();
+    case.device = dev;
+    Err(Box::new(Crashed { case, verdict }))
 }
 
 /// Runs `case` on `dev` and judges it.

@@ -13,7 +13,26 @@ use tch::{Device, Tensor};
 pub struct Inputs {
     pub x: Tensor,
     pub gate: Tensor,
-    pub bias: Option<Tensor>,
+    pub gate_bias: Option<Tensor>,
+    pub expert_bias: Option<Tensor>,
+}
+
+impl Inputs {
+    pub fn weights(&self) -> crate::router::reference::Weights<'_> {
+        crate::router::reference::Weights {
+            gate: &self.gate,
+            gate_bias: self.gate_bias.as_ref(),
+            expert_bias: self.expert_bias.as_ref(),
+        }
+    }
+}
+
+/// Drawn values: x, gate, gate bias, expert bias (the biases only when the router has them).
+pub struct Drawn {
+    pub x: Vec<f64>,
+    pub gate: Vec<f64>,
+    pub gate_bias: Option<Vec<f64>>,
+    pub expert_bias: Option<Vec<f64>>,
 }
 
 /// Standard normal by Box-Muller: portable, unlike libtorch's generators.
@@ -56,8 +75,9 @@ fn draw_normals(rng: &mut ChaCha8Rng, n: usize, f: impl Fn(f64) -> f64 + Sync) -
     out
 }
 
-/// Draws the values of `x`, `gate` and `expert_bias` for a case (unrounded).
-pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+/// Draws the values of `x`, `gate` and `expert_bias` for a case (unrounded), then the gate bias
+/// (drawn last, so cases without one draw what they always drew).
+pub fn draw_values(case: &Case) -> Drawn {
     let d = case.dims;
     let mut rng = ChaCha8Rng::seed_from_u64(case.data.seed);
     let (nx, ng, e) = (d.batch * d.seq * d.model, d.experts * d.model, d.experts);
@@ -91,7 +111,12 @@ pub fn draw_values(case: &Case) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
         ),
         Style::SmallInt => (draw(&mut rng, nx, small_int), draw(&mut rng, ng, small_int), vec![0.0; e]),
     };
-    (x, gate, case.router.expert_bias.then_some(bias))
+    let gate_bias = case.router.gate_bias.then(|| match case.data.style {
+        Style::Ties => vec![0.0; e],
+        Style::SmallInt => draw(&mut rng, e, small_int),
+        _ => draw_normals(&mut rng, e, |z| z * 0.1),
+    });
+    Drawn { x, gate, gate_bias, expert_bias: case.router.expert_bias.then_some(bias) }
 }
 
 /// As `TensorData::to_tensor` (f64 -> f32 in Rust, then libtorch's cast to the dtype), without
@@ -110,15 +135,17 @@ pub fn inputs(case: &Case, device: Device) -> Inputs {
         return Inputs {
             x: t.x.to_tensor(device),
             gate: t.gate.to_tensor(device),
-            bias: t.expert_bias.as_ref().map(|b| b.to_tensor(device)),
+            gate_bias: t.gate_bias.as_ref().map(|b| b.to_tensor(device)),
+            expert_bias: t.expert_bias.as_ref().map(|b| b.to_tensor(device)),
         };
     }
     let d = case.dims;
-    let (x, gate, bias) = draw_values(case);
+    let v = draw_values(case);
     Inputs {
-        x: tensor(&x, &[d.batch, d.seq, d.model], case.dtype, device),
-        gate: tensor(&gate, &[d.experts, d.model], case.dtype, device),
-        bias: bias.map(|b| tensor(&b, &[d.experts], DType::F32, device)),
+        x: tensor(&v.x, &[d.batch, d.seq, d.model], case.dtype, device),
+        gate: tensor(&v.gate, &[d.experts, d.model], case.dtype, device),
+        gate_bias: v.gate_bias.map(|b| tensor(&b, &[d.experts], case.dtype, device)),
+        expert_bias: v.expert_bias.map(|b| tensor(&b, &[d.experts], DType::F32, device)),
     }
 }
 
@@ -128,7 +155,8 @@ pub fn inline(case: &Case) -> Tensors {
     Tensors {
         x: TensorData::from_tensor(&i.x),
         gate: TensorData::from_tensor(&i.gate),
-        expert_bias: i.bias.as_ref().map(TensorData::from_tensor),
+        gate_bias: i.gate_bias.as_ref().map(TensorData::from_tensor),
+        expert_bias: i.expert_bias.as_ref().map(TensorData::from_tensor),
     }
 }
 
@@ -141,7 +169,7 @@ mod tests {
     fn inputs_are_the_values_rounded_as_tensor_data_rounds_them() {
         for i in 0..40 {
             let case = crate::harness::generate::nth(9, i, &crate::harness::generate::GenConfig::default());
-            let (x, _, _) = draw_values(&case);
+            let x = draw_values(&case).x;
             let d = case.dims;
             let want = TensorData { shape: vec![d.batch, d.seq, d.model], dtype: case.dtype, values: Values::Float(x) }
                 .to_tensor(Device::Cpu);

@@ -5,30 +5,83 @@ use super::case::Case;
 use super::oracle::Class;
 use super::signature::Signature;
 use crate::dtensor::RuleSet;
-use crate::router::{RouterRev, Size1};
+use crate::placement::Placement;
+use crate::router::backward::Boundary;
+use crate::router::{Program, RouterRev, Size1};
+
+/// The gate weight's gradient of `boundary`, Replicate-labelled over unequal per-rank shares
+/// (`replica`) or never reduced (`grad` missing_reduction), on more than one rank.
+/// torchtitan's token layout: tokens sharded (batch or sequence) on some mesh axis of size > 1,
+/// nothing else sharded. The 2.12 scatter bugs are about token-sharded scores; the same error on
+/// an expert-sharded what-if layout is another mechanism.
+fn token_sharded_scores(case: &Case) -> bool {
+    let l = &case.layout;
+    let all_r = |ps: &[Placement]| ps.iter().all(|p| *p == Placement::Replicate);
+    let token = |p: &Placement| matches!(p, Placement::Shard(0 | 1 | -2 | -3));
+    all_r(&l.gate)
+        && l.expert_bias.as_deref().is_none_or(all_r)
+        && l.x.iter().all(|p| token(p) || *p == Placement::Replicate)
+        && l.x.iter().zip(&case.mesh.shape).any(|(p, &n)| token(p) && n > 1)
+}
+
+/// A gradient verdict of boundary revision `boundary` whose path crossed `site`: the label
+/// put there is the mechanism, whichever tensor (gate.weight, gate.bias, x) shows it.
+fn through(p: &Signature, case: &Case, boundary: Boundary, site: &str) -> bool {
+    let path = p.key.split_once('@').map_or("", |(_, path)| path);
+    matches!(p.class, Class::Grad | Class::Replica)
+        && p.program == Program::Boundary(boundary)
+        && path.split('>').any(|s| s == site)
+        && case.ranks() > 1
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
-    /// torch-2.12: `scatter_` on token-sharded inputs needs a placement change (T3753, §7).
+    /// torch-2.12: `scatter_` on token-sharded inputs needs a placement change (torchtitan#3515, before pytorch#186149).
     InplaceScatter212,
     /// torch-2.12: the out-of-place scatter falls back to Replicate, counts lose their Partial
     /// contract (T3753 c1).
     OutOfPlaceReplicate212,
     /// `size1=keep`: Partial on a size-1 mesh axis is not normalised to Replicate (#3762).
     Size1Keep,
-    /// torch-2.13: a sequence shorter than its shard count raises at the gate's view (§10.1).
-    ShortSeq213,
-    /// local_map re-wraps uneven shards with rank-dependent global shapes (§9.2 d2).
+    /// torch-2.13 and 2.14: a sharded token dim shorter than its shard count, or of length 1,
+    /// cannot be flattened by the gate's view, which raises (2.12 all-gathers instead).
+    ShortTokens,
+    /// local_map re-wraps uneven shards with rank-dependent global shapes (docs/design.md).
     LocalMapShapes,
+    /// Before #2416: the gate's output `to_local()` labels per-rank score gradients Replicate,
+    /// so the gate weight's gradient is never reduced and the TP ranks' copies drift apart
+    /// (torchtitan#2387): with tokens split over ranks or TP-sharded experts without
+    /// score_before_experts.
+    RouterDiverges2387,
+    /// #3654 to #4054: without EP the experts' local_map gets no in_grad_placements, so the
+    /// gate values' partial gradients are labelled Replicate (torchtitan#4054).
+    NoInGrad4054,
+    /// #2416 to #3386: the gate's `from_local(R)` has no grad label, so its backward all-reduces
+    /// the router's share of dx, and the MoE input's `to_local(grad_placements=P)` then sums
+    /// those full copies again: x.grad gets n times the router's share. Found here; no upstream
+    /// report (docs/findings.md).
+    GateInputTwice2416,
+    /// The closed PR #2388 labels the gate output P also where #1878's all-reduce already made
+    /// every rank's gradient complete (score_before_experts with TP-sharded experts): every
+    /// router gradient n times. Found here (docs/findings.md).
+    Pr2388Sbe,
+    /// torchtitan's ReordererSequenceParallel refuses a token count the TP degree does not
+    /// divide (a ValueError by design, not a wrong result).
+    UnevenTokenSplit,
 }
 
 impl Known {
-    pub const ALL: [Known; 5] = [
+    pub const ALL: [Known; 10] = [
         Known::InplaceScatter212,
         Known::OutOfPlaceReplicate212,
         Known::Size1Keep,
-        Known::ShortSeq213,
+        Known::ShortTokens,
         Known::LocalMapShapes,
+        Known::RouterDiverges2387,
+        Known::NoInGrad4054,
+        Known::GateInputTwice2416,
+        Known::Pr2388Sbe,
+        Known::UnevenTokenSplit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,8 +89,13 @@ impl Known {
             Known::InplaceScatter212 => "inplace-scatter-error (torch-2.12)",
             Known::OutOfPlaceReplicate212 => "out-of-place Replicate counts (torch-2.12)",
             Known::Size1Keep => "size1=keep contract mismatch (#3762)",
-            Known::ShortSeq213 => "sequence shorter than shards (torch-2.13)",
+            Known::ShortTokens => "token dim shorter than its shards, or 1, at the gate's view (torch-2.13+)",
             Known::LocalMapShapes => "local_map rank-dependent shapes",
+            Known::RouterDiverges2387 => "router gradient never reduced, ranks diverge (#2387, tt-pre2416)",
+            Known::NoInGrad4054 => "experts' in_grad_placements dropped without EP (#4054, tt-3654)",
+            Known::GateInputTwice2416 => "router's dx reduced twice at the MoE input (tt-2416; new)",
+            Known::Pr2388Sbe => "gate output labelled P after #1878's all-reduce (closed PR #2388; new)",
+            Known::UnevenTokenSplit => "token split refuses T not divisible by TP (torchtitan ValueError)",
         }
     }
 
@@ -50,24 +108,47 @@ impl Known {
                 p.class == Class::Error
                     && p.rules == RuleSet::Torch212
                     && p.key.contains("inplace_placement_change@aten.scatter_")
+                    && token_sharded_scores(case)
             }
             Known::OutOfPlaceReplicate212 => {
                 counts_placement
-                    && p.router == RouterRev::OutOfPlaceScatter
+                    && p.program == Program::Router(RouterRev::OutOfPlaceScatter)
                     && p.rules == RuleSet::Torch212
                     && mismatch("P(sum)->R")
+                    && token_sharded_scores(case)
             }
             // The placement oracle marks mismatches on size-1 mesh axes with `@1`.
             Known::Size1Keep => counts_placement && case.revision.size1 == Size1::Keep && mismatch("P(sum)->R@1"),
-            Known::ShortSeq213 => {
-                p.class == Class::Error && p.rules == RuleSet::Torch213 && p.key.ends_with("view_of_sharded_dim") && {
+            Known::ShortTokens => {
+                p.class == Class::Error && p.rules != RuleSet::Torch212 && p.key.ends_with("view_of_sharded_dim") && {
                     let n = crate::placement::layout::shard_counts_on(&case.mesh.shape, &case.layout.x, 3);
-                    case.dims.batch < n[0] || case.dims.seq < n[1]
+                    let sharded = |d: i64| case.layout.x.contains(&Placement::Shard(d));
+                    let short = |d: usize, len: usize| len < n[d] || (len == 1 && sharded(d as i64));
+                    short(0, case.dims.batch) || short(1, case.dims.seq)
                 }
+            }
+            Known::RouterDiverges2387 => through(p, case, Boundary::Pre2416, "gate.to_local"),
+            Known::NoInGrad4054 => {
+                through(p, case, Boundary::T3654, "experts.local_map") && case.backward.as_ref().is_some_and(|b| !b.ep)
+            }
+            Known::GateInputTwice2416 => {
+                through(p, case, Boundary::T2416, "gate.from_local")
+                    && p.output.as_deref() == Some("x")
+                    && p.key.starts_with("reduced_twice@")
+            }
+            Known::Pr2388Sbe => {
+                through(p, case, Boundary::Pr2388, "gate.to_local")
+                    && p.key.starts_with("reduced_twice@")
+                    && case.backward.as_ref().is_some_and(|b| b.score_before_experts)
+            }
+            Known::UnevenTokenSplit => {
+                p.class == Class::Error
+                    && matches!(p.program, Program::Boundary(Boundary::Pre2416 | Boundary::Pr2388 | Boundary::T2416))
+                    && p.key.starts_with("ValueError:uneven_split_of_tokens")
             }
             Known::LocalMapShapes => {
                 p.class == Class::Shape
-                    && matches!(p.router, RouterRev::LocalMapCounts | RouterRev::LocalMapBoth)
+                    && matches!(p.program, Program::Router(RouterRev::LocalMapCounts | RouterRev::LocalMapBoth))
                     && p.key == "rank_dependent"
             }
         }
@@ -83,7 +164,6 @@ impl Known {
 mod tests {
     use super::*;
     use crate::harness::generate::{nth, GenConfig};
-    use crate::placement::Placement;
 
     fn sig(s: &str) -> Signature {
         s.parse().unwrap()
@@ -105,7 +185,10 @@ mod tests {
 
     #[test]
     fn families_are_told_apart() {
-        let c = nth(0, 0, &GenConfig::default());
+        let mut c = nth(0, 0, &GenConfig::default());
+        (c.mesh.shape, c.mesh.names) = (vec![2], vec!["tp".into()]);
+        (c.layout.x, c.layout.gate) = (vec![Placement::Shard(1)], vec![Placement::Replicate]);
+        c.layout.expert_bias = c.router.expert_bias.then(|| vec![Placement::Replicate]);
         assert_eq!(
             Known::of(&sig("shape:routing_map:local_map_both:torch-2.13:rank_dependent"), &c),
             vec![Known::LocalMapShapes]
@@ -123,5 +206,38 @@ mod tests {
             vec![Known::OutOfPlaceReplicate212]
         );
         assert!(Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R"), &c).is_empty());
+        // The same error on an expert-sharded what-if layout is another mechanism.
+        c.layout.gate = vec![Placement::Shard(0)];
+        let inplace = sig("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value");
+        assert!(Known::of(&inplace, &c).is_empty());
+    }
+
+    #[test]
+    fn gradient_families_follow_the_site_and_the_mechanism() {
+        let mut c = nth(0, 0, &GenConfig::default());
+        c.mesh.shape = vec![2];
+        let path = "gate.to_local>gate.from_local>moe.to_local>moe.input";
+        let twice = sig(&format!("grad:x:tt-2416:torch-2.13:reduced_twice@{path}"));
+        assert_eq!(Known::of(&twice, &c), vec![Known::GateInputTwice2416]);
+        assert!(Known::of(&sig(&format!("grad:x:tt-2416:torch-2.13:wrong@{path}")), &c).is_empty());
+        assert!(Known::of(&sig("grad:gate.weight:tt-clean:torch-2.13:wrong@experts.local_map"), &c).is_empty());
+        let replica = sig(&format!("replica:x:tt-pre2416:torch-2.14:R@{path}"));
+        assert_eq!(Known::of(&replica, &c), vec![Known::RouterDiverges2387]);
+        c.mesh.shape = vec![1];
+        assert!(Known::of(&replica, &c).is_empty(), "one rank has nothing to reduce");
+    }
+
+    #[test]
+    fn short_tokens_need_a_sharded_token_dim_too_short_to_flatten() {
+        let mut c = nth(0, 0, &GenConfig::default());
+        (c.mesh.shape, c.layout.x) = (vec![1], vec![Placement::Shard(1)]);
+        (c.dims.batch, c.dims.seq) = (2, 1);
+        let view = |rules: &str| sig(&format!("error:-:tt-clean:{rules}:RuntimeError:view_of_sharded_dim"));
+        assert_eq!(Known::of(&view("torch-2.14"), &c), vec![Known::ShortTokens]);
+        assert!(Known::of(&view("torch-2.12"), &c).is_empty());
+        c.dims.seq = 3;
+        assert!(Known::of(&view("torch-2.13"), &c).is_empty());
+        c.mesh.shape = vec![4];
+        assert_eq!(Known::of(&view("torch-2.13"), &c), vec![Known::ShortTokens]);
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod json;
 pub mod known;
+pub mod limits;
 pub mod oracle;
 pub mod outcome;
 pub mod replay;
@@ -22,7 +23,7 @@ pub mod tensor_data;
 pub mod timing;
 pub mod worker;
 
-pub use check::{check, Checked, Options};
+pub use check::{check, check_guarded, guard, Checked, Crashed, Options};
 pub use error::{Error, Result};
 pub use signature::Signature;
 

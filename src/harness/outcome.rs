@@ -3,11 +3,13 @@
 
 use super::case::Case;
 use super::oracle::{Judgement, NearTies, Verdict};
-use super::runner::Run;
+use super::runner::{BackwardRun, Run};
 use super::signature::Signature;
 use super::tensor_data::{RawSeq, TensorData, Values, ValuesAs};
+use crate::dtensor::autograd::{Site, Val};
 use crate::dtensor::{CommRecord, DTensor, DTensorError, DType};
 use crate::placement::Placement;
+use crate::router::backward::loss::LossClass;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
@@ -92,17 +94,22 @@ pub struct ShardedOutput {
     pub local_shapes: Vec<Vec<usize>>,
     pub dtype: DType,
     pub values: Values,
+    /// Why `values` is empty: the output could not be gathered (its ranks disagree on its shape).
+    pub gather_error: Option<String>,
 }
 
 impl Serialize for ShardedOutput {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("ShardedOutput", 6)?;
+        let mut st = s.serialize_struct("ShardedOutput", 7)?;
         st.serialize_field("placements", &self.placements)?;
         st.serialize_field("global_shape", &self.global_shape)?;
         st.serialize_field("rank_global_shapes", &self.rank_global_shapes)?;
         st.serialize_field("local_shapes", &self.local_shapes)?;
         st.serialize_field("dtype", &self.dtype)?;
         st.serialize_field("values", &ValuesAs(&self.values, self.dtype))?;
+        if let Some(e) = &self.gather_error {
+            st.serialize_field("gather_error", e)?;
+        }
         st.end()
     }
 }
@@ -118,6 +125,8 @@ impl<'de> Deserialize<'de> for ShardedOutput {
             local_shapes: Vec<Vec<usize>>,
             dtype: DType,
             values: RawSeq,
+            #[serde(default)]
+            gather_error: Option<String>,
         }
         let w = Wire::deserialize(d)?;
         let values = w.values.into_values(w.dtype).map_err(serde::de::Error::custom)?;
@@ -128,6 +137,7 @@ impl<'de> Deserialize<'de> for ShardedOutput {
             local_shapes: w.local_shapes,
             dtype: w.dtype,
             values,
+            gather_error: w.gather_error,
         })
     }
 }
@@ -139,6 +149,83 @@ pub struct ShardedSide {
     pub outputs: Ordered<ShardedOutput>,
     pub comms: Vec<CommRecord>,
     pub error: Option<ErrorInfo>,
+}
+
+/// The backward pass of a backward case (docs/backward.md): the boundary program's gradients
+/// with their placements, per-rank locals, reduced values and the sites they crossed; the
+/// reference gradients; the backward's collectives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackwardSide {
+    pub ok: bool,
+    pub error: Option<ErrorInfo>,
+    pub loss_class: LossClass,
+    pub grads: Ordered<GradOutput>,
+    pub reference: Ordered<TensorData>,
+    /// The reference gradients' error, when libtorch's autograd failed on the unsharded router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_error: Option<ErrorInfo>,
+    pub comms: Vec<CommRecord>,
+}
+
+/// One gradient of the boundary program.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradOutput {
+    pub placements: Vec<Placement>,
+    pub locals: Vec<TensorData>,
+    /// Absent when the gradient could not be reduced (`gather_error` says why).
+    pub reduced: Option<TensorData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gather_error: Option<String>,
+    pub sites: Vec<Site>,
+}
+
+fn backward_side(case: &Case, bw: &BackwardRun) -> Option<BackwardSide> {
+    let spec = case.backward.as_ref()?;
+    let loss_class = crate::router::backward::loss::class(spec, case.ranks());
+    let (reference, reference_error) = match &bw.reference {
+        Ok(r) => (Ordered(r.grads.iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect()), None),
+        Err(e) => (Ordered::default(), Some(e.into())),
+    };
+    let side = match &bw.program {
+        Ok(p) => {
+            let grads = p.grads.iter().filter_map(|(n, g)| {
+                let Val::D(d) = &g.val else { return None };
+                let (reduced, gather_error) = match d.full_tensor() {
+                    Ok(t) => (Some(TensorData::from_tensor(&t)), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                let out = GradOutput {
+                    placements: d.placements.clone(),
+                    locals: d.locals.iter().map(TensorData::from_tensor).collect(),
+                    reduced,
+                    gather_error,
+                    sites: g.sites.clone(),
+                };
+                Some((n.to_string(), out))
+            });
+            BackwardSide {
+                ok: true,
+                error: None,
+                loss_class,
+                grads: Ordered(grads.collect()),
+                reference,
+                reference_error,
+                comms: p.comms.clone(),
+            }
+        }
+        Err(e) => BackwardSide {
+            ok: false,
+            error: Some(e.into()),
+            loss_class,
+            grads: Ordered::default(),
+            reference,
+            reference_error,
+            comms: vec![],
+        },
+    };
+    Some(side)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,15 +241,18 @@ pub struct Outcome {
     pub signatures: Vec<Signature>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub near_ties: Option<NearTies>,
+    /// The backward pass; absent for a forward-only case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward: Option<BackwardSide>,
     /// Provenance of outcomes recorded on real PyTorch (golden files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pytorch: Option<serde_json::Value>,
 }
 
 fn sharded_output(d: &DTensor) -> ShardedOutput {
-    let values = match d.full_tensor() {
-        Ok(t) => TensorData::from_tensor(&t).values,
-        Err(_) => Values::Float(Vec::new()),
+    let (values, gather_error) = match d.full_tensor() {
+        Ok(t) => (TensorData::from_tensor(&t).values, None),
+        Err(e) => (Values::Float(Vec::new()), Some(e.to_string())),
     };
     ShardedOutput {
         placements: d.placements.clone(),
@@ -171,6 +261,7 @@ fn sharded_output(d: &DTensor) -> ShardedOutput {
         local_shapes: d.local_shapes(),
         dtype: d.dtype,
         values,
+        gather_error,
     }
 }
 
@@ -206,6 +297,7 @@ impl Outcome {
             signatures: j.verdicts.iter().map(|v| v.signature(case)).collect(),
             verdicts: j.verdicts.clone(),
             near_ties: Some(j.near_ties),
+            backward: run.backward.as_ref().and_then(|bw| backward_side(case, bw)),
             pytorch: None,
         }
     }

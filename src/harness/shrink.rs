@@ -78,6 +78,7 @@ fn with_dims(c: &Case, batch: usize, seq: usize, model: usize, experts: usize) -
             x: cut(&t.x, &[batch, seq, model]),
             gate: cut(&t.gate, &[experts, model]),
             expert_bias: t.expert_bias.as_ref().map(|b| cut(b, &[experts])),
+            gate_bias: t.gate_bias.as_ref().map(|b| cut(b, &[experts])),
         });
     }
     n
@@ -105,10 +106,56 @@ fn candidates(c: &Case) -> Vec<Case> {
     let mut out = Vec::new();
     mesh_candidates(c, &mut out);
     dim_candidates(c, &mut out);
+    backward_candidates(c, &mut out);
     feature_candidates(c, &mut out);
-    placement_candidates(c, &mut out);
+    if c.backward.is_none() {
+        placement_candidates(c, &mut out);
+    }
     value_candidates(c, &mut out);
+    out.iter_mut().for_each(fit_backward);
     out
+}
+
+/// A backward case's layouts follow from its boundary and config, and `etp` is 1 or the TP
+/// degree: after a change elsewhere, both are brought back in line.
+fn fit_backward(c: &mut Case) {
+    let Some(b) = &mut c.backward else { return };
+    let tp = c.mesh.shape.iter().product::<usize>();
+    if b.etp != 1 {
+        b.etp = tp;
+    }
+    c.layout = super::generate::backward_layout(b, &c.router);
+}
+
+/// A backward case without its backward (for a forward signature), then each config axis
+/// toward the plainest: no EP (and no ETP), no SP, scores after the experts.
+fn backward_candidates(c: &Case, out: &mut Vec<Case>) {
+    let Some(b) = &c.backward else { return };
+    let with = |f: &dyn Fn(&mut crate::router::backward::BackwardSpec)| {
+        let mut n = c.clone();
+        if let Some(nb) = &mut n.backward {
+            f(nb);
+        }
+        n
+    };
+    let mut n = c.clone();
+    n.backward = None;
+    out.push(n);
+    if b.ep {
+        out.push(with(&|nb| {
+            nb.ep = false;
+            nb.etp = 1;
+        }));
+    }
+    if b.etp != 1 {
+        out.push(with(&|nb| nb.etp = 1));
+    }
+    if b.sp {
+        out.push(with(&|nb| nb.sp = false));
+    }
+    if b.score_before_experts {
+        out.push(with(&|nb| nb.score_before_experts = false));
+    }
 }
 
 /// Fewer mesh dims (each placement list loses that dim), then smaller mesh dims.
@@ -122,7 +169,7 @@ fn mesh_candidates(c: &Case, out: &mut Vec<Case>) {
             n.layout.x.remove(d);
             n.layout.gate.remove(d);
             n.layout.counts_contract.remove(d);
-            if let Some(b) = &mut n.layout.expert_bias {
+            for b in [&mut n.layout.expert_bias, &mut n.layout.gate_bias].into_iter().flatten() {
                 b.remove(d);
             }
             out.push(n);
@@ -201,6 +248,15 @@ fn feature_candidates(c: &Case, out: &mut Vec<Case>) {
     }
     if c.router.route_scale != 1.0 {
         out.push(with(&|n| n.router.route_scale = 1.0));
+    }
+    if c.router.gate_bias {
+        out.push(with(&|n| {
+            n.router.gate_bias = false;
+            n.layout.gate_bias = None;
+            if let Some(t) = &mut n.tensors {
+                t.gate_bias = None;
+            }
+        }));
     }
 }
 
@@ -337,6 +393,7 @@ mod tests {
         // Property: at least 2 ranks and a sequence of at least 3 tokens.
         let prop = |c: &Case| c.ranks() >= 2 && c.dims.seq >= 3;
         let mut start = nth(3, 0, &GenConfig::default());
+        start.backward = None;
         start.mesh = crate::harness::case::MeshSpec { shape: vec![2, 2], names: vec!["dp_shard".into(), "tp".into()] };
         start.layout.x = vec![Placement::Shard(0), Placement::Shard(1)];
         start.layout.gate = vec![Placement::Replicate; 2];

@@ -1,11 +1,12 @@
-//! A divergence's signature, `class:output:program:rules:key`: what buckets group by. The key
+//! A divergence's signature, `class:output:program:rules:key`: what buckets group by (the
+//! program is the router revision, or the boundary revision for backward verdicts). The key
 //! names the check that fired or the placement mismatch, with sizes removed, so one bucket holds
 //! one mechanism. Printed and parsed in that form (the key may itself contain `:`); ordered as
 //! its printed form, so reports list buckets the same way whatever built them.
 
 use super::oracle::Class;
 use crate::dtensor::RuleSet;
-use crate::router::RouterRev;
+pub use crate::router::Program;
 use std::fmt;
 use std::str::FromStr;
 
@@ -14,7 +15,8 @@ pub struct Signature {
     pub class: Class,
     /// The output or gradient concerned (`counts`, `gate.weight`), when the verdict names one.
     pub output: Option<String>,
-    pub router: RouterRev,
+    /// The router revision, or for the backward the boundary revision.
+    pub program: Program,
     pub rules: RuleSet,
     /// Empty when the class needs no key.
     pub key: String,
@@ -23,7 +25,7 @@ pub struct Signature {
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = if self.key.is_empty() { "-" } else { &self.key };
-        write!(f, "{}:{}:{}:{}:{key}", self.class, self.output.as_deref().unwrap_or("-"), self.router, self.rules)
+        write!(f, "{}:{}:{}:{}:{key}", self.class, self.output.as_deref().unwrap_or("-"), self.program, self.rules)
     }
 }
 
@@ -34,10 +36,10 @@ impl FromStr for Signature {
         let mut part = |what: &str| it.next().ok_or_else(|| format!("signature '{s}': no {what}"));
         let class = part("class")?.parse()?;
         let output = Some(part("output")?).filter(|o| *o != "-").map(String::from);
-        let router = part("router revision")?.parse()?;
+        let program = part("program")?.parse()?;
         let rules = part("rule set")?.parse()?;
         let key = Some(part("key")?).filter(|k| *k != "-").unwrap_or_default().to_string();
-        Ok(Signature { class, output, router, rules, key })
+        Ok(Signature { class, output, program, rules, key })
     }
 }
 

@@ -71,8 +71,10 @@ impl TensorData {
 
     /// Checks values against shape and dtype; `what` names the field in the message.
     pub fn validate(&self, what: &str) -> Result<(), String> {
-        let n: usize = self.shape.iter().product();
-        if self.values.len() != n {
+        let Some(n) = super::limits::product(&self.shape) else {
+            return Err(format!("{what}.shape: {:?} has more elements than 64 bits count", self.shape));
+        };
+        if self.values.len() as u64 != n {
             return Err(format!("{what}.values: shape {:?} needs {n} values, found {}", self.shape, self.values.len()));
         }
         let ok = matches!(

@@ -11,6 +11,9 @@ pub struct Phases {
     pub reference_us: u64,
     pub sharded_us: u64,
     pub shadow_us: u64,
+    /// The boundary program and the reference gradients of backward cases.
+    #[serde(default)]
+    pub backward_us: u64,
     pub oracles_us: u64,
 }
 
@@ -18,12 +21,13 @@ pub struct Phases {
 pub type PhaseOf = fn(&Phases) -> u64;
 
 /// Names and accessors, in report order.
-pub const PHASES: [(&str, PhaseOf); 6] = [
+pub const PHASES: [(&str, PhaseOf); 7] = [
     ("generate", |p| p.generate_us),
     ("inputs", |p| p.inputs_us),
     ("reference", |p| p.reference_us),
     ("sharded", |p| p.sharded_us),
     ("float64 shadow", |p| p.shadow_us),
+    ("backward", |p| p.backward_us),
     ("oracles", |p| p.oracles_us),
 ];
 
@@ -34,6 +38,7 @@ impl Phases {
         self.reference_us += o.reference_us;
         self.sharded_us += o.sharded_us;
         self.shadow_us += o.shadow_us;
+        self.backward_us += o.backward_us;
         self.oracles_us += o.oracles_us;
     }
 

@@ -4,9 +4,10 @@
 //! only the job in flight.
 
 use super::case::Case;
-use super::check::{check, Options};
+use super::check::{check, check_guarded, guard, Options};
 use super::generate::{self, GenConfig};
-use super::oracle::{NearTies, Verdict};
+use super::limits::Limits;
+use super::oracle::{GradTally, NearTies, Verdict};
 use super::shrink::{self, Budget};
 use super::signature::Signature;
 use super::timing::{micros, Phases};
@@ -28,6 +29,13 @@ pub struct Setup {
     pub inflight: Option<PathBuf>,
     /// Test hook: fail on one case.
     pub fault: Option<Fault>,
+    /// The coordinator's size limits (shrink jobs validate cases).
+    #[serde(default = "default_limits")]
+    pub limits: Limits,
+}
+
+fn default_limits() -> Limits {
+    Limits::DEFAULT
 }
 
 impl Setup {
@@ -55,6 +63,8 @@ pub enum Reply {
         index: u64,
         verdicts: Vec<Verdict>,
         near_ties: NearTies,
+        #[serde(default)]
+        grads: GradTally,
         phases: Phases,
     },
     Shrunk {
@@ -68,9 +78,7 @@ pub enum Reply {
         lost: bool,
     },
     /// The job could not run (an invalid case from a shrink request, say).
-    Failed {
-        message: String,
-    },
+    Failed { message: String },
     /// Sent once at start: libtorch is loaded and jobs can run (time limits start now).
     Ready,
 }
@@ -84,18 +92,21 @@ pub enum Fault {
     Abort(u64),
     Segv(u64),
     Hang(u64),
+    /// A Rust panic inside the case's check (caught: a `crash` verdict, the worker lives on).
+    Panic(u64),
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, at) = s.split_once('@').ok_or("expected abort@N, segv@N or hang@N")?;
+        let (kind, at) = s.split_once('@').ok_or("expected abort@N, segv@N, hang@N or panic@N")?;
         let n: u64 = at.parse().map_err(|_| format!("bad case index in '{s}'"))?;
         match kind {
             "abort" => Ok(Fault::Abort(n)),
             "segv" => Ok(Fault::Segv(n)),
             "hang" => Ok(Fault::Hang(n)),
-            _ => Err(format!("unknown fault '{kind}' (abort, segv or hang)")),
+            "panic" => Ok(Fault::Panic(n)),
+            _ => Err(format!("unknown fault '{kind}' (abort, segv, hang or panic)")),
         }
     }
 }
@@ -106,6 +117,7 @@ impl std::fmt::Display for Fault {
             Fault::Abort(n) => write!(f, "abort@{n}"),
             Fault::Segv(n) => write!(f, "segv@{n}"),
             Fault::Hang(n) => write!(f, "hang@{n}"),
+            Fault::Panic(n) => write!(f, "panic@{n}"),
         }
     }
 }
@@ -160,12 +172,25 @@ pub fn run_index(setup: &Setup, index: u64, inflight: Option<&mut Inflight>) -> 
         f.write(&case.to_json())?;
     }
     inject(setup.fault, index);
-    Ok(match check(&case, case.device, Options { twice: index.is_multiple_of(PROBE_EVERY), ..Options::default() }) {
+    let opts = Options { twice: index.is_multiple_of(PROBE_EVERY), ..Options::default() };
+    let panic_here = setup.fault == Some(Fault::Panic(index));
+    let checked = guard(&case, case.device, || {
+        if panic_here {
+            panic!("injected panic at case {index}");
+        }
+        check(&case, case.device, opts)
+    });
+    Ok(match checked {
         Ok(c) => {
             let phases = Phases { generate_us, ..c.phases };
-            Reply::Result { index, verdicts: c.judgement.verdicts, near_ties: c.judgement.near_ties, phases }
+            let (verdicts, near_ties, grads) = (c.judgement.verdicts, c.judgement.near_ties, c.judgement.grads);
+            Reply::Result { index, verdicts, near_ties, grads, phases }
         }
-        Err(e) => Reply::Failed { message: e.to_string() },
+        Err(crashed) => {
+            let (near_ties, grads) = Default::default();
+            let phases = Phases { generate_us, ..Phases::default() };
+            Reply::Result { index, verdicts: vec![crashed.verdict], near_ties, grads, phases }
+        }
     })
 }
 
@@ -176,7 +201,10 @@ pub fn keeps<'a>(original: &Case, dev: Dev, signature: &'a Signature) -> impl Fn
     let known = super::known::Known::of(signature, original);
     move |c: &Case| {
         known.iter().all(|k| k.matches(signature, c))
-            && check(c, dev, Options::default()).is_ok_and(|r| r.shows(signature))
+            && match check_guarded(c, dev, Options::default()) {
+                Ok(r) => r.shows(signature),
+                Err(crashed) => crashed.signature() == *signature,
+            }
     }
 }
 
@@ -213,8 +241,8 @@ pub fn serve() -> std::io::Result<()> {
     let first = lines.next().transpose()?.unwrap_or_default();
     let setup: Setup = serde_json::from_str(&first)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad worker setup: {e}")))?;
+    super::limits::set(setup.limits);
     let mut out = std::io::stdout().lock();
-    crate::device::init();
     answer(&mut out, &Reply::Ready)?;
     let mut file = match &setup.inflight {
         Some(dir) => Some(Inflight::create(&dir.join(format!("w{}.json", std::process::id())))?),
@@ -241,7 +269,14 @@ mod tests {
     #[test]
     fn the_setup_line_carries_every_generator_setting_and_device() {
         let gen = GenConfig { device: Dev::Cuda(1), ..GenConfig::default() };
-        let setup = Setup { seed: 9, gen, devices: vec![Dev::Cuda(1), Dev::Cpu], inflight: None, fault: None };
+        let setup = Setup {
+            seed: 9,
+            gen,
+            devices: vec![Dev::Cuda(1), Dev::Cpu],
+            inflight: None,
+            fault: None,
+            limits: Limits::DEFAULT,
+        };
         let line = serde_json::to_string(&setup).unwrap();
         assert!(!line.contains('\n'));
         let back: Setup = serde_json::from_str(&line).unwrap();

@@ -693,6 +693,8 @@ mod tests {
         assert_eq!(e.kind(), "RuntimeError");
         let e = plan(&Mesh::tp(2), &[Partial(ReduceOp::Sum)], &[Partial(ReduceOp::Max)]).unwrap_err();
         assert_eq!(e.to_string(), "Redistribution from one partial type (P(sum)) to another (P(max)) is unsupported.");
+        let p = plan(&Mesh::tp(2), &[StridedShard { dim: 0, sf: 2 }], &[Shard(0)]).unwrap();
+        assert_eq!(describe(&p), "_S(0,2)->R[0] -> R->S(0)[0]");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct RouterOptions {
     pub groups: Option<Groups>,
     pub expert_bias: bool,
     pub force_load_balance: bool,
+    /// The gate Linear has a bias (`logits = x·Wᵀ + b`); absent in files means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gate_bias: bool,
 }
 
 impl RouterOptions {
@@ -41,6 +44,7 @@ impl RouterOptions {
             groups: None,
             expert_bias: false,
             force_load_balance: false,
+            gate_bias: false,
         }
     }
 }
@@ -141,6 +145,7 @@ impl Preset {
             groups: groups.map(|(num_groups, num_limited)| Groups { num_groups, num_limited }),
             expert_bias,
             force_load_balance: false,
+            gate_bias: false,
         };
         let (e, k, o) = match self {
             Preset::DeepSeekV3Debug => (8, 3, opts(ScoreFunc::Softmax, false, 1.0, None, true)),

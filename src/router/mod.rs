@@ -1,6 +1,8 @@
 //! The MoE router of torchtitan, twice: an unsharded libtorch reference and a sharded version
 //! on the simulated DTensor, in the revisions upstream went through (docs/design.md).
 
+pub mod backward;
+pub mod body;
 pub mod config;
 pub mod contract;
 pub mod dispatch;
@@ -54,3 +56,38 @@ impl<T> RouterOutputs<T> {
         v
     }
 }
+
+/// What one row of a comparison is about: a router revision (the forward) or a boundary
+/// revision (the backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Program {
+    Router(RouterRev),
+    Boundary(backward::Boundary),
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Router(r) => r.name(),
+            Program::Boundary(b) => b.name(),
+        }
+    }
+}
+
+impl std::fmt::Display for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Program {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Program::Router)
+            .or_else(|_| s.parse().map(Program::Boundary))
+            .map_err(|_| format!("unknown router or boundary revision '{s}'"))
+    }
+}
+
+crate::serde_as_str!(Program);

@@ -12,17 +12,31 @@ use crate::dtensor::local::torch_err;
 use crate::dtensor::DTensorError;
 use tch::{Kind, Tensor};
 
-/// Runs the reference router. `x` is (B, L, D), `gate` is (E, D), `bias` is (E,) float32.
-pub fn run(
-    cfg: &RouterConfig,
-    x: &Tensor,
-    gate: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<RouterOutputs<Tensor>, DTensorError> {
-    let f = |r: Result<Tensor, tch::TchError>| r.map_err(torch_err);
+/// The router's weights on full tensors: the gate (E, D) and its optional bias (E,) in the case
+/// dtype, and the expert bias (E,) in float32.
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    pub gate: &'a Tensor,
+    pub gate_bias: Option<&'a Tensor>,
+    pub expert_bias: Option<&'a Tensor>,
+}
+
+/// `x·Wᵀ (+ b)` in float32.
+pub fn logits(x: &Tensor, w: &Weights) -> Result<Tensor, DTensorError> {
     let x32 = x.to_kind(Kind::Float);
-    let w32 = gate.to_kind(Kind::Float);
-    let logits = f(x32.f_matmul(&w32.tr()))?;
+    let w32 = w.gate.to_kind(Kind::Float);
+    let l = x32.f_matmul(&w32.tr()).map_err(torch_err)?;
+    Ok(match w.gate_bias {
+        Some(b) => l + b.to_kind(Kind::Float),
+        None => l,
+    })
+}
+
+/// Runs the reference router. `x` is (B, L, D).
+pub fn run(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Result<RouterOutputs<Tensor>, DTensorError> {
+    let f = |r: Result<Tensor, tch::TchError>| r.map_err(torch_err);
+    let bias = w.expert_bias;
+    let logits = logits(x, w)?;
     let scores = match cfg.options.score_func {
         ScoreFunc::Sigmoid => logits.sigmoid(),
         ScoreFunc::Softmax => logits.softmax(-1, Kind::Float),
@@ -96,13 +110,13 @@ fn gaps(t: &Tensor, k: usize) -> Vec<f64> {
 const SMALL_SHADOW_FMAS: usize = 1 << 18;
 
 /// The float64 shadow of the router's choice: margins at the K-th expert and the Gk-th group.
-pub fn margins(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
+pub fn margins(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
     let size = x.size();
     let (d, rows) = (*size.last().unwrap_or(&1) as usize, (x.numel() / (*size.last().unwrap_or(&1)).max(1) as usize));
     if x.device() == tch::Device::Cpu && rows * d * cfg.experts <= SMALL_SHADOW_FMAS {
-        margins_small(cfg, x, gate, bias)
+        margins_small(cfg, x, w)
     } else {
-        margins_torch(cfg, x, gate, bias)
+        margins_torch(cfg, x, w)
     }
 }
 
@@ -136,9 +150,10 @@ fn gap(v: &[f64], k: usize) -> f64 {
 }
 
 /// `margins_torch` in Rust loops, for small CPU cases; the same numbers up to f64 rounding.
-fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
-    let (xs, ws) = (f64s(x), f64s(gate));
-    let bs = bias.map(f64s);
+fn margins_small(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
+    let (xs, ws) = (f64s(x), f64s(w.gate));
+    let bs = w.expert_bias.map(f64s);
+    let gb = w.gate_bias.map(f64s);
     let e = cfg.experts;
     let d = ws.len() / e.max(1);
     let rows = xs.len().checked_div(d).unwrap_or(0);
@@ -154,7 +169,8 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
         let mut absdot = f64::NEG_INFINITY;
         for (j, c) in choice.iter_mut().enumerate() {
             let wr = &ws[j * d..(j + 1) * d];
-            let (mut dot, mut abs) = (0.0, 0.0);
+            let b0 = gb.as_ref().map_or(0.0, |g| g[j]);
+            let (mut dot, mut abs) = (b0, b0.abs());
             for (a, b) in xr.iter().zip(wr) {
                 dot += a * b;
                 abs += (a * b).abs();
@@ -202,15 +218,23 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Te
 }
 
 /// The shadow in libtorch float64 ops, for large or GPU cases.
-pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, bias: Option<&Tensor>) -> Margins {
+pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
+    let bias = w.expert_bias;
     let x64 = x.to_kind(Kind::Float).to_kind(Kind::Double);
-    let w64 = gate.to_kind(Kind::Float).to_kind(Kind::Double);
+    let w64 = w.gate.to_kind(Kind::Float).to_kind(Kind::Double);
     let e = cfg.experts as i64;
+    let gb64 = w.gate_bias.map(|b| b.to_kind(Kind::Float).to_kind(Kind::Double));
     let logits = x64.matmul(&w64.tr()).view([-1, e]);
-    let absdot: Vec<f64> = Vec::<f64>::try_from(
-        x64.abs().matmul(&w64.abs().tr()).view([-1, e]).amax([-1i64].as_slice(), false).contiguous(),
-    )
-    .expect("f64");
+    let logits = match &gb64 {
+        Some(b) => logits + b,
+        None => logits,
+    };
+    let abs = x64.abs().matmul(&w64.abs().tr()).view([-1, e]);
+    let abs = match &gb64 {
+        Some(b) => abs + b.abs(),
+        None => abs,
+    };
+    let absdot: Vec<f64> = Vec::<f64>::try_from(abs.amax([-1i64].as_slice(), false).contiguous()).expect("f64");
     let scores = match cfg.options.score_func {
         ScoreFunc::Sigmoid => logits.sigmoid(),
         ScoreFunc::Softmax => logits.softmax(-1, Kind::Double),
@@ -256,10 +280,7 @@ mod tests {
             let case = nth(21, i, &GenConfig::default());
             let cfg = case.router_config().unwrap();
             let inp = data::inputs(&case, tch::Device::Cpu);
-            let (a, b) = (
-                margins(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()),
-                margins_torch(&cfg, &inp.x, &inp.gate, inp.bias.as_ref()),
-            );
+            let (a, b) = (margins(&cfg, &inp.x, &inp.weights()), margins_torch(&cfg, &inp.x, &inp.weights()));
             small += (inp.x.numel() * cfg.experts <= SMALL_SHADOW_FMAS) as usize;
             for (what, p, q) in [
                 ("topk", &a.topk, &b.topk),

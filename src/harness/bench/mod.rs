@@ -10,7 +10,7 @@
 use crate::device::Dev;
 use crate::harness::case::Case;
 use crate::harness::error::{Error, Result};
-use crate::harness::generate::{self, GenConfig, SizeClass};
+use crate::harness::generate::{self, BackwardMix, GenConfig, SizeClass};
 use crate::harness::known::Known;
 use crate::harness::timing::{micros, timed, Phases};
 use crate::harness::worker::Inflight;
@@ -26,6 +26,8 @@ pub use render::{Bench, Machine};
 pub struct Throughput {
     pub device: String,
     pub size: String,
+    /// `off` (forward cases) or `only` (every case also runs a boundary revision's backward).
+    pub backward: String,
     pub cases: u64,
     /// Runs measured; this is the median one.
     pub runs: usize,
@@ -41,9 +43,18 @@ pub struct Throughput {
     pub over_floor: f64,
 }
 
+/// What one throughput measurement runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Mix {
+    pub dev: Dev,
+    pub size: SizeClass,
+    pub backward: BackwardMix,
+}
+
 /// Runs `cases` generated cases (seed `seed`) and times every phase.
-pub fn throughput(dev: Dev, size: SizeClass, cases: u64, seed: u64, scratch: &std::path::Path) -> Result<Throughput> {
-    let cfg = GenConfig { size, device: dev, ..GenConfig::default() };
+pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) -> Result<Throughput> {
+    let Mix { dev, size, backward } = mix;
+    let cfg = GenConfig { size, device: dev, backward, ..GenConfig::default() };
     let path = scratch.join("inflight.json");
     let mut inflight = Inflight::create(&path).map_err(Error::io(&path))?;
     let (mut phases, mut io_us) = (Phases::default(), 0);
@@ -64,6 +75,7 @@ pub fn throughput(dev: Dev, size: SizeClass, cases: u64, seed: u64, scratch: &st
     Ok(Throughput {
         device: dev.to_string(),
         size: size.name().into(),
+        backward: backward.name().into(),
         cases,
         runs: 1,
         wall_s: wall.as_secs_f64(),
@@ -204,7 +216,9 @@ pub fn measure(s: &Settings) -> Result<Bench> {
         Bench { format: "shardfuzz.bench/1", machine: machine(), throughput: vec![], detect: vec![], shrink: vec![] };
     for &dev in &s.devices {
         for size in sizes_for(s, dev) {
-            b.throughput.push(median_throughput(s, dev, size)?);
+            for backward in [BackwardMix::Off, BackwardMix::Only] {
+                b.throughput.push(median_throughput(s, Mix { dev, size, backward })?);
+            }
         }
         let mut runs: Vec<Detection> = Vec::new();
         for seed in 1..=s.seeds {
@@ -239,18 +253,19 @@ fn sizes_for(s: &Settings, dev: Dev) -> Vec<SizeClass> {
 
 /// The median of `repeat` runs (shared machines are noisy), after a short warm-up that keeps
 /// libtorch's one-time costs (allocator, CUDA context) out.
-fn median_throughput(s: &Settings, dev: Dev, size: SizeClass) -> Result<Throughput> {
-    let n = match size {
+fn median_throughput(s: &Settings, mix: Mix) -> Result<Throughput> {
+    let n = match mix.size {
         SizeClass::Small => s.cases,
         SizeClass::Medium => (s.cases / 4).max(5),
         SizeClass::Large => (s.cases / 100).max(5),
     };
-    eprintln!("bench: {dev} {size}: {n} cases");
-    throughput(dev, size, n.min(20), 999, &s.scratch)?;
+    let what = format!("{} {} backward={}", mix.dev, mix.size, mix.backward);
+    eprintln!("bench: {what}: {n} cases");
+    throughput(mix, n.min(20), 999, &s.scratch)?;
     let mut runs = Vec::new();
     for _ in 0..s.repeat.max(1) {
-        let t = throughput(dev, size, n, 1, &s.scratch)?;
-        eprintln!("bench: {dev} {size}: {:.0} cases/s", t.cases_per_s);
+        let t = throughput(mix, n, 1, &s.scratch)?;
+        eprintln!("bench: {what}: {:.0} cases/s", t.cases_per_s);
         runs.push(t);
     }
     runs.sort_by(|x, y| x.cases_per_s.total_cmp(&y.cases_per_s));

@@ -29,12 +29,13 @@ impl Bench {
         let gpus = if m.gpus.is_empty() { "none".into() } else { m.gpus.join(", ") };
         format!(
             "# shardfuzz bench\n\n\
-             Machine: {} ({} cores), GPUs: {gpus}, libtorch {}, {} intra-op thread(s): every figure is for one core.\n\n{}{}{}",
+             Machine: {} ({} cores), GPUs: {gpus}, libtorch {}, {} intra-op thread(s): every figure is for one core.\n\n{}{}{}{}",
             m.cpu,
             m.cores,
             m.libtorch,
             m.intra_op_threads,
             self.md_throughput(),
+            self.md_backward(),
             self.md_detect(),
             self.md_shrink()
         )
@@ -46,20 +47,55 @@ impl Bench {
             .iter()
             .map(|t| {
                 let mean = |us: u64| format!("{:.0}", us as f64 / t.cases.max(1) as f64);
-                let mut row = vec![t.device.clone(), t.size.clone(), format!("{} x {}", t.cases, t.runs)];
+                let mut row =
+                    vec![t.device.clone(), t.size.clone(), t.backward.clone(), format!("{} x {}", t.cases, t.runs)];
                 row.push(format!("{:.0}", t.cases_per_s));
                 row.extend(PHASES.iter().map(|(_, f)| mean(f(&t.phases_us))));
                 row.extend([mean(t.io_us), format!("{:.0}", t.floor_us), format!("{:.1}x", t.over_floor)]);
                 row
             })
             .collect();
-        let mut header = vec!["device", "size", "cases x runs", "cases/s"];
+        let mut header = vec!["device", "size", "backward", "cases x runs", "cases/s"];
         header.extend(PHASES.iter().map(|(n, _)| *n));
         header.extend(["I/O", "floor", "time/floor"]);
         format!(
             "## Cases per second and where a case's time goes (mean µs per case)\n\n\
              Each row is the median of `runs` runs of the same cases. floor = 2 x reference: libtorch computing the \
              router once unsharded and once for the sharded side.\n\n{}\n\n",
+            md_table(&header, &rows)
+        )
+    }
+
+    /// Per device and size: a backward case's time over a forward case's (the same generator
+    /// with `--backward only` and `off`).
+    fn md_backward(&self) -> String {
+        let per_case = |t: &super::Throughput| 1e6 / t.cases_per_s.max(1e-9);
+        let rows: Vec<Vec<String>> = self
+            .throughput
+            .iter()
+            .filter(|t| t.backward == "off")
+            .filter_map(|f| {
+                let b = self
+                    .throughput
+                    .iter()
+                    .find(|b| b.backward == "only" && b.device == f.device && b.size == f.size)?;
+                Some(vec![
+                    f.device.clone(),
+                    f.size.clone(),
+                    format!("{:.0}", per_case(f)),
+                    format!("{:.0}", per_case(b)),
+                    format!("{:.0}", b.phases_us.backward_us as f64 / b.cases.max(1) as f64),
+                    format!("{:.2}x", per_case(b) / per_case(f)),
+                ])
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let header = ["device", "size", "forward case µs", "backward case µs", "of which backward µs", "cost"];
+        format!(
+            "## The backward pass's cost\n\nA backward case runs the forward router, a boundary revision's forward and \
+             backward on the simulated DTensor, and the float64 reference gradients.\n\n{}\n\n",
             md_table(&header, &rows)
         )
     }

@@ -75,6 +75,7 @@ impl Config {
             devices: self.devices.clone(),
             inflight: Some(self.out.join("inflight")),
             fault: self.fault,
+            limits: crate::harness::limits::get(),
         }
     }
 }
@@ -213,10 +214,10 @@ fn on_reply(
     reply: Reply,
 ) -> anyhow::Result<()> {
     match reply {
-        Reply::Result { index, verdicts, near_ties, phases } => {
+        Reply::Result { index, verdicts, near_ties, grads, phases } => {
             let case = cfg.setup().case(index);
             record(cfg, state, bar, index, &case, &verdicts)?;
-            state.add_stats(&near_ties, &phases);
+            state.add_stats(&near_ties, &grads, &phases);
         }
         Reply::Shrunk { signature, case, tried, kept, elapsed_ms, truncated, lost } => {
             state.add_shrink_time(elapsed_ms);
@@ -238,8 +239,18 @@ fn on_reply(
         }
         Reply::Failed { message } => {
             bar.println(format!("shardfuzz: worker could not run {job:?}: {message}"));
-            if let Some(Work::Run(_)) = job {
-                bar.inc(1);
+            // A case the worker could not run is a finding too, not a gap in the count.
+            if let Some(Work::Run(index)) = job {
+                let v = Verdict {
+                    class: Class::Crash,
+                    output: None,
+                    expected: serde_json::json!("a result"),
+                    actual: serde_json::json!("failed"),
+                    detail: format!("the worker could not run case {index}: {message}"),
+                    key: "failed".into(),
+                    backward: false,
+                };
+                record(cfg, state, bar, index, &cfg.setup().case(index), &[v])?;
             }
         }
         Reply::Ready => {}
@@ -269,6 +280,7 @@ fn on_death(
         actual: serde_json::json!(key),
         detail: format!("worker {how} while running case {index}"),
         key,
+        backward: false,
     };
     record(cfg, state, bar, index, &cfg.setup().case(index), &[v])
 }

@@ -3,25 +3,29 @@
 //! (its first case in `cases/`, a line in `findings.jsonl`) before the next reply is read.
 
 use super::Config;
+use crate::dtensor::RuleSet;
 use crate::harness::bucket::{self, Bucket, ShrinkInfo};
 use crate::harness::case::Case;
 use crate::harness::data;
+use crate::harness::generate::BackwardMix;
 use crate::harness::known::Known;
-use crate::harness::oracle::{Class, NearTies, Verdict};
+use crate::harness::oracle::{Class, GradTally, NearTies, Verdict};
 use crate::harness::report::{write_atomic, GridCell, Report, Row, TieStats, Timing, REPORT_FORMAT};
 use crate::harness::shrink;
 use crate::harness::signature::Signature;
 use crate::harness::timing::Phases;
+use crate::router::Program;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
 pub struct State {
-    rows: BTreeMap<(crate::router::RouterRev, crate::dtensor::RuleSet), Row>,
+    rows: BTreeMap<(Program, RuleSet), Row>,
     pub buckets: BTreeMap<Signature, Bucket>,
     /// Smallest case per bucket (kept in memory for shrinking).
     pub smallest: BTreeMap<Signature, Case>,
     ties: TieStats,
+    grads: GradTally,
     grid: BTreeMap<(String, String), (u64, u64)>,
     phases: Phases,
     cases: u64,
@@ -45,10 +49,14 @@ fn known_names(sig: &Signature, case: &Case) -> Vec<String> {
 
 impl State {
     pub fn new(cfg: &Config) -> State {
+        let mut programs: Vec<Program> = cfg.gen.router_revisions().iter().map(|&r| Program::Router(r)).collect();
+        if cfg.gen.backward != BackwardMix::Off {
+            programs.extend(cfg.gen.boundary_revisions().iter().map(|&b| Program::Boundary(b)));
+        }
         let mut rows = BTreeMap::new();
-        for &r in cfg.gen.router_revisions() {
+        for &p in &programs {
             for &s in cfg.gen.rule_sets() {
-                rows.insert((r, s), Row::new(r, s));
+                rows.insert((p, s), Row::new(p, s));
             }
         }
         State {
@@ -56,6 +64,7 @@ impl State {
             buckets: BTreeMap::new(),
             smallest: BTreeMap::new(),
             ties: TieStats::default(),
+            grads: GradTally::default(),
             grid: BTreeMap::new(),
             phases: Phases::default(),
             cases: 0,
@@ -68,8 +77,9 @@ impl State {
         self.cases
     }
 
-    /// Adds a case's near-tie counts and phase times.
-    pub fn add_stats(&mut self, t: &NearTies, phases: &Phases) {
+    /// Adds a case's near-tie and gradient-check counts and phase times.
+    pub fn add_stats(&mut self, t: &NearTies, grads: &GradTally, phases: &Phases) {
+        self.grads.add(grads);
         self.ties.tokens += t.rows as u64;
         self.ties.topk_near_ties += t.topk_rows as u64;
         self.ties.group_near_ties += t.group_rows as u64;
@@ -87,23 +97,18 @@ impl State {
         verdicts: &[Verdict],
     ) -> anyhow::Result<Vec<Signature>> {
         self.cases += 1;
-        let rev = &case.revision;
-        let row = self.rows.entry((rev.router, rev.rules)).or_insert_with(|| Row::new(rev.router, rev.rules));
-        row.cases += 1;
+        let rules = case.revision.rules;
+        self.count_row(Program::Router(case.revision.router), rules, verdicts.iter().filter(|v| !v.backward));
+        if let Some(b) = &case.backward {
+            self.count_row(Program::Boundary(b.boundary), rules, verdicts.iter().filter(|v| v.backward));
+        }
         let g = self.grid.entry((mesh_label(case), layout_label(case))).or_insert((0, 0));
         g.0 += 1;
         if verdicts.is_empty() {
             return Ok(vec![]);
         }
         self.diverging += 1;
-        row.diverging += 1;
         g.1 += 1;
-        let mut classes: Vec<Class> = verdicts.iter().map(|v| v.class).collect();
-        classes.sort();
-        classes.dedup();
-        for c in classes {
-            row.classes.entry(c).or_default().cases += 1;
-        }
         let mut new = Vec::new();
         for v in verdicts {
             let sig = v.signature(case);
@@ -115,6 +120,19 @@ impl State {
             }
         }
         Ok(new)
+    }
+
+    /// Counts one case in a row, with the verdicts that belong to it.
+    fn count_row<'v>(&mut self, p: Program, rules: RuleSet, verdicts: impl Iterator<Item = &'v Verdict>) {
+        let row = self.rows.entry((p, rules)).or_insert_with(|| Row::new(p, rules));
+        row.cases += 1;
+        let mut classes: Vec<Class> = verdicts.map(|v| v.class).collect();
+        classes.sort();
+        classes.dedup();
+        row.diverging += u64::from(!classes.is_empty());
+        for c in classes {
+            row.classes.entry(c).or_default().cases += 1;
+        }
     }
 
     /// A new bucket: its first case and its finding line go to disk at once.
@@ -196,6 +214,7 @@ impl State {
             rows: self.rows_with_links(),
             buckets: self.buckets.values().cloned().collect(),
             near_ties: self.ties.clone(),
+            grads: self.grads,
             grid: self
                 .grid
                 .iter()
@@ -214,7 +233,7 @@ impl State {
                 cell.smallest = self
                     .buckets
                     .values()
-                    .filter(|b| b.class == *class && b.signature.router == r.router && b.signature.rules == r.rules)
+                    .filter(|b| b.class == *class && b.signature.program == r.program && b.signature.rules == r.rules)
                     .min_by_key(|b| (b.minimized_size(), b.signature.clone()))
                     .map(|b| b.signature.clone());
             }

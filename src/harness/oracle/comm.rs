@@ -34,6 +34,7 @@ pub fn check(case: &Case, run: &Run, j: &mut Judgement) {
                 case.revision.rules
             ),
             key: ops.join("+"),
+            backward: false,
         });
     }
 }

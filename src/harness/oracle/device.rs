@@ -21,7 +21,15 @@ fn push(
     actual: serde_json::Value,
     detail: String,
 ) {
-    j.verdicts.push(Verdict { class: Class::Device, output: output.map(Into::into), expected, actual, detail, key });
+    j.verdicts.push(Verdict {
+        class: Class::Device,
+        output: output.map(Into::into),
+        expected,
+        actual,
+        detail,
+        key,
+        backward: false,
+    });
 }
 
 fn error_key(r: &Result<impl Sized, DTensorError>) -> String {

@@ -13,6 +13,7 @@ pub fn check(run: &Run, j: &mut Judgement) {
             actual: json!(e.kind()),
             detail: format!("only the sharded run raised: {e}"),
             key: e.key(),
+            backward: false,
         }),
         (Err(e), Ok(_)) => j.verdicts.push(Verdict {
             class: Class::Error,
@@ -21,6 +22,7 @@ pub fn check(run: &Run, j: &mut Judgement) {
             actual: json!("ok"),
             detail: format!("only the reference raised: {e}"),
             key: format!("reference:{}", e.key()),
+            backward: false,
         }),
         _ => {}
     }

@@ -4,6 +4,7 @@
 pub mod comm;
 pub mod device;
 pub mod error;
+pub mod grad;
 pub mod nondeterminism;
 pub mod placement;
 pub mod shape;
@@ -12,7 +13,7 @@ pub mod value;
 
 use super::case::Case;
 use super::runner::Run;
-use super::signature::Signature;
+use super::signature::{Program, Signature};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -37,6 +38,12 @@ crate::named_enum! {
         Crash = "crash",
         /// The worker running the case exceeded the per-case time limit.
         Timeout = "timeout",
+        /// A gradient, reduced by its placements, differs from the reference gradient.
+        Grad = "grad",
+        /// A Replicate-labelled gradient whose locals differ across the ranks of that mesh axis.
+        Replica = "replica",
+        /// A gradient placement that is not allowed for that tensor.
+        GradPlacement = "grad_placement",
     }
 }
 
@@ -52,18 +59,49 @@ pub struct Verdict {
     /// Grouping key within the class (error kind and check, placement pattern, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// About the backward program (its signature names the boundary revision).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backward: bool,
 }
 
 impl Verdict {
-    /// The bucket this divergence belongs to: class, output, router revision, rule set, key.
+    /// The bucket this divergence belongs to: class, output, program (router revision, or the
+    /// boundary revision for the backward), rule set, key.
     pub fn signature(&self, case: &Case) -> Signature {
+        let program = match (&case.backward, self.backward) {
+            (Some(b), true) => Program::Boundary(b.boundary),
+            _ => Program::Router(case.revision.router),
+        };
         Signature {
             class: self.class,
             output: self.output.clone(),
-            router: case.revision.router,
+            program,
             rules: case.revision.rules,
             key: self.key.clone(),
         }
+    }
+}
+
+/// What the gradient oracles did with one case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradTally {
+    /// The case has a backward pass.
+    pub cases: u64,
+    /// Its gradients were compared.
+    pub checked: u64,
+    /// Skipped: the reference's top-k (or kept groups) is a near-tie, so a different choice
+    /// would change the gradient's support.
+    pub near_tie: u64,
+    /// Skipped: the program chose other experts than the reference (a forward matter).
+    pub forward_differs: u64,
+}
+
+impl GradTally {
+    pub fn add(&mut self, o: &GradTally) {
+        self.cases += o.cases;
+        self.checked += o.checked;
+        self.near_tie += o.near_tie;
+        self.forward_differs += o.forward_differs;
     }
 }
 
@@ -85,6 +123,7 @@ pub struct NearTies {
 pub struct Judgement {
     pub verdicts: Vec<Verdict>,
     pub near_ties: NearTies,
+    pub grads: GradTally,
 }
 
 /// Runs every oracle but nondeterminism (which needs a second run; see [`nondeterminism`]).
@@ -92,10 +131,12 @@ pub fn judge(case: &Case, run: &Run) -> Judgement {
     let mut j = Judgement::default();
     error::check(run, &mut j);
     if let (Ok(r), Ok(s)) = (&run.reference, &run.sharded) {
+        // Shapes first: the value oracle leaves out what a shape verdict already explains.
+        shape::check(r, s, &mut j);
         value::check(case, run, r, s, &mut j);
         placement::check(case, run, s, &mut j);
-        shape::check(r, s, &mut j);
     }
     comm::check(case, run, &mut j);
+    grad::check(case, run, &mut j);
     j
 }

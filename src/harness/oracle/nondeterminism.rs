@@ -5,24 +5,25 @@ use super::{Class, Judgement, Verdict};
 use crate::harness::runner::Run;
 use serde_json::json;
 
+/// A tensor's raw bytes (its values, bitwise).
+fn bytes(t: &tch::Tensor) -> Vec<u8> {
+    let t = t.to_device(tch::Device::Cpu).contiguous().view(-1);
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    let mut out = vec![0u8; n];
+    t.copy_data_u8(&mut out, t.numel());
+    out
+}
+
 fn fingerprint(run: &Run) -> Vec<String> {
     let mut v = Vec::new();
     match &run.sharded {
         Err(e) => v.push(format!("error {e}")),
         Ok(s) => {
             for (name, d) in s.named() {
-                let vals = d.full_tensor().map(|t| {
-                    let t = t.to_device(tch::Device::Cpu).contiguous();
-                    let bytes: Vec<u8> =
-                        Vec::<u8>::try_from(t.view_dtype(tch::Kind::Uint8).view(-1)).unwrap_or_default();
-                    bytes
-                });
-                v.push(format!(
-                    "{name} {:?} {:?} {:?}",
-                    d.placements,
-                    d.rank_global_shapes(),
-                    vals.map(|b| crate::harness::hash64(&b))
-                ));
+                // Every rank's local bytes: the fingerprint needs no gather, so an output whose
+                // ranks disagree on its shape is compared too.
+                let locals: Vec<u64> = d.locals.iter().map(|t| crate::harness::hash64(&bytes(t))).collect();
+                v.push(format!("{name} {:?} {:?} {locals:?}", d.placements, d.rank_global_shapes()));
             }
         }
     }
@@ -41,6 +42,7 @@ pub fn check(first: &Run, second: &Run, j: &mut Judgement) {
             actual: json!(b.get(i)),
             detail: "a second run of the same case gave a different result".into(),
             key: a.get(i).and_then(|s| s.split(' ').next()).unwrap_or("-").to_string(),
+            backward: false,
         });
     }
 }

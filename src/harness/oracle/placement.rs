@@ -37,5 +37,6 @@ pub fn check(case: &Case, run: &Run, s: &RouterOutputs<DTensor>, j: &mut Judgeme
             case.revision.size1
         ),
         key: parts.join(","),
+        backward: false,
     });
 }

@@ -25,6 +25,7 @@ pub fn check(r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judg
             actual: if agree { json!(shapes[0]) } else { json!(shapes) },
             detail: format!("rank(s) {bad:?} infer a global shape other than the reference's"),
             key: if agree { "wrong_global".into() } else { "rank_dependent".into() },
+            backward: false,
         });
     }
 }

@@ -55,7 +55,15 @@ impl Compare<'_> {
         let seen = |v: &Verdict| v.class == Class::Value && v.output.as_deref() == Some(output) && v.key == key;
         if !self.j.verdicts.iter().any(seen) {
             let output = Some(output.into());
-            self.j.verdicts.push(Verdict { class: Class::Value, output, expected, actual, detail, key: key.into() });
+            self.j.verdicts.push(Verdict {
+                class: Class::Value,
+                output,
+                expected,
+                actual,
+                detail,
+                key: key.into(),
+                backward: false,
+            });
         }
     }
 
@@ -223,22 +231,28 @@ impl Compare<'_> {
     }
 }
 
-/// Gathers every sharded output to a full tensor (an optional group mask that cannot be
-/// gathered is left out).
-fn gather(s: &RouterOutputs<DTensor>) -> Option<RouterOutputs<Tensor>> {
+/// Gathers every sharded output to a full tensor. A group mask whose ranks disagree on its
+/// global shape (a `shape` verdict already says so) cannot be gathered and is left out.
+fn gather(s: &RouterOutputs<DTensor>, j: &Judgement) -> Option<RouterOutputs<Tensor>> {
     let full = |d: &DTensor| d.full_tensor().ok();
+    let explained = j.verdicts.iter().any(|v| v.class == Class::Shape && v.output.as_deref() == Some("group_mask"));
+    let group_mask = match &s.group_mask {
+        Some(d) if explained => full(d),
+        Some(d) => Some(full(d)?),
+        None => None,
+    };
     Some(RouterOutputs {
         topk_scores: full(&s.topk_scores)?,
         topk_ids: full(&s.topk_ids)?,
         scores: full(&s.scores)?,
         routing_map: full(&s.routing_map)?,
         counts: full(&s.counts)?,
-        group_mask: s.group_mask.as_ref().and_then(full),
+        group_mask,
     })
 }
 
 pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judgement) {
-    let Some(full) = gather(s) else {
+    let Some(full) = gather(s, j) else {
         j.verdicts.push(Verdict {
             class: Class::Value,
             output: None,
@@ -246,6 +260,7 @@ pub fn check(case: &Case, run: &Run, r: &RouterOutputs<Tensor>, s: &RouterOutput
             actual: json!("redistribute failed"),
             detail: "an output could not be gathered to Replicate".into(),
             key: "gather".into(),
+            backward: false,
         });
         return;
     };

@@ -13,11 +13,11 @@ impl Report {
             self.rows.len() + failures
         ));
         for r in &self.rows {
-            let (router, rules) = (xml(r.router.name()), xml(r.rules.name()));
+            let (router, rules) = (xml(r.program.name()), xml(r.rules.name()));
             let bs: Vec<&Bucket> = self
                 .buckets
                 .iter()
-                .filter(|b| b.signature.router == r.router && b.signature.rules == r.rules)
+                .filter(|b| b.signature.program == r.program && b.signature.rules == r.rules)
                 .collect();
             s.push_str(&format!(
                 "  <testsuite name=\"{router}/{rules}\" tests=\"{}\" failures=\"{}\">\n",

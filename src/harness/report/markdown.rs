@@ -15,7 +15,15 @@ impl Report {
                 "**Interrupted**: the campaign was stopped early; the counts below cover the cases that finished.\n\n",
             );
         }
-        for section in [self.md_summary(), self.md_comparison(), self.md_known(), self.md_buckets(), self.md_ties()] {
+        let sections = [
+            self.md_summary(),
+            self.md_comparison(),
+            self.md_known(),
+            self.md_buckets(),
+            self.md_ties(),
+            self.md_grads(),
+        ];
+        for section in sections {
             s.push_str(&section);
         }
         if let Some(r) = self.md_regression() {
@@ -54,7 +62,7 @@ impl Report {
             .iter()
             .map(|r| {
                 let mut v = vec![
-                    format!("`{}`", r.router),
+                    format!("`{}`", r.program),
                     format!("`{}`", r.rules),
                     r.cases.to_string(),
                     r.diverging.to_string(),
@@ -158,6 +166,18 @@ impl Report {
                 &["tokens compared", "top-k near-ties", "group near-ties", "flipped (benign)", "cases with near-ties"],
                 &[row]
             )
+        )
+    }
+
+    fn md_grads(&self) -> String {
+        let g = &self.grads;
+        let row =
+            vec![g.cases.to_string(), g.checked.to_string(), g.near_tie.to_string(), g.forward_differs.to_string()];
+        format!(
+            "## Gradient checks\n\n\
+             Backward cases compare their gradients unless the reference's choice is a near-tie or the boundary program \
+             chose other experts (then the gradient's support differs: a forward matter).\n\n{}\n\n",
+            md_table(&["backward cases", "compared", "skipped: near-tie", "skipped: forward differs"], &[row])
         )
     }
 

@@ -4,11 +4,11 @@
 //! runs with the same seed and case count give byte-identical files apart from timing lines.
 
 use super::bucket::Bucket;
-use super::oracle::Class;
+use super::oracle::{Class, GradTally};
 use super::signature::Signature;
 use super::timing::Phases;
 use crate::dtensor::RuleSet;
-use crate::router::RouterRev;
+use crate::router::Program;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,10 +31,12 @@ pub struct Timing {
     pub phases_us: Phases,
 }
 
-/// One router revision x rule set row of the comparison table.
+/// One row of the comparison table: a router revision (forward verdicts) or a boundary revision
+/// (backward verdicts) x a rule set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    pub router: RouterRev,
+    #[serde(rename = "router")]
+    pub program: Program,
     pub rules: RuleSet,
     pub cases: u64,
     pub diverging: u64,
@@ -49,8 +51,8 @@ pub struct Cell {
 }
 
 impl Row {
-    pub fn new(router: RouterRev, rules: RuleSet) -> Row {
-        Row { router, rules, cases: 0, diverging: 0, classes: BTreeMap::new() }
+    pub fn new(program: Program, rules: RuleSet) -> Row {
+        Row { program, rules, cases: 0, diverging: 0, classes: BTreeMap::new() }
     }
 }
 
@@ -94,6 +96,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub buckets: Vec<Bucket>,
     pub near_ties: TieStats,
+    /// Backward cases: how many, how many compared, how many skipped and why.
+    #[serde(default)]
+    pub grads: GradTally,
     pub grid: Vec<GridCell>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression: Option<Regression>,

@@ -10,7 +10,12 @@ use super::case::{Case, Data, Dims, Layout, MeshSpec, Style, CASE_FORMAT};
 use crate::device::Dev;
 use crate::dtensor::{DType, RuleSet};
 use crate::placement::{Placement, ReduceOp};
+use crate::router::backward::Boundary;
 use crate::router::{Groups, Revision, RouterOptions, RouterRev, ScoreFunc, Size1};
+
+mod backward;
+
+pub use backward::layout as backward_layout;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -125,6 +130,10 @@ pub struct GenConfig {
     pub max_ranks: usize,
     pub layouts: LayoutMix,
     pub shapes: ShapeMix,
+    /// Whether cases carry a backward pass.
+    pub backward: BackwardMix,
+    /// Boundary revisions to draw from; all when empty.
+    pub boundaries: Vec<Boundary>,
 }
 
 impl Default for GenConfig {
@@ -137,6 +146,8 @@ impl Default for GenConfig {
             max_ranks: 16,
             layouts: LayoutMix::Any,
             shapes: ShapeMix::Any,
+            backward: BackwardMix::On,
+            boundaries: Boundary::ALL.to_vec(),
         }
     }
 }
@@ -151,6 +162,15 @@ impl GenConfig {
         }
     }
 
+    /// The boundary revisions drawn from (every one when none is named).
+    pub fn boundary_revisions(&self) -> &[Boundary] {
+        if self.boundaries.is_empty() {
+            Boundary::ALL
+        } else {
+            &self.boundaries
+        }
+    }
+
     /// The rule sets drawn from (every one when none is named).
     pub fn rule_sets(&self) -> &[RuleSet] {
         if self.rules.is_empty() {
@@ -158,6 +178,18 @@ impl GenConfig {
         } else {
             &self.rules
         }
+    }
+}
+
+crate::named_enum! {
+    /// Whether generated cases check the backward pass.
+    pub enum BackwardMix("backward mix") {
+        /// Forward only.
+        Off = "off",
+        /// Half the cases also check the gradients at a torchtitan MoE boundary.
+        On = "on",
+        /// Every case checks the gradients.
+        Only = "only",
     }
 }
 
@@ -339,7 +371,7 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> 
             }
         })
         .collect();
-    Layout { x, gate, expert_bias, counts_contract }
+    Layout { x, gate, expert_bias, counts_contract, gate_bias: None }
 }
 
 /// Grows dims until DTensor accepts them for this layout (see `ShapeMix::Valid`).
@@ -354,10 +386,18 @@ fn make_valid(dims: &mut Dims, mesh: &MeshSpec, layout: &Layout) {
 
 /// One random case. Always valid (`Case::validate` passes).
 pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
+    let large = cfg.size == SizeClass::Large;
+    let wants_backward = match cfg.backward {
+        BackwardMix::Off => false,
+        BackwardMix::On => !large && s.chance(50),
+        BackwardMix::Only => !large,
+    };
+    if wants_backward {
+        return backward::generate(s, cfg);
+    }
     let mesh = mesh(s, cfg);
     let shards = mesh.shape.iter().copied().max().unwrap_or(1);
     let dims = dims(s, cfg, shards);
-    let large = cfg.size == SizeClass::Large;
     let router = if large {
         let p = crate::router::Preset::ALL
             .iter()
@@ -372,18 +412,16 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
             groups: groups(s, dims.experts, dims.top_k),
             expert_bias: s.chance(70),
             force_load_balance: s.chance(3),
+            gate_bias: s.chance(25),
         }
     };
-    let layout = layout(s, &mesh, router.expert_bias, cfg.layouts);
+    let mut layout = layout(s, &mesh, router.expert_bias, cfg.layouts);
+    layout.gate_bias = router.gate_bias.then(|| vec![Placement::Replicate; mesh.shape.len()]);
     let mut dims = dims;
     if cfg.shapes == ShapeMix::Valid {
         make_valid(&mut dims, &mesh, &layout);
     }
-    let revision = Revision {
-        router: s.pick(cfg.router_revisions()),
-        rules: s.pick(cfg.rule_sets()),
-        size1: s.pick(&[Size1::Keep, Size1::Normalize]),
-    };
+    let revision = revision(s, cfg);
     let dtype = s.weighted(&[(60, DType::F32), (25, DType::BF16), (15, DType::F16)]);
     let style = s.weighted(&[
         (58, Style::Normal),
@@ -403,6 +441,15 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenConfig) -> Case {
         device: cfg.device,
         data: Data { seed: s.u64() >> 11, style },
         tensors: None,
+        backward: None,
+    }
+}
+
+fn revision<S: Source>(s: &mut S, cfg: &GenConfig) -> Revision {
+    Revision {
+        router: s.pick(cfg.router_revisions()),
+        rules: s.pick(cfg.rule_sets()),
+        size1: s.pick(&[Size1::Keep, Size1::Normalize]),
     }
 }
 

@@ -1,0 +1,263 @@
+//! Backward cases recorded on real PyTorch 2.12.1, 2.13.0 and 2.14.0 (one gloo process per rank,
+//! `docs/pytorch-checks/backward_oracle.py`; every boundary revision, EP on and off) replay the
+//! same on the simulated DTensor: the same ok or error (kind and text), and per gradient the
+//! same placements, every rank's local tensor, the reduced value, and the backward's collectives.
+//! And generated backward cases: no gradient verdict on the correct revisions, each buggy one's
+//! bug at its site, the generator's mix, and a finding shrunk to two ranks.
+
+use serde_json::Value;
+use shardfuzz::device::Dev;
+use shardfuzz::dtensor::autograd::Val;
+use shardfuzz::harness::case::Case;
+use shardfuzz::harness::generate::{self, BackwardMix, GenConfig};
+use shardfuzz::harness::known::Known;
+use shardfuzz::harness::oracle::Class;
+use shardfuzz::harness::shrink::{self, Budget};
+use shardfuzz::harness::{check, replay, Options, Signature};
+use shardfuzz::router::backward::Boundary;
+use std::collections::BTreeMap;
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| match x {
+            Value::String(s) if s == "NaN" => f64::NAN,
+            Value::String(s) if s == "Infinity" => f64::INFINITY,
+            Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
+            x => x.as_f64().unwrap(),
+        })
+        .collect()
+}
+
+fn values(t: &tch::Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).contiguous().view(-1)).unwrap()
+}
+
+/// Elementwise within `rel` of the larger magnitude in either tensor.
+fn close(a: &[f64], b: &[f64], rel: f64) -> Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{} values vs {}", a.len(), b.len()));
+    }
+    let scale = a.iter().chain(b).fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    match a.iter().zip(b).position(|(x, y)| (x - y).abs() > rel * scale) {
+        Some(i) => Err(format!("value {i}: {} vs {} (scale {scale:.3e})", a[i], b[i])),
+        None => Ok(()),
+    }
+}
+
+fn real_comms(v: &Value) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (op, n) in v.as_object().into_iter().flatten() {
+        let name = match op.rsplit('.').next().unwrap_or(op) {
+            "all_gather_into_tensor" => "all_gather",
+            "reduce_scatter_tensor" => "reduce_scatter",
+            "shard_dim_alltoall" | "all_to_all_single" => "all_to_all",
+            other => other,
+        };
+        *m.entry(name.to_string()).or_default() += n.as_u64().unwrap_or(0);
+    }
+    m
+}
+
+/// The differences between a recorded outcome and our replay of its case.
+fn compare(real: &Value) -> Vec<String> {
+    let case = replay::parse(&real["case"].to_string()).unwrap();
+    let c = check(&case, Dev::Cpu, Options::default()).unwrap();
+    let ours = &c.run.backward.as_ref().expect("a backward case").program;
+    let rb = &real["backward"];
+    let mut diffs = Vec::new();
+    let ours = match (rb["ok"].as_bool().unwrap(), ours) {
+        (true, Ok(p)) => p,
+        (false, Err(e)) => {
+            if rb["error"]["kind"] != e.kind() || rb["error"]["message"].as_str() != Some(&e.to_string()) {
+                diffs.push(format!("error: real {} ours {}: {e}", rb["error"], e.kind()));
+            }
+            return diffs;
+        }
+        (true, Err(e)) => return vec![format!("only ours raised: {}: {e}", e.kind())],
+        (false, Ok(_)) => return vec![format!("only real raised: {}", rb["error"])],
+    };
+    let rel = if case.dtype == shardfuzz::dtensor::DType::F32 { 1e-4 } else { 2e-2 };
+    for (name, rg) in rb["grads"].as_object().unwrap() {
+        let Some((_, g)) = ours.grads.iter().find(|(n, _)| n == name) else {
+            diffs.push(format!("{name}: no gradient here"));
+            continue;
+        };
+        let Val::D(d) = &g.val else { unreachable!("leaves are DTensors") };
+        let placements: Vec<String> = d.placements.iter().map(|p| p.to_string()).collect();
+        if rg["placements"] != serde_json::json!(placements) {
+            diffs.push(format!("{name}: placements real {} ours {placements:?}", rg["placements"]));
+            continue;
+        }
+        for (r, (rl, ol)) in rg["locals"].as_array().unwrap().iter().zip(&d.locals).enumerate() {
+            if let Err(e) = close(&floats(&rl["values"]), &values(ol), rel) {
+                diffs.push(format!("{name}: rank {r} local: {e}"));
+            }
+        }
+        if let Err(e) = close(&floats(&rg["reduced"]), &values(&d.full_tensor().unwrap()), rel) {
+            diffs.push(format!("{name}: reduced: {e}"));
+        }
+    }
+    // The unsharded reference gradients agree with PyTorch's autograd too.
+    let reference = c.run.backward.as_ref().unwrap().reference.as_ref().unwrap();
+    for (name, rr) in rb["reference"].as_object().unwrap() {
+        if let Err(e) = close(&floats(&rr["values"]), &values(reference.get(name).unwrap()), rel) {
+            diffs.push(format!("reference {name}: {e}"));
+        }
+    }
+    let mut oc: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &ours.comms {
+        *oc.entry(c.op.clone()).or_default() += 1;
+    }
+    // gloo has no all_to_all: real ranks run S->S as all_gather + chunk.
+    if let Some(n) = oc.remove("all_to_all") {
+        *oc.entry("all_gather".into()).or_default() += n;
+    }
+    let rc = real_comms(&rb["comm_counts"]);
+    if rc != oc {
+        diffs.push(format!("backward comms: real {rc:?} ours {oc:?}"));
+    }
+    diffs
+}
+
+fn check_file(name: &str, at_least: usize) {
+    let path = crate::root().join("tests/pytorch").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut checked, mut failures) = (0, Vec::new());
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let real: Value = serde_json::from_str(line).unwrap();
+        let diffs = compare(&real);
+        if !diffs.is_empty() {
+            let b = &real["case"]["backward"];
+            failures.push(format!(
+                "line {}: {} ep={} sp={}:\n  {}",
+                i + 1,
+                b["boundary"],
+                b["ep"],
+                b["sp"],
+                diffs.join("\n  ")
+            ));
+        }
+        checked += 1;
+    }
+    assert!(checked >= at_least, "only {checked} cases in {name}");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases differ from real PyTorch:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn backward_cases_agree_with_real_pytorch_2_12() {
+    check_file("backward-t2121.jsonl", 90);
+}
+
+#[test]
+fn backward_cases_agree_with_real_pytorch_2_13() {
+    check_file("backward-t2130.jsonl", 90);
+}
+
+#[test]
+fn backward_cases_agree_with_real_pytorch_2_14() {
+    check_file("backward-t2140.jsonl", 90);
+}
+
+/// The minimized reproducer of every backward signature of a 320,000-case campaign, run on real
+/// PyTorch of its rule set's release (docs/findings.md, "The backward pass").
+#[test]
+fn backward_findings_reproduce_on_real_pytorch() {
+    check_file("backward-findings-t2121.jsonl", 20);
+    check_file("backward-findings-t2130.jsonl", 20);
+    check_file("backward-findings-t2140.jsonl", 20);
+}
+
+/// Generated backward cases of one boundary revision, all rule sets.
+fn cases(boundary: Boundary, n: u64) -> impl Iterator<Item = Case> {
+    let cfg = GenConfig { backward: BackwardMix::Only, boundaries: vec![boundary], ..GenConfig::default() };
+    (0..n).map(move |i| generate::nth(21, i, &cfg))
+}
+
+/// How many of `n` generated cases of `boundary` show a gradient verdict, and of those how
+/// many are instances of `bug`.
+fn found(boundary: Boundary, n: u64, bug: Option<Known>) -> (usize, usize) {
+    let (mut any, mut of_bug) = (0, 0);
+    for case in cases(boundary, n) {
+        let c = check(&case, Dev::Cpu, Options::default()).unwrap();
+        let grads: Vec<Signature> =
+            c.signatures().into_iter().filter(|s| matches!(s.class, Class::Grad | Class::Replica)).collect();
+        any += usize::from(!grads.is_empty());
+        of_bug += usize::from(bug.is_some_and(|k| grads.iter().any(|s| k.matches(s, &c.case))));
+    }
+    (any, of_bug)
+}
+
+#[test]
+fn correct_boundaries_show_no_gradient_verdict() {
+    for b in [Boundary::Clean, Boundary::T3192] {
+        assert_eq!(found(b, 400, None).0, 0, "{b}: a gradient verdict on a correct revision");
+    }
+}
+
+#[test]
+fn each_buggy_boundary_shows_its_bug_at_its_site() {
+    for (b, bug) in [
+        (Boundary::Pre2416, Known::RouterDiverges2387),
+        (Boundary::T3654, Known::NoInGrad4054),
+        (Boundary::T2416, Known::GateInputTwice2416),
+        (Boundary::Pr2388, Known::Pr2388Sbe),
+    ] {
+        let (any, of_bug) = found(b, 300, Some(bug));
+        assert!(of_bug >= 20, "{b}: only {of_bug} of 300 cases show {}", bug.name());
+        assert!(any >= of_bug);
+    }
+}
+
+#[test]
+fn the_generator_draws_backward_cases_as_asked() {
+    let mix = |m: BackwardMix| {
+        let cfg = GenConfig { backward: m, ..GenConfig::default() };
+        (0..400).map(|i| generate::nth(4, i, &cfg)).collect::<Vec<_>>()
+    };
+    assert!(mix(BackwardMix::Off).iter().all(|c| c.backward.is_none()));
+    let on = mix(BackwardMix::On).iter().filter(|c| c.backward.is_some()).count();
+    assert!((120..280).contains(&on), "--backward on drew {on} of 400");
+    let only = mix(BackwardMix::Only);
+    for c in &only {
+        c.validate().unwrap();
+        let b = c.backward.as_ref().expect("--backward only");
+        assert!(!(b.ep && c.ranks() == 1), "EP on one rank: {}", c.to_json());
+    }
+    for b in Boundary::ALL {
+        assert!(only.iter().filter(|c| c.backward.as_ref().unwrap().boundary == *b).count() > 20, "{b} is rare");
+    }
+    assert!(cases(Boundary::T3654, 100).all(|c| c.backward.unwrap().boundary == Boundary::T3654));
+}
+
+#[test]
+fn a_gradient_finding_shrinks_to_two_ranks_and_keeps_its_signature() {
+    let case = cases(Boundary::Pre2416, 200)
+        .find(|c| {
+            c.ranks() >= 3
+                && check(c, Dev::Cpu, Options::default())
+                    .unwrap()
+                    .signatures()
+                    .iter()
+                    .any(|s| s.class == Class::Replica)
+        })
+        .expect("a tt-pre2416 replica finding on 3+ ranks");
+    let sig = check(&case, Dev::Cpu, Options::default())
+        .unwrap()
+        .signatures()
+        .into_iter()
+        .find(|s| s.class == Class::Replica)
+        .unwrap();
+    let s = shrink::shrink(&case, Budget::default(), |c| {
+        check(c, Dev::Cpu, Options::default()).is_ok_and(|r| r.shows(&sig))
+    });
+    assert_eq!(s.case.ranks(), 2, "{}", s.case.to_json());
+    assert!(s.case.dims.batch * s.case.dims.seq <= 2, "{} tokens", s.case.dims.batch * s.case.dims.seq);
+    assert!(check(&s.case, Dev::Cpu, Options::default()).unwrap().shows(&sig));
+}
