@@ -9,12 +9,6 @@ use shardfuzz::harness::tensor_data::Values;
 use shardfuzz::harness::{check, replay, Options};
 use std::path::PathBuf;
 
-/// Communication labels the router does not give yet: golden 13 names the gate linear's
-/// collectives "logits", while `src/router` labels everything up to the score function
-/// "scores". The collectives, mesh dims and order are compared as recorded; only this label is
-/// read as the router's until the router labels its linear.
-const PENDING_LABELS: &[(&str, &str, &str)] = &[("13_", "logits", "scores")];
-
 fn golden_dir() -> PathBuf {
     crate::root().join("tests/golden")
 }
@@ -75,12 +69,8 @@ fn every_golden_outcome_replays_identically() {
         for (name, g) in &golden.sharded.outputs.0 {
             assert_output(&format!("{f}: {name}"), g, ours.sharded.outputs.get(name).unwrap());
         }
-        let label = |t: &str| {
-            let pending = PENDING_LABELS.iter().find(|(p, from, _)| f.starts_with(p) && t == *from);
-            pending.map_or(t.to_string(), |(_, _, to)| to.to_string())
-        };
         let comms = |o: &Outcome| {
-            o.sharded.comms.iter().map(|c| (c.op.clone(), c.mesh_dim, label(&c.tensor))).collect::<Vec<_>>()
+            o.sharded.comms.iter().map(|c| (c.op.clone(), c.mesh_dim, c.tensor.clone())).collect::<Vec<_>>()
         };
         assert_eq!(comms(&golden), comms(&ours), "{f}: communication");
         let verdicts = |o: &Outcome| {

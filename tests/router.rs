@@ -220,7 +220,7 @@ fn section_10_short_sequence_at_the_gate() {
         rules(c, "torch-2.12");
     }));
     assert_eq!(classes(&r), vec![Class::Placement]);
-    assert!(r.run.comms.iter().any(|x| x.op == "all_gather" && x.tensor == "scores"));
+    assert!(r.run.comms.iter().any(|x| x.op == "all_gather" && x.tensor == "logits"));
     // torch 2.13: the gate's view raises.
     let r = run(&with(|c| c.dims.seq = 1));
     assert_eq!(classes(&r), vec![Class::Error]);
@@ -533,7 +533,7 @@ fn crosscheck_strided_shard_needs_split_factor_times_shards() {
     );
     let r = run(&c);
     assert_eq!(comm_counts(&r), vec![("all_gather".to_string(), 1)]);
-    assert!(r.run.comms.iter().all(|x| x.tensor == "scores"));
+    assert!(r.run.comms.iter().all(|x| x.tensor == "logits"));
     for (name, ps) in placements_of(&r) {
         assert_eq!(ps, vec![Replicate], "{name}");
     }

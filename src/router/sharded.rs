@@ -36,8 +36,9 @@ pub fn run(
     let (site1, site2) = sites(rev);
     let mut ex = Direct(ctx);
     // The gate linear in float32 (its 3-D view is where a short sequence fails, docs/design.md).
-    ex.label("scores");
+    ex.label("logits");
     let logits = body::linear(&mut ex, x, p.gate, p.gate_bias)?;
+    ex.label("scores");
     let scores = body::score(&mut ex, &logits, cfg)?;
     let (mut ids, group_mask) = body::choose(&mut ex, &scores, p.expert_bias, cfg, site1)?;
     ex.label("topk_scores");
