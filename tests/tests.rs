@@ -14,6 +14,8 @@ mod crosscheck;
 mod cuda;
 /// Every golden outcome recorded on real PyTorch replays identically.
 mod golden;
+/// Planted bugs: each is caught by the oracles (or the op tests) within a bounded run.
+mod mutants;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
 /// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.

@@ -66,6 +66,16 @@ pub fn main() -> ExitCode {
     }
     // Cases are small: one intra-op thread is fastest, and parallelism comes from processes.
     tch::set_num_threads(1);
+    match crate::dtensor::plant::check_env() {
+        Err(msg) => {
+            eprintln!("shardfuzz: {msg}");
+            return ExitCode::from(2);
+        }
+        Ok(Some(m)) => {
+            eprintln!("shardfuzz: WARNING: planted bug `{}` is active (SHARDFUZZ_PLANT): {}", m.name, m.breaks)
+        }
+        Ok(None) => {}
+    }
     if let Err(msg) = crate::device::check_libtorch() {
         eprintln!("shardfuzz: {msg}");
         return ExitCode::from(2);
