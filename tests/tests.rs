@@ -18,6 +18,8 @@ mod golden;
 mod mutants;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
+/// Every committed reproducer still shows its signature.
+mod regressions;
 /// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.
 mod router;
 /// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
