@@ -8,7 +8,8 @@ mod backward;
 mod campaign;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
-/// Router cases recorded on real PyTorch 2.13.0 replay the same.
+/// Router cases, traced op calls and the op-level fact checks' cases recorded on real PyTorch
+/// replay the same.
 mod crosscheck;
 /// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
 mod cuda;
