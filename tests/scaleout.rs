@@ -233,6 +233,49 @@ fn the_example_report_page_is_well_formed_and_its_links_resolve() {
     check_html(&crate::root().join("reports/example/report.html"));
 }
 
+/// The page's script in a real browser (skipped where no Chromium is installed): sorting, the
+/// filter, paging and the detail panel work on the example report.
+#[test]
+fn the_report_pages_script_sorts_filters_and_opens_a_bucket_in_chromium() {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        eprintln!("skipped: no chromium");
+        return;
+    };
+    let page = read(crate::root().join("reports/example/report.html"));
+    let probe = r#"<script>window.addEventListener('load',function(){setTimeout(function(){
+      var t=document.getElementById('bucket-table'),out=[];
+      function rows(){return Array.prototype.filter.call(t.tBodies[0].rows,function(r){return !r.hidden;});}
+      out.push(rows().length);
+      t.tHead.rows[0].cells[4].click();t.tHead.rows[0].cells[4].click();
+      var c=rows().map(function(r){return +r.cells[4].getAttribute('data-v');});
+      out.push(c.every(function(x,i){return i===0||c[i-1]>=x;}));
+      var f=document.getElementById('bucket-filter');f.value='view_of_sharded_dim';f.dispatchEvent(new Event('input'));
+      out.push(rows().every(function(r){return r.textContent.indexOf('view_of_sharded_dim')>=0;})&&rows().length>0);
+      f.value='';f.dispatchEvent(new Event('input'));
+      rows()[3].click();
+      out.push(!document.getElementById('panel').hidden&&document.querySelector('#panel pre:last-of-type').textContent.indexOf('shardfuzz.case/1')>=0);
+      document.title='PROBE '+out.join(',');
+    },0);});</script></body></html>"#;
+    let dir = tmp("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("probe.html");
+    std::fs::write(&file, page.replace("</body></html>", probe)).unwrap();
+    let o = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let title = dom.split("<title>").nth(1).and_then(|t| t.split("</title>").next()).unwrap_or("");
+    let rows = read(crate::root().join("reports/example/report.json")).matches("\"first_case\"").count().min(300);
+    assert_eq!(title, format!("PROBE {rows},true,true,true"), "sorted, filtered, detail shown");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Elements that never have a closing tag.
 const VOID: [&str; 9] = ["meta", "link", "br", "hr", "img", "input", "col", "source", "wbr"];
 

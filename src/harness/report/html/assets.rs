@@ -73,20 +73,28 @@ pub const JS: &str = r#"
         var frag=document.createDocumentFragment();
         keyed.forEach(function(k){frag.appendChild(k[2]);});
         body.appendChild(frag);
+        t.dispatchEvent(new Event('sorted'));
       });
     });
   });
-  var filter=document.getElementById('bucket-filter');
-  var table=document.getElementById('bucket-table');
-  if(filter&&table){
-    filter.addEventListener('input',function(){
-      var q=filter.value.trim().toLowerCase(),n=0;
-      Array.prototype.forEach.call(table.tBodies[0].rows,function(r){
-        var show=!q||r.textContent.toLowerCase().indexOf(q)>=0;
-        r.hidden=!show;if(show)n++;
-      });
-      document.getElementById('bucket-count').textContent=n+' bucket(s)';
+  // The bucket table shows one page of the rows that pass the filter, in the current order.
+  var filter=document.getElementById('bucket-filter'),table=document.getElementById('bucket-table');
+  var more=document.getElementById('bucket-more'),limit=table?+table.getAttribute('data-page'):0,texts=null;
+  function page(){
+    if(!table)return;
+    var q=filter.value.trim().toLowerCase(),shown=0,matched=0,rows=table.tBodies[0].rows;
+    if(q&&!texts){texts={};Array.prototype.forEach.call(rows,function(r){texts[r.id]=r.textContent.toLowerCase();});}
+    Array.prototype.forEach.call(rows,function(r){
+      var ok=!q||texts[r.id].indexOf(q)>=0;
+      if(ok){matched++;r.hidden=shown>=limit;if(!r.hidden)shown++;}else r.hidden=true;
     });
+    document.getElementById('bucket-count').textContent=matched+' bucket(s)'+(shown<matched?', the first '+shown+' shown':'');
+    more.hidden=shown>=matched;
+  }
+  if(table){
+    filter.addEventListener('input',function(){limit=+table.getAttribute('data-page');page();});
+    more.addEventListener('click',function(){limit=Infinity;page();});
+    table.addEventListener('sorted',page);
   }
   var data=null,panel=document.getElementById('panel'),pbody=document.getElementById('panel-body');
   function el(tag,text,cls){var e=document.createElement(tag);if(text!==undefined&&text!==null)e.textContent=String(text);if(cls)e.className=cls;return e;}
@@ -113,13 +121,15 @@ pub const JS: &str = r#"
     pbody.appendChild(dl);
     pbody.appendChild(el('h4','What diverged'));pbody.appendChild(el('pre',b.detail));
     pbody.appendChild(el('h4','Replay (from the report\'s directory)'));
-    pbody.appendChild(el('pre',b.replay+(b.repro?'':'\n'+b.shrink_cmd)));
+    var file=b.repro||b.first_case;
+    pbody.appendChild(el('pre','shardfuzz replay '+file+(b.repro?'':'\nshardfuzz shrink '+b.first_case+" --signature '"+b.signature.replace(/'/g,"'\\''")+"'")));
     var p=el('p');
     if(b.repro){var a=el('a','reproducer');a.href=b.repro;p.appendChild(a);p.appendChild(document.createTextNode(' \u00b7 '));}
     var f=el('a','first case');f.href=b.first_case;p.appendChild(f);
     pbody.appendChild(p);
-    pbody.appendChild(el('h4','Case ('+b.file+')'));pbody.appendChild(el('pre',b['case']));
+    pbody.appendChild(el('h4','Case ('+file+')'));pbody.appendChild(el('pre',b['case']));
     panel.hidden=false;panel.scrollTop=0;
+    var row=document.getElementById('b-'+i);if(row)row.hidden=false;
   }
   function hide(){panel.hidden=true;}
   if(table){
@@ -131,6 +141,11 @@ pub const JS: &str = r#"
   panel.querySelector('.close').addEventListener('click',hide);
   document.addEventListener('keydown',function(e){if(e.key==='Escape')hide();});
   // #b-N scrolls to bucket N's row and opens its detail; #detail-N opens it where the page is.
-  var m=/^#(?:b|detail)-(\d+)$/.exec(location.hash);if(m)show(+m[1]);
+  function fromHash(){
+    var m=/^#(?:b|detail)-(\d+)$/.exec(location.hash);if(!m)return;
+    show(+m[1]);
+    if(location.hash.charAt(1)==='b'){var r=document.getElementById('b-'+m[1]);if(r)r.scrollIntoView();}
+  }
+  window.addEventListener('hashchange',fromHash);fromHash();
 })();
 "#;

@@ -1,6 +1,7 @@
 //! What the detail panel shows of each bucket, as one JSON block the page parses on the first
 //! click: the error text, the minimized dims, the case (its reproducer, else its first case),
-//! the commands that replay and shrink it, and its real-PyTorch status when the report has one.
+//! and its real-PyTorch status when the report has one. What the page already shows or the
+//! script can derive (the replay command, the file linked) is not repeated.
 
 use crate::harness::report::Report;
 use serde_json::{json, Value};
@@ -20,21 +21,15 @@ fn case_text(dir: &Path, rel: &str) -> String {
     }
 }
 
-/// Single quotes for a shell, so a signature with `>` or `(` pastes as one argument.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 pub(super) fn data(r: &Report, dir: &Path) -> String {
     let list: Vec<Value> = r
         .buckets
         .iter()
         .map(|b| {
             let file = b.repro.as_deref().unwrap_or(&b.first_case);
-            let sig = b.signature.to_string();
             let confirm = serde_json::to_value(b).ok().and_then(|v| v.get("confirm").cloned()).unwrap_or(Value::Null);
             json!({
-                "signature": sig,
+                "signature": b.signature.to_string(),
                 "class": b.class.name(),
                 "explanation": b.explanation,
                 "detail": b.detail,
@@ -45,9 +40,6 @@ pub(super) fn data(r: &Report, dir: &Path) -> String {
                 "shrink": b.shrink,
                 "repro": b.repro,
                 "first_case": b.first_case,
-                "file": file,
-                "replay": format!("shardfuzz replay {file}"),
-                "shrink_cmd": format!("shardfuzz shrink {} --signature {}", b.first_case, quote(&sig)),
                 "confirm": confirm,
                 "case": case_text(dir, file),
             })

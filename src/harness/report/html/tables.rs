@@ -16,6 +16,9 @@ pub(super) fn kind(p: Program) -> &'static str {
     }
 }
 
+/// Bucket rows shown before "show all".
+const PAGE: usize = 300;
+
 impl Report {
     pub(super) fn html_summary(&self) -> String {
         let known = self.known_status().iter().filter(|k| !k.hits.is_empty()).count();
@@ -161,8 +164,11 @@ impl Report {
             } else {
                 format!(" <span class=\"tag\">{}</span>", esc(&b.known.join("; ")))
             };
+            // Rows past the first page wait hidden (a hidden row costs no layout), so the page
+            // opens fast with thousands of buckets; the script pages, sorts and filters them.
+            let hidden = if i >= PAGE { " hidden" } else { "" };
             body.push_str(&format!(
-                "<tr id=\"b-{i}\" data-i=\"{i}\" class=\"bucket\"><td><code>{}</code></td>{}<td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td><td>{}{known}</td></tr>\n",
+                "<tr id=\"b-{i}\" data-i=\"{i}\" class=\"bucket\"{hidden}><td><code>{}</code></td>{}<td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td><td>{}{known}</td></tr>\n",
                 esc(&b.signature.to_string()),
                 text(b.class.name()),
                 esc(b.signature.program.name()),
@@ -184,24 +190,38 @@ impl Report {
             ("file", "file"),
             ("what it means", "what"),
         ];
+        let shown = self.buckets.len().min(PAGE);
         let filter = format!(
             "<p class=\"tools\"><input id=\"bucket-filter\" type=\"search\" placeholder=\"filter buckets (signature, class, program, text)\" size=\"48\"> \
-             <span id=\"bucket-count\">{} bucket(s)</span> &middot; click a row for its detail</p>\n",
-            self.buckets.len()
+             <span id=\"bucket-count\">{} bucket(s){}</span> &middot; click a row for its detail</p>\n",
+            self.buckets.len(),
+            if shown < self.buckets.len() { format!(", the first {shown} shown") } else { String::new() }
+        );
+        let more = format!(
+            "<p class=\"tools\"><button id=\"bucket-more\" type=\"button\"{}>show all</button></p>\n\
+             <noscript><style>#bucket-table tr[hidden]{{display:table-row}}</style></noscript>\n",
+            if shown < self.buckets.len() { "" } else { " hidden" }
         );
         section(
             "buckets",
             "Buckets",
             "One row per signature (<code>class:output:program:rules:key</code>; the program is the router revision, or \
              the boundary revision for gradient verdicts). Minimized: ranks/tokens/experts/model dim of the shrunk reproducer.",
-            &(filter + &table("bucket-table", "buckets", &head, &body)),
+            &(filter + &table("bucket-table", "buckets", &head, &body).replace("<table ", &format!("<table data-page=\"{PAGE}\" ")) + &more),
         )
     }
 
     pub(super) fn html_regression(&self) -> String {
         let Some(r) = &self.regression else { return String::new() };
+        let index: HashMap<String, usize> =
+            self.buckets.iter().enumerate().map(|(i, b)| (b.signature.to_string(), i)).collect();
+        // New and still-failing buckets open their detail here; fixed ones are only in the baseline.
+        let item = |x: &String| match index.get(x) {
+            Some(i) => format!("<li><a href=\"#b-{i}\"><code>{}</code></a></li>", esc(x)),
+            None => format!("<li><code>{}</code></li>", esc(x)),
+        };
         let list = |title: &str, v: &Vec<String>, open: bool| {
-            let items: String = v.iter().map(|x| format!("<li><code>{}</code></li>", esc(x))).collect();
+            let items: String = v.iter().map(item).collect();
             let body =
                 if v.is_empty() { "<p class=\"muted\">none</p>".to_string() } else { format!("<ul>{items}</ul>") };
             format!(
