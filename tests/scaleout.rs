@@ -233,6 +233,50 @@ fn the_example_report_page_is_well_formed_and_its_links_resolve() {
     check_html(&crate::root().join("reports/example/report.html"));
 }
 
+/// The deploy examples agree on their shard count, their scripts parse, and the SLURM scripts
+/// run as written (with the array's environment set by hand) and merge into one report.
+#[test]
+fn the_deploy_examples_are_consistent_and_the_slurm_scripts_run() {
+    let root = crate::root();
+    let k8s = read(root.join("deploy/k8s/shards-job.yaml"));
+    let value = |text: &str, key: &str| -> String {
+        let line = text.lines().find_map(|l| l.trim().strip_prefix(key)).unwrap_or_else(|| panic!("no {key}"));
+        line.split('#').next().unwrap().trim().to_string()
+    };
+    let n = value(&k8s, "completions:");
+    assert!(k8s.contains(&format!("--shard \"${{JOB_COMPLETION_INDEX}}/{n}\"")), "the shard count is completions");
+    let ci = read(root.join("deploy/ci/github-actions-nightly.yml"));
+    let shards: usize = value(&ci, "SHARDS:").parse().unwrap();
+    let matrix = value(&ci, "shard: [");
+    let listed: Vec<usize> = matrix.trim_end_matches(']').split(',').map(|x| x.trim().parse().unwrap()).collect();
+    assert_eq!(listed, (0..shards).collect::<Vec<_>>(), "the matrix lists every shard");
+    let scripts =
+        ["deploy/k8s/run.sh", "deploy/slurm/submit.sh", "deploy/slurm/nightly.sbatch", "deploy/slurm/merge.sbatch"];
+    for s in scripts.iter().chain(&["scripts/nightly-sharded", "scripts/screenshot-report"]) {
+        let o = Command::new("bash").arg("-n").arg(root.join(s)).output().unwrap();
+        assert!(o.status.success(), "{s}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let results = tmp("slurm");
+    let slurm = |script: &str, task: Option<u32>| {
+        let mut c = Command::new("bash");
+        c.arg(root.join("deploy/slurm").join(script));
+        c.envs([("RUN", "night-2"), ("PREV", "night-1"), ("SEED", "3"), ("CASES", "12")]);
+        c.env("RESULTS", &results).env("SHARDFUZZ", env!("CARGO_BIN_EXE_shardfuzz"));
+        c.env("SHARDFUZZ_FLAGS", "--no-shrink --device cpu");
+        if let Some(i) = task {
+            c.env("SLURM_ARRAY_TASK_ID", i.to_string()).env("SLURM_ARRAY_TASK_COUNT", "2");
+        }
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    slurm("nightly.sbatch", Some(0));
+    slurm("nightly.sbatch", Some(1));
+    slurm("merge.sbatch", None);
+    let r = report(&results.join("night-2"));
+    assert_eq!((r["cases"].as_u64(), r.get("shards")), (Some(12), None), "both shards merged");
+    std::fs::remove_dir_all(&results).ok();
+}
+
 /// The page's script in a real browser (skipped where no Chromium is installed): sorting, the
 /// filter, paging and the detail panel work on the example report.
 #[test]
