@@ -57,7 +57,8 @@ pub fn merge(dirs: &[PathBuf], opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn same_dir(a: &Path, b: &Path) -> bool {
+/// Whether two paths name the same existing file or directory.
+fn same_path(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -75,10 +76,10 @@ fn load(dirs: &[PathBuf], out: &Path) -> anyhow::Result<Vec<Part>> {
         if !dir.is_dir() {
             anyhow::bail!("{}: no such directory", dir.display());
         }
-        if same_dir(dir, out) {
+        if same_path(dir, out) {
             anyhow::bail!("{}: --out must not be one of the inputs", dir.display());
         }
-        if parts.iter().any(|p| same_dir(&p.dir, dir)) {
+        if parts.iter().any(|p| same_path(&p.dir, dir)) {
             continue;
         }
         let manifest = Manifest::load(dir)?;
@@ -279,17 +280,13 @@ fn copy_repro(from: &Path, sig: &Signature, opts: &Options) -> anyhow::Result<St
     let dir = opts.corpus.clone().unwrap_or_else(|| opts.out.join("repro"));
     std::fs::create_dir_all(&dir)?;
     let to = dir.join(&name);
-    if !same_file(from, &to) {
+    if !same_path(from, &to) {
         std::fs::copy(from, &to).map_err(|e| anyhow::anyhow!("reproducer {}: {e}", from.display()))?;
     }
     Ok(match &opts.corpus {
         None => format!("repro/{name}"),
         Some(_) => super::relative(&to, &opts.out),
     })
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    same_dir(a, b)
 }
 
 /// findings.jsonl of the merged campaign: one line per bucket, in order of discovery.
