@@ -23,6 +23,8 @@ mod ops;
 mod regressions;
 /// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.
 mod router;
+/// Scale-out (shards, merge), a killed campaign's report, and report.html's well-formedness.
+mod scaleout;
 /// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
 mod style;
 

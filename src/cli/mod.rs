@@ -9,6 +9,7 @@ mod common;
 mod doctor;
 mod gen;
 pub mod import;
+mod merge;
 mod nightly;
 mod replay;
 mod report;
@@ -44,6 +45,8 @@ pub enum Command {
     Run(run::Args),
     /// A campaign: worker subprocesses, buckets, shrinking, reports (report.md/json, junit.xml, html)
     Nightly(nightly::Args),
+    /// Join the directories of a campaign's shards into one report, as one run would have written
+    Merge(merge::Args),
     /// Minimize a case while it keeps a divergence signature
     Shrink(shrink::Args),
     /// Re-render a campaign report, optionally with a regression section against a baseline
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Gen(a) => gen::run(a),
         Command::Run(a) => run::run(a),
         Command::Nightly(a) => nightly::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Shrink(a) => shrink::run(a),
         Command::Report(a) => report::run(a),
         Command::Import(a) => import::run(a),
