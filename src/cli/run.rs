@@ -6,6 +6,7 @@ use crate::device::Dev;
 use crate::harness::case::Case;
 use crate::harness::generate::GenConfig;
 use crate::harness::oracle::{GradTally, Verdict};
+use crate::harness::report::TieStats;
 use crate::harness::worker::Fault;
 use crate::harness::{check, generate, guard, Crashed, Options, Signature};
 use std::collections::BTreeMap;
@@ -48,7 +49,7 @@ fn one_case(
     dev: Dev,
     opts: Options,
     n: u64,
-    grads: &mut GradTally,
+    stats: &mut (GradTally, TieStats),
 ) -> anyhow::Result<(Case, Vec<Verdict>)> {
     let case = generate::nth(a.seed, n, cfg);
     let panic_here = a.inject_fault == Some(Fault::Panic(n));
@@ -57,7 +58,8 @@ fn one_case(
         check(&case, dev, opts)
     }) {
         Ok(c) => {
-            grads.add(&c.judgement.grads);
+            stats.0.add(&c.judgement.grads);
+            stats.1.add_case(&c.judgement.near_ties);
             Ok((c.case, c.judgement.verdicts))
         }
         Err(crashed) => {
@@ -84,9 +86,9 @@ pub fn run(a: Args) -> CliResult {
     let mut seen: BTreeMap<Signature, u64> = BTreeMap::new();
     let mut n = 0u64;
     let mut diverging = 0u64;
-    let mut grads = GradTally::default();
+    let mut stats = (GradTally::default(), TieStats::default());
     while n < limit && a.time.is_none_or(|t| start.elapsed() < t) {
-        let (case, verdicts) = one_case(&a, &cfg, dev, opts, n, &mut grads)?;
+        let (case, verdicts) = one_case(&a, &cfg, dev, opts, n, &mut stats)?;
         diverging += u64::from(!verdicts.is_empty());
         for v in &verdicts {
             let sig = v.signature(&case);
@@ -109,6 +111,14 @@ pub fn run(a: Args) -> CliResult {
         "shardfuzz: {n} cases in {secs:.1}s ({:.0} cases/s), {diverging} diverging, {} signature(s)",
         n as f64 / secs.max(1e-9),
         seen.len()
+    );
+    let (grads, ties) = stats;
+    eprintln!(
+        "shardfuzz: {} token(s) compared, {} undecided (near-ties), {} of them unchecked ({})",
+        ties.tokens,
+        ties.topk_near_ties + ties.group_near_ties,
+        ties.unchecked,
+        ties.unchecked_share()
     );
     if grads.cases > 0 {
         eprintln!(

@@ -138,6 +138,7 @@ fn add_ties(a: &mut TieStats, b: &TieStats) {
     a.group_near_ties += b.group_near_ties;
     a.flipped += b.flipped;
     a.cases_with_near_ties += b.cases_with_near_ties;
+    a.unchecked += b.unchecked;
 }
 
 /// Everything but the buckets: counts summed, rows and grid cells joined by key.

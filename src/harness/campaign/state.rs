@@ -81,11 +81,7 @@ impl State {
     /// Adds a case's near-tie and gradient-check counts and phase times.
     pub fn add_stats(&mut self, t: &NearTies, grads: &GradTally, phases: &Phases) {
         self.grads.add(grads);
-        self.ties.tokens += t.rows as u64;
-        self.ties.topk_near_ties += t.topk_rows as u64;
-        self.ties.group_near_ties += t.group_rows as u64;
-        self.ties.flipped += t.flipped_rows as u64;
-        self.ties.cases_with_near_ties += u64::from(t.topk_rows + t.group_rows > 0);
+        self.ties.add_case(t);
         self.phases.add(phases);
     }
 

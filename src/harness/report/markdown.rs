@@ -186,13 +186,14 @@ impl Report {
             t.group_near_ties.to_string(),
             t.flipped.to_string(),
             t.cases_with_near_ties.to_string(),
+            format!("{} ({})", t.unchecked, t.unchecked_share()),
         ];
         format!(
             "## Near-ties\n\n\
-             Tokens whose top-k (or group) choice was within the rounding bound of the next candidate are compared as information only.\n\n\
+             Tokens whose top-k (or group) choice was within the rounding bound of the next candidate are undecided: their ids are not compared with the reference's, but their choice must still be a valid top-k under the bound, with the reference's scores as gate values and routing-map rows of their own ids. Unchecked: undecided tokens where even that cannot be checked.\n\n\
              {}\n\n",
             md_table(
-                &["tokens compared", "top-k near-ties", "group near-ties", "flipped (benign)", "cases with near-ties"],
+                &["tokens compared", "top-k near-ties", "group near-ties", "flipped (benign)", "cases with near-ties", "unchecked"],
                 &[row]
             )
         )

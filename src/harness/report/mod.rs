@@ -4,7 +4,7 @@
 //! runs with the same seed and case count give byte-identical files apart from timing lines.
 
 use super::bucket::Bucket;
-use super::oracle::{Class, GradTally};
+use super::oracle::{Class, GradTally, NearTies};
 use super::signature::Signature;
 use super::timing::Phases;
 use crate::dtensor::RuleSet;
@@ -94,6 +94,30 @@ pub struct TieStats {
     pub group_near_ties: u64,
     pub flipped: u64,
     pub cases_with_near_ties: u64,
+    /// Near-tie tokens whose choice could not even be checked for validity (the value oracle's
+    /// blind spot; the undecided checks cover the rest).
+    #[serde(default)]
+    pub unchecked: u64,
+}
+
+impl TieStats {
+    /// Adds one case's near-tie counts.
+    pub fn add_case(&mut self, t: &NearTies) {
+        self.tokens += t.rows as u64;
+        self.topk_near_ties += t.topk_rows as u64;
+        self.group_near_ties += t.group_rows as u64;
+        self.flipped += t.flipped_rows as u64;
+        self.cases_with_near_ties += u64::from(t.topk_rows + t.group_rows > 0);
+        self.unchecked += t.unchecked_rows as u64;
+    }
+
+    /// The unchecked tokens as a percentage of the tokens compared, "-" when none were.
+    pub fn unchecked_share(&self) -> String {
+        if self.tokens == 0 {
+            return "-".into();
+        }
+        format!("{:.3}%", 100.0 * self.unchecked as f64 / self.tokens as f64)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -209,4 +233,22 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tie_stats_sum_cases_and_give_the_unchecked_share() {
+        let mut t = TieStats::default();
+        assert_eq!(t.unchecked_share(), "-");
+        let a = NearTies { topk_rows: 3, group_rows: 1, flipped_rows: 1, rows: 6, unchecked_rows: 2 };
+        let b = NearTies { rows: 2, ..NearTies::default() };
+        t.add_case(&a);
+        t.add_case(&b);
+        assert_eq!((t.tokens, t.topk_near_ties, t.group_near_ties, t.flipped), (8, 3, 1, 1));
+        assert_eq!((t.cases_with_near_ties, t.unchecked), (1, 2));
+        assert_eq!(t.unchecked_share(), "25.000%");
+    }
 }

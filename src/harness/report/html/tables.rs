@@ -243,12 +243,14 @@ impl Report {
     pub(super) fn html_ties_and_grads(&self) -> String {
         let t = &self.near_ties;
         let ties = format!(
-            "<tr>{}{}{}{}{}</tr>\n",
+            "<tr>{}{}{}{}{}<td class=\"n\" data-v=\"{u}\">{u} ({})</td></tr>\n",
             num(t.tokens),
             num(t.topk_near_ties),
             num(t.group_near_ties),
             num(t.flipped),
-            num(t.cases_with_near_ties)
+            num(t.cases_with_near_ties),
+            t.unchecked_share(),
+            u = t.unchecked,
         );
         let th = [
             ("tokens compared", "n"),
@@ -256,6 +258,7 @@ impl Report {
             ("group near-ties", "n"),
             ("flipped (benign)", "n"),
             ("cases with near-ties", "n"),
+            ("unchecked", "n"),
         ];
         let g = &self.grads;
         let grads =
@@ -263,7 +266,7 @@ impl Report {
         let gh =
             [("backward cases", "n"), ("compared", "n"), ("skipped: near-tie", "n"), ("skipped: forward differs", "n")];
         let body = format!(
-            "<p class=\"intro\">Tokens whose top-k (or group) choice was within the rounding bound of the next candidate are compared as information only.</p>\n{}\
+            "<p class=\"intro\">Tokens whose top-k (or group) choice was within the rounding bound of the next candidate are undecided: their ids are not compared with the reference's, but their choice must still be a valid top-k under the bound, with the reference's scores as gate values and routing-map rows of their own ids. Unchecked: undecided tokens where even that cannot be checked.</p>\n{}\
              <h3>Gradient checks</h3>\n<p class=\"intro\">Backward cases compare their gradients unless the reference's choice is a near-tie or the boundary program chose other experts (then the gradient's support differs: a forward matter).</p>\n{}",
             table("ties-table", "", &th, &ties),
             table("grads-table", "", &gh, &grads)
