@@ -76,7 +76,7 @@ fn partial_input_cases_agree_with_real_pytorch() {
 #[test]
 fn the_comparison_sees_changed_values_shapes_and_comms() {
     let text = std::fs::read_to_string(crate::root().join("tests/pytorch/router-random-t2130.jsonl")).unwrap();
-    let (mut edited, mut ok_cases) = (0, 0);
+    let (mut edited, mut ok_cases, mut near_ties) = (0, 0, 0);
     for line in text.lines() {
         let real: Value = serde_json::from_str(line).unwrap();
         if real["sharded"]["ok"] != true {
@@ -108,8 +108,30 @@ fn the_comparison_sees_changed_values_shapes_and_comms() {
             assert!(first(d).starts_with("topk_ids: token 0"), "{}", case.to_json());
             edited += 1;
         }
+        if let Some(d) = worst_pick_on_a_near_tie(&real, &ours) {
+            assert!(first(edit(&|s| s["outputs"]["topk_ids"]["values"][d.0] = serde_json::json!(d.1)))
+                .starts_with("topk_ids: near-tie token"));
+            near_ties += 1;
+        }
     }
     assert!(ok_cases >= 80 && edited >= 40, "{ok_cases} ok cases, {edited} with a decided token 0");
+    assert!(near_ties >= 5, "only {near_ties} cases with a near-tie to edit");
+}
+
+/// On the first near-tie token that can be judged: (index into topk_ids' values, an expert
+/// scoring far below every chosen one) to put in place of the token's first choice.
+fn worst_pick_on_a_near_tie(real: &Value, ours: &Checked) -> Option<(usize, i64)> {
+    let (e, k) = (ours.case.dims.experts, ours.case.dims.top_k);
+    let t = values::decided(ours).iter().position(|d| !d).filter(|_| values::near_ties_checkable(ours))?;
+    let scores = &ours.run.margins.choice[t * e..(t + 1) * e];
+    let ids: Vec<i64> =
+        (0..k).map(|j| real["sharded"]["outputs"]["topk_ids"]["values"][t * k + j].as_i64().unwrap()).collect();
+    let weakest = ids.iter().map(|&i| scores[i as usize]).fold(f64::INFINITY, f64::min);
+    let bound =
+        2.0 * shardfuzz::harness::oracle::tolerance::Bounds::new(&ours.run.margins, ours.case.dims.model).choice[t];
+    // Below the weakest chosen by more than the bound, so it leaves a better expert out.
+    let worst = (0..e).filter(|&j| !ids.contains(&(j as i64))).find(|&j| weakest - scores[j] > 2.0 * bound)?;
+    Some((t * k, worst as i64))
 }
 
 /// What differs between a real outcome and ours, one line each.
@@ -153,8 +175,8 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
     let path = crate::root().join("tests/pytorch").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let (mut checked, mut failures, mut stale) = (0, Vec::new(), Vec::new());
-    // ok cases, error cases, tokens whose values were compared, tokens left undecided.
-    let mut tally = [0usize; 4];
+    // ok cases, error cases, tokens whose values were compared, near-ties, near-ties judged.
+    let mut tally = [0usize; 5];
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let real: Value = serde_json::from_str(line).unwrap();
         let file = real["pytorch"]["case_file"].as_str().unwrap_or("?").to_string();
@@ -167,6 +189,7 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
             tally[0] += 1;
             tally[2] += decided.len();
             tally[3] += undecided;
+            tally[4] += if values::near_ties_checkable(&ours) { undecided } else { 0 };
         } else {
             tally[1] += 1;
         }
@@ -178,10 +201,10 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
         }
         checked += 1;
     }
-    let [ok, errors, tokens, undecided] = tally;
+    let [ok, errors, tokens, undecided, judged] = tally;
     eprintln!(
         "{name}: {checked} cases ({ok} ok, {errors} errors), values compared on {tokens} tokens \
-         ({undecided} near-ties compared net), {} differ, {} listed",
+         ({undecided} near-ties, {judged} of them judged a valid top-k), {} differ, {} listed",
         failures.len(),
         exceptions.len()
     );
@@ -294,6 +317,12 @@ mod values {
                 if decided[t] {
                     return vec![format!("topk_ids: token {t} chose {pr:?} on real, {po:?} here")];
                 }
+                for (side, p) in [("real", &pr), ("ours", &po)] {
+                    let ids: Vec<i64> = p.iter().map(|p| p.0).collect();
+                    if let Some(why) = not_a_top_k(c, bounds, t, &ids) {
+                        return vec![format!("topk_ids: near-tie token {t}: {side} {why}")];
+                    }
+                }
                 continue;
             }
             let sum: f64 = po.iter().map(|p| p.1.abs()).sum::<f64>().max(1e-30);
@@ -309,6 +338,33 @@ mod values {
             }
         }
         vec![]
+    }
+
+    /// Whether near-ties can be judged at all: without expert groups (whose kept set is a
+    /// near-tie of its own) and without the force-balance override (which ignores the scores).
+    pub fn near_ties_checkable(c: &Checked) -> bool {
+        c.case.router.groups.is_none() && !c.case.router.force_load_balance
+    }
+
+    /// On a near-tie either side may pick differently, but each pick must be a top-k a correct
+    /// router could make: distinct ids in range, and no expert left out beating a chosen one by
+    /// more than twice the choice bound (float64 choice scores of the reference).
+    fn not_a_top_k(c: &Checked, bounds: &Bounds, t: usize, ids: &[i64]) -> Option<String> {
+        let e = c.case.dims.experts;
+        let scores = &c.run.margins.choice[t * e..(t + 1) * e];
+        if !near_ties_checkable(c) || scores.iter().any(|x| x.is_nan()) {
+            return None;
+        }
+        let mut chosen = vec![false; e];
+        if ids.iter().any(|&i| i < 0 || i as usize >= e || std::mem::replace(&mut chosen[i as usize], true)) {
+            return Some(format!("chose {ids:?}: not distinct experts of {e}"));
+        }
+        let weakest = ids.iter().map(|&i| scores[i as usize]).fold(f64::INFINITY, f64::min);
+        let best_left = (0..e).filter(|&j| !chosen[j]).map(|j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
+        let bound = 2.0 * bounds.choice[t];
+        (best_left - weakest > bound).then(|| {
+            format!("chose {ids:?}, leaving out a score {best_left:.6e} above {weakest:.6e} (bound {bound:.3e})")
+        })
     }
 
     /// Counts net of the undecided tokens' rows of each side's own routing map.
