@@ -2,7 +2,7 @@
 """router_oracle.py: run shardfuzz router cases on REAL PyTorch DTensor (one gloo process per rank).
 
 Reads case files (format shardfuzz.case/1, tensors inline) and prints one outcome line per case
-(format shardfuzz.outcome/1, same layout as /work/shared/spec/golden/*.outcome.json), in input order.
+(format shardfuzz.outcome/1, same layout as tests/golden/*.outcome.json), in input order.
 
     python3 router_oracle.py [--out FILE.jsonl] [--python RULES=PYTHON ...] CASE.json|DIR ...
 
