@@ -161,6 +161,17 @@ fn bad_case_files_exit_2_with_one_clear_line() {
             "overflows",
         ),
         sized("model-1e9", &|c| c["dims"]["model"] = serde_json::json!(1_000_000_000u64), "--max-elements"),
+        // distribute_tensor partitions P(sum|avg|max|min) inputs but has no inverse for product,
+        // and takes one reduce op per placement list (sum with avg excepted).
+        sized("partial-product", &|c| c["layout"]["x"] = serde_json::json!(["P(product)"]), "layout.x[0]: P(product)"),
+        sized(
+            "mixed-partials",
+            &|c| {
+                two(2, 2)(c);
+                c["layout"]["gate"] = serde_json::json!(["P(max)", "P(min)"]);
+            },
+            "layout.gate: [P(max), P(min)] mixes Partial reduce ops",
+        ),
     ]);
     for (name, text, needle) in variants {
         let p = write(name, &text);

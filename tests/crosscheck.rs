@@ -1,14 +1,15 @@
 //! Router cases recorded on real PyTorch 2.12.1, 2.13.0 and 2.14.0 (one gloo process per rank, by
 //! `docs/pytorch-checks/router_oracle.py`; see docs/crosscheck.md) replay the same here: ok or the
 //! same error kind and first line, the same placements, per-rank global and local shapes per
-//! output, and the same collectives counted per op. And every DTensor op call the rule research
-//! traced on real DTensor (`tests/pytorch/probes/`), and every one the op-level fact checks traced
+//! output, the same collectives counted per op, and the same values within the value oracle's
+//! tolerance. And every DTensor op call the rule research traced on real DTensor
+//! (`tests/pytorch/probes/`), and every one the op-level fact checks traced
 //! (`docs/pytorch-checks/out/`, docs/pytorch-facts.md), makes the same sharding decision here;
 //! the fact checks' traced cases also replay whole (`facts`).
 
 use serde_json::Value;
 use shardfuzz::device::Dev;
-use shardfuzz::harness::{check, replay, Options};
+use shardfuzz::harness::{check, replay, Checked, Options};
 use std::collections::BTreeMap;
 
 /// The traced cases of the op-level fact checks (docs/pytorch-facts.md) replay whole.
@@ -39,62 +40,347 @@ fn our_comms(sharded: &Value) -> BTreeMap<String, u64> {
 
 #[test]
 fn router_cases_agree_with_real_pytorch_2_13() {
-    check_file("router-t2130.jsonl", 40);
+    check_file("router-t2130.jsonl", 40, &[]);
 }
 
 #[test]
 fn router_cases_agree_with_real_pytorch_2_12_and_2_14() {
-    check_file("router-t2121-t2140.jsonl", 80);
+    check_file("router-t2121-t2140.jsonl", 80, &[]);
 }
 
-fn check_file(name: &str, at_least: usize) {
+/// Random cases (`shardfuzz gen --backward off`, every router revision, Partial inputs, 1-3-D
+/// meshes), 115 per release: docs/crosscheck.md.
+#[test]
+fn random_cases_agree_with_real_pytorch_2_12() {
+    check_file("router-random-t2121.jsonl", 115, &[]);
+}
+
+#[test]
+fn random_cases_agree_with_real_pytorch_2_13() {
+    check_file("router-random-t2130.jsonl", 115, &[]);
+}
+
+#[test]
+fn random_cases_agree_with_real_pytorch_2_14() {
+    check_file("router-random-t2140.jsonl", 115, &[]);
+}
+
+/// Cases with a Partial input on a mesh dim of more than one rank (x, gate or expert bias;
+/// sum, avg, max, min), 25 per release: docs/crosscheck.md.
+#[test]
+fn partial_input_cases_agree_with_real_pytorch() {
+    check_file("router-partial-t2121-t2130-t2140.jsonl", 75, &[]);
+}
+
+/// The comparison sees what it compares: a recorded agreeing case, edited, differs.
+#[test]
+fn the_comparison_sees_changed_values_shapes_and_comms() {
+    let text = std::fs::read_to_string(crate::root().join("tests/pytorch/router-random-t2130.jsonl")).unwrap();
+    let (mut edited, mut ok_cases, mut near_ties) = (0, 0, 0);
+    for line in text.lines() {
+        let real: Value = serde_json::from_str(line).unwrap();
+        if real["sharded"]["ok"] != true {
+            continue;
+        }
+        ok_cases += 1;
+        let case = replay::parse(&real["case"].to_string()).unwrap();
+        let ours = check(&case, Dev::Cpu, Options::default()).unwrap();
+        assert!(differences(&real, &ours).is_empty());
+        let edit = |f: &dyn Fn(&mut Value)| {
+            let mut r = real.clone();
+            f(&mut r["sharded"]);
+            differences(&r, &ours)
+        };
+        let first = |d: Vec<String>| d.first().cloned().unwrap_or_default();
+        let bump = |v: &mut Value| *v = serde_json::json!(v.as_f64().unwrap_or(0.0) + 0.25);
+        assert!(first(edit(&|s| bump(&mut s["outputs"]["scores"]["values"][0]))).starts_with("scores[0]"));
+        assert!(first(edit(&|s| s["outputs"]["counts"]["local_shapes"][0] = serde_json::json!([0])))
+            .contains("local_shapes"));
+        assert!(first(edit(&|s| s["comm_counts"]["c10d_functional.all_reduce"] = serde_json::json!(9)))
+            .starts_with("comms"));
+        if values::decided(&ours).first() == Some(&true) && case.dims.top_k < case.dims.experts {
+            // Token 0 picks an expert it did not choose.
+            let k = case.dims.top_k;
+            let ids: Vec<i64> =
+                (0..k).map(|j| real["sharded"]["outputs"]["topk_ids"]["values"][j].as_i64().unwrap()).collect();
+            let other = (0..case.dims.experts as i64).find(|e| !ids.contains(e)).unwrap();
+            let d = edit(&|s| s["outputs"]["topk_ids"]["values"][0] = serde_json::json!(other));
+            assert!(first(d).starts_with("topk_ids: token 0"), "{}", case.to_json());
+            edited += 1;
+        }
+        if let Some(d) = worst_pick_on_a_near_tie(&real, &ours) {
+            assert!(first(edit(&|s| s["outputs"]["topk_ids"]["values"][d.0] = serde_json::json!(d.1)))
+                .starts_with("topk_ids: near-tie token"));
+            near_ties += 1;
+        }
+    }
+    assert!(ok_cases >= 80 && edited >= 40, "{ok_cases} ok cases, {edited} with a decided token 0");
+    assert!(near_ties >= 5, "only {near_ties} cases with a near-tie to edit");
+}
+
+/// On the first near-tie token that can be judged: (index into topk_ids' values, an expert
+/// scoring far below every chosen one) to put in place of the token's first choice.
+fn worst_pick_on_a_near_tie(real: &Value, ours: &Checked) -> Option<(usize, i64)> {
+    let (e, k) = (ours.case.dims.experts, ours.case.dims.top_k);
+    let t = values::decided(ours).iter().position(|d| !d).filter(|_| values::near_ties_checkable(ours))?;
+    let scores = &ours.run.margins.choice[t * e..(t + 1) * e];
+    let ids: Vec<i64> =
+        (0..k).map(|j| real["sharded"]["outputs"]["topk_ids"]["values"][t * k + j].as_i64().unwrap()).collect();
+    let weakest = ids.iter().map(|&i| scores[i as usize]).fold(f64::INFINITY, f64::min);
+    let bound =
+        2.0 * shardfuzz::harness::oracle::tolerance::Bounds::new(&ours.run.margins, ours.case.dims.model).choice[t];
+    // Below the weakest chosen by more than the bound, so it leaves a better expert out.
+    let worst = (0..e).filter(|&j| !ids.contains(&(j as i64))).find(|&j| weakest - scores[j] > 2.0 * bound)?;
+    Some((t * k, worst as i64))
+}
+
+/// What differs between a real outcome and ours, one line each.
+fn differences(real: &Value, checked: &Checked) -> Vec<String> {
+    let ours = serde_json::to_value(checked.outcome()).unwrap();
+    let (r, o) = (&real["sharded"], &ours["sharded"]);
+    let mut diffs = Vec::new();
+    if r["ok"] != o["ok"] {
+        diffs.push(format!("ok: real {} ours {} (real: {}; ours: {})", r["ok"], o["ok"], r["error"], o["error"]));
+    } else if r["ok"] == false {
+        for f in ["kind", "message"] {
+            if r["error"][f] != o["error"][f] {
+                diffs.push(format!("error {f}: real {} ours {}", r["error"][f], o["error"][f]));
+            }
+        }
+    } else {
+        for (name, ro) in r["outputs"].as_object().into_iter().flatten() {
+            for f in ["placements", "rank_global_shapes", "local_shapes"] {
+                if ro[f] != o["outputs"][name][f] {
+                    diffs.push(format!("{name}.{f}: real {} ours {}", ro[f], o["outputs"][name][f]));
+                }
+            }
+        }
+        diffs.extend(values::differences(checked, &r["outputs"], &o["outputs"]));
+    }
+    // gloo has no all_to_all: real ranks run S->S as all_gather + chunk (pytorch-facts.md §0).
+    let (rc, mut oc) = (real_comms(r), our_comms(o));
+    if let Some(n) = oc.remove("all_to_all") {
+        *oc.entry("all_gather".into()).or_default() += n;
+    }
+    if rc != oc {
+        diffs.push(format!("comms: real {rc:?} ours {oc:?}"));
+    }
+    diffs
+}
+
+/// Replays every case of a recorded file. `exceptions` names the cases (by case file) known to
+/// differ, each with its reason (docs/crosscheck.md); they must still differ, so the list
+/// cannot go stale.
+fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
     let path = crate::root().join("tests/pytorch").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
-    let (mut checked, mut failures) = (0, Vec::new());
+    let (mut checked, mut failures, mut stale) = (0, Vec::new(), Vec::new());
+    // ok cases, error cases, tokens whose values were compared, near-ties, near-ties judged.
+    let mut tally = [0usize; 5];
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let real: Value = serde_json::from_str(line).unwrap();
         let file = real["pytorch"]["case_file"].as_str().unwrap_or("?").to_string();
         let case = replay::parse(&real["case"].to_string()).unwrap();
-        let ours = serde_json::to_value(check(&case, Dev::Cpu, Options::default()).unwrap().outcome()).unwrap();
-        let (r, o) = (&real["sharded"], &ours["sharded"]);
-        let mut diffs = Vec::new();
-        if r["ok"] != o["ok"] {
-            diffs.push(format!("ok: real {} ours {} (ours: {})", r["ok"], o["ok"], o["error"]));
-        } else if r["ok"] == false {
-            for f in ["kind", "message"] {
-                if r["error"][f] != o["error"][f] {
-                    diffs.push(format!("error {f}: real {} ours {}", r["error"][f], o["error"][f]));
-                }
-            }
+        let ours = check(&case, Dev::Cpu, Options::default()).unwrap();
+        let diffs = differences(&real, &ours);
+        if real["sharded"]["ok"] == true {
+            let decided = values::decided(&ours);
+            let undecided = decided.iter().filter(|d| !**d).count();
+            tally[0] += 1;
+            tally[2] += decided.len();
+            tally[3] += undecided;
+            tally[4] += if values::near_ties_checkable(&ours) { undecided } else { 0 };
         } else {
-            for (name, ro) in r["outputs"].as_object().into_iter().flatten() {
-                for f in ["placements", "rank_global_shapes", "local_shapes"] {
-                    if ro[f] != o["outputs"][name][f] {
-                        diffs.push(format!("{name}.{f}: real {} ours {}", ro[f], o["outputs"][name][f]));
-                    }
-                }
-            }
+            tally[1] += 1;
         }
-        // gloo has no all_to_all: real ranks run S->S as all_gather + chunk (pytorch-facts.md §0).
-        let (rc, mut oc) = (real_comms(r), our_comms(o));
-        if let Some(n) = oc.remove("all_to_all") {
-            *oc.entry("all_gather".into()).or_default() += n;
-        }
-        if rc != oc {
-            diffs.push(format!("comms: real {rc:?} ours {oc:?}"));
-        }
-        if !diffs.is_empty() {
-            failures.push(format!("{file}:\n  {}", diffs.join("\n  ")));
+        let excepted = exceptions.iter().any(|(f, _)| *f == file);
+        match (diffs.is_empty(), excepted) {
+            (false, false) => failures.push(format!("{file}:\n  {}", diffs.join("\n  "))),
+            (true, true) => stale.push(file),
+            _ => {}
         }
         checked += 1;
     }
+    let [ok, errors, tokens, undecided, judged] = tally;
+    eprintln!(
+        "{name}: {checked} cases ({ok} ok, {errors} errors), values compared on {tokens} tokens \
+         ({undecided} near-ties, {judged} of them judged a valid top-k), {} differ, {} listed",
+        failures.len(),
+        exceptions.len()
+    );
     assert!(checked >= at_least, "only {checked} cases checked");
+    assert!(stale.is_empty(), "listed as exceptions but agree now (remove them): {stale:?}");
     assert!(
         failures.is_empty(),
         "{} of {checked} cases differ from real PyTorch:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Values, real against ours, with the value oracle's tolerance (docs/oracles.md): both sides
+/// are sharded runs of the same program, each within the per-token bound of the exact result,
+/// so they may differ by twice it. Top-k choices are compared where the float64 margin decides
+/// them (near-ties may flip on either side), maps and masks on those tokens, counts net of the
+/// others.
+mod values {
+    use serde_json::Value;
+    use shardfuzz::harness::oracle::tolerance::Bounds;
+    use shardfuzz::harness::Checked;
+
+    fn nums(v: &Value) -> Vec<f64> {
+        let one = |x: &Value| match x {
+            Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
+            Value::Bool(b) => *b as u8 as f64,
+            Value::String(s) if s == "Infinity" => f64::INFINITY,
+            Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
+            _ => f64::NAN,
+        };
+        v.as_array().map(|a| a.iter().map(one).collect()).unwrap_or_default()
+    }
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol
+    }
+
+    struct Sides<'a> {
+        real: &'a Value,
+        ours: &'a Value,
+    }
+
+    impl Sides<'_> {
+        fn get(&self, name: &str) -> Option<(Vec<f64>, Vec<f64>)> {
+            let (r, o) = (&self.real[name]["values"], &self.ours[name]["values"]);
+            (!r.is_null() || !o.is_null()).then(|| (nums(r), nums(o)))
+        }
+    }
+
+    /// Per token, whether the float64 margins decide its top-k (and group) choice beyond what
+    /// both sides' rounding can close.
+    pub fn decided(c: &Checked) -> Vec<bool> {
+        let m = &c.run.margins;
+        let bounds = Bounds::new(m, c.case.dims.model);
+        (0..m.topk.len()).map(|t| bounds.topk_decided(m, t) && bounds.group_decided(m, t)).collect()
+    }
+
+    pub fn differences(c: &Checked, real: &Value, ours: &Value) -> Vec<String> {
+        let s = Sides { real, ours };
+        let (d, m) = (c.case.dims, &c.run.margins);
+        let bounds = Bounds::new(m, d.model);
+        let tokens = m.topk.len();
+        let decided = decided(c);
+        let mut out = Vec::new();
+        for name in ["scores", "topk_ids", "topk_scores", "routing_map", "counts", "group_mask"] {
+            let Some((r, o)) = s.get(name) else { continue };
+            if r.len() != o.len() {
+                out.push(format!("{name}: real has {} values, ours {}", r.len(), o.len()));
+            }
+        }
+        if !out.is_empty() {
+            return out;
+        }
+        if let Some((r, o)) = s.get("scores") {
+            let e = d.experts;
+            if let Some(i) = (0..r.len()).find(|&i| !close(r[i], o[i], 2.0 * bounds.score[i / e])) {
+                out.push(format!("scores[{i}]: real {} ours {} (bound {:.3e})", r[i], o[i], 2.0 * bounds.score[i / e]));
+            }
+        }
+        out.extend(choices(c, &s, &bounds, &decided));
+        for (name, width) in
+            [("routing_map", d.experts), ("group_mask", c.case.router.groups.map_or(0, |g| g.num_groups))]
+        {
+            let Some((r, o)) = s.get(name) else { continue };
+            if let Some(t) =
+                (0..tokens).find(|&t| decided[t] && r[t * width..(t + 1) * width] != o[t * width..(t + 1) * width])
+            {
+                out.push(format!("{name}: token {t} differs on a decided token"));
+            }
+        }
+        out.extend(counts(&s, &decided, d.experts));
+        out
+    }
+
+    /// Per decided token, the chosen experts as a set and their gate values.
+    fn choices(c: &Checked, s: &Sides, bounds: &Bounds, decided: &[bool]) -> Vec<String> {
+        let (Some((ri, oi)), Some((rs, os))) = (s.get("topk_ids"), s.get("topk_scores")) else { return vec![] };
+        let k = c.case.dims.top_k;
+        let scale = c.case.router.route_scale.abs();
+        let rel = (k as f64 + 4.0) * f32::EPSILON as f64 / 2.0;
+        for t in 0..decided.len() {
+            let pairs = |ids: &[f64], ts: &[f64]| {
+                let mut v: Vec<(i64, f64)> = (0..k).map(|j| (ids[t * k + j] as i64, ts[t * k + j])).collect();
+                v.sort_by_key(|p| p.0);
+                v
+            };
+            let (pr, po) = (pairs(&ri, &rs), pairs(&oi, &os));
+            if pr.iter().map(|p| p.0).ne(po.iter().map(|p| p.0)) {
+                if decided[t] {
+                    return vec![format!("topk_ids: token {t} chose {pr:?} on real, {po:?} here")];
+                }
+                for (side, p) in [("real", &pr), ("ours", &po)] {
+                    let ids: Vec<i64> = p.iter().map(|p| p.0).collect();
+                    if let Some(why) = not_a_top_k(c, bounds, t, &ids) {
+                        return vec![format!("topk_ids: near-tie token {t}: {side} {why}")];
+                    }
+                }
+                continue;
+            }
+            let sum: f64 = po.iter().map(|p| p.1.abs()).sum::<f64>().max(1e-30);
+            let norm = if c.case.router.route_norm { 2.0 * k as f64 / (sum / scale.max(1e-30)) } else { 1.0 };
+            let abs = 2.0 * bounds.score[t] * scale * norm;
+            for ((id, a), (_, b)) in pr.iter().zip(&po) {
+                let tol = abs + rel * a.abs().max(b.abs());
+                if !close(*a, *b, tol) {
+                    return vec![format!(
+                        "topk_scores: token {t} expert {id}: real {a} ours {b} (tolerance {tol:.3e})"
+                    )];
+                }
+            }
+        }
+        vec![]
+    }
+
+    /// Whether near-ties can be judged at all: without expert groups (whose kept set is a
+    /// near-tie of its own) and without the force-balance override (which ignores the scores).
+    pub fn near_ties_checkable(c: &Checked) -> bool {
+        c.case.router.groups.is_none() && !c.case.router.force_load_balance
+    }
+
+    /// On a near-tie either side may pick differently, but each pick must be a top-k a correct
+    /// router could make: distinct ids in range, and no expert left out beating a chosen one by
+    /// more than twice the choice bound (float64 choice scores of the reference).
+    fn not_a_top_k(c: &Checked, bounds: &Bounds, t: usize, ids: &[i64]) -> Option<String> {
+        let e = c.case.dims.experts;
+        let scores = &c.run.margins.choice[t * e..(t + 1) * e];
+        if !near_ties_checkable(c) || scores.iter().any(|x| x.is_nan()) {
+            return None;
+        }
+        let mut chosen = vec![false; e];
+        if ids.iter().any(|&i| i < 0 || i as usize >= e || std::mem::replace(&mut chosen[i as usize], true)) {
+            return Some(format!("chose {ids:?}: not distinct experts of {e}"));
+        }
+        let weakest = ids.iter().map(|&i| scores[i as usize]).fold(f64::INFINITY, f64::min);
+        let best_left = (0..e).filter(|&j| !chosen[j]).map(|j| scores[j]).fold(f64::NEG_INFINITY, f64::max);
+        let bound = 2.0 * bounds.choice[t];
+        (best_left - weakest > bound).then(|| {
+            format!("chose {ids:?}, leaving out a score {best_left:.6e} above {weakest:.6e} (bound {bound:.3e})")
+        })
+    }
+
+    /// Counts net of the undecided tokens' rows of each side's own routing map.
+    fn counts(s: &Sides, decided: &[bool], e: usize) -> Vec<String> {
+        let (Some((rc, oc)), Some((rm, om))) = (s.get("counts"), s.get("routing_map")) else { return vec![] };
+        let net = |c: &[f64], map: &[f64]| -> Vec<f64> {
+            (0..e)
+                .map(|x| c[x] - (0..decided.len()).filter(|&t| !decided[t]).map(|t| map[t * e + x]).sum::<f64>())
+                .collect()
+        };
+        let (a, b) = (net(&rc, &rm), net(&oc, &om));
+        if a != b {
+            return vec![format!("counts (net of undecided tokens): real {a:?} ours {b:?}")];
+        }
+        vec![]
+    }
 }
 
 /// Every DTensor-level op call the research probes traced on real torch 2.12.1, 2.13.0 and

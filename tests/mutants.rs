@@ -65,3 +65,42 @@ fn an_unknown_mutant_is_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("shardfuzz: SHARDFUZZ_PLANT=no-such-bug: no such mutant"));
 }
+
+/// The layout oracle sees a layout mistake made everywhere at once (`chunk-array-split`): 7
+/// tokens over 3 ranks become pieces of 3, 2, 2 instead of torch.chunk's 3, 3, 1. They gather
+/// back to the right values, so only `local_layout` says so; without the mutant the same case
+/// has no verdict.
+#[test]
+fn a_layout_mistake_everywhere_is_a_local_layout_verdict() {
+    use shardfuzz::harness::case::{Dims, Layout, MeshSpec};
+    let mut c = shardfuzz::harness::generate::nth(1, 0, &Default::default());
+    c.backward = None;
+    c.mesh = MeshSpec { shape: vec![3], names: vec!["tp".into()] };
+    c.dims = Dims { batch: 2, seq: 7, model: 8, experts: 8, top_k: 2 };
+    c.tensors = None;
+    c.router.groups = None;
+    c.router.expert_bias = false;
+    c.router.gate_bias = false;
+    c.revision.router = shardfuzz::router::RouterRev::LocalMapBoth;
+    let p = |s: &str| vec![s.parse().unwrap()];
+    c.layout = Layout { x: p("S(1)"), gate: p("R"), expert_bias: None, counts_contract: p("P(sum)"), gate_bias: None };
+    c.validate().unwrap();
+    let case = std::env::temp_dir().join(format!("shardfuzz-mutant-{}-layout.json", std::process::id()));
+    std::fs::write(&case, c.to_json()).unwrap();
+    let run = |plant: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardfuzz"));
+        cmd.args(["replay", "--once", case.to_str().unwrap()]).env_remove("SHARDFUZZ_PLANT");
+        if let Some(p) = plant {
+            cmd.env("SHARDFUZZ_PLANT", p);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).to_string()
+    };
+    let planted = run(Some("chunk-array-split"));
+    assert!(planted.contains(":local_layout"), "{planted}");
+    // Rank 1's sequence piece: 2 tokens where torch.chunk gives 3.
+    assert!(planted.contains("rank 1 holds a [2, 2, 8] local where torch.chunk gives [2, 3, 8]"), "{planted}");
+    assert!(!planted.contains("value:"), "the values gather back: {planted}");
+    let clean = run(None);
+    assert!(!clean.contains("local_layout"), "{clean}");
+    std::fs::remove_file(&case).ok();
+}

@@ -662,3 +662,32 @@ fn shard_to_partial_zero_fill_on_2_14() {
         assert_eq!(gathers_on_tp, usize::from(rules != RuleSet::Torch214), "{rules}");
     }
 }
+
+/// `distribute_tensor` with a Partial (checked on real 2.12.1, 2.13.0 and 2.14.0, docs/crosscheck.md):
+/// every rank holds `_partition_value` of the whole tensor, P(sum) `x / n` in the tensor's dtype,
+/// P(avg|max|min) `x`, so the DTensor's value is x again; P(product) and mixed reduce ops other
+/// than sum with avg are ValueErrors.
+#[test]
+fn distributing_a_partial_partitions_the_value() {
+    let mesh = Arc::new(Mesh::new(vec![3, 2], vec!["dp".into(), "tp".into()]).unwrap());
+    let x = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).reshape([3, 4]);
+    let sum = Placement::Partial(ReduceOp::Sum);
+    let d = DTensor::distribute(&x, &mesh, &[sum, Placement::Shard(1)]).unwrap();
+    // Rank 3 is coordinate (1, 1): the second column half, divided by the 3 ranks of dp.
+    assert!(d.locals[3].allclose(&(x.narrow(1, 2, 2) / 3.0), 0.0, 0.0, false));
+    same("P(sum) gathers back", &d.full_tensor().unwrap(), &x);
+    let both = DTensor::distribute(&x, &mesh, &[sum, sum]).unwrap();
+    assert!(both.locals[5].allclose(&(&x / 3.0 / 2.0), 1e-7, 0.0, false));
+    for op in [ReduceOp::Avg, ReduceOp::Max, ReduceOp::Min] {
+        let d = DTensor::distribute(&x, &mesh, &[Placement::Partial(op), Placement::Replicate]).unwrap();
+        assert!(d.locals.iter().all(|l| l.equal(&x)), "{op:?} keeps the value on every rank");
+        same("P(op) gathers back", &d.full_tensor().unwrap(), &x);
+    }
+    let sum_avg = [sum, Placement::Partial(ReduceOp::Avg)];
+    assert!(DTensor::distribute(&x, &mesh, &sum_avg).is_ok());
+    let refused = |ps: &[Placement]| DTensor::distribute(&x, &mesh, ps).unwrap_err().to_string();
+    let product = refused(&[Placement::Partial(ReduceOp::Product), Placement::Replicate]);
+    assert!(product.contains("Replicate to Partial(product) conversion is not supported"), "{product}");
+    let mixed = refused(&[Placement::Partial(ReduceOp::Max), Placement::Partial(ReduceOp::Min)]);
+    assert!(mixed.contains("Mixed Partial reduce types are not supported"), "{mixed}");
+}

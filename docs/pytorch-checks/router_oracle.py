@@ -2,7 +2,7 @@
 """router_oracle.py: run shardfuzz router cases on REAL PyTorch DTensor (one gloo process per rank).
 
 Reads case files (format shardfuzz.case/1, tensors inline) and prints one outcome line per case
-(format shardfuzz.outcome/1, same layout as /work/shared/spec/golden/*.outcome.json), in input order.
+(format shardfuzz.outcome/1, same layout as tests/golden/*.outcome.json), in input order.
 
     python3 router_oracle.py [--out FILE.jsonl] [--python RULES=PYTHON ...] CASE.json|DIR ...
 
@@ -12,9 +12,9 @@ interpreter of the matching torch: torch-2.12 -> $SHARDFUZZ_SCRATCH/t2121, torch
 torch-2.14 -> t2140 (SHARDFUZZ_SCRATCH defaults to ~/.cache/shardfuzz-scratch; override with --python).
 
 Worker (one process per rank): loops over the group's cases. Per case:
-  1. build x (B,L,D), gate (E,D) in the case dtype and expert_bias (E,) float32 from case.tensors; place them
-     with DTensor.from_local(chunk, mesh, placements, shape=global, stride=contiguous), chunks nested with
-     torch.chunk semantics mesh dim by mesh dim (what distribute_tensor would give);
+  1. build x (B,L,D), gate (E,D) (and gate_bias (E,)) in the case dtype and expert_bias (E,) float32 from
+     case.tensors; place them with distribute_tensor(full, mesh, placements) (a Partial input is replicated,
+     then partitioned: P(sum) holds full / n on every rank, P(avg|max|min) the full value);
   2. run the router as revision.router writes it (see `router` below) under CommDebugMode;
   3. exchange every rank's status (ok / exception type / message / per-op comm counts / output metadata and
      local shards) over a separate gloo "control" group;
@@ -199,7 +199,7 @@ def worker(argv):
     import torch.distributed.distributed_c10d as c10d
     import torch.nn.functional as F
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.debug import CommDebugMode
     from torch.distributed.tensor.experimental import local_map
 
@@ -265,37 +265,6 @@ def worker(argv):
             c.append((r // prod) % shape[d])
         return c
 
-    def chunk(t, n, k, dim):
-        ch = list(torch.chunk(t, n, dim=dim))
-        if k < len(ch):
-            return ch[k]
-        shp = list(t.shape)
-        shp[dim] = 0
-        return t.new_empty(shp)
-
-    def local_of(full, mesh_shape, placements, r):
-        c = coords_of(mesh_shape, r)
-        t = full
-        for md, p in enumerate(placements):
-            n, k = mesh_shape[md], c[md]
-            if _StridedShard is not None and isinstance(p, _StridedShard):
-                d = p.dim % full.ndim
-                pieces = torch.chunk(t, p.split_factor, dim=d)
-                t = torch.cat([chunk(pc, n, k, d) for pc in pieces], dim=d)
-            elif isinstance(p, Shard):
-                t = chunk(t, n, k, p.dim % full.ndim)
-            elif isinstance(p, Partial):
-                if k != 0:  # coordinate 0 holds the value, the others the reduction's identity
-                    t = torch.zeros_like(t) if p.reduce_op in ("sum", "avg") else t
-        return t.contiguous()
-
-    def contiguous_stride(shape):
-        st, acc = [], 1
-        for s in reversed(shape):
-            st.append(acc)
-            acc *= s
-        return tuple(reversed(st))
-
     meshes = {}
 
     def get_mesh(shape, names):
@@ -317,7 +286,7 @@ def worker(argv):
             return t.scatter(-1, idx, value)
         raise AssertionError(how)
 
-    def router(case, x, gate, bias):
+    def router(case, x, gate, bias, gate_bias=None):
         r, d = case["router"], case["dims"]
         rev = case["revision"]["router"]
         E, K = int(d["experts"]), int(d["top_k"])
@@ -332,7 +301,9 @@ def worker(argv):
             x = x.float()
         if gate.dtype != torch.float32:
             gate = gate.float()
-        scores = F.linear(x, gate)
+        if gate_bias is not None and gate_bias.dtype != torch.float32:
+            gate_bias = gate_bias.float()
+        scores = F.linear(x, gate, gate_bias)
         if r["score_func"] == "sigmoid":
             scores = torch.sigmoid(scores)
         elif r["score_func"] == "softmax":
@@ -498,6 +469,9 @@ def worker(argv):
         b_full = None
         if case["router"].get("expert_bias"):
             b_full = tensor_of(tens["expert_bias"], torch.float32)
+        gb_full = None
+        if case["router"].get("gate_bias"):
+            gb_full = tensor_of(tens["gate_bias"], DT[tens["gate_bias"].get("dtype", case["dtype"])])
 
         # -- sharded run
         status = {"rank": rank, "ok": False, "error": None, "timed_out": False, "comms": {}, "outs": {}}
@@ -506,15 +480,13 @@ def worker(argv):
             mesh = get_mesh(mesh_shape, names)
 
             def place(full, pl):
-                pls = [parse_p(s) for s in pl]
-                loc = local_of(full, mesh_shape, pls, rank)
-                return DTensor.from_local(loc, mesh, pls, run_check=False, shape=full.shape,
-                                          stride=contiguous_stride(list(full.shape)))
+                return distribute_tensor(full.contiguous(), mesh, [parse_p(s) for s in pl])
 
             lay = case["layout"]
             x = place(x_full, lay["x"])
             gate = place(g_full, lay["gate"])
             bias = place(b_full, lay["expert_bias"]) if b_full is not None else None
+            gbias = place(gb_full, lay["gate_bias"]) if gb_full is not None else None
             cm = CommDebugMode()
             dm = None
             if os.environ.get("ROUTER_ORACLE_TRACE"):  # debugging aid: DTensor op trace of rank 0
@@ -523,10 +495,10 @@ def worker(argv):
             try:
                 if dm is not None:
                     with cm, dm:
-                        outs = router(case, x, gate, bias)
+                        outs = router(case, x, gate, bias, gbias)
                 else:
                     with cm:
-                        outs = router(case, x, gate, bias)
+                        outs = router(case, x, gate, bias, gbias)
             finally:
                 status["comms"] = comm_counts(cm)
                 if dm is not None and rank == 0:
@@ -599,7 +571,7 @@ def worker(argv):
         reference = {"ok": True, "outputs": {}, "error": None}
         if rank == 0:
             try:
-                ref = router(case, x_full, g_full, b_full)
+                ref = router(case, x_full, g_full, b_full, gb_full)
                 for name in OUTPUT_ORDER:
                     if name in ref:
                         t = ref[name]

@@ -43,6 +43,12 @@ pub const MUTANTS: &[Mutant] = &[
         breaks: "to_local ignores grad_placements: every boundary gets the default (forward) label",
         caught_as: &["grad", "replica"],
     },
+    Mutant {
+        name: "chunk-array-split",
+        breaks: "every shard layout spreads the remainder like np.array_split (7 over 3: 3, 2, 2) instead of torch.chunk \
+                 (3, 3, 1); used everywhere at once, so values still gather back (placement::layout::chunk reads it)",
+        caught_as: &["shape"],
+    },
 ];
 
 fn chosen() -> Option<&'static str> {

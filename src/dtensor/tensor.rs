@@ -6,7 +6,7 @@ use super::error::{DTensorError, Result};
 use super::local;
 use super::meta::{DType, Meta};
 use super::redistribute::redistribute_quiet;
-use crate::placement::{layout, normalize_all, Mesh, Placement, PlacementError};
+use crate::placement::{layout, normalize_all, Mesh, Placement, PlacementError, ReduceOp};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
@@ -104,22 +104,20 @@ impl std::fmt::Debug for DTensor {
 }
 
 impl DTensor {
-    /// `distribute_tensor(global, mesh, placements)`: every rank keeps its chunk. Partial is
-    /// refused here, though PyTorch 2.12/2.13 accept it (broadcast, then `_partition_value`;
-    /// docs/pytorch-facts.md section 12): case layouts never hold Partial (`Case::validate`).
+    /// `distribute_tensor(global, mesh, placements)` (`_api.py`, the same in 2.12.1, 2.13.0 and
+    /// 2.14.0): mesh dims left to right, a Shard keeps its torch.chunk piece, a Replicate the
+    /// whole, and a Partial replicates and then applies `Partial._partition_value`: `P(sum)`
+    /// divides by the mesh dim's size in the tensor's dtype (`tensor / n`), `P(avg|max|min)`
+    /// keep the value. `P(product)` and mixed reduce ops other than sum with avg raise
+    /// ValueError, as in PyTorch.
     pub fn distribute(global: &Tensor, mesh: &Arc<Mesh>, placements: &[Placement]) -> Result<DTensor> {
         let shape = local::shape(global);
         if placements.len() != mesh.ndim() {
             return Err(PlacementError::WrongLength { found: placements.len(), mesh_ndim: mesh.ndim() }.into());
         }
         let ps = normalize_all(placements, shape.len())?;
-        if let Some((i, p)) = ps.iter().enumerate().find(|(_, p)| p.is_partial()) {
-            return Err(DTensorError::Unsupported(format!(
-                "Trying to distribute tensor with unsupported placements {} on device mesh dimension {i}!",
-                p.repr()
-            )));
-        }
-        let locals = (0..mesh.size())
+        check_distributable(&ps)?;
+        let mut locals: Vec<Tensor> = (0..mesh.size())
             .map(|r| {
                 let idx = layout::local_indices(&shape, mesh, &ps, &mesh.coord(r));
                 let mut t = global.shallow_clone();
@@ -138,6 +136,11 @@ impl DTensor {
                 t.contiguous()
             })
             .collect();
+        for (md, p) in ps.iter().enumerate() {
+            if let Placement::Partial(op) = p {
+                locals = super::comm::partition(mesh, md, &locals, *op);
+            }
+        }
         Ok(DTensor {
             mesh: mesh.clone(),
             placements: ps,
@@ -213,4 +216,38 @@ impl DTensor {
         let dtype = local::dtype(locals[0].kind());
         DTensor { locals, dtype, ..self.clone() }
     }
+}
+
+/// What `distribute_tensor` refuses among normalised placements: a `_MaskPartial` (only ops
+/// create one), `P(product)` (`_partition_value` has no inverse for it) and Partials of mixed
+/// reduce ops (`assert_no_mixed_partial_types`; sum with avg is allowed).
+fn check_distributable(ps: &[Placement]) -> Result<()> {
+    let mut ops: Vec<ReduceOp> = Vec::new();
+    for (i, p) in ps.iter().enumerate() {
+        match p {
+            Placement::MaskPartial { .. } => {
+                return Err(DTensorError::Unsupported(format!(
+                    "Trying to distribute tensor with unsupported placements {} on device mesh dimension {i}!",
+                    p.repr()
+                )))
+            }
+            Placement::Partial(ReduceOp::Product) => {
+                let message = "Replicate to Partial(product) conversion is not supported.".into();
+                return Err(DTensorError::Local { kind: "ValueError", message });
+            }
+            Placement::Partial(op) if !ops.contains(op) => ops.push(*op),
+            _ => {}
+        }
+    }
+    ops.sort_unstable();
+    if ops.len() > 1 && ops != [ReduceOp::Sum, ReduceOp::Avg] {
+        let names: Vec<String> = ops.iter().map(|o| format!("'{}'", o.name())).collect();
+        let message = format!(
+            "Mixed Partial reduce types are not supported in the same placement list. Found reduce ops: {{{}}}. \
+             Please ensure all Partial placements use the same reduce operation.",
+            names.join(", ")
+        );
+        return Err(DTensorError::Local { kind: "ValueError", message });
+    }
+    Ok(())
 }

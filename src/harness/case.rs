@@ -5,7 +5,7 @@
 use super::tensor_data::TensorData;
 use crate::device::Dev;
 use crate::dtensor::DType;
-use crate::placement::{Mesh, Placement};
+use crate::placement::{Mesh, Placement, ReduceOp};
 use crate::router::backward::BackwardSpec;
 use crate::router::{Revision, RouterConfig, RouterOptions};
 use serde::{Deserialize, Serialize};
@@ -185,14 +185,26 @@ impl Case {
                 p.normalized(ndim).map_err(|_| {
                     CaseError(format!("layout.{field}[{i}]: {p} is out of range for a {ndim}-d tensor"))
                 })?;
-                if distributed && p.is_partial() {
+                if distributed && *p == Placement::Partial(ReduceOp::Product) {
+                    // `Partial._partition_value`: "Replicate to Partial(product) conversion is not supported."
                     return err(format!(
-                        "layout.{field}[{i}]: {p} cannot be distributed (Partial placements only come out of ops)"
+                        "layout.{field}[{i}]: {p} cannot be distributed (distribute_tensor partitions only sum, avg, max and min)"
                     ));
                 }
                 if matches!(p, Placement::StridedShard { .. }) {
                     return err(format!("layout.{field}[{i}]: _StridedShard cannot be declared in a case"));
                 }
+            }
+            // `assert_no_mixed_partial_types` (distribute_tensor, from_local): one reduce op per
+            // placement list, sum with avg allowed.
+            let mut ops: Vec<ReduceOp> = ps.iter().filter_map(|p| p.reduce_op()).collect();
+            ops.sort_unstable();
+            ops.dedup();
+            if distributed && ops.len() > 1 && ops != [ReduceOp::Sum, ReduceOp::Avg] {
+                let list = crate::placement::short_list(ps);
+                return err(format!(
+                    "layout.{field}: {list} mixes Partial reduce ops (distribute_tensor allows only sum with avg)"
+                ));
             }
             Ok(())
         };

@@ -5,9 +5,10 @@
 use super::case::{Case, Style, Tensors};
 use super::tensor_data::TensorData;
 use crate::dtensor::DType;
+use crate::placement::{Placement, ReduceOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The router's input tensors on a device.
 pub struct Inputs {
@@ -147,6 +148,47 @@ pub fn inputs(case: &Case, device: Device) -> Inputs {
         gate_bias: v.gate_bias.map(|b| tensor(&b, &[d.experts], case.dtype, device)),
         expert_bias: v.expert_bias.map(|b| tensor(&b, &[d.experts], DType::F32, device)),
     }
+}
+
+/// The value a distributed input stands for, when its layout has a Partial: DTensor's logical
+/// value, the reduction of what every rank holds. `distribute_tensor` gives each rank
+/// `_partition_value` of the tensor, mesh dim by mesh dim: `P(sum)` divides by the mesh dim's
+/// size in the tensor's dtype (rounding when the size is not a power of two: a bf16 x over 3
+/// ranks is off by up to an ulp), `P(avg|max|min)` keep it. So the logical value is the
+/// divided tensor times the product of the `P(sum)` sizes, exact in float32 for bf16 and f16
+/// inputs. The reference runs on it, so both sides compute the same function of the same
+/// values. `None` when no input is Partial.
+pub fn logical(case: &Case, inputs: &Inputs) -> Option<Inputs> {
+    let l = &case.layout;
+    let all = [Some(&l.x), Some(&l.gate), l.gate_bias.as_ref(), l.expert_bias.as_ref()];
+    if !all.iter().flatten().any(|ps| ps.iter().any(|p| p.is_partial())) {
+        return None;
+    }
+    let one = |t: &Tensor, ps: &[Placement]| {
+        let mut v = t.shallow_clone();
+        let mut n = 1.0;
+        for (&size, p) in case.mesh.shape.iter().zip(ps) {
+            if *p == Placement::Partial(ReduceOp::Sum) {
+                v = &v / size as f64;
+                n *= size as f64;
+            }
+        }
+        if n == 1.0 {
+            t.shallow_clone()
+        } else {
+            (v.to_kind(Kind::Double) * n).to_kind(Kind::Float)
+        }
+    };
+    let opt = |t: &Option<Tensor>, ps: &Option<Vec<Placement>>| match (t, ps) {
+        (Some(t), Some(ps)) => Some(one(t, ps)),
+        (t, _) => t.as_ref().map(|t| t.shallow_clone()),
+    };
+    Some(Inputs {
+        x: one(&inputs.x, &l.x),
+        gate: one(&inputs.gate, &l.gate),
+        gate_bias: opt(&inputs.gate_bias, &l.gate_bias),
+        expert_bias: opt(&inputs.expert_bias, &l.expert_bias),
+    })
 }
 
 /// The case's inputs as inline tensors (rounded to their dtypes), for self-contained files.

@@ -46,10 +46,16 @@ pub fn run_inputs(case: &Case, inputs: &Inputs) -> Result<Run, CaseError> {
     let mesh = Arc::new(case.mesh()?);
     let mut p = Phases::default();
     let w = inputs.weights();
-    let reference = timed(&mut p.reference_us, || reference::run(&cfg, &inputs.x, &w));
+    // A Partial input stands for the reduction of its partitioned pieces (data::logical).
+    let logical = data::logical(case, inputs);
+    let (rx, rw) = match &logical {
+        Some(l) => (&l.x, l.weights()),
+        None => (&inputs.x, w),
+    };
+    let reference = timed(&mut p.reference_us, || reference::run(&cfg, rx, &rw));
     let mut ctx = Ctx::new(case.revision.rules);
     let sharded = timed(&mut p.sharded_us, || sharded_run(&mut ctx, case, &cfg, &mesh, inputs));
-    let margins = timed(&mut p.shadow_us, || reference::margins(&cfg, &inputs.x, &w));
+    let margins = timed(&mut p.shadow_us, || reference::margins(&cfg, rx, &rw));
     let backward = case.backward.as_ref().map(|spec| {
         timed(&mut p.backward_us, || {
             let pw = program::Weights {

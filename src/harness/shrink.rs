@@ -260,15 +260,20 @@ fn feature_candidates(c: &Case, out: &mut Vec<Case>) {
     }
 }
 
-/// Placements toward Replicate, then shard dims spelled positively (reads better; same layout).
+/// Placements toward Replicate (a Partial input too: its value is then whole on every rank),
+/// then shard dims spelled positively (reads better; same layout).
 fn placement_candidates(c: &Case, out: &mut Vec<Case>) {
     for d in 0..c.mesh.shape.len() {
-        for which in 0..3 {
+        for which in 0..4 {
             let mut n = c.clone();
             let slot = match which {
                 0 => &mut n.layout.x[d],
                 1 => &mut n.layout.gate[d],
-                _ => match &mut n.layout.expert_bias {
+                2 => match &mut n.layout.expert_bias {
+                    Some(b) => &mut b[d],
+                    None => continue,
+                },
+                _ => match &mut n.layout.gate_bias {
                     Some(b) => &mut b[d],
                     None => continue,
                 },

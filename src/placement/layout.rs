@@ -9,12 +9,24 @@ use super::{Mesh, Placement};
 /// Chunks are `ceil(size / n)` long; the last pieces are shorter or empty, and an empty piece
 /// past the end reports offset `size` (PyTorch's `local_shard_size_and_offset`).
 pub fn chunk(size: usize, n: usize, idx: usize) -> (usize, usize) {
+    if planted_array_split() {
+        let (q, r) = (size / n, size % n);
+        return (q + usize::from(idx < r), idx * q + idx.min(r));
+    }
     let full = size.div_ceil(n);
     let start = full * idx;
     if start > size {
         return (0, size);
     }
     ((start + full).min(size) - start, start)
+}
+
+/// The planted mutant `chunk-array-split` (listed, checked and announced with the others in the
+/// simulated DTensor's `plant.rs`; this module reads the same variable itself because it stays
+/// free of the simulator). Inert unless `SHARDFUZZ_PLANT` names it; one cached lookup.
+fn planted_array_split() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SHARDFUZZ_PLANT").is_ok_and(|v| v == "chunk-array-split"))
 }
 
 /// The lengths of all `n` chunks of `size`: 5 over 4 gives [2, 2, 1, 0].

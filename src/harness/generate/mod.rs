@@ -302,7 +302,31 @@ fn placement<S: Source>(s: &mut S, ndim: i64, likely: Placement) -> Placement {
         0 => Placement::Replicate,
         1 => Placement::Shard(d),
         2 => Placement::Shard(d - ndim),
-        _ => Placement::Shard(d),
+        _ => partial(s),
+    }
+}
+
+/// A Partial input placement: `distribute_tensor` partitions the value (docs/pytorch-facts.md §12,
+/// docs/crosscheck.md); mostly sum, the others keep the value on every rank.
+fn partial<S: Source>(s: &mut S) -> Placement {
+    Placement::Partial(s.weighted(&[
+        (70, ReduceOp::Sum),
+        (10, ReduceOp::Avg),
+        (10, ReduceOp::Max),
+        (10, ReduceOp::Min),
+    ]))
+}
+
+/// One reduce op per placement list (`distribute_tensor` refuses others than sum with avg):
+/// every Partial takes the first one's op.
+fn one_reduce_op(ps: &mut [Placement]) {
+    let Some(first) = ps.iter().find_map(|p| p.reduce_op()) else { return };
+    for p in ps.iter_mut() {
+        if let Placement::Partial(op) = p {
+            if !(first.is_linear() && op.is_linear()) {
+                *op = first;
+            }
+        }
     }
 }
 
@@ -314,7 +338,7 @@ fn token_shard(p: Placement) -> bool {
 fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> Layout {
     let ep_on = s.chance(60);
     let what_if = s.chance(30) && mix == LayoutMix::Any;
-    let x: Vec<Placement> = mesh
+    let mut x: Vec<Placement> = mesh
         .names
         .iter()
         .zip(&mesh.shape)
@@ -335,22 +359,36 @@ fn layout<S: Source>(s: &mut S, mesh: &MeshSpec, bias: bool, mix: LayoutMix) -> 
             }
         })
         .collect();
-    let gate: Vec<Placement> = mesh
+    one_reduce_op(&mut x);
+    let mut gate: Vec<Placement> = mesh
         .names
         .iter()
         .map(|_| {
             if !what_if || s.chance(75) {
                 Placement::Replicate
             } else {
-                s.pick(&[Placement::Shard(0), Placement::Shard(1), Placement::Shard(-1)])
+                match s.below(4) {
+                    0 => Placement::Shard(0),
+                    1 => Placement::Shard(1),
+                    2 => Placement::Shard(-1),
+                    _ => partial(s),
+                }
             }
         })
         .collect();
+    one_reduce_op(&mut gate);
     let expert_bias = bias.then(|| {
-        mesh.names
+        let mut b: Vec<Placement> = mesh
+            .names
             .iter()
-            .map(|_| if !what_if || s.chance(85) { Placement::Replicate } else { Placement::Shard(0) })
-            .collect()
+            .map(|_| match what_if && !s.chance(85) {
+                false => Placement::Replicate,
+                true if s.chance(50) => Placement::Shard(0),
+                true => partial(s),
+            })
+            .collect();
+        one_reduce_op(&mut b);
+        b
     });
     let counts_contract = mesh
         .names

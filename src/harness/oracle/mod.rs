@@ -5,6 +5,7 @@ pub mod comm;
 pub mod device;
 pub mod error;
 pub mod grad;
+pub mod layout;
 pub mod nondeterminism;
 pub mod placement;
 pub mod shape;

@@ -1,5 +1,7 @@
 //! `shape`: every rank must infer the true global shape of every output. A `from_local`
-//! re-wrap without `shape=` on uneven shards makes ranks disagree (docs/design.md).
+//! re-wrap without `shape=` on uneven shards makes ranks disagree (docs/design.md). And every
+//! rank's local must be its torch.chunk piece of the global tensor ([`super::layout`], key
+//! `local_layout`).
 
 use super::{Class, Judgement, Verdict};
 use crate::dtensor::{local, DTensor};
@@ -8,6 +10,7 @@ use serde_json::json;
 use tch::Tensor;
 
 pub fn check(r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judgement) {
+    super::layout::check(s, j);
     let refs = r.named();
     for (name, d) in s.named() {
         let Some((_, rt)) = refs.iter().find(|(n, _)| *n == name) else { continue };
