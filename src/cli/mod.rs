@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod common;
+mod confirm;
 mod doctor;
 mod gen;
 pub mod import;
@@ -52,6 +53,8 @@ pub enum Command {
     Import(import::Args),
     /// Benchmark: cases/s per device and size, phase breakdown, time to detect, shrink time
     Bench(bench::Args),
+    /// Run cases on real PyTorch DTensor and say whether the model agrees (exit 1 when any differs)
+    Confirm(confirm::Args),
     #[command(hide = true)]
     Worker(worker::Args),
 }
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
         Command::Report(a) => report::run(a),
         Command::Import(a) => import::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Confirm(a) => confirm::run(a),
         Command::Worker(a) => worker::run(a),
     };
     match result {

@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod campaign;
 pub mod case;
 pub mod check;
+pub mod confirm;
 pub mod data;
 pub mod error;
 pub mod generate;
