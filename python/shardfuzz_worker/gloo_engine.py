@@ -67,6 +67,7 @@ def rank_main(argv):
 
     from . import boundary, forward
 
+    common.die_with_parent()
     request, rank, world, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
     with open(request) as f:
         req = json.load(f)

@@ -28,9 +28,10 @@ def scatter_site(how, t, index, value, like):
         return t.scatter(-1, index, value)
     if not isinstance(t, DTensor):
         return t.scatter_(-1, index, value)
+    # An index that is not a DTensor (a plain tensor from an earlier local_map) is passed as is.
     fn = local_map(lambda m, i: m.scatter_(-1, i, value),
                    out_placements=(like.placements,),
-                   in_placements=(like.placements, index.placements),
+                   in_placements=(like.placements, index.placements if isinstance(index, DTensor) else None),
                    device_mesh=like.device_mesh)
     return fn(t, index)
 

@@ -9,6 +9,7 @@ outcome's `pytorch.engine` says which ran, `pytorch.notes` why."""
 
 import json
 import math
+import os
 import sys
 import traceback
 
@@ -23,7 +24,7 @@ _local, _gloo = LocalEngine(), GlooEngine()
 
 # What LocalTensorMode itself raises when ranks hold different sizes where DTensor expects one
 # (a LocalIntNode in a global shape reaches a hash, or an op lookup on a symbolic size).
-LOCAL_TENSOR_LIMITS = ("SymInt", "could not look up op for aten::size")
+LOCAL_TENSOR_LIMITS = ("SymInt", "symbolic sizes", "could not look up op for aten::size")
 
 
 def unrepresentable(status):
@@ -107,6 +108,7 @@ def handle(req):
 
 
 def main(stdin=sys.stdin, stdout=sys.stdout):
+    common.die_with_parent()
     torch.set_num_threads(1)
     stdout.write(json.dumps({"ready": True, "version": torch.__version__}) + "\n")
     stdout.flush()
@@ -119,3 +121,4 @@ def main(stdin=sys.stdin, stdout=sys.stdout):
             reply = {"worker_error": common.error_of(e), "traceback": traceback.format_exc()[-2000:]}
         stdout.write(json.dumps(reply) + "\n")
         stdout.flush()
+    os._exit(0)  # at end of input: no teardown of process groups left behind

@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod confirm;
 mod doctor;
+mod export;
 mod gen;
 pub mod import;
 mod nightly;
@@ -55,6 +56,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run cases on real PyTorch DTensor and say whether the model agrees (exit 1 when any differs)
     Confirm(confirm::Args),
+    /// Write a case as a standalone PyTorch script (torchrun or one process) for an upstream issue
+    Export(export::Args),
     #[command(hide = true)]
     Worker(worker::Args),
 }
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Import(a) => import::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Confirm(a) => confirm::run(a),
+        Command::Export(a) => export::run(a),
         Command::Worker(a) => worker::run(a),
     };
     match result {

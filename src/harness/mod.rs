@@ -9,6 +9,7 @@ pub mod check;
 pub mod confirm;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod json;
 pub mod known;
