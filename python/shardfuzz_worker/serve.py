@@ -10,7 +10,9 @@ outcome's `pytorch.engine` says which ran, `pytorch.notes` why."""
 import json
 import math
 import os
+import signal
 import sys
+import time
 import traceback
 
 import torch
@@ -89,9 +91,19 @@ def backward_side(case, status):
     return out
 
 
+def fault(kind):
+    """Test hook: lose this case the hard way (`hang` or `crash`)."""
+    if kind == "hang":
+        time.sleep(3600)
+    elif kind == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
 def handle(req):
     case = req["case"] if "case" in req and "format" not in req else req
     engine = req.get("engine", "auto") if "case" in req else "auto"
+    if req.get("fault"):
+        fault(req["fault"])
     if engine not in ("auto", "local", "gloo"):
         raise common.CaseError(f"unknown engine {engine!r} (auto, local or gloo)")
     notes = []

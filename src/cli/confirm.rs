@@ -32,6 +32,18 @@ pub struct Args {
     /// `not run`)
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Test hook: the worker hangs or crashes on the N-th run (hang@N, crash@N; from 0)
+    #[arg(long, hide = true, value_parser = parse_fault)]
+    pub inject_fault: Option<(String, usize)>,
+}
+
+fn parse_fault(s: &str) -> Result<(String, usize), String> {
+    let bad = || format!("bad fault '{s}' (hang@N or crash@N)");
+    let (kind, n) = s.split_once('@').ok_or_else(bad)?;
+    match kind {
+        "hang" | "crash" => Ok((kind.to_string(), n.parse().map_err(|_| bad())?)),
+        _ => Err(bad()),
+    }
 }
 
 /// The case files named: files as given, directories' *.json files in name order.
@@ -87,6 +99,9 @@ pub fn run(a: Args) -> CliResult {
         let (file, case) = &cases[*i];
         if progress {
             eprint!("\r\x1b[K[{}/{}] {} on torch {release}", n + 1, jobs.len(), name(file));
+        }
+        if a.inject_fault.as_ref().is_some_and(|f| f.1 == n) {
+            confirmer.fault = a.inject_fault.as_ref().map(|f| f.0.clone());
         }
         let mut r = confirmer.confirm(case, release, a.engine);
         r.file = Some(name(file));

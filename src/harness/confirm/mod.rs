@@ -164,6 +164,8 @@ pub struct Confirmer {
     workers: HashMap<Release, worker::Worker>,
     /// The limit for one case (a worker past it is killed and replaced).
     pub timeout: Duration,
+    /// Test hook: the worker loses the next case (`hang` or `crash`); cleared once sent.
+    pub fault: Option<String>,
 }
 
 impl Default for Confirmer {
@@ -174,7 +176,7 @@ impl Default for Confirmer {
 
 impl Confirmer {
     pub fn new(timeout: Duration) -> Confirmer {
-        Confirmer { workers: HashMap::new(), timeout }
+        Confirmer { workers: HashMap::new(), timeout, fault: None }
     }
 
     /// The release's interpreter, creating its venv on first use (see [`venv`]).
@@ -204,7 +206,10 @@ impl Confirmer {
             Err(crashed) => return ConfirmResult::not_run(&case, release, crashed.verdict.detail),
         };
         let sent = checked.outcome().case;
-        let req = serde_json::json!({ "case": sent, "engine": engine });
+        let mut req = serde_json::json!({ "case": sent, "engine": engine });
+        if let Some(f) = self.fault.take() {
+            req["fault"] = f.into();
+        }
         let reply = match self.request(release, &req) {
             Ok(r) => r,
             Err(e) => return ConfirmResult::not_run(&case, release, e),
