@@ -145,7 +145,7 @@ fn dtensor_route(case: &Case, b: &BackwardSpec, body: &mut Vec<String>) {
     let in_grad = match (b.ep, b.boundary) {
         (true, _) => "([Shard(1)], [Shard(1)])",
         (false, Boundary::Clean) => "([Partial()], [Partial()])",
-        _ => "None  # no in_grad_placements: to_local() labels the gradient R (torchtitan#4054)",
+        _ => "None",
     };
     body.push(format!("x = x_in.redistribute(mesh, {dst}, async_op=True)  # router.input"));
     body.push(gate("x", case));
@@ -156,6 +156,9 @@ fn dtensor_route(case: &Case, b: &BackwardSpec, body: &mut Vec<String>) {
     body.push("if topk_ids.placements != tuple(in_dst):".into());
     body.push("    topk_ids = topk_ids.redistribute(placements=in_dst)".into());
     body.push("tokens = tokens_under(in_dst, (B, L), mesh)".into());
+    if in_grad == "None" {
+        body.push("# no in_grad_placements: the inputs' to_local() labels their gradients R (torchtitan#4054)".into());
+    }
     body.push("experts = local_map(lambda ts, ids: local_loss(ts, ids, tokens, V_r), out_placements=[Partial()],".into());
     body.push("                    in_placements=(in_dst, in_dst), device_mesh=mesh,".into());
     body.push(format!("                    in_grad_placements={in_grad})  # experts.local_map"));
