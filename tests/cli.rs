@@ -21,6 +21,7 @@ fn every_command_has_help() {
         vec!["nightly", "--help"],
         vec!["shrink", "--help"],
         vec!["report", "--help"],
+        vec!["merge", "--help"],
         vec!["import", "--help"],
     ] {
         let o = run(&cmd);

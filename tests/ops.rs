@@ -141,7 +141,7 @@ fn check_with(
     // Tests run in parallel: an OpenMP pool per op call (2.12's strided gathers take libtorch's
     // parallel kernels) only spins.
     tch::set_num_threads(1);
-    let mut ran = 0;
+    let (mut ran, mut replicated_ran) = (0, false);
     for mesh in meshes() {
         let per_input: Vec<Vec<Vec<Placement>>> = opts.iter().map(|o| combos_of(&mesh, o)).collect();
         let mut idx = vec![0usize; inputs.len()];
@@ -151,8 +151,10 @@ fn check_with(
             let refs: Vec<&DTensor> = dts.iter().collect();
             let mut ctx = Ctx::new(rules);
             let what = format!("{name} on mesh {:?} with {:?}", mesh.shape(), ps);
+            let all_r = ps.iter().all(|p| p.iter().all(|x| *x == Placement::Replicate));
             match call(&mut ctx, &op, &refs) {
                 Ok(outs) => {
+                    replicated_ran |= all_r;
                     for (k, (o, e)) in outs.iter().zip(expected).enumerate() {
                         assert_eq!(o.shape, shardfuzz::dtensor::local::shape(e), "{what}: output {k} global shape");
                         // Reading a `_MaskPartial` out may hit PyTorch's own mask-shape error.
@@ -181,6 +183,11 @@ fn check_with(
         }
     }
     assert!(ran > 0, "{name}: no placement combination ran");
+    // Replicated inputs always run: an op that raises on them is broken, not documented.
+    assert!(
+        replicated_ran || opts.iter().any(|o| !o.contains(&Placement::Replicate)),
+        "{name}: all-Replicate inputs raised"
+    );
     ran
 }
 
@@ -351,18 +358,22 @@ fn gather_and_scatter() {
             );
         }
         let z = s.zeros_like().to_kind(Kind::Bool);
-        let expected = z.scatter_value(-1, &i, 1i64);
-        for &rules in RuleSet::ALL {
-            for inplace in [false, true] {
-                let op = Op::ScatterValue { dim: -1, value: 1.0, inplace };
-                check(
-                    "scatter",
-                    op,
-                    &[z.shallow_clone(), i.shallow_clone()],
-                    &[false, false],
-                    &[expected.shallow_clone()],
-                    rules,
-                );
+        // The index may be shorter than self on a non-scatter dim: only its leading rows scatter.
+        let short = i.narrow(1, 0, (l - 1).max(1));
+        for index in [&i, &short] {
+            let expected = z.scatter_value(-1, index, 1i64);
+            for &rules in RuleSet::ALL {
+                for inplace in [false, true] {
+                    let op = Op::ScatterValue { dim: -1, value: 1.0, inplace };
+                    check(
+                        "scatter",
+                        op,
+                        &[z.shallow_clone(), index.shallow_clone()],
+                        &[false, false],
+                        &[expected.shallow_clone()],
+                        rules,
+                    );
+                }
             }
         }
     }

@@ -8,16 +8,23 @@ mod backward;
 mod campaign;
 /// The command line: help, exit codes, clear errors for bad input.
 mod cli;
-/// Router cases recorded on real PyTorch 2.13.0 replay the same.
+/// Router cases, traced op calls and the op-level fact checks' cases recorded on real PyTorch
+/// replay the same.
 mod crosscheck;
 /// CUDA (ignored without a GPU): golden cases and generated ones agree with the CPU.
 mod cuda;
 /// Every golden outcome recorded on real PyTorch replays identically.
 mod golden;
+/// Planted bugs: each is caught by the oracles (or the op tests) within a bounded run.
+mod mutants;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
+/// Every committed reproducer still shows its signature.
+mod regressions;
 /// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.
 mod router;
+/// Scale-out (shards, merge), a killed campaign's report, and report.html's well-formedness.
+mod scaleout;
 /// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
 mod style;
 

@@ -11,6 +11,7 @@ mod doctor;
 mod export;
 mod gen;
 pub mod import;
+mod merge;
 mod nightly;
 mod replay;
 mod report;
@@ -46,6 +47,8 @@ pub enum Command {
     Run(run::Args),
     /// A campaign: worker subprocesses, buckets, shrinking, reports (report.md/json, junit.xml, html)
     Nightly(nightly::Args),
+    /// Join the directories of a campaign's shards into one report, as one run would have written
+    Merge(merge::Args),
     /// Minimize a case while it keeps a divergence signature
     Shrink(shrink::Args),
     /// Re-render a campaign report, optionally with a regression section against a baseline
@@ -72,6 +75,16 @@ pub fn main() -> ExitCode {
     }
     // Cases are small: one intra-op thread is fastest, and parallelism comes from processes.
     tch::set_num_threads(1);
+    match crate::dtensor::plant::check_env() {
+        Err(msg) => {
+            eprintln!("shardfuzz: {msg}");
+            return ExitCode::from(2);
+        }
+        Ok(Some(m)) => {
+            eprintln!("shardfuzz: WARNING: planted bug `{}` is active (SHARDFUZZ_PLANT): {}", m.name, m.breaks)
+        }
+        Ok(None) => {}
+    }
     if let Err(msg) = crate::device::check_libtorch() {
         eprintln!("shardfuzz: {msg}");
         return ExitCode::from(2);
@@ -82,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Gen(a) => gen::run(a),
         Command::Run(a) => run::run(a),
         Command::Nightly(a) => nightly::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Shrink(a) => shrink::run(a),
         Command::Report(a) => report::run(a),
         Command::Import(a) => import::run(a),

@@ -4,8 +4,8 @@
 use super::common::{parse_duration, Draw};
 use super::CliResult;
 use crate::device::{self, DeviceArg};
+use crate::harness::campaign::shard::Shard;
 use crate::harness::campaign::{self, Config};
-use crate::harness::report::Report;
 use crate::harness::shrink::Budget;
 use crate::harness::worker::Fault;
 use std::path::PathBuf;
@@ -53,6 +53,10 @@ pub struct Args {
     /// An earlier campaign directory: adds a regression section (new, fixed, still failing)
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Run only shard I of N of the case stream (the cases whose index is I mod N); `--cases`
+    /// still counts the whole stream. `shardfuzz merge` joins the shards' directories
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     /// Test hook: make a worker abort, segfault or hang on case N (abort@N, segv@N, hang@N)
     #[arg(long, hide = true)]
     pub inject_fault: Option<Fault>,
@@ -66,8 +70,12 @@ pub fn run(a: Args) -> CliResult {
             devices.push(dev);
         }
     }
+    let shard = a.shard.unwrap_or(Shard::WHOLE);
+    if shard.count > 1 && a.corpus.is_some() {
+        anyhow::bail!("--corpus with --shard: shards would overwrite each other's reproducers; pass --corpus to `shardfuzz merge`");
+    }
     let baseline = match &a.baseline {
-        Some(dir) => Some(Report::load(dir)?),
+        Some(dir) => Some(campaign::recover::load(dir)?),
         None => None,
     };
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
@@ -86,6 +94,7 @@ pub fn run(a: Args) -> CliResult {
         fault: a.inject_fault,
         exe: std::env::current_exe()?,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        shard,
     };
     campaign::catch_sigint();
     let mut report = campaign::run(&cfg)?;
@@ -93,8 +102,9 @@ pub fn run(a: Args) -> CliResult {
         report.compare(b, &dir.display().to_string());
         report.write(&a.out)?;
     }
+    let part = if shard.count > 1 { format!(" (shard {shard})") } else { String::new() };
     eprintln!(
-        "shardfuzz: {} cases in {:.0}s ({:.0}/s), {} diverging, {} bucket(s){}; report in {}",
+        "shardfuzz: {} cases{part} in {:.0}s ({:.0}/s), {} diverging, {} bucket(s){}; report in {}",
         report.cases,
         report.timing.wall_s,
         report.timing.cases_per_s,

@@ -189,6 +189,9 @@ pub fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor
             one(x[0].f_cumsum(*dim, k))
         }
         Op::Topk { k, dim, largest, sorted } => {
+            if crate::dtensor::plant::active("topk-runner-up") {
+                return runner_up_topk(x[0], *k as i64, *dim, *largest);
+            }
             let (v, i) = x[0].f_topk(*k as i64, *dim, *largest, *sorted).map_err(torch_err)?;
             Ok(vec![v, i])
         }
@@ -216,4 +219,17 @@ pub fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor
 
 fn local_i64(s: &[usize]) -> Vec<i64> {
     s.iter().map(|&d| d as i64).collect()
+}
+
+/// The `topk-runner-up` mutant: the K-th choice replaced by the (K+1)-th where there is one.
+fn runner_up_topk(x: &Tensor, k: i64, dim: i64, largest: bool) -> Result<Vec<Tensor>> {
+    let n = x.size()[(dim + x.dim() as i64) as usize % x.dim().max(1)];
+    if k >= n {
+        let (v, i) = x.f_topk(k, dim, largest, true).map_err(torch_err)?;
+        return Ok(vec![v, i]);
+    }
+    let (v, i) = x.f_topk(k + 1, dim, largest, true).map_err(torch_err)?;
+    let keep: Vec<i64> = (0..k - 1).chain([k]).collect();
+    let keep = Tensor::from_slice(&keep).to_device(x.device());
+    Ok(vec![v.index_select(dim, &keep), i.index_select(dim, &keep)])
 }

@@ -105,7 +105,8 @@ impl std::fmt::Debug for DTensor {
 
 impl DTensor {
     /// `distribute_tensor(global, mesh, placements)`: every rank keeps its chunk. Partial is
-    /// refused, as in PyTorch.
+    /// refused here, though PyTorch 2.12/2.13 accept it (broadcast, then `_partition_value`;
+    /// docs/pytorch-facts.md section 12): case layouts never hold Partial (`Case::validate`).
     pub fn distribute(global: &Tensor, mesh: &Arc<Mesh>, placements: &[Placement]) -> Result<DTensor> {
         let shape = local::shape(global);
         if placements.len() != mesh.ndim() {

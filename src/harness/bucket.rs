@@ -37,6 +37,10 @@ pub struct Bucket {
     /// Names of the known upstream bugs (`known::Known`) the first case is an instance of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known: Vec<String>,
+    /// Fields this version does not know (added by later tools, e.g. a real-PyTorch `confirm`),
+    /// kept so that re-rendering or merging a report does not drop them.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Bucket {

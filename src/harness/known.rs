@@ -208,7 +208,8 @@ mod tests {
         assert!(Known::of(&sig("placement:counts:out_of_place_scatter:torch-2.13:P(sum)->R"), &c).is_empty());
         // The same error on an expert-sharded what-if layout is another mechanism.
         c.layout.gate = vec![Placement::Shard(0)];
-        let inplace = sig("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value");
+        let inplace =
+            sig("error:-:inplace_scatter:torch-2.12:RuntimeError:inplace_placement_change@aten.scatter_.value");
         assert!(Known::of(&inplace, &c).is_empty());
     }
 

@@ -213,5 +213,10 @@ pub fn scale<E: Exec>(ex: &mut E, ts: E::V, cfg: &RouterConfig) -> Result<E::V> 
         let den = ex.op1(Op::AddScalar(1e-20), &[&s])?;
         ts = ex.op1(Op::Div, &[&ts, &den])?;
     }
-    ex.op1(Op::MulScalar(cfg.options.route_scale), &[&ts])
+    let scale = if crate::dtensor::plant::active("gate-values-drift") {
+        cfg.options.route_scale * (1.0 + 1.0 / 256.0)
+    } else {
+        cfg.options.route_scale
+    };
+    ex.op1(Op::MulScalar(scale), &[&ts])
 }

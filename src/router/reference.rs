@@ -89,6 +89,11 @@ pub struct Margins {
     /// Per token: max over experts of sum_i |x_i| |w_ei|, the scale of the gate matmul's
     /// rounding error.
     pub absdot: Vec<f64>,
+    /// The choice scores (score + expert bias), (tokens, E) row-major, before any group mask:
+    /// what an undecided token's choice is checked against.
+    pub choice: Vec<f64>,
+    /// With expert groups: each group's score (its top two choice scores summed), (tokens, G).
+    pub group_scores: Vec<f64>,
 }
 
 /// Gap between the k-th and (k+1)-th largest entry of each row of a (rows, n) f64 tensor.
@@ -162,6 +167,8 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
         group: Vec::with_capacity(rows),
         scale: Vec::with_capacity(rows),
         absdot: Vec::with_capacity(rows),
+        choice: Vec::with_capacity(rows * e),
+        group_scores: Vec::new(),
     };
     let mut choice = vec![0.0f64; e];
     for r in 0..rows {
@@ -193,6 +200,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
         }
         m.scale
             .push(choice.iter().fold(0.0f64, |a, c| if c.is_nan() || a.is_nan() { f64::NAN } else { a.max(c.abs()) }));
+        m.choice.extend_from_slice(&choice);
         let mut group = f64::INFINITY;
         if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
             let sums: Vec<f64> = (0..g.num_groups)
@@ -203,6 +211,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
                 })
                 .collect();
             group = gap(&sums, g.num_limited);
+            m.group_scores.extend_from_slice(&sums);
             let mut order: Vec<usize> = (0..g.num_groups).collect();
             // A stable order keeps ties in index order; tied groups make the token undecided
             // (group margin 0), so which one is kept does not change a verdict.
@@ -245,19 +254,23 @@ pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
     };
     let rows = choice.size()[0];
     let scale: Vec<f64> = Vec::<f64>::try_from(choice.abs().amax([-1i64].as_slice(), false).contiguous()).expect("f64");
+    let flat = |t: &Tensor| Vec::<f64>::try_from(t.to_device(tch::Device::Cpu).contiguous().view(-1)).expect("f64");
+    let choice_all = flat(&choice);
+    let mut group_scores = Vec::new();
     let mut group = vec![f64::INFINITY; rows as usize];
     if let (Some(g), Some(p)) = (cfg.options.groups, cfg.experts_per_group()) {
         let grouped = choice.view([rows, g.num_groups as i64, p as i64]);
         let (top2, _) = grouped.topk(2, -1, true, true);
         let gs = top2.sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
         group = gaps(&gs, g.num_limited);
+        group_scores = flat(&gs);
         let (_, gidx) = gs.topk(g.num_limited as i64, -1, true, false);
         let mask = gs.ones_like().to_kind(Kind::Bool).scatter_value(-1, &gidx, 0i64);
         choice = grouped.masked_fill(&mask.unsqueeze(-1), f64::NEG_INFINITY).view([rows, e]);
     }
     let topk =
         if cfg.options.force_load_balance { vec![f64::INFINITY; rows as usize] } else { gaps(&choice, cfg.top_k) };
-    Margins { topk, group, scale, absdot }
+    Margins { topk, group, scale, absdot, choice: choice_all, group_scores }
 }
 
 #[cfg(test)]
@@ -287,6 +300,8 @@ mod tests {
                 ("group", &a.group, &b.group),
                 ("scale", &a.scale, &b.scale),
                 ("absdot", &a.absdot, &b.absdot),
+                ("choice", &a.choice, &b.choice),
+                ("group_scores", &a.group_scores, &b.group_scores),
             ] {
                 assert!(close(p, q), "case {i}: {what} {p:?} vs {q:?}\n{}", case.to_json());
             }

@@ -10,8 +10,15 @@
 //! Determinism: case i is a pure function of (seed, i); results are aggregated by index, buckets
 //! keep their lowest index and smallest case, and shrinking starts only after the last case, from
 //! each bucket's smallest case. The same seed and case count give the same report.
+//!
+//! Scale-out ([`shard`], [`merge`]): a shard runs the cases `i mod N = I` of the same stream and
+//! shrinks its own buckets; merging keeps, per bucket, what a single run would have kept (the
+//! lowest index, the smallest case by the same order, and the reproducer shrunk from it).
 
+pub mod merge;
 pub mod pool;
+pub mod recover;
+pub mod shard;
 pub mod state;
 
 use super::bucket::ShrinkInfo;
@@ -24,6 +31,7 @@ use super::signature::Signature;
 use super::worker::{Fault, Job, Reply, Setup};
 use crate::device::Dev;
 use pool::{Death, Event, Pool, Work, DEPTH};
+use shard::{Manifest, Shard};
 use state::{write_case, State};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -64,6 +72,8 @@ pub struct Config {
     pub fault: Option<Fault>,
     pub exe: PathBuf,
     pub progress: bool,
+    /// The part of the case stream this process runs.
+    pub shard: Shard,
 }
 
 impl Config {
@@ -80,10 +90,17 @@ impl Config {
     }
 }
 
+/// How often the coordinator writes `checkpoint.json`: the counts a `kill -9` can lose.
+const CHECKPOINT: Duration = Duration::from_secs(3);
+
 /// Where the coordinator is in its schedule.
 struct Schedule {
     next: u64,
+    /// Cases of this shard are `next`, `next + step`, ...
+    step: u64,
     limit: u64,
+    start: Instant,
+    checkpointed: Instant,
     /// No new case after this (shrinking gets the rest of the time).
     case_deadline: Option<Instant>,
     deadline: Option<Instant>,
@@ -94,8 +111,11 @@ struct Schedule {
 impl Schedule {
     fn new(cfg: &Config, start: Instant) -> Schedule {
         Schedule {
-            next: 0,
+            next: cfg.shard.index,
+            step: cfg.shard.count,
             limit: cfg.cases.unwrap_or(u64::MAX),
+            start,
+            checkpointed: start,
             case_deadline: cfg.time.map(|t| start + if cfg.no_shrink { t } else { t.mul_f64(0.75) }),
             deadline: cfg.time.map(|t| start + t),
             shrinking: false,
@@ -132,7 +152,7 @@ impl Schedule {
                     if !pool.send(w, Work::Run(self.next), Job::Run { index: self.next }) {
                         break;
                     }
-                    self.next += 1;
+                    self.next = self.next.saturating_add(self.step);
                 }
             } else if pool.queued(w) == 0 {
                 let Some(sig) = self.shrink_queue.pop_front() else { break };
@@ -161,8 +181,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     if let Some(dir) = &cfg.corpus {
         std::fs::create_dir_all(dir)?;
     }
-    // A stale findings file would mix two campaigns.
-    std::fs::remove_file(cfg.out.join("findings.jsonl")).ok();
+    // Stale files of an earlier campaign would mix with this one.
+    for stale in ["findings.jsonl", recover::CHECKPOINT_FILE, "report.json"] {
+        std::fs::remove_file(cfg.out.join(stale)).ok();
+    }
+    Manifest::of(cfg).write(&cfg.out)?;
     let start = Instant::now();
     let shrink_limit = cfg.shrink.max_time + cfg.per_case_timeout * 2;
     let mut pool = Pool::start(cfg.exe.clone(), &cfg.setup(), cfg.jobs, cfg.per_case_timeout, shrink_limit)?;
@@ -176,6 +199,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     std::fs::remove_dir_all(cfg.out.join("inflight")).ok();
     let report = state.report(cfg, interrupted(), start.elapsed().as_secs_f64());
     report.write(&cfg.out)?;
+    std::fs::remove_file(cfg.out.join(recover::CHECKPOINT_FILE)).ok();
     Ok(report)
 }
 
@@ -203,6 +227,10 @@ fn coordinate(
             .unwrap_or_default();
         let phase = if sched.shrinking { "  (shrinking)" } else { "" };
         bar.set_message(format!("{} buckets{phase}{left}", state.buckets.len()));
+        if sched.checkpointed.elapsed() >= CHECKPOINT {
+            sched.checkpointed = Instant::now();
+            recover::checkpoint(&cfg.out, &state.report(cfg, true, sched.start.elapsed().as_secs_f64()))?;
+        }
     }
 }
 
@@ -328,7 +356,7 @@ fn relative(path: &Path, from: &Path) -> String {
 }
 
 fn progress_bar(cfg: &Config) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(cfg.cases.unwrap_or(0));
+    let bar = indicatif::ProgressBar::new(cfg.cases.map_or(0, |n| cfg.shard.len_below(n)));
     if !cfg.progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }

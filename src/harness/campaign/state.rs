@@ -10,11 +10,12 @@ use crate::harness::data;
 use crate::harness::generate::BackwardMix;
 use crate::harness::known::Known;
 use crate::harness::oracle::{Class, GradTally, NearTies, Verdict};
-use crate::harness::report::{write_atomic, GridCell, Report, Row, TieStats, Timing, REPORT_FORMAT};
+use crate::harness::report::{write_atomic, Coverage, GridCell, Report, Row, TieStats, Timing, REPORT_FORMAT};
 use crate::harness::shrink;
 use crate::harness::signature::Signature;
 use crate::harness::timing::Phases;
 use crate::router::Program;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -139,7 +140,7 @@ impl State {
     fn open(&mut self, out: &Path, sig: &Signature, index: u64, case: &Case, v: &Verdict) -> anyhow::Result<()> {
         let first_case = format!("cases/{}.json", sig.slug());
         write_case(&out.join(&first_case), case, false)?;
-        append_finding(out, sig, index, &first_case)?;
+        append_finding(out, sig, index, &first_case, v)?;
         let b = Bucket {
             signature: sig.clone(),
             class: v.class,
@@ -153,6 +154,7 @@ impl State {
             repro: None,
             shrink: None,
             known: known_names(sig, case),
+            extra: Default::default(),
         };
         self.buckets.insert(sig.clone(), b);
         self.smallest.insert(sig.clone(), case.clone());
@@ -164,8 +166,12 @@ impl State {
         let b = self.buckets.get_mut(sig).expect("bucket exists");
         b.count += 1;
         if index < b.first_index {
+            // Everything a report says of the first case comes from the lowest index, so a
+            // report does not depend on which worker answered first, nor on how a campaign
+            // was cut into shards.
             b.first_index = index;
             b.known = known_names(sig, case);
+            b.explanation = bucket::explain(v);
             write_case(&out.join(&b.first_case), case, false)?;
         }
         // Instances of a known bug come first, so its reproducer shrinks as one; the order is
@@ -200,7 +206,12 @@ impl State {
             cases_per_s: self.cases as f64 / wall_s.max(1e-9),
             shrink_s: self.shrink_ms as f64 / 1000.0,
             phases_us: self.phases.clone(),
+            parts: vec![],
         };
+        let shards = (cfg.shard.count > 1).then(|| Coverage { of: cfg.shard.count, covered: vec![cfg.shard.index] });
+        let mut rows: Vec<Row> = self.rows.values().cloned().collect();
+        let buckets: Vec<Bucket> = self.buckets.values().cloned().collect();
+        link_rows(&mut rows, &buckets);
         Report {
             format: REPORT_FORMAT.into(),
             seed: cfg.seed,
@@ -211,8 +222,9 @@ impl State {
             libtorch: crate::device::loaded_libtorch_version().unwrap_or_else(|| "unknown".into()),
             size: cfg.gen.size.name().into(),
             interrupted,
-            rows: self.rows_with_links(),
-            buckets: self.buckets.values().cloned().collect(),
+            shards,
+            rows,
+            buckets,
             near_ties: self.ties.clone(),
             grads: self.grads,
             grid: self
@@ -224,21 +236,18 @@ impl State {
             timing,
         }
     }
+}
 
-    /// The rows, each class cell linked to the smallest bucket of that class in that row.
-    fn rows_with_links(&self) -> Vec<Row> {
-        let mut rows: Vec<Row> = self.rows.values().cloned().collect();
-        for r in &mut rows {
-            for (class, cell) in r.classes.iter_mut() {
-                cell.smallest = self
-                    .buckets
-                    .values()
-                    .filter(|b| b.class == *class && b.signature.program == r.program && b.signature.rules == r.rules)
-                    .min_by_key(|b| (b.minimized_size(), b.signature.clone()))
-                    .map(|b| b.signature.clone());
-            }
+/// Links each class cell of `rows` to the smallest bucket of that class in that row.
+pub fn link_rows(rows: &mut [Row], buckets: &[Bucket]) {
+    for r in rows {
+        for (class, cell) in r.classes.iter_mut() {
+            cell.smallest = buckets
+                .iter()
+                .filter(|b| b.class == *class && b.signature.program == r.program && b.signature.rules == r.rules)
+                .min_by_key(|b| (b.minimized_size(), b.signature.clone()))
+                .map(|b| b.signature.clone());
         }
-        rows
     }
 }
 
@@ -256,9 +265,29 @@ pub fn write_case(path: &Path, case: &Case, inline: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn append_finding(out: &Path, sig: &Signature, index: u64, file: &str) -> anyhow::Result<()> {
+/// One line of `findings.jsonl`: enough to list the bucket in a report if the campaign is
+/// killed before it writes one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub signature: Signature,
+    pub index: u64,
+    pub case: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub explanation: String,
+}
+
+fn append_finding(out: &Path, sig: &Signature, index: u64, file: &str, v: &Verdict) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join("findings.jsonl"))?;
-    writeln!(f, "{}", serde_json::json!({ "signature": sig, "index": index, "case": file }))?;
+    let line = Finding {
+        signature: sig.clone(),
+        index,
+        case: file.into(),
+        detail: v.detail.clone(),
+        explanation: bucket::explain(v),
+    };
+    writeln!(f, "{}", serde_json::to_string(&line)?)?;
     f.flush()?;
     Ok(())
 }

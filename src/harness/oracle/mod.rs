@@ -116,6 +116,10 @@ pub struct NearTies {
     pub flipped_rows: usize,
     /// Tokens compared.
     pub rows: usize,
+    /// Undecided tokens whose choice could not even be checked for validity (NaN scores, the
+    /// force-balance override): the oracle's blind spot.
+    #[serde(default)]
+    pub unchecked_rows: usize,
 }
 
 /// Everything the oracles say about one run.

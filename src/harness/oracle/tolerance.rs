@@ -62,7 +62,14 @@ mod tests {
 
     #[test]
     fn bounds_grow_with_the_reduction_length_and_magnitude() {
-        let m = |ad: f64| Margins { topk: vec![1.0], group: vec![f64::INFINITY], scale: vec![1.0], absdot: vec![ad] };
+        let m = |ad: f64| Margins {
+            topk: vec![1.0],
+            group: vec![f64::INFINITY],
+            scale: vec![1.0],
+            absdot: vec![ad],
+            choice: vec![],
+            group_scores: vec![],
+        };
         let small = Bounds::new(&m(1.0), 16);
         let long = Bounds::new(&m(1.0), 4096);
         let big = Bounds::new(&m(100.0), 16);

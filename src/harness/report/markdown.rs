@@ -7,6 +7,15 @@ use crate::harness::known::Known;
 use crate::harness::oracle::Class;
 use crate::harness::timing::PHASES;
 
+/// What a report says of one known upstream bug.
+pub(super) struct KnownStatus<'a> {
+    pub name: &'static str,
+    pub first: Option<u64>,
+    /// (ranks, tokens, bucket) of the smallest minimized reproducer.
+    pub best: Option<(usize, usize, &'a Bucket)>,
+    pub hits: Vec<&'a Bucket>,
+}
+
 impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::from("# shardfuzz campaign report\n\n");
@@ -14,6 +23,14 @@ impl Report {
             s.push_str(
                 "**Interrupted**: the campaign was stopped early; the counts below cover the cases that finished.\n\n",
             );
+        }
+        if let Some(c) = &self.shards {
+            let list: Vec<String> = c.covered.iter().map(|i| i.to_string()).collect();
+            s.push_str(&format!(
+                "**Part of a campaign**: shard(s) {} of {} of the case stream; `shardfuzz merge` joins the parts.\n\n",
+                list.join(", "),
+                c.of
+            ));
         }
         let sections = [
             self.md_summary(),
@@ -34,7 +51,7 @@ impl Report {
     }
 
     /// The file a bucket links to: its minimized reproducer, else its first case.
-    fn link(b: &Bucket) -> &str {
+    pub(super) fn link(b: &Bucket) -> &str {
         b.repro.as_deref().unwrap_or(&b.first_case)
     }
 
@@ -88,8 +105,9 @@ impl Report {
         )
     }
 
-    fn md_known(&self) -> String {
-        let rows: Vec<Vec<String>> = Known::ALL
+    /// Per known upstream bug: its buckets, first case and smallest minimized reproducer.
+    pub(super) fn known_status(&self) -> Vec<KnownStatus<'_>> {
+        Known::ALL
             .iter()
             .map(|k| {
                 let hits: Vec<&Bucket> =
@@ -99,14 +117,25 @@ impl Report {
                 let best = hits
                     .iter()
                     .filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b)))
-                    .min_by_key(|t| (t.0, t.1, t.2));
+                    .min_by_key(|t| (t.0, t.1, t.2))
+                    .map(|(r, t, _, b)| (r, t, b));
+                KnownStatus { name: k.name(), first, best, hits }
+            })
+            .collect()
+    }
+
+    fn md_known(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .known_status()
+            .iter()
+            .map(|k| {
                 vec![
-                    k.name().to_string(),
-                    if hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", hits.len()) },
-                    first.map_or("-".into(), |i| i.to_string()),
-                    match best {
-                        Some((r, t, _, b)) => format!("[{r} rank(s), {t} token(s)]({})", Self::link(b)),
-                        None => hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
+                    k.name.to_string(),
+                    if k.hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", k.hits.len()) },
+                    k.first.map_or("-".into(), |i| i.to_string()),
+                    match k.best {
+                        Some((r, t, b)) => format!("[{r} rank(s), {t} token(s)]({})", Self::link(b)),
+                        None => k.hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
                     },
                 ]
             })
@@ -209,6 +238,16 @@ impl Report {
         header.push("shrinking");
         let mut row: Vec<String> = PHASES.iter().map(|(_, f)| format!("{:.0}%", 100.0 * f(p) as f64 / total)).collect();
         row.push(format!("{:.1} s", self.timing.shrink_s));
-        format!("## Where the time went (timing)\n\n{}\n\n", md_table(&header, &[row]))
+        let mut parts = String::new();
+        for p in &self.timing.parts {
+            parts.push_str(&format!(
+                "- shard {}: {} cases in {:.1} s ({:.0}/s) (timing)\n",
+                p.shards, p.cases, p.wall_s, p.cases_per_s
+            ));
+        }
+        if !parts.is_empty() {
+            parts = format!("Merged from {} part(s), run side by side:\n\n{parts}\n", self.timing.parts.len());
+        }
+        format!("## Where the time went (timing)\n\n{}\n\n{parts}", md_table(&header, &[row]))
     }
 }

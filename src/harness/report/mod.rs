@@ -29,6 +29,28 @@ pub struct Timing {
     pub shrink_s: f64,
     /// Summed time per phase over all cases, in microseconds.
     pub phases_us: Phases,
+    /// A merged report: each part's own wall time and throughput (the merged `wall_s` is the
+    /// longest part's, as parts run side by side).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartTiming>,
+}
+
+/// The timing of one merged part.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartTiming {
+    /// The shards the part held, as `I/N` (or `I,J/N`).
+    pub shards: String,
+    pub cases: u64,
+    pub wall_s: f64,
+    pub cases_per_s: f64,
+}
+
+/// Which shards of the case stream a report covers, when not all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// The number of shards the stream is cut into.
+    pub of: u64,
+    pub covered: Vec<u64>,
 }
 
 /// One row of the comparison table: a router revision (forward verdicts) or a boundary revision
@@ -80,7 +102,23 @@ pub struct Regression {
     pub new: Vec<String>,
     pub fixed: Vec<String>,
     pub still_failing: Vec<String>,
+    /// Earlier nights, oldest first: the baseline's own history, then the baseline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Night>,
 }
+
+/// One earlier campaign in a regression history.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Night {
+    pub name: String,
+    pub cases: u64,
+    pub buckets: usize,
+    pub new: usize,
+    pub fixed: usize,
+}
+
+/// Nights kept in a regression history.
+pub const HISTORY: usize = 30;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -93,6 +131,9 @@ pub struct Report {
     pub libtorch: String,
     pub size: String,
     pub interrupted: bool,
+    /// Present when the report covers only some shards of the case stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Coverage>,
     pub rows: Vec<Row>,
     pub buckets: Vec<Bucket>,
     pub near_ties: TieStats,
@@ -117,11 +158,22 @@ impl Report {
         let now: std::collections::BTreeSet<String> = self.buckets.iter().map(|b| b.signature.to_string()).collect();
         let before: std::collections::BTreeSet<String> =
             baseline.buckets.iter().map(|b| b.signature.to_string()).collect();
+        let mut history = baseline.regression.as_ref().map(|r| r.history.clone()).unwrap_or_default();
+        history.push(Night {
+            name: name.into(),
+            cases: baseline.cases,
+            buckets: baseline.buckets.len(),
+            new: baseline.regression.as_ref().map_or(0, |r| r.new.len()),
+            fixed: baseline.regression.as_ref().map_or(0, |r| r.fixed.len()),
+        });
+        let drop = history.len().saturating_sub(HISTORY);
+        history.drain(..drop);
         self.regression = Some(Regression {
             baseline: name.into(),
             new: now.difference(&before).map(|s| s.to_string()).collect(),
             fixed: before.difference(&now).map(|s| s.to_string()).collect(),
             still_failing: now.intersection(&before).map(|s| s.to_string()).collect(),
+            history,
         });
     }
 
@@ -131,7 +183,7 @@ impl Report {
         write_atomic(&dir.join("report.json"), &(serde_json::to_string_pretty(self)? + "\n"))?;
         write_atomic(&dir.join("report.md"), &self.markdown())?;
         write_atomic(&dir.join("junit.xml"), &self.junit())?;
-        write_atomic(&dir.join("report.html"), &self.html())?;
+        write_atomic(&dir.join("report.html"), &self.html(dir))?;
         Ok(())
     }
 }

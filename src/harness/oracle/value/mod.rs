@@ -10,6 +10,8 @@
 //!   token reorder needs (`router::dispatch`); checked where the counts pass their contract (else
 //!   torchtitan stops at the contract, reported by the placement oracle).
 
+mod undecided;
+
 use super::tolerance::Bounds;
 use super::{Class, Judgement, Verdict};
 use crate::dtensor::DTensor;
@@ -121,7 +123,11 @@ impl Compare<'_> {
                 v
             };
             let (pr, ps) = (pairs(&rids, &rts), pairs(&sids, &sts));
-            if pr.iter().zip(&ps).all(|(a, b)| a.0 == b.0) {
+            let same = pr.iter().zip(&ps).all(|(a, b)| a.0 == b.0);
+            if !self.decided[t] && !self.valid_choice(t, &sids) {
+                continue;
+            }
+            if same {
                 self.gate_values(t, &pr, &ps);
             } else if self.decided[t] {
                 let a: Vec<i64> = pr.iter().map(|p| p.0).collect();
@@ -132,9 +138,23 @@ impl Compare<'_> {
                 );
                 self.push("topk_ids", "ids", json!(a), json!(b), detail);
             } else {
+                // A valid other choice: its gate values are the reference's scores there.
                 self.j.near_ties.flipped_rows += 1;
+                let at = self.reference_values_at(t, &ps);
+                self.gate_values(t, &at, &ps);
             }
         }
+    }
+
+    /// The reference's gate values of token `t` had it chosen the experts of `ps`: its scores
+    /// there, normalized over them with route_norm, times route_scale.
+    fn reference_values_at(&self, t: usize, ps: &[(i64, f64)]) -> Vec<(i64, f64)> {
+        let e = self.case.dims.experts;
+        let scores = f64s(&self.r.scores);
+        let s: Vec<f64> = ps.iter().map(|p| scores[t * e + p.0 as usize]).collect();
+        let den = if self.case.router.route_norm { s.iter().sum::<f64>() + 1e-20 } else { 1.0 };
+        let scale = self.case.router.route_scale;
+        ps.iter().zip(&s).map(|(p, v)| (p.0, v / den * scale)).collect()
     }
 
     /// The same experts: their gate values must agree (route_norm divides by a sum of K).
@@ -180,9 +200,31 @@ impl Compare<'_> {
             let detail = "sharded counts differ from the sharded routing map summed over tokens".into();
             self.push("counts", "inconsistent", json!(own), json!(sc), detail);
         }
+        self.map_matches_ids(&smap);
         if rnet != snet {
             let detail = "counts differ from the reference's on tokens whose choice was decided".into();
             self.push("counts", "values", json!(rc), json!(sc), detail);
+        }
+    }
+
+    /// On every token, decided or not, the sharded routing map marks exactly the sharded ids.
+    fn map_matches_ids(&mut self, smap: &[bool]) {
+        let (k, e) = (self.case.dims.top_k, self.case.dims.experts);
+        let sids = i64s(&self.full.topk_ids);
+        for t in 0..self.decided.len() {
+            let mut want = vec![false; e];
+            sids[t * k..(t + 1) * k]
+                .iter()
+                .filter(|&&i| i >= 0 && (i as usize) < e)
+                .for_each(|&i| want[i as usize] = true);
+            if want[..] != smap[t * e..(t + 1) * e] {
+                let detail = format!(
+                    "routing_map of token {t} does not mark the token's own ids {:?}",
+                    &sids[t * k..(t + 1) * k]
+                );
+                self.push("routing_map", "inconsistent", json!(want), json!(&smap[t * e..(t + 1) * e]), detail);
+                return;
+            }
         }
     }
 
