@@ -23,10 +23,7 @@ pub fn run(a: Args) -> CliResult {
     } else {
         std::fs::write(&a.pytorch, script).map_err(|e| anyhow::anyhow!("{}: {e}", a.pytorch.display()))?;
         let n: usize = case.mesh.shape.iter().product();
-        eprintln!(
-            "wrote {} (torchrun --nproc-per-node {n} {0}, or python {0})",
-            a.pytorch.display()
-        );
+        eprintln!("wrote {} (torchrun --nproc-per-node {n} {0}, or python {0})", a.pytorch.display());
     }
     Ok(ExitCode::SUCCESS)
 }

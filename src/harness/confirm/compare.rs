@@ -63,7 +63,8 @@ fn status(ok: bool, error: Option<&ErrorInfo>, rs: &RealSharded, what: &str, dif
     };
     if ok != rs.ok {
         let o = describe(ok, error.map(|e| e.kind.as_str()), error.map(|e| e.message.as_str()));
-        let r = describe(rs.ok, rs.error.as_ref().map(|e| e.kind.as_str()), rs.error.as_ref().map(|e| e.message.as_str()));
+        let r =
+            describe(rs.ok, rs.error.as_ref().map(|e| e.kind.as_str()), rs.error.as_ref().map(|e| e.message.as_str()));
         diffs.push(diff(what, o, r));
         return false;
     }
@@ -91,8 +92,10 @@ pub fn forward(c: &Checked, real: &RealOutcome) -> Vec<Diff> {
 
 fn specs(ours: &Outcome, real: &RealOutcome, diffs: &mut Vec<Diff>) {
     let names = |o: Vec<&String>| o.into_iter().cloned().collect::<Vec<_>>().join(",");
-    let (on, rn): (Vec<&String>, Vec<&String>) =
-        (ours.sharded.outputs.0.iter().map(|(n, _)| n).collect(), real.sharded.as_ref().unwrap().outputs.keys().collect());
+    let (on, rn): (Vec<&String>, Vec<&String>) = (
+        ours.sharded.outputs.0.iter().map(|(n, _)| n).collect(),
+        real.sharded.as_ref().unwrap().outputs.keys().collect(),
+    );
     let (mut on_s, mut rn_s) = (on.clone(), rn.clone());
     on_s.sort();
     rn_s.sort();
@@ -102,7 +105,7 @@ fn specs(ours: &Outcome, real: &RealOutcome, diffs: &mut Vec<Diff>) {
     }
     for (name, o) in &ours.sharded.outputs.0 {
         let Some(r) = real.output(name) else {
-            diffs.push(diff(format!("{name}"), "an output", "unreadable"));
+            diffs.push(diff(name.to_string(), "an output", "unreadable"));
             continue;
         };
         spec(name, o, &r, diffs);
@@ -176,9 +179,11 @@ fn comms(ours: &[CommRecord], rs: &RealSharded, diffs: &mut Vec<Diff>) {
         }
     };
     let o = count(ours.iter().map(|c| key(&c.op, &c.tensor, c.mesh_dim)));
-    let r = count(rs.comms.iter().map(|c| {
-        key(&real::comm_name(&c.op), c.tensor.as_deref().unwrap_or("?"), c.mesh_dim.unwrap_or(0))
-    }));
+    let r = count(
+        rs.comms
+            .iter()
+            .map(|c| key(&real::comm_name(&c.op), c.tensor.as_deref().unwrap_or("?"), c.mesh_dim.unwrap_or(0))),
+    );
     if o != r {
         diffs.push(diff("comms", show_counts(&o), show_counts(&r)));
     }

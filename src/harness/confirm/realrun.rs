@@ -36,7 +36,13 @@ fn local(t: &RealTensor, dtype: DType) -> Option<Tensor> {
 }
 
 /// A real DTensor from its placements, every rank's global shape and local tensor.
-fn dtensor(mesh: &Arc<Mesh>, pls: &[String], shapes: &[Vec<usize>], locals: &[RealTensor], dt: DType) -> Option<DTensor> {
+fn dtensor(
+    mesh: &Arc<Mesh>,
+    pls: &[String],
+    shapes: &[Vec<usize>],
+    locals: &[RealTensor],
+    dt: DType,
+) -> Option<DTensor> {
     let placements: Vec<Placement> = pls.iter().map(|p| p.parse().ok()).collect::<Option<_>>()?;
     let locals: Vec<Tensor> = locals.iter().map(|t| local(t, dt)).collect::<Option<_>>()?;
     if placements.len() != mesh.ndim() || locals.len() != mesh.size() || shapes.is_empty() {

@@ -10,7 +10,8 @@ use crate::router::RouterRev;
 
 pub const HARNESS: &str = include_str!("../../../python/export/backward.py");
 
-const UNEVEN: &str = "Uneven split of tokens of is not supported yet. Requires EP degree dividing batch size * seq len.";
+const UNEVEN: &str =
+    "Uneven split of tokens of is not supported yet. Requires EP degree dividing batch size * seq len.";
 
 fn weights(v: Vec<f32>, t: usize, e: usize) -> String {
     let data = TensorData {
@@ -31,7 +32,8 @@ fn constants(case: &Case, b: &BackwardSpec) -> String {
     let ranks = if uneven {
         "None  # an uneven token split: torchtitan's reorderer raises".to_string()
     } else {
-        let per: Vec<String> = (0..n).map(|r| weights(loss::rank_weights(b.loss_seed, t, e, n, class, r), t, e)).collect();
+        let per: Vec<String> =
+            (0..n).map(|r| weights(loss::rank_weights(b.loss_seed, t, e, n, class, r), t, e)).collect();
         format!("[\n    {},\n]", per.join(",\n    "))
     };
     format!(
@@ -68,15 +70,21 @@ fn route(case: &Case) -> String {
         RouterRev::OutOfPlaceScatter => "group_mask.scatter(-1, kept, False)",
         _ => "group_mask.scatter_(-1, kept, False)",
     };
-    body.push(if r.expert_bias { "scores_for_choice = scores + expert_bias" } else { "scores_for_choice = scores" }.into());
+    body.push(
+        if r.expert_bias { "scores_for_choice = scores + expert_bias" } else { "scores_for_choice = scores" }.into(),
+    );
     if let Some(g) = r.groups {
-        body.push(format!("scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))", g.num_groups, g.num_groups));
+        body.push(format!(
+            "scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))",
+            g.num_groups, g.num_groups
+        ));
         body.push("group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into());
         body.push(format!("kept = torch.topk(group_scores, k={}, dim=-1, sorted=False).indices", g.num_limited));
         body.push("group_mask = torch.ones_like(group_scores, dtype=torch.bool)".into());
         body.push(format!("group_mask = {site}"));
         body.push(
-            "scores_for_choice = scores_grouped.masked_fill(group_mask.unsqueeze(-1), float(\"-inf\")).flatten(-2)".into(),
+            "scores_for_choice = scores_grouped.masked_fill(group_mask.unsqueeze(-1), float(\"-inf\")).flatten(-2)"
+                .into(),
         );
     }
     body.push("topk_ids = torch.topk(scores_for_choice, k=K, dim=-1, sorted=False).indices".into());
@@ -107,7 +115,10 @@ fn local_route(case: &Case, b: &BackwardSpec, body: &mut Vec<String>) {
         } else {
             "xl = x.to_local()  # moe.to_local: gradient label R".into()
         });
-        body.push("xg = DTensor.from_local(xl.view(B * L, D), mesh, [Replicate()], run_check=False)  # gate.from_local".into());
+        body.push(
+            "xg = DTensor.from_local(xl.view(B * L, D), mesh, [Replicate()], run_check=False)  # gate.from_local"
+                .into(),
+        );
         body.push(gate("xg", case));
     }
     body.push(if b.boundary == Boundary::Pre2416 {
@@ -116,7 +127,9 @@ fn local_route(case: &Case, b: &BackwardSpec, body: &mut Vec<String>) {
         "sl = logits.to_local(grad_placements=[Partial()])  # gate.to_local: gradient label P".into()
     });
     body.push("topk_scores, topk_ids = route(sl, expert_bias)  # on local tensors".into());
-    if loss::class(b, case.ranks()) == loss::LossClass::Tokensplit && (case.dims.batch * case.dims.seq) % case.ranks() != 0 {
+    if loss::class(b, case.ranks()) == loss::LossClass::Tokensplit
+        && !(case.dims.batch * case.dims.seq).is_multiple_of(case.ranks())
+    {
         body.push(format!("raise ValueError(\"{UNEVEN}\")  # torchtitan's token reorderer"));
     } else {
         body.push("return local_loss(topk_scores, topk_ids, torch.arange(B * L), V_r), topk_ids".into());
@@ -159,7 +172,9 @@ fn dtensor_route(case: &Case, b: &BackwardSpec, body: &mut Vec<String>) {
     if in_grad == "None" {
         body.push("# no in_grad_placements: the inputs' to_local() labels their gradients R (torchtitan#4054)".into());
     }
-    body.push("experts = local_map(lambda ts, ids: local_loss(ts, ids, tokens, V_r), out_placements=[Partial()],".into());
+    body.push(
+        "experts = local_map(lambda ts, ids: local_loss(ts, ids, tokens, V_r), out_placements=[Partial()],".into(),
+    );
     body.push("                    in_placements=(in_dst, in_dst), device_mesh=mesh,".into());
     body.push(format!("                    in_grad_placements={in_grad})  # experts.local_map"));
     body.push("return experts(topk_scores, topk_ids).to_local(), topk_ids".into());

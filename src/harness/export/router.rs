@@ -7,8 +7,12 @@ use crate::router::RouterRev;
 /// How a revision writes one scatter site: (statement lines, comment).
 fn scatter(how: Site, var: &str, index: &str, value: &str, like: &str) -> Vec<String> {
     match how {
-        Site::InPlace => vec![format!("{var}.scatter_(-1, {index}, {value})  # in place on the DTensor (torchtitan#3515)")],
-        Site::OutOfPlace => vec![format!("{var} = {var}.scatter(-1, {index}, {value})  # out of place (torchtitan#3753)")],
+        Site::InPlace => {
+            vec![format!("{var}.scatter_(-1, {index}, {value})  # in place on the DTensor (torchtitan#3515)")]
+        }
+        Site::OutOfPlace => {
+            vec![format!("{var} = {var}.scatter(-1, {index}, {value})  # out of place (torchtitan#3753)")]
+        }
         Site::LocalMap => vec![format!(
             "{var} = scatter_in_local_map({var}, {index}, {value}, like={like})  # under local_map (torchtitan#3753)"
         )],
@@ -52,8 +56,14 @@ fn choice(case: &Case, site1: Site, body: &mut Vec<String>) {
         "scores_for_choice = scores".into()
     });
     if let Some(g) = r.groups {
-        body.push(format!("# node-limited routing: keep the {} of {} groups whose top-2 scores sum highest", g.num_limited, g.num_groups));
-        body.push(format!("scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))", g.num_groups, g.num_groups));
+        body.push(format!(
+            "# node-limited routing: keep the {} of {} groups whose top-2 scores sum highest",
+            g.num_limited, g.num_groups
+        ));
+        body.push(format!(
+            "scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))",
+            g.num_groups, g.num_groups
+        ));
         body.push("group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into());
         body.push(format!("kept = torch.topk(group_scores, k={}, dim=-1, sorted=False).indices", g.num_limited));
         body.push("with site(\"group_mask\"):".into());
@@ -62,7 +72,8 @@ fn choice(case: &Case, site1: Site, body: &mut Vec<String>) {
             body.push(format!("    {l}"));
         }
         body.push(
-            "scores_for_choice = scores_grouped.masked_fill(group_mask.unsqueeze(-1), float(\"-inf\")).flatten(-2)".into(),
+            "scores_for_choice = scores_grouped.masked_fill(group_mask.unsqueeze(-1), float(\"-inf\")).flatten(-2)"
+                .into(),
         );
     }
 }
@@ -108,7 +119,8 @@ pub fn router(case: &Case) -> String {
         outs.push("group_mask");
     }
     body.push(format!("return {{{}}}", outs.iter().map(|o| format!("\"{o}\": {o}")).collect::<Vec<_>>().join(", ")));
-    let helper = if site1 == Site::LocalMap && r.groups.is_some() || site2 == Site::LocalMap { LOCAL_MAP_HELPER } else { "" };
+    let helper =
+        if site1 == Site::LocalMap && r.groups.is_some() || site2 == Site::LocalMap { LOCAL_MAP_HELPER } else { "" };
     format!(
         "{helper}def router({}):\n    \"\"\"torchtitan's TokenChoiceTopKRouter.forward and the routing part of MoE.forward, \
          revision {}.\"\"\"\n{}\n",
