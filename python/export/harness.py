@@ -84,6 +84,18 @@ def gap(v, k):
     return torch.nan_to_num(top[..., k - 1] - top[..., k], nan=0.0)
 
 
+def self_consistent(full, sm, found):
+    """On every token, decided or not, the routing map marks exactly the token's ids, and the
+    counts are the map summed over tokens."""
+    ids = full["topk_ids"].reshape(-1, K).tolist()
+    for t, row in enumerate(sm.tolist()):
+        if row != [e in ids[t] for e in range(E)]:
+            found.append(("value", "routing_map", f"routing_map of token {t} does not mark the token's own ids {ids[t]}"))
+            break
+    if not torch.equal(sm.long().sum(0), full["counts"].long().reshape(-1)):
+        found.append(("value", "counts", "the counts differ from the routing map summed over tokens"))
+
+
 def judge_values(ref, full, found):
     """The value oracle: scores within the bound, the same experts where the choice is decided,
     the routing map there, counts net of undecided tokens."""
@@ -101,6 +113,7 @@ def judge_values(ref, full, found):
     rm, sm = ref["routing_map"].reshape(-1, E), full["routing_map"].reshape(-1, E)
     if ((rm != sm).any(-1) & decided).any():
         found.append(("value", "routing_map", "the routing map differs on tokens whose choice was decided"))
+    self_consistent(full, sm, found)
     net = lambda m, c: c - m[~decided].sum(0).to(c.dtype)  # noqa: E731
     if not torch.equal(net(rm, ref["counts"]), net(sm, full["counts"])):
         found.append(("value", "counts", "counts differ from the reference's on tokens whose choice was decided"))
@@ -211,13 +224,24 @@ def report(seen, how):
     print("shardfuzz's model:", ", ".join(MODEL) or "none")
 
 
+def gather_views(view):
+    """Every rank's view on every rank (all_gather_object without numpy, which torch 2.11's
+    needs): each pickles its view into a byte tensor, padded to the longest."""
+    data = torch.frombuffer(bytearray(pickle.dumps(view)), dtype=torch.uint8)
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(WORLD)]
+    dist.all_gather(sizes, torch.tensor([data.numel()]))
+    longest = max(int(n) for n in sizes)
+    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(WORLD)]
+    dist.all_gather(bufs, torch.cat([data, torch.zeros(longest - data.numel(), dtype=torch.uint8)]))
+    return [pickle.loads(bytes(b[:int(n)].tolist())) for b, n in zip(bufs, sizes)]
+
+
 def gloo_rank(rank, init):
     """One rank of the gloo run (torchrun, or the fallback below)."""
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
                                 timeout=datetime.timedelta(seconds=60))
-    views = [None] * WORLD
-    dist.all_gather_object(views, sharded([rank])[0])
+    views = gather_views(sharded([rank])[0])
     if rank == 0:
         report(merge(views), f"{WORLD} gloo process(es)")
     dist.barrier()

@@ -94,10 +94,9 @@ fn docstring(case: &Case, signatures: &[String]) -> String {
     let says = if signatures.is_empty() { "no divergence".to_string() } else { signatures.join("\n    ") };
     let what = match &case.backward {
         None => format!("torchtitan's MoE router as revision `{}` writes it", case.revision.router),
-        Some(b) => format!(
-            "torchtitan's MoE router at boundary revision `{}` ({b}), its loss and backward",
-            b.boundary
-        ),
+        Some(b) => {
+            format!("torchtitan's MoE router at boundary revision `{}` ({b}), its loss and backward", b.boundary)
+        }
     };
     format!(
         "#!/usr/bin/env python3\n\"\"\"shardfuzz reproducer: {what}, on DTensor.\n\n\
@@ -122,6 +121,7 @@ const IMPORTS: &str = "import contextlib
 import datetime
 import math
 import os
+import pickle
 import tempfile
 
 import torch
@@ -130,9 +130,13 @@ import torch.nn.functional as F
 from torch.distributed._local_tensor import LocalTensorMode
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
-from torch.distributed.tensor.debug import CommDebugMode
 from torch.distributed.tensor.experimental import local_map
 from torch.distributed.tensor.placement_types import _StridedShard  # noqa: F401
+
+try:
+    from torch.distributed.tensor.debug import CommDebugMode
+except ImportError:  # torch 2.11's debug package imports numpy for its visualizer
+    from torch.distributed.tensor.debug._comm_mode import CommDebugMode
 ";
 
 /// The case's constants: mesh, sizes, inputs inline, their placements, the counts contract.
@@ -165,10 +169,9 @@ fn constants(case: &Case, classes: &[String]) -> String {
     s.push_str(&format!("    \"x\": {},\n", tensor(&t.x, "    ")));
     s.push_str(&format!("    \"gate_weight\": {},\n", tensor(&t.gate, "    ")));
     pls.push(format!("\"gate_weight\": {}", placements(&case.layout.gate)));
-    for (name, td, lay) in [
-        ("gate_bias", &t.gate_bias, &case.layout.gate_bias),
-        ("expert_bias", &t.expert_bias, &case.layout.expert_bias),
-    ] {
+    for (name, td, lay) in
+        [("gate_bias", &t.gate_bias, &case.layout.gate_bias), ("expert_bias", &t.expert_bias, &case.layout.expert_bias)]
+    {
         if let (Some(td), Some(lay)) = (td, lay) {
             s.push_str(&format!("    \"{name}\": {},\n", tensor(td, "    ")));
             pls.push(format!("\"{name}\": {}", placements(lay)));
