@@ -5,10 +5,11 @@
 //!
 //! [`Confirmer`] keeps one worker per release across cases; [`confirm_case`] is the one-shot form.
 
+pub mod buckets;
 pub mod compare;
-pub mod render;
 pub mod real;
 pub mod realrun;
+pub mod render;
 pub mod venv;
 pub mod worker;
 
