@@ -105,6 +105,21 @@ def local_piece(full, mesh_shape, pls, rank):
     return t.contiguous()
 
 
+def wrap(local, mesh, pls, full):
+    """A DTensor of `full`'s global shape and stride over `local` (a rank's piece, or a
+    LocalTensor of every rank's), as distribute_tensor lays it out."""
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(local, mesh, pls, run_check=False, shape=full.shape,
+                              stride=contiguous_stride(list(full.shape)))
+
+
+def local_of(t):
+    """A DTensor's local tensor (waited on when async), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+    loc = t.to_local() if isinstance(t, DTensor) else t
+    return loc.wait() if hasattr(loc, "wait") else loc
+
+
 def contiguous_stride(shape):
     stride, acc = [], 1
     for s in reversed(shape):

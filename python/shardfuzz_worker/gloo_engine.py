@@ -31,17 +31,10 @@ class Ranks:
         return fn(self.rank)
 
     def dtensor(self, full, mesh, pls):
-        from torch.distributed.tensor import DTensor
-        loc = common.local_piece(full, list(mesh.shape), pls, self.rank)
-        return DTensor.from_local(loc, mesh, pls, run_check=False, shape=full.shape,
-                                  stride=common.contiguous_stride(list(full.shape)))
+        return common.wrap(common.local_piece(full, list(mesh.shape), pls, self.rank), mesh, pls, full)
 
     def locals_of(self, t):
-        from torch.distributed.tensor import DTensor
-        loc = t.to_local() if isinstance(t, DTensor) else t
-        if hasattr(loc, "wait"):
-            loc = loc.wait()
-        return [loc.detach().clone()]
+        return [common.local_of(t).detach().clone()]
 
     def global_shapes(self, t):
         return [[int(s) for s in t.shape]]

@@ -51,15 +51,11 @@ class Ranks:
         """`full` distributed as distribute_tensor lays it out (from_local of every rank's piece,
         with the global shape and stride given)."""
         ms = list(mesh.shape)
-        lt = self.rank_map(lambda r: common.local_piece(full, ms, pls, r))
-        return DTensor.from_local(lt, mesh, pls, run_check=False, shape=full.shape,
-                                  stride=common.contiguous_stride(list(full.shape)))
+        return common.wrap(self.rank_map(lambda r: common.local_piece(full, ms, pls, r)), mesh, pls, full)
 
     def locals_of(self, t):
         """Every rank's local tensor of a DTensor (or a plain/Local tensor), detached."""
-        loc = t.to_local() if isinstance(t, DTensor) else t
-        if hasattr(loc, "wait"):
-            loc = loc.wait()
+        loc = common.local_of(t)
         if isinstance(loc, LocalTensor):
             return [loc._local_tensors[r].detach().clone() for r in range(self.world)]
         return [loc.detach().clone() for _ in range(self.world)]

@@ -74,12 +74,7 @@ fn route(case: &Case) -> String {
         if r.expert_bias { "scores_for_choice = scores + expert_bias" } else { "scores_for_choice = scores" }.into(),
     );
     if let Some(g) = r.groups {
-        body.push(format!(
-            "scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))",
-            g.num_groups, g.num_groups
-        ));
-        body.push("group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into());
-        body.push(format!("kept = torch.topk(group_scores, k={}, dim=-1, sorted=False).indices", g.num_limited));
+        body.extend(super::router::group_choice(g.num_groups, g.num_limited));
         body.push("group_mask = torch.ones_like(group_scores, dtype=torch.bool)".into());
         body.push(format!("group_mask = {site}"));
         body.push(

@@ -60,12 +60,7 @@ fn choice(case: &Case, site1: Site, body: &mut Vec<String>) {
             "# node-limited routing: keep the {} of {} groups whose top-2 scores sum highest",
             g.num_limited, g.num_groups
         ));
-        body.push(format!(
-            "scores_grouped = scores_for_choice.unflatten(-1, ({}, E // {}))",
-            g.num_groups, g.num_groups
-        ));
-        body.push("group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into());
-        body.push(format!("kept = torch.topk(group_scores, k={}, dim=-1, sorted=False).indices", g.num_limited));
+        body.extend(group_choice(g.num_groups, g.num_limited));
         body.push("with site(\"group_mask\"):".into());
         body.push("    group_mask = torch.ones_like(group_scores, dtype=torch.bool)".into());
         for l in scatter(site1, "group_mask", "kept", "False", "group_mask") {
@@ -128,4 +123,14 @@ pub fn router(case: &Case) -> String {
         case.revision.router,
         body.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
     )
+}
+
+/// The node-limited routing's choice of groups (the forward and backward programs share it):
+/// keep the `limited` of `groups` groups whose top-2 scores sum highest.
+pub fn group_choice(groups: usize, limited: usize) -> [String; 3] {
+    [
+        format!("scores_grouped = scores_for_choice.unflatten(-1, ({groups}, E // {groups}))"),
+        "group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into(),
+        format!("kept = torch.topk(group_scores, k={limited}, dim=-1, sorted=False).indices"),
+    ]
 }
