@@ -92,3 +92,43 @@ fn cut(s: &str) -> String {
     let head: String = s.chars().take(HOW_CHARS).collect();
     format!("{head}...")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::confirm::compare::Diff;
+
+    fn result(release: &str, status: Status) -> ConfirmResult {
+        ConfirmResult {
+            format: super::super::CONFIRM_FORMAT,
+            file: None,
+            release: release.into(),
+            rules: "torch-2.13".into(),
+            engine: None,
+            status,
+            diffs: match status {
+                Status::Differs => {
+                    vec![Diff { what: "counts.placements".into(), ours: "[R]".into(), real: "[P(sum)]".into() }]
+                }
+                _ => vec![],
+            },
+            ours: vec![],
+            real: None,
+            reason: (status == Status::NotRun).then(|| "timed out".to_string()),
+            notes: vec![],
+            outcome: None,
+        }
+    }
+
+    #[test]
+    fn a_difference_outweighs_a_run_that_did_not_happen() {
+        let s = status_of(&[result("2.12.1", Status::NotRun), result("2.13.0", Status::Differs)]);
+        assert_eq!(s.status, Confirmation::Differs);
+        assert_eq!(s.cell(), "differs: torch 2.13.0: counts.placements: real [P(sum)], ours [R]");
+        let s = status_of(&[result("2.13.0", Status::Agrees), result("2.14.0", Status::NotRun)]);
+        assert_eq!((s.status, s.how.as_str()), (Confirmation::NotRun, "torch 2.14.0: timed out"));
+        let s = status_of(&[result("2.13.0", Status::Agrees), result("2.14.0", Status::Agrees)]);
+        assert_eq!((s.status, s.torch.len(), s.cell()), (Confirmation::Confirmed, 2, "confirmed".to_string()));
+        assert_eq!(status_of(&[]).status, Confirmation::NotRun);
+    }
+}
