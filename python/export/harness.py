@@ -34,7 +34,9 @@ def rank_view(t, r):
 
 def rebuild(locals_, pls):
     """The global value from every rank's local tensor: cat over Shard, sum over Partial(sum),
-    rank 0's over Replicate (mesh dims undone innermost first)."""
+    rank 0's over Replicate (mesh dims undone innermost first); a plain tensor is whole on every rank."""
+    if pls == ["plain tensor"]:
+        return locals_[0]
     coords = [[(r // math.prod(MESH_SHAPE[d + 1:])) % MESH_SHAPE[d] for d in range(len(MESH_SHAPE))]
               for r in range(WORLD)]
     cur = {tuple(c): t for c, t in zip(coords, locals_)}
@@ -74,6 +76,8 @@ def margins(x, w, b, eb):
         choice = choice.reshape(-1, GROUPS[0], E // GROUPS[0]).masked_fill(~kept.unsqueeze(-1), -math.inf)
         choice = choice.reshape(-1, E)
     decided &= gap(choice, K) > 2 * cbound
+    if ROUND_ROBIN:  # force_load_balance: the ids do not depend on the scores, nothing is a tie
+        decided[:] = True
     return decided, bound
 
 

@@ -151,7 +151,7 @@ fn constants(case: &Case, classes: &[String]) -> String {
     let mut s = format!(
         "TITLE = \"{}\"\nMODEL = {}  # the verdict classes shardfuzz's model gives\nRULES = \"{}\"\n\
          MESH_SHAPE, MESH_NAMES, WORLD = {}, {}, {world}\nB, L, D, E, K = {}, {}, {}, {}, {}\n\
-         SCORE_FUNC, GROUPS = \"{}\", {}\n\nINPUTS = {{\n",
+         SCORE_FUNC, GROUPS, ROUND_ROBIN = \"{}\", {}, {}\n\nINPUTS = {{\n",
         case.revision,
         quoted(classes),
         case.revision.rules,
@@ -164,6 +164,7 @@ fn constants(case: &Case, classes: &[String]) -> String {
         d.top_k,
         case.router.score_func,
         groups.unwrap_or_else(|| "None".into()),
+        if case.router.force_load_balance { "True" } else { "False" },
     );
     let mut pls = vec![format!("\"x\": {}", placements(&case.layout.x))];
     s.push_str(&format!("    \"x\": {},\n", tensor(&t.x, "    ")));
