@@ -7,118 +7,23 @@
 
 use serde_json::Value;
 use shardfuzz::device::Dev;
-use shardfuzz::dtensor::autograd::Val;
 use shardfuzz::harness::case::Case;
+use shardfuzz::harness::confirm::{self, real::RealOutcome};
 use shardfuzz::harness::generate::{self, BackwardMix, GenConfig};
 use shardfuzz::harness::known::Known;
 use shardfuzz::harness::oracle::Class;
 use shardfuzz::harness::shrink::{self, Budget};
 use shardfuzz::harness::{check, replay, Options, Signature};
 use shardfuzz::router::backward::Boundary;
-use std::collections::BTreeMap;
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| match x {
-            Value::String(s) if s == "NaN" => f64::NAN,
-            Value::String(s) if s == "Infinity" => f64::INFINITY,
-            Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
-            x => x.as_f64().unwrap(),
-        })
-        .collect()
-}
-
-fn values(t: &tch::Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).contiguous().view(-1)).unwrap()
-}
-
-/// Elementwise within `rel` of the larger magnitude in either tensor.
-fn close(a: &[f64], b: &[f64], rel: f64) -> Result<(), String> {
-    if a.len() != b.len() {
-        return Err(format!("{} values vs {}", a.len(), b.len()));
-    }
-    let scale = a.iter().chain(b).fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
-    match a.iter().zip(b).position(|(x, y)| (x - y).abs() > rel * scale) {
-        Some(i) => Err(format!("value {i}: {} vs {} (scale {scale:.3e})", a[i], b[i])),
-        None => Ok(()),
-    }
-}
-
-fn real_comms(v: &Value) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for (op, n) in v.as_object().into_iter().flatten() {
-        let name = match op.rsplit('.').next().unwrap_or(op) {
-            "all_gather_into_tensor" => "all_gather",
-            "reduce_scatter_tensor" => "reduce_scatter",
-            "shard_dim_alltoall" | "all_to_all_single" => "all_to_all",
-            other => other,
-        };
-        *m.entry(name.to_string()).or_default() += n.as_u64().unwrap_or(0);
-    }
-    m
-}
-
-/// The differences between a recorded outcome and our replay of its case.
-fn compare(real: &Value) -> Vec<String> {
-    let case = replay::parse(&real["case"].to_string()).unwrap();
+/// The differences between a recorded outcome and our replay of its case (the library's
+/// comparison, the one `shardfuzz confirm` uses).
+fn compare(value: &Value) -> Vec<String> {
+    let case = replay::parse(&value["case"].to_string()).unwrap();
+    assert!(case.backward.is_some(), "a backward case");
     let c = check(&case, Dev::Cpu, Options::default()).unwrap();
-    let ours = &c.run.backward.as_ref().expect("a backward case").program;
-    let rb = &real["backward"];
-    let mut diffs = Vec::new();
-    let ours = match (rb["ok"].as_bool().unwrap(), ours) {
-        (true, Ok(p)) => p,
-        (false, Err(e)) => {
-            if rb["error"]["kind"] != e.kind() || rb["error"]["message"].as_str() != Some(&e.to_string()) {
-                diffs.push(format!("error: real {} ours {}: {e}", rb["error"], e.kind()));
-            }
-            return diffs;
-        }
-        (true, Err(e)) => return vec![format!("only ours raised: {}: {e}", e.kind())],
-        (false, Ok(_)) => return vec![format!("only real raised: {}", rb["error"])],
-    };
-    let rel = if case.dtype == shardfuzz::dtensor::DType::F32 { 1e-4 } else { 2e-2 };
-    for (name, rg) in rb["grads"].as_object().unwrap() {
-        let Some((_, g)) = ours.grads.iter().find(|(n, _)| n == name) else {
-            diffs.push(format!("{name}: no gradient here"));
-            continue;
-        };
-        let Val::D(d) = &g.val else { unreachable!("leaves are DTensors") };
-        let placements: Vec<String> = d.placements.iter().map(|p| p.to_string()).collect();
-        if rg["placements"] != serde_json::json!(placements) {
-            diffs.push(format!("{name}: placements real {} ours {placements:?}", rg["placements"]));
-            continue;
-        }
-        for (r, (rl, ol)) in rg["locals"].as_array().unwrap().iter().zip(&d.locals).enumerate() {
-            if let Err(e) = close(&floats(&rl["values"]), &values(ol), rel) {
-                diffs.push(format!("{name}: rank {r} local: {e}"));
-            }
-        }
-        if let Err(e) = close(&floats(&rg["reduced"]), &values(&d.full_tensor().unwrap()), rel) {
-            diffs.push(format!("{name}: reduced: {e}"));
-        }
-    }
-    // The unsharded reference gradients agree with PyTorch's autograd too.
-    let reference = c.run.backward.as_ref().unwrap().reference.as_ref().unwrap();
-    for (name, rr) in rb["reference"].as_object().unwrap() {
-        if let Err(e) = close(&floats(&rr["values"]), &values(reference.get(name).unwrap()), rel) {
-            diffs.push(format!("reference {name}: {e}"));
-        }
-    }
-    let mut oc: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &ours.comms {
-        *oc.entry(c.op.clone()).or_default() += 1;
-    }
-    // gloo has no all_to_all: real ranks run S->S as all_gather + chunk.
-    if let Some(n) = oc.remove("all_to_all") {
-        *oc.entry("all_gather".into()).or_default() += n;
-    }
-    let rc = real_comms(&rb["comm_counts"]);
-    if rc != oc {
-        diffs.push(format!("backward comms: real {rc:?} ours {oc:?}"));
-    }
-    diffs
+    let real = RealOutcome::parse(value).unwrap();
+    confirm::compare::backward(&c, &real).iter().map(|d| d.to_string()).collect()
 }
 
 fn check_file(name: &str, at_least: usize) {

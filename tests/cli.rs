@@ -23,6 +23,8 @@ fn every_command_has_help() {
         vec!["report", "--help"],
         vec!["merge", "--help"],
         vec!["import", "--help"],
+        vec!["confirm", "--help"],
+        vec!["export", "--help"],
     ] {
         let o = run(&cmd);
         assert_eq!(o.status.code(), Some(0), "{cmd:?}: {}", stderr(&o));

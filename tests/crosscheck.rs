@@ -2,13 +2,14 @@
 //! `docs/pytorch-checks/router_oracle.py`; see docs/crosscheck.md) replay the same here: ok or the
 //! same error kind and first line, the same placements, per-rank global and local shapes per
 //! output, the same collectives counted per op, and the same values within the value oracle's
-//! tolerance. And every DTensor op call the rule research traced on real DTensor
+//! tolerance; the comparison `shardfuzz confirm` uses must find no difference either. And every DTensor op call the rule research traced on real DTensor
 //! (`tests/pytorch/probes/`), and every one the op-level fact checks traced
 //! (`docs/pytorch-checks/out/`, docs/pytorch-facts.md), makes the same sharding decision here;
 //! the fact checks' traced cases also replay whole (`facts`).
 
 use serde_json::Value;
 use shardfuzz::device::Dev;
+use shardfuzz::harness::confirm::{compare, real::RealOutcome};
 use shardfuzz::harness::{check, replay, Checked, Options};
 use std::collections::BTreeMap;
 
@@ -18,14 +19,8 @@ mod facts;
 fn real_comms(sharded: &Value) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for (op, n) in sharded["comm_counts"].as_object().into_iter().flatten() {
-        let short = op.rsplit('.').next().unwrap_or(op);
-        let name = match short {
-            "all_gather_into_tensor" => "all_gather",
-            "reduce_scatter_tensor" => "reduce_scatter",
-            "shard_dim_alltoall" | "all_to_all_single" => "all_to_all",
-            other => other,
-        };
-        *m.entry(name.to_string()).or_default() += n.as_u64().unwrap_or(0);
+        let name = shardfuzz::harness::confirm::real::comm_name(op);
+        *m.entry(name).or_default() += n.as_u64().unwrap_or(0);
     }
     m
 }
@@ -182,7 +177,10 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
         let file = real["pytorch"]["case_file"].as_str().unwrap_or("?").to_string();
         let case = replay::parse(&real["case"].to_string()).unwrap();
         let ours = check(&case, Dev::Cpu, Options::default()).unwrap();
-        let diffs = differences(&real, &ours);
+        let mut diffs = differences(&real, &ours);
+        // `shardfuzz confirm` compares with the library's comparison: it must agree as well.
+        let lib = compare::forward(&ours, &RealOutcome::parse(&real).unwrap());
+        diffs.extend(lib.iter().map(|d| format!("confirm's comparison: {d}")));
         if real["sharded"]["ok"] == true {
             let decided = values::decided(&ours);
             let undecided = decided.iter().filter(|d| !**d).count();

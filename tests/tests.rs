@@ -19,6 +19,8 @@ mod golden;
 mod mutants;
 /// The simulated DTensor op by op against full tensors, and redistribution round trips.
 mod ops;
+/// Real PyTorch 2.11 (the project's venv): confirm with both engines, exported scripts, nightly --confirm.
+mod realtorch;
 /// Every committed reproducer still shows its signature.
 mod regressions;
 /// The router: the verified scatter-op and whole-router facts, presets, features, hand-built reference examples.

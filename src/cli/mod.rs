@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 mod bench;
 mod common;
+mod confirm;
 mod doctor;
+mod export;
 mod gen;
 pub mod import;
 mod merge;
@@ -55,6 +57,10 @@ pub enum Command {
     Import(import::Args),
     /// Benchmark: cases/s per device and size, phase breakdown, time to detect, shrink time
     Bench(bench::Args),
+    /// Run cases on real PyTorch DTensor and say whether the model agrees (exit 1 when any differs)
+    Confirm(confirm::Args),
+    /// Write a case as a standalone PyTorch script (torchrun or one process) for an upstream issue
+    Export(export::Args),
     #[command(hide = true)]
     Worker(worker::Args),
 }
@@ -94,6 +100,8 @@ pub fn main() -> ExitCode {
         Command::Report(a) => report::run(a),
         Command::Import(a) => import::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Confirm(a) => confirm::run(a),
+        Command::Export(a) => export::run(a),
         Command::Worker(a) => worker::run(a),
     };
     match result {

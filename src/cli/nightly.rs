@@ -6,6 +6,8 @@ use super::CliResult;
 use crate::device::{self, DeviceArg};
 use crate::harness::campaign::shard::Shard;
 use crate::harness::campaign::{self, Config};
+use crate::harness::confirm::{buckets, Confirmer, Engine, Release};
+use crate::harness::report::Report;
 use crate::harness::shrink::Budget;
 use crate::harness::worker::Fault;
 use std::path::PathBuf;
@@ -57,6 +59,14 @@ pub struct Args {
     /// still counts the whole stream. `shardfuzz merge` joins the shards' directories
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// After shrinking, run each bucket's reproducer on real PyTorch (`shardfuzz confirm`) and
+    /// report it: `--confirm` alone uses the release each bucket's rule set models, or list
+    /// releases (e.g. --confirm 2.13.0,2.14.0). Venvs as for `confirm`
+    #[arg(long, value_name = "VERSIONS", num_args = 0..=1, value_delimiter = ',')]
+    pub confirm: Option<Vec<Release>>,
+    /// Seconds one reproducer may take on real PyTorch (`--confirm`) before it is `not run`
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub confirm_timeout: u64,
     /// Test hook: make a worker abort, segfault or hang on case N (abort@N, segv@N, hang@N)
     #[arg(long, hide = true)]
     pub inject_fault: Option<Fault>,
@@ -70,6 +80,7 @@ pub fn run(a: Args) -> CliResult {
             devices.push(dev);
         }
     }
+    anyhow::ensure!(a.confirm_timeout > 0, "--confirm-timeout must be at least 1 second");
     let shard = a.shard.unwrap_or(Shard::WHOLE);
     if shard.count > 1 && a.corpus.is_some() {
         anyhow::bail!("--corpus with --shard: shards would overwrite each other's reproducers; pass --corpus to `shardfuzz merge`");
@@ -98,8 +109,14 @@ pub fn run(a: Args) -> CliResult {
     };
     campaign::catch_sigint();
     let mut report = campaign::run(&cfg)?;
+    // An interrupted campaign reports at once; its buckets stay unconfirmed.
+    if let (Some(releases), false) = (&a.confirm, report.interrupted) {
+        confirm(&mut report, &a.out, releases, a.confirm_timeout, cfg.progress)?;
+    }
     if let (Some(b), Some(dir)) = (&baseline, &a.baseline) {
         report.compare(b, &dir.display().to_string());
+    }
+    if a.confirm.is_some() || baseline.is_some() {
         report.write(&a.out)?;
     }
     let part = if shard.count > 1 { format!(" (shard {shard})") } else { String::new() };
@@ -113,5 +130,28 @@ pub fn run(a: Args) -> CliResult {
         if report.interrupted { " (interrupted)" } else { "" },
         a.out.join("report.md").display()
     );
+    if let Some(f) = report.measure_fidelity() {
+        eprintln!("shardfuzz: {}", f.line());
+    }
     Ok(if report.buckets.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Confirms every bucket's reproducer on real PyTorch (the report is written by the caller).
+fn confirm(
+    report: &mut Report,
+    out: &std::path::Path,
+    releases: &[Release],
+    timeout: u64,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let mut confirmer = Confirmer::new(Duration::from_secs(timeout));
+    buckets::confirm_report(report, out, releases, &mut confirmer, Engine::Auto, |i, n| {
+        if progress {
+            eprint!("\r\x1b[K[{}/{n}] confirming on real PyTorch", i + 1);
+        }
+    });
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    Ok(())
 }

@@ -168,13 +168,8 @@ fn run(rec: &Value, release: &str) -> Result<Run, String> {
 fn real_comms(counts: &Value) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for (op, n) in counts.as_object().into_iter().flatten() {
-        let name = match op.rsplit('.').next().unwrap_or(op) {
-            "all_gather_into_tensor" => "all_gather",
-            "reduce_scatter_tensor" => "reduce_scatter",
-            "shard_dim_alltoall" => "all_to_all",
-            other => other,
-        };
-        *m.entry(name.to_string()).or_default() += n.as_u64().unwrap();
+        let name = shardfuzz::harness::confirm::real::comm_name(op);
+        *m.entry(name).or_default() += n.as_u64().unwrap();
     }
     m
 }

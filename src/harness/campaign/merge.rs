@@ -190,6 +190,7 @@ fn combine(parts: &[Part], m: &Manifest) -> Report {
             .map(|((mesh, layout), (cases, diverging))| GridCell { mesh, layout, cases, diverging })
             .collect(),
         regression: None,
+        fidelity: None,
         timing: timing(parts),
     }
 }
@@ -255,6 +256,11 @@ fn merge_buckets(parts: &[Part], setup: &Setup, opts: &Options) -> anyhow::Resul
         copy_first_case(fp, first, setup, &opts.out)?;
         if let Some(rel) = &small.repro {
             b.repro = Some(copy_repro(&sp.dir.join(rel), sig, opts)?);
+        }
+        if let (Some(rel), Some(_)) = (&b.repro, small.script()) {
+            // The script is made again from the merged reproducer, in the merged directory.
+            let case = crate::harness::replay::load(&opts.out.join(rel))?;
+            super::write_script(&opts.out, sig, &case)?;
         }
         out.push(b);
     }

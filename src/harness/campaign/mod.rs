@@ -25,7 +25,7 @@ use super::bucket::ShrinkInfo;
 use super::case::Case;
 use super::generate::GenConfig;
 use super::oracle::{Class, Verdict};
-use super::report::Report;
+use super::report::{write_atomic, Report};
 use super::shrink::Budget;
 use super::signature::Signature;
 use super::worker::{Fault, Job, Reply, Setup};
@@ -251,6 +251,7 @@ fn on_reply(
             state.add_shrink_time(elapsed_ms);
             if !lost {
                 let file = write_repro(cfg, &signature, &case)?;
+                let script = write_script(&cfg.out, &signature, &case)?;
                 let d = case.dims;
                 let info = ShrinkInfo {
                     tried,
@@ -262,7 +263,7 @@ fn on_reply(
                     experts: d.experts,
                     model: d.model,
                 };
-                state.shrunk(&signature, file, info);
+                state.shrunk(&signature, file, script, info);
             }
         }
         Reply::Failed { message } => {
@@ -342,6 +343,20 @@ fn write_repro(cfg: &Config, sig: &Signature, case: &Case) -> anyhow::Result<Str
             Ok(relative(&dir.join(&name), &cfg.out))
         }
     }
+}
+
+/// Writes the reproducer as a standalone PyTorch script (`shardfuzz export`) to
+/// `OUT/repro/<slug>.py`, in the campaign directory even when reproducers go to a corpus (a
+/// script is for an upstream report, not for replay), and returns its path relative to `out`.
+pub fn write_script(out: &Path, sig: &Signature, case: &Case) -> anyhow::Result<String> {
+    let rel = format!("repro/{}.py", sig.slug());
+    let mut c = case.clone();
+    if c.tensors.is_none() {
+        c.tensors = Some(crate::harness::data::inline(&c));
+    }
+    std::fs::create_dir_all(out.join("repro"))?;
+    write_atomic(&out.join(&rel), &crate::harness::export::script(&c))?;
+    Ok(rel)
 }
 
 /// `path` as seen from directory `from` (both made absolute first).

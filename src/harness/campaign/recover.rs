@@ -132,6 +132,7 @@ fn empty(m: Option<Manifest>) -> Report {
         grads: GradTally::default(),
         grid: vec![],
         regression: None,
+        fidelity: None,
         timing: Timing::default(),
     }
 }

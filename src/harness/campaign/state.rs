@@ -185,9 +185,11 @@ impl State {
     }
 
     /// A bucket's minimized reproducer, written at `file` (relative to the campaign directory).
-    pub fn shrunk(&mut self, sig: &Signature, file: String, info: ShrinkInfo) {
+    /// A bucket's minimized reproducer and its exported PyTorch script (the bucket's `pytorch`).
+    pub fn shrunk(&mut self, sig: &Signature, file: String, script: String, info: ShrinkInfo) {
         if let Some(b) = self.buckets.get_mut(sig) {
             b.repro = Some(file);
+            b.extra.insert(crate::harness::bucket::SCRIPT_FIELD.into(), script.into());
             b.shrink = Some(info);
         }
     }
@@ -229,6 +231,7 @@ impl State {
                 .map(|((m, l), (c, d))| GridCell { mesh: m.clone(), layout: l.clone(), cases: *c, diverging: *d })
                 .collect(),
             regression: None,
+            fidelity: None,
             timing,
         }
     }

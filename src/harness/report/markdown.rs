@@ -68,7 +68,24 @@ impl Report {
             ["wall time".into(), format!("{:.1} s (timing)", self.timing.wall_s)],
             ["cases/s".into(), format!("{:.0} (timing)", self.timing.cases_per_s)],
         ];
-        format!("## Summary\n\n{}\n\n", md_table(&["", "value"], &summary))
+        format!("## Summary\n\n{}\n\n{}", md_table(&["", "value"], &summary), self.md_fidelity())
+    }
+
+    /// The fidelity line and the model bugs, when the campaign confirmed its buckets.
+    fn md_fidelity(&self) -> String {
+        let Some(f) = self.measure_fidelity() else { return String::new() };
+        let mut s = format!("**{}**\n\n", f.line());
+        for b in self.model_bugs() {
+            s.push_str(&format!(
+                "- model bug: `{}`: {}\n",
+                b.signature,
+                b.real().map(|r| r.cell()).unwrap_or_default().replace('|', "\\|")
+            ));
+        }
+        if f.model_bugs > 0 {
+            s.push('\n');
+        }
+        s
     }
 
     fn md_comparison(&self) -> String {
@@ -149,6 +166,7 @@ impl Report {
     }
 
     fn md_buckets(&self) -> String {
+        let real = self.has_real();
         let rows: Vec<Vec<String>> = self
             .buckets
             .iter()
@@ -157,24 +175,33 @@ impl Report {
                     Some(x) => format!("{}r {}t {}e {}d", x.ranks, x.tokens, x.experts, x.model),
                     None => "-".into(),
                 };
-                vec![
-                    format!("`{}`", b.signature),
-                    b.count.to_string(),
-                    b.first_index.to_string(),
-                    min,
-                    match &b.repro {
-                        Some(r) => format!("[repro]({r})"),
-                        None => format!("[first]({})", b.first_case),
-                    },
-                    b.explanation.replace('|', "\\|"),
-                ]
+                let mut file = match &b.repro {
+                    Some(r) => format!("[repro]({r})"),
+                    None => format!("[first]({})", b.first_case),
+                };
+                if let Some(py) = b.script() {
+                    file.push_str(&format!(" [.py]({py})"));
+                }
+                let mut row =
+                    vec![format!("`{}`", b.signature), b.count.to_string(), b.first_index.to_string(), min, file];
+                if real {
+                    row.push(super::real::cell(b).replace('|', "\\|"));
+                }
+                row.push(b.explanation.replace('|', "\\|"));
+                row
             })
             .collect();
+        let mut header = vec!["signature", "cases", "first", "minimized", "file"];
+        if real {
+            header.push("real PyTorch");
+        }
+        header.push("what it means");
         format!(
             "## Buckets\n\n\
-             One row per signature (`class:output:router:rules:key`). Minimized: ranks/tokens/experts/model dim of the shrunk reproducer.\n\n\
+             One row per signature (`class:output:router:rules:key`). Minimized: ranks/tokens/experts/model dim of the shrunk reproducer.{}\n\n\
              {}\n\n",
-            md_table(&["signature", "cases", "first", "minimized", "file", "what it means"], &rows)
+            if real { " Real PyTorch: the reproducer run on real DTensor (`shardfuzz confirm`); a bucket it does not confirm is a model bug." } else { "" },
+            md_table(&header, &rows)
         )
     }
 

@@ -18,6 +18,7 @@ use tabled::Table;
 mod html;
 mod junit;
 mod markdown;
+pub mod real;
 
 pub const REPORT_FORMAT: &str = "shardfuzz.report/1";
 
@@ -167,6 +168,9 @@ pub struct Report {
     pub grid: Vec<GridCell>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression: Option<Regression>,
+    /// Confirmed buckets of all buckets (`nightly --confirm`); recomputed on every write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<real::Fidelity>,
     pub timing: Timing,
 }
 
@@ -204,7 +208,9 @@ impl Report {
     /// Writes report.json, report.md, junit.xml and report.html into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        write_atomic(&dir.join("report.json"), &(serde_json::to_string_pretty(self)? + "\n"))?;
+        let mut data = self.clone();
+        data.fidelity = self.measure_fidelity();
+        write_atomic(&dir.join("report.json"), &(serde_json::to_string_pretty(&data)? + "\n"))?;
         write_atomic(&dir.join("report.md"), &self.markdown())?;
         write_atomic(&dir.join("junit.xml"), &self.junit())?;
         write_atomic(&dir.join("report.html"), &self.html(dir))?;

@@ -53,7 +53,29 @@ impl Report {
             format!("<td class=\"n\" data-v=\"{0:.0}\">{0:.0}</td>", self.timing.cases_per_s),
         ];
         let body = format!("<tr>{}</tr>\n", cells.concat());
-        section("summary", "Summary", "", &table("summary-table", "summary", &head, &body))
+        let table = table("summary-table", "summary", &head, &body);
+        section("summary", "Summary", "", &(table + &self.html_fidelity()))
+    }
+
+    /// The fidelity line and the model bugs, when the campaign confirmed its buckets.
+    fn html_fidelity(&self) -> String {
+        let Some(f) = self.measure_fidelity() else { return String::new() };
+        let mut s = format!("<p id=\"fidelity\"><strong>{}</strong></p>\n", esc(&f.line()));
+        let bugs: Vec<String> = self
+            .model_bugs()
+            .iter()
+            .map(|b| {
+                format!(
+                    "<li>model bug: <code>{}</code>: {}</li>",
+                    esc(&b.signature.to_string()),
+                    esc(&b.real().map(|r| r.cell()).unwrap_or_default())
+                )
+            })
+            .collect();
+        if !bugs.is_empty() {
+            s.push_str(&format!("<ul id=\"model-bugs\">{}</ul>\n", bugs.concat()));
+        }
+        s
     }
 
     pub(super) fn html_comparison(&self) -> String {
@@ -146,6 +168,7 @@ impl Report {
     }
 
     pub(super) fn html_buckets(&self) -> String {
+        let real = self.has_real();
         let mut body = String::with_capacity(self.buckets.len() * 700);
         for (i, b) in self.buckets.iter().enumerate() {
             let (min, key) = match &b.shrink {
@@ -155,10 +178,14 @@ impl Report {
                 ),
                 None => ("-".into(), f64::MAX),
             };
-            let file = match &b.repro {
+            let mut file = match &b.repro {
                 Some(r) => link(r, "repro"),
                 None => link(&b.first_case, "first"),
             };
+            if let Some(py) = b.script() {
+                file = format!("{file} {}", link(py, ".py"));
+            }
+            let real_cell = if real { text(&super::super::real::cell(b)) } else { String::new() };
             let known = if b.known.is_empty() {
                 String::new()
             } else {
@@ -168,7 +195,7 @@ impl Report {
             // opens fast with thousands of buckets; the script pages, sorts and filters them.
             let hidden = if i >= PAGE { " hidden" } else { "" };
             body.push_str(&format!(
-                "<tr id=\"b-{i}\" data-i=\"{i}\" class=\"bucket\"{hidden}><td><code>{}</code></td>{}<td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td><td>{}{known}</td></tr>\n",
+                "<tr id=\"b-{i}\" data-i=\"{i}\" class=\"bucket\"{hidden}><td><code>{}</code></td>{}<td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td>{real_cell}<td>{}{known}</td></tr>\n",
                 esc(&b.signature.to_string()),
                 text(b.class.name()),
                 esc(b.signature.program.name()),
@@ -179,7 +206,7 @@ impl Report {
                 esc(&b.explanation),
             ));
         }
-        let head = [
+        let mut head = vec![
             ("signature", "sig"),
             ("class", "cls"),
             ("program", "prog"),
@@ -188,8 +215,11 @@ impl Report {
             ("first", "n cnt"),
             ("minimized", "n min"),
             ("file", "file"),
-            ("what it means", "what"),
         ];
+        if real {
+            head.push(("real PyTorch", "real"));
+        }
+        head.push(("what it means", "what"));
         let shown = self.buckets.len().min(PAGE);
         let filter = format!(
             "<p class=\"tools\"><input id=\"bucket-filter\" type=\"search\" placeholder=\"filter buckets (signature, class, program, text)\" size=\"48\"> \
