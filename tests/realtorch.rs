@@ -248,3 +248,15 @@ fn bad_confirm_and_export_input_exits_2_with_one_line() {
         assert!(err.lines().any(|l| l.starts_with("shardfuzz:") || l.starts_with("error:")), "{args:?}: {err}");
     }
 }
+
+/// The worker distributes inputs as real `distribute_tensor` does, Partial placements included
+/// (every rank's piece compared on a 2 x 3 mesh).
+#[test]
+fn the_worker_lays_out_partial_inputs_as_distribute_tensor_does() {
+    let o = Command::new(venv_bin().join("python"))
+        .arg(repo("tests/pytorch/worker_partition.py"))
+        .env("PYTHONPATH", repo("python"))
+        .output()
+        .unwrap();
+    assert!(o.status.success() && text(&o).contains("local_piece matches distribute_tensor"), "{}", text(&o));
+}

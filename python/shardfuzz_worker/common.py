@@ -89,7 +89,9 @@ def chunk(t, n, k, dim):
 
 def local_piece(full, mesh_shape, pls, rank):
     """Rank `rank`'s local tensor of `full` under `pls`, mesh dims nested left to right, as
-    distribute_tensor lays it out. Partial inputs are refused, as distribute_tensor does."""
+    distribute_tensor lays it out. A Partial mesh dim partitions the value as distribute_tensor
+    does (Partial._partition_value): P(sum) leaves every rank its share 1/n, P(avg|max|min) the
+    value itself."""
     c = coords(mesh_shape, rank)
     t = full
     for md, p in enumerate(pls):
@@ -99,9 +101,8 @@ def local_piece(full, mesh_shape, pls, rank):
             t = torch.cat([chunk(pc, n, k, p.dim) for pc in pieces], dim=p.dim)
         elif isinstance(p, Shard):
             t = chunk(t, n, k, p.dim)
-        elif isinstance(p, Partial):
-            raise RuntimeError(f"Trying to distribute tensor with unsupported placements {p!r} on device "
-                               f"mesh dimension {md}!")
+        elif isinstance(p, Partial) and p.reduce_op == "sum":
+            t = t / n
     return t.contiguous()
 
 
