@@ -75,7 +75,7 @@ def judge_backward(seen, notes):
     if seen["error"] is not None:
         return [("error", "-", f"only the {BACKWARD['boundary']} program raised: {seen['error']}")]
     ref, ref_ids = reference_grads()
-    decided, _ = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
+    decided, _, _ = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
     if not decided.all():
         notes.append("gradients not compared: the reference's choice is a near-tie")
         return found

@@ -58,7 +58,8 @@ def rebuild(locals_, pls):
 
 def margins(x, w, b, eb):
     """Per token, in float64: is the top-k choice (and the kept groups) decided, i.e. is the gap at
-    the K-th choice wider than what float32 rounding on both sides can close? And the score bound."""
+    the K-th choice wider than what float32 rounding on both sides can close? Also whether the
+    kept groups alone are decided (the group mask is compared there), and the score bound."""
     x64, w64 = x.double().reshape(-1, D), w.double()
     logits = x64 @ w64.T + (b.double() if b is not None else 0.0)
     absdot = (x64.abs() @ w64.abs().T + (b.double().abs() if b is not None else 0.0)).amax(-1)
@@ -68,17 +69,17 @@ def margins(x, w, b, eb):
     g = D * U32 / (1 - D * U32)
     bound = 2 * g * absdot + 8 * U32
     cbound = bound + 2 * U32 * scale
-    decided = torch.ones(choice.shape[0], dtype=torch.bool)
+    groups_decided = torch.ones(choice.shape[0], dtype=torch.bool)
     if GROUPS is not None:
         gs = choice.reshape(-1, GROUPS[0], E // GROUPS[0]).topk(2, -1).values.sum(-1)
-        decided &= gap(gs, GROUPS[1]) > 2 * (2 * cbound + 4 * U32 * scale)
+        groups_decided = gap(gs, GROUPS[1]) > 2 * (2 * cbound + 4 * U32 * scale)
         kept = torch.zeros_like(gs, dtype=torch.bool).scatter_(-1, gs.topk(GROUPS[1], -1).indices, True)
         choice = choice.reshape(-1, GROUPS[0], E // GROUPS[0]).masked_fill(~kept.unsqueeze(-1), -math.inf)
         choice = choice.reshape(-1, E)
-    decided &= gap(choice, K) > 2 * cbound
+    decided = groups_decided & (gap(choice, K) > 2 * cbound)
     if ROUND_ROBIN:  # force_load_balance: the ids do not depend on the scores, nothing is a tie
         decided[:] = True
-    return decided, bound
+    return decided, groups_decided, bound
 
 
 def gap(v, k):
@@ -103,7 +104,7 @@ def self_consistent(full, sm, found):
 def judge_values(ref, full, found):
     """The value oracle: scores within the bound, the same experts where the choice is decided,
     the routing map there, counts net of undecided tokens."""
-    decided, bound = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
+    decided, groups_decided, bound = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
     rs, ss = ref["scores"].reshape(-1, E).double(), full["scores"].reshape(-1, E).double()
     bad = ((rs - ss).abs() > 2 * bound.unsqueeze(-1)) & ~(rs.isnan() & ss.isnan())
     if bad.any():
@@ -123,8 +124,27 @@ def judge_values(ref, full, found):
         found.append(("value", "counts", "counts differ from the reference's on tokens whose choice was decided"))
     if "group_mask" in ref and "group_mask" in full:
         rg, sg = ref["group_mask"].reshape(-1, GROUPS[0]), full["group_mask"].reshape(-1, GROUPS[0])
-        if ((rg != sg).any(-1) & decided).any():
+        if ((rg != sg).any(-1) & groups_decided).any():
             found.append(("value", "group_mask", "a token kept other groups than the reference"))
+
+
+def offsets(ids, counts, found):
+    """torchtitan's token reorder trusts each rank's local counts to describe its local ids: the
+    counts must add up to the rank's routed slots and be their histogram. Checked where the
+    counts pass their contract and sit next to ids they can describe (Partial counts next to
+    token-sharded ids, or both Replicate)."""
+    token_shard = re.compile(r"^_?S\((0|1)[,)]")
+    paired = all((c.startswith("P(") and token_shard.match(i)) or c == i == "R"
+                 for c, i in zip(counts["placements"], ids["placements"]))
+    if not paired:
+        return
+    for r, (il, cl) in enumerate(zip(ids["locals"], counts["locals"])):
+        il, cl = il.reshape(-1).long(), cl.reshape(-1).long()
+        end, slots = int(cl.sum()), il.numel()
+        if end != slots:
+            found.append(("value", "offsets", f"rank {r}: offsets from its counts end at {end}, but it holds {slots} routed slots"))
+        elif ((il < 0) | (il >= E)).any() or not torch.equal(torch.bincount(il, minlength=E)[:E], cl[:E]):
+            found.append(("value", "offsets", f"rank {r}: its counts are not the histogram of its ids"))
 
 
 def judge_forward(ref, ref_err, seen):
@@ -153,6 +173,8 @@ def judge_forward(ref, ref_err, seen):
         counts = seen["outputs"]["counts"]["placements"]
         if counts != [str(p) for p in CONTRACT]:
             found.append(("placement", "counts", f"counts are {counts}, the contract says {[str(p) for p in CONTRACT]}"))
+        else:
+            offsets(seen["outputs"]["topk_ids"], seen["outputs"]["counts"], found)
     if RULES != "torch-2.12":
         for name, n in seen["site_comms"].items():
             if n:

@@ -122,6 +122,7 @@ import datetime
 import math
 import os
 import pickle
+import re
 import tempfile
 
 import torch
