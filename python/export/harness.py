@@ -279,6 +279,10 @@ def main():
     if "RANK" in os.environ:  # torchrun --nproc-per-node WORLD
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
         return gloo_rank(dist.get_rank(), None)
+    if any(p.is_partial() for pls in PLACEMENTS.values() for p in pls):
+        # Under LocalTensorMode, distribute_tensor leaves a Partial input as one plain tensor,
+        # which the mode's collectives do not sum over the ranks.
+        return spawn_gloo("a Partial input")
     dist.init_process_group("fake", rank=0, world_size=WORLD)
     with LocalTensorMode(WORLD):
         views = sharded(range(WORLD))
@@ -286,8 +290,11 @@ def main():
     if not any(s in err for s in ("SymInt", "symbolic sizes", "could not look up op")):
         return report(merge(views), "one process (fake process group + LocalTensorMode)")
     # LocalTensorMode cannot hold sizes that differ per rank where DTensor expects one.
-    print(f"LocalTensorMode cannot represent this case ({err}); running {WORLD} gloo processes instead")
     dist.destroy_process_group()
+    spawn_gloo(err)
+
+
+def spawn_gloo(why):
+    print(f"LocalTensorMode cannot represent this case ({why}); running {WORLD} gloo processes instead")
     with tempfile.TemporaryDirectory() as td:
         torch.multiprocessing.spawn(gloo_rank, args=("file://" + os.path.join(td, "store"),), nprocs=WORLD)
-
