@@ -212,7 +212,9 @@ def sharded(ranks):
 def merge(views):
     """One record from every rank's view."""
     first = views[0]
-    errors = [v["error"] for v in views if v["error"] is not None]
+    # A rank that timed out waiting for one that had raised is not the finding: the raise is.
+    waited = lambda e: any(w in e.lower() for w in ("timeout", "pair closure", "closed by peer"))  # noqa: E731
+    errors = sorted((v["error"] for v in views if v["error"] is not None), key=waited)
     seen = {"error": errors[0] if errors else None, "comms": first["comms"], "site_comms": first["site_comms"],
             "outputs": {}}
     if not errors:
@@ -250,28 +252,28 @@ def report(seen, how):
     print("shardfuzz's model:", ", ".join(MODEL) or "none")
 
 
-def gather_views(view):
-    """Every rank's view on every rank (all_gather_object without numpy, which torch 2.11's
-    needs): each pickles its view into a byte tensor, padded to the longest."""
-    data = torch.frombuffer(bytearray(pickle.dumps(view)), dtype=torch.uint8)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(WORLD)]
-    dist.all_gather(sizes, torch.tensor([data.numel()]))
-    longest = max(int(n) for n in sizes)
-    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(WORLD)]
-    dist.all_gather(bufs, torch.cat([data, torch.zeros(longest - data.numel(), dtype=torch.uint8)]))
-    return [pickle.loads(bytes(b[:int(n)].tolist())) for b, n in zip(bufs, sizes)]
-
-
 def gloo_rank(rank, init):
     """One rank of the gloo run (torchrun, or the fallback below)."""
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
                                 timeout=datetime.timedelta(seconds=60))
-    views = gather_views(sharded([rank])[0])
+    views = store_views(rank, sharded([rank])[0])
     if rank == 0:
         report(merge(views), f"{WORLD} gloo process(es)")
-    dist.barrier()
     dist.destroy_process_group()
+
+
+def store_views(rank, view):
+    """Every rank's view, through the process group's key-value store: each rank posts its own,
+    rank 0 reads them all. No collective, so a rank that raised cannot leave the others waiting
+    (they time out in the router's collective, and that is their view)."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"shardfuzz/view/{rank}", pickle.dumps(view))
+    if rank != 0:
+        return [view]
+    keys = [f"shardfuzz/view/{r}" for r in range(WORLD)]
+    store.wait(keys, datetime.timedelta(seconds=180))
+    return [pickle.loads(store.get(k)) for k in keys]
 
 
 def main():
