@@ -13,6 +13,7 @@ import datetime
 import math
 import os
 import pickle
+import re
 import tempfile
 
 import torch
@@ -135,7 +136,8 @@ def rebuild(locals_, pls):
 
 def margins(x, w, b, eb):
     """Per token, in float64: is the top-k choice (and the kept groups) decided, i.e. is the gap at
-    the K-th choice wider than what float32 rounding on both sides can close? And the score bound."""
+    the K-th choice wider than what float32 rounding on both sides can close? Also whether the
+    kept groups alone are decided (the group mask is compared there), and the score bound."""
     x64, w64 = x.double().reshape(-1, D), w.double()
     logits = x64 @ w64.T + (b.double() if b is not None else 0.0)
     absdot = (x64.abs() @ w64.abs().T + (b.double().abs() if b is not None else 0.0)).amax(-1)
@@ -145,17 +147,17 @@ def margins(x, w, b, eb):
     g = D * U32 / (1 - D * U32)
     bound = 2 * g * absdot + 8 * U32
     cbound = bound + 2 * U32 * scale
-    decided = torch.ones(choice.shape[0], dtype=torch.bool)
+    groups_decided = torch.ones(choice.shape[0], dtype=torch.bool)
     if GROUPS is not None:
         gs = choice.reshape(-1, GROUPS[0], E // GROUPS[0]).topk(2, -1).values.sum(-1)
-        decided &= gap(gs, GROUPS[1]) > 2 * (2 * cbound + 4 * U32 * scale)
+        groups_decided = gap(gs, GROUPS[1]) > 2 * (2 * cbound + 4 * U32 * scale)
         kept = torch.zeros_like(gs, dtype=torch.bool).scatter_(-1, gs.topk(GROUPS[1], -1).indices, True)
         choice = choice.reshape(-1, GROUPS[0], E // GROUPS[0]).masked_fill(~kept.unsqueeze(-1), -math.inf)
         choice = choice.reshape(-1, E)
-    decided &= gap(choice, K) > 2 * cbound
+    decided = groups_decided & (gap(choice, K) > 2 * cbound)
     if ROUND_ROBIN:  # force_load_balance: the ids do not depend on the scores, nothing is a tie
         decided[:] = True
-    return decided, bound
+    return decided, groups_decided, bound
 
 
 def gap(v, k):
@@ -180,7 +182,7 @@ def self_consistent(full, sm, found):
 def judge_values(ref, full, found):
     """The value oracle: scores within the bound, the same experts where the choice is decided,
     the routing map there, counts net of undecided tokens."""
-    decided, bound = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
+    decided, groups_decided, bound = margins(INPUTS["x"], INPUTS["gate_weight"], INPUTS.get("gate_bias"), INPUTS.get("expert_bias"))
     rs, ss = ref["scores"].reshape(-1, E).double(), full["scores"].reshape(-1, E).double()
     bad = ((rs - ss).abs() > 2 * bound.unsqueeze(-1)) & ~(rs.isnan() & ss.isnan())
     if bad.any():
@@ -200,8 +202,27 @@ def judge_values(ref, full, found):
         found.append(("value", "counts", "counts differ from the reference's on tokens whose choice was decided"))
     if "group_mask" in ref and "group_mask" in full:
         rg, sg = ref["group_mask"].reshape(-1, GROUPS[0]), full["group_mask"].reshape(-1, GROUPS[0])
-        if ((rg != sg).any(-1) & decided).any():
+        if ((rg != sg).any(-1) & groups_decided).any():
             found.append(("value", "group_mask", "a token kept other groups than the reference"))
+
+
+def offsets(ids, counts, found):
+    """torchtitan's token reorder trusts each rank's local counts to describe its local ids: the
+    counts must add up to the rank's routed slots and be their histogram. Checked where the
+    counts pass their contract and sit next to ids they can describe (Partial counts next to
+    token-sharded ids, or both Replicate)."""
+    token_shard = re.compile(r"^_?S\((0|1)[,)]")
+    paired = all((c.startswith("P(") and token_shard.match(i)) or c == i == "R"
+                 for c, i in zip(counts["placements"], ids["placements"]))
+    if not paired:
+        return
+    for r, (il, cl) in enumerate(zip(ids["locals"], counts["locals"])):
+        il, cl = il.reshape(-1).long(), cl.reshape(-1).long()
+        end, slots = int(cl.sum()), il.numel()
+        if end != slots:
+            found.append(("value", "offsets", f"rank {r}: offsets from its counts end at {end}, but it holds {slots} routed slots"))
+        elif ((il < 0) | (il >= E)).any() or not torch.equal(torch.bincount(il, minlength=E)[:E], cl[:E]):
+            found.append(("value", "offsets", f"rank {r}: its counts are not the histogram of its ids"))
 
 
 def judge_forward(ref, ref_err, seen):
@@ -230,6 +251,8 @@ def judge_forward(ref, ref_err, seen):
         counts = seen["outputs"]["counts"]["placements"]
         if counts != [str(p) for p in CONTRACT]:
             found.append(("placement", "counts", f"counts are {counts}, the contract says {[str(p) for p in CONTRACT]}"))
+        else:
+            offsets(seen["outputs"]["topk_ids"], seen["outputs"]["counts"], found)
     if RULES != "torch-2.12":
         for name, n in seen["site_comms"].items():
             if n:
@@ -267,7 +290,9 @@ def sharded(ranks):
 def merge(views):
     """One record from every rank's view."""
     first = views[0]
-    errors = [v["error"] for v in views if v["error"] is not None]
+    # A rank that timed out waiting for one that had raised is not the finding: the raise is.
+    waited = lambda e: any(w in e.lower() for w in ("timeout", "pair closure", "closed by peer"))  # noqa: E731
+    errors = sorted((v["error"] for v in views if v["error"] is not None), key=waited)
     seen = {"error": errors[0] if errors else None, "comms": first["comms"], "site_comms": first["site_comms"],
             "outputs": {}}
     if not errors:
@@ -305,28 +330,28 @@ def report(seen, how):
     print("shardfuzz's model:", ", ".join(MODEL) or "none")
 
 
-def gather_views(view):
-    """Every rank's view on every rank (all_gather_object without numpy, which torch 2.11's
-    needs): each pickles its view into a byte tensor, padded to the longest."""
-    data = torch.frombuffer(bytearray(pickle.dumps(view)), dtype=torch.uint8)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(WORLD)]
-    dist.all_gather(sizes, torch.tensor([data.numel()]))
-    longest = max(int(n) for n in sizes)
-    bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in range(WORLD)]
-    dist.all_gather(bufs, torch.cat([data, torch.zeros(longest - data.numel(), dtype=torch.uint8)]))
-    return [pickle.loads(bytes(b[:int(n)].tolist())) for b, n in zip(bufs, sizes)]
-
-
 def gloo_rank(rank, init):
     """One rank of the gloo run (torchrun, or the fallback below)."""
     if not dist.is_initialized():
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
                                 timeout=datetime.timedelta(seconds=60))
-    views = gather_views(sharded([rank])[0])
+    views = store_views(rank, sharded([rank])[0])
     if rank == 0:
         report(merge(views), f"{WORLD} gloo process(es)")
-    dist.barrier()
     dist.destroy_process_group()
+
+
+def store_views(rank, view):
+    """Every rank's view, through the process group's key-value store: each rank posts its own,
+    rank 0 reads them all. No collective, so a rank that raised cannot leave the others waiting
+    (they time out in the router's collective, and that is their view)."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"shardfuzz/view/{rank}", pickle.dumps(view))
+    if rank != 0:
+        return [view]
+    keys = [f"shardfuzz/view/{r}" for r in range(WORLD)]
+    store.wait(keys, datetime.timedelta(seconds=180))
+    return [pickle.loads(store.get(k)) for k in keys]
 
 
 def main():
@@ -334,6 +359,10 @@ def main():
     if "RANK" in os.environ:  # torchrun --nproc-per-node WORLD
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
         return gloo_rank(dist.get_rank(), None)
+    if any(p.is_partial() for pls in PLACEMENTS.values() for p in pls):
+        # Under LocalTensorMode, distribute_tensor leaves a Partial input as one plain tensor,
+        # which the mode's collectives do not sum over the ranks.
+        return spawn_gloo("a Partial input")
     dist.init_process_group("fake", rank=0, world_size=WORLD)
     with LocalTensorMode(WORLD):
         views = sharded(range(WORLD))
@@ -341,11 +370,14 @@ def main():
     if not any(s in err for s in ("SymInt", "symbolic sizes", "could not look up op")):
         return report(merge(views), "one process (fake process group + LocalTensorMode)")
     # LocalTensorMode cannot hold sizes that differ per rank where DTensor expects one.
-    print(f"LocalTensorMode cannot represent this case ({err}); running {WORLD} gloo processes instead")
     dist.destroy_process_group()
+    spawn_gloo(err)
+
+
+def spawn_gloo(why):
+    print(f"LocalTensorMode cannot represent this case ({why}); running {WORLD} gloo processes instead")
     with tempfile.TemporaryDirectory() as td:
         torch.multiprocessing.spawn(gloo_rank, args=("file://" + os.path.join(td, "store"),), nprocs=WORLD)
-
 
 
 if __name__ == "__main__":
