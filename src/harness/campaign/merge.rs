@@ -132,15 +132,6 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add_ties(a: &mut TieStats, b: &TieStats) {
-    a.tokens += b.tokens;
-    a.topk_near_ties += b.topk_near_ties;
-    a.group_near_ties += b.group_near_ties;
-    a.flipped += b.flipped;
-    a.cases_with_near_ties += b.cases_with_near_ties;
-    a.unchecked += b.unchecked;
-}
-
 /// Everything but the buckets: counts summed, rows and grid cells joined by key.
 fn combine(parts: &[Part], m: &Manifest) -> Report {
     let mut rows: BTreeMap<(Program, RuleSet), Row> = BTreeMap::new();
@@ -162,7 +153,7 @@ fn combine(parts: &[Part], m: &Manifest) -> Report {
             acc.0 += g.cases;
             acc.1 += g.diverging;
         }
-        add_ties(&mut ties, &r.near_ties);
+        ties.add(&r.near_ties);
         crate::harness::oracle::GradTally::add(&mut grads, &r.grads);
         if !libtorch.contains(&r.libtorch) {
             libtorch.push(r.libtorch.clone());

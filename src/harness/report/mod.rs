@@ -112,6 +112,16 @@ impl TieStats {
         self.unchecked += t.unchecked_rows as u64;
     }
 
+    /// Adds another run's totals (a shard's, when merging).
+    pub fn add(&mut self, o: &TieStats) {
+        self.tokens += o.tokens;
+        self.topk_near_ties += o.topk_near_ties;
+        self.group_near_ties += o.group_near_ties;
+        self.flipped += o.flipped;
+        self.cases_with_near_ties += o.cases_with_near_ties;
+        self.unchecked += o.unchecked;
+    }
+
     /// The unchecked tokens as a percentage of the tokens compared, "-" when none were.
     pub fn unchecked_share(&self) -> String {
         if self.tokens == 0 {
@@ -256,5 +266,8 @@ mod tests {
         assert_eq!((t.tokens, t.topk_near_ties, t.group_near_ties, t.flipped), (8, 3, 1, 1));
         assert_eq!((t.cases_with_near_ties, t.unchecked), (1, 2));
         assert_eq!(t.unchecked_share(), "25.000%");
+        let mut sum = t.clone();
+        sum.add(&t);
+        assert_eq!((sum.tokens, sum.flipped, sum.cases_with_near_ties, sum.unchecked), (16, 2, 2, 4));
     }
 }
