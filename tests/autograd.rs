@@ -3,9 +3,9 @@
 //! move a mismatched gradient, Partial normalised to Replicate by default), the collectives the
 //! backward logs, and per-rank gradients of ops against hand-computed values.
 
-use shardfuzz::dtensor::autograd::{Tape, Val};
-use shardfuzz::dtensor::{Ctx, DTensor, Op, RuleSet};
-use shardfuzz::placement::{Mesh, Placement, ReduceOp};
+use dtensor::autograd::{Tape, Val};
+use dtensor::{Ctx, DTensor, Op, RuleSet};
+use placement::{Mesh, Placement, ReduceOp};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 

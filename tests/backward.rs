@@ -5,22 +5,23 @@
 //! And generated backward cases: no gradient verdict on the correct revisions, each buggy one's
 //! bug at its site, the generator's mix, and a finding shrunk to two ranks.
 
+use dtensor::device::Dev;
+use harness::generate::{nth, BackwardMix, GenCommon};
+use harness::shrink::{self, Budget};
+use harness::verdict::Class;
+use harness::{check, Options, Signature};
+use router::backward::Boundary;
+use router::generate::RouterGen;
+use router::known::Known;
 use serde_json::Value;
-use shardfuzz::device::Dev;
-use shardfuzz::harness::case::Case;
-use shardfuzz::harness::confirm::{self, real::RealOutcome};
-use shardfuzz::harness::generate::{self, BackwardMix, GenConfig};
-use shardfuzz::harness::known::Known;
-use shardfuzz::harness::oracle::Class;
-use shardfuzz::harness::shrink::{self, Budget};
-use shardfuzz::harness::{check, replay, Options, Signature};
-use shardfuzz::router::backward::Boundary;
+use shardfuzz::confirm::{self, real::RealOutcome};
+use shardfuzz::replay;
 
 /// The differences between a recorded outcome and our replay of its case (the library's
 /// comparison, the one `shardfuzz confirm` uses).
 fn compare(value: &Value) -> Vec<String> {
     let case = replay::parse(&value["case"].to_string()).unwrap();
-    assert!(case.backward.is_some(), "a backward case");
+    assert!(crate::spec(&case).backward.is_some(), "a backward case");
     let c = check(&case, Dev::Cpu, Options::default()).unwrap();
     let real = RealOutcome::parse(value).unwrap();
     confirm::compare::backward(&c, &real).iter().map(|d| d.to_string()).collect()
@@ -80,9 +81,10 @@ fn backward_findings_reproduce_on_real_pytorch() {
 }
 
 /// Generated backward cases of one boundary revision, all rule sets.
-fn cases(boundary: Boundary, n: u64) -> impl Iterator<Item = Case> {
-    let cfg = GenConfig { backward: BackwardMix::Only, boundaries: vec![boundary], ..GenConfig::default() };
-    (0..n).map(move |i| generate::nth(21, i, &cfg))
+fn cases(boundary: Boundary, n: u64) -> impl Iterator<Item = crate::RouterCase> {
+    let common = GenCommon { backward: BackwardMix::Only, ..GenCommon::default() };
+    let gen = RouterGen { boundaries: vec![boundary], ..RouterGen::default() };
+    (0..n).map(move |i| nth(21, i, &common, &gen))
 }
 
 /// How many of `n` generated cases of `boundary` show a gradient verdict, and of those how
@@ -94,7 +96,7 @@ fn found(boundary: Boundary, n: u64, bug: Option<Known>) -> (usize, usize) {
         let grads: Vec<Signature> =
             c.signatures().into_iter().filter(|s| matches!(s.class, Class::Grad | Class::Replica)).collect();
         any += usize::from(!grads.is_empty());
-        of_bug += usize::from(bug.is_some_and(|k| grads.iter().any(|s| k.matches(s, &c.case))));
+        of_bug += usize::from(bug.is_some_and(|k| grads.iter().any(|s| k.matches(s, &c.case, &c.case.subject))));
     }
     (any, of_bug)
 }
@@ -123,22 +125,25 @@ fn each_buggy_boundary_shows_its_bug_at_its_site() {
 #[test]
 fn the_generator_draws_backward_cases_as_asked() {
     let mix = |m: BackwardMix| {
-        let cfg = GenConfig { backward: m, ..GenConfig::default() };
-        (0..400).map(|i| generate::nth(4, i, &cfg)).collect::<Vec<_>>()
+        let common = GenCommon { backward: m, ..GenCommon::default() };
+        (0..400).map(|i| nth::<router::RouterSpec>(4, i, &common, &RouterGen::default())).collect::<Vec<_>>()
     };
-    assert!(mix(BackwardMix::Off).iter().all(|c| c.backward.is_none()));
-    let on = mix(BackwardMix::On).iter().filter(|c| c.backward.is_some()).count();
+    assert!(mix(BackwardMix::Off).iter().all(|c| c.subject.backward.is_none()));
+    let on = mix(BackwardMix::On).iter().filter(|c| c.subject.backward.is_some()).count();
     assert!((120..280).contains(&on), "--backward on drew {on} of 400");
     let only = mix(BackwardMix::Only);
     for c in &only {
         c.validate().unwrap();
-        let b = c.backward.as_ref().expect("--backward only");
+        let b = c.subject.backward.as_ref().expect("--backward only");
         assert!(!(b.ep && c.ranks() == 1), "EP on one rank: {}", c.to_json());
     }
     for b in Boundary::ALL {
-        assert!(only.iter().filter(|c| c.backward.as_ref().unwrap().boundary == *b).count() > 20, "{b} is rare");
+        assert!(
+            only.iter().filter(|c| c.subject.backward.as_ref().unwrap().boundary == *b).count() > 20,
+            "{b} is rare"
+        );
     }
-    assert!(cases(Boundary::T3654, 100).all(|c| c.backward.unwrap().boundary == Boundary::T3654));
+    assert!(cases(Boundary::T3654, 100).all(|c| c.subject.backward.unwrap().boundary == Boundary::T3654));
 }
 
 #[test]
@@ -163,6 +168,10 @@ fn a_gradient_finding_shrinks_to_two_ranks_and_keeps_its_signature() {
         check(c, Dev::Cpu, Options::default()).is_ok_and(|r| r.shows(&sig))
     });
     assert_eq!(s.case.ranks(), 2, "{}", s.case.to_json());
-    assert!(s.case.dims.batch * s.case.dims.seq <= 2, "{} tokens", s.case.dims.batch * s.case.dims.seq);
+    assert!(
+        s.case.subject.dims.batch * s.case.subject.dims.seq <= 2,
+        "{} tokens",
+        s.case.subject.dims.batch * s.case.subject.dims.seq
+    );
     assert!(check(&s.case, Dev::Cpu, Options::default()).unwrap().shows(&sig));
 }

@@ -244,15 +244,16 @@ fn at<'a>(v: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::
 
 /// A valid backward case with every optional part: groups, both biases, tensors inline.
 fn rich_case() -> serde_json::Value {
-    use shardfuzz::harness::generate::{nth, BackwardMix, GenConfig};
-    let cfg = GenConfig { backward: BackwardMix::Only, ..GenConfig::default() };
-    let c = (0..5000)
-        .map(|i| nth(2, i, &cfg))
-        .find(|c| c.router.groups.is_some() && c.router.expert_bias && c.router.gate_bias && c.ranks() > 1)
+    use harness::generate::{nth, BackwardMix, GenCommon};
+    let common = GenCommon { backward: BackwardMix::Only, ..GenCommon::default() };
+    let c: crate::RouterCase = (0..5000)
+        .map(|i| nth::<::router::RouterSpec>(2, i, &common, &router::generate::RouterGen::default()))
+        .find(|c| {
+            let r = &c.subject.router;
+            r.groups.is_some() && r.expert_bias && r.gate_bias && c.ranks() > 1
+        })
         .expect("a case with groups and both biases");
-    let mut v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
-    v["tensors"] = serde_json::to_value(shardfuzz::harness::data::inline(&c)).unwrap();
-    v
+    serde_json::from_str(&harness::data::with_inline(&c).to_json()).unwrap()
 }
 
 #[test]

@@ -7,10 +7,12 @@
 //! (`docs/pytorch-checks/out/`, docs/pytorch-facts.md), makes the same sharding decision here;
 //! the fact checks' traced cases also replay whole (`facts`).
 
+use dtensor::device::Dev;
+use harness::{check, Options};
 use serde_json::Value;
-use shardfuzz::device::Dev;
-use shardfuzz::harness::confirm::{compare, real::RealOutcome};
-use shardfuzz::harness::{check, replay, Checked, Options};
+use shardfuzz::confirm::{compare, real::RealOutcome};
+use shardfuzz::replay;
+use shardfuzz::subjects::AnyChecked as Checked;
 use std::collections::BTreeMap;
 
 /// The traced cases of the op-level fact checks (docs/pytorch-facts.md) replay whole.
@@ -19,7 +21,7 @@ mod facts;
 fn real_comms(sharded: &Value) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for (op, n) in sharded["comm_counts"].as_object().into_iter().flatten() {
-        let name = shardfuzz::harness::confirm::real::comm_name(op);
+        let name = shardfuzz::confirm::real::comm_name(op);
         *m.entry(name).or_default() += n.as_u64().unwrap_or(0);
     }
     m
@@ -93,12 +95,14 @@ fn the_comparison_sees_changed_values_shapes_and_comms() {
             .contains("local_shapes"));
         assert!(first(edit(&|s| s["comm_counts"]["c10d_functional.all_reduce"] = serde_json::json!(9)))
             .starts_with("comms"));
-        if values::decided(&ours).first() == Some(&true) && case.dims.top_k < case.dims.experts {
+        if values::decided(&values::R::of(&ours)).first() == Some(&true)
+            && crate::spec(&case).dims.top_k < crate::spec(&case).dims.experts
+        {
             // Token 0 picks an expert it did not choose.
-            let k = case.dims.top_k;
+            let k = crate::spec(&case).dims.top_k;
             let ids: Vec<i64> =
                 (0..k).map(|j| real["sharded"]["outputs"]["topk_ids"]["values"][j].as_i64().unwrap()).collect();
-            let other = (0..case.dims.experts as i64).find(|e| !ids.contains(e)).unwrap();
+            let other = (0..crate::spec(&case).dims.experts as i64).find(|e| !ids.contains(e)).unwrap();
             let d = edit(&|s| s["outputs"]["topk_ids"]["values"][0] = serde_json::json!(other));
             assert!(first(d).starts_with("topk_ids: token 0"), "{}", case.to_json());
             edited += 1;
@@ -116,14 +120,14 @@ fn the_comparison_sees_changed_values_shapes_and_comms() {
 /// On the first near-tie token that can be judged: (index into topk_ids' values, an expert
 /// scoring far below every chosen one) to put in place of the token's first choice.
 fn worst_pick_on_a_near_tie(real: &Value, ours: &Checked) -> Option<(usize, i64)> {
-    let (e, k) = (ours.case.dims.experts, ours.case.dims.top_k);
-    let t = values::decided(ours).iter().position(|d| !d).filter(|_| values::near_ties_checkable(ours))?;
-    let scores = &ours.run.margins.choice[t * e..(t + 1) * e];
+    let r = values::R::of(ours);
+    let (e, k) = (r.spec.dims.experts, r.spec.dims.top_k);
+    let t = values::decided(&r).iter().position(|d| !d).filter(|_| values::near_ties_checkable(&r))?;
+    let scores = &r.margins.choice[t * e..(t + 1) * e];
     let ids: Vec<i64> =
         (0..k).map(|j| real["sharded"]["outputs"]["topk_ids"]["values"][t * k + j].as_i64().unwrap()).collect();
     let weakest = ids.iter().map(|&i| scores[i as usize]).fold(f64::INFINITY, f64::min);
-    let bound =
-        2.0 * shardfuzz::harness::oracle::tolerance::Bounds::new(&ours.run.margins, ours.case.dims.model).choice[t];
+    let bound = 2.0 * router::tolerance::Bounds::new(r.margins, r.spec.dims.model).choice[t];
     // Below the weakest chosen by more than the bound, so it leaves a better expert out.
     let worst = (0..e).filter(|&j| !ids.contains(&(j as i64))).find(|&j| weakest - scores[j] > 2.0 * bound)?;
     Some((t * k, worst as i64))
@@ -150,7 +154,7 @@ fn differences(real: &Value, checked: &Checked) -> Vec<String> {
                 }
             }
         }
-        diffs.extend(values::differences(checked, &r["outputs"], &o["outputs"]));
+        diffs.extend(values::differences(&values::R::of(checked), &r["outputs"], &o["outputs"]));
     }
     // gloo has no all_to_all: real ranks run S->S as all_gather + chunk (pytorch-facts.md §0).
     let (rc, mut oc) = (real_comms(r), our_comms(o));
@@ -182,12 +186,12 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
         let lib = compare::forward(&ours, &RealOutcome::parse(&real).unwrap());
         diffs.extend(lib.iter().map(|d| format!("confirm's comparison: {d}")));
         if real["sharded"]["ok"] == true {
-            let decided = values::decided(&ours);
+            let decided = values::decided(&values::R::of(&ours));
             let undecided = decided.iter().filter(|d| !**d).count();
             tally[0] += 1;
             tally[2] += decided.len();
             tally[3] += undecided;
-            tally[4] += if values::near_ties_checkable(&ours) { undecided } else { 0 };
+            tally[4] += if values::near_ties_checkable(&values::R::of(&ours)) { undecided } else { 0 };
         } else {
             tally[1] += 1;
         }
@@ -222,9 +226,24 @@ fn check_file(name: &str, at_least: usize, exceptions: &[(&str, &str)]) {
 /// them (near-ties may flip on either side), maps and masks on those tokens, counts net of the
 /// others.
 mod values {
+    use router::reference::Margins;
+    use router::tolerance::Bounds;
+    use router::RouterSpec;
     use serde_json::Value;
-    use shardfuzz::harness::oracle::tolerance::Bounds;
-    use shardfuzz::harness::Checked;
+    use shardfuzz::subjects::{AnyChecked, AnyExtra};
+
+    /// What the value comparison reads of a checked router case.
+    pub struct R<'a> {
+        pub spec: &'a RouterSpec,
+        pub margins: &'a Margins,
+    }
+
+    impl<'a> R<'a> {
+        pub fn of(c: &'a AnyChecked) -> R<'a> {
+            let AnyExtra::Router(x) = &c.extra;
+            R { spec: crate::spec(&c.case), margins: &x.margins }
+        }
+    }
 
     fn nums(v: &Value) -> Vec<f64> {
         let one = |x: &Value| match x {
@@ -255,15 +274,15 @@ mod values {
 
     /// Per token, whether the float64 margins decide its top-k (and group) choice beyond what
     /// both sides' rounding can close.
-    pub fn decided(c: &Checked) -> Vec<bool> {
-        let m = &c.run.margins;
-        let bounds = Bounds::new(m, c.case.dims.model);
+    pub fn decided(c: &R) -> Vec<bool> {
+        let m = &c.margins;
+        let bounds = Bounds::new(m, c.spec.dims.model);
         (0..m.topk.len()).map(|t| bounds.topk_decided(m, t) && bounds.group_decided(m, t)).collect()
     }
 
-    pub fn differences(c: &Checked, real: &Value, ours: &Value) -> Vec<String> {
+    pub fn differences(c: &R, real: &Value, ours: &Value) -> Vec<String> {
         let s = Sides { real, ours };
-        let (d, m) = (c.case.dims, &c.run.margins);
+        let (d, m) = (c.spec.dims, &c.margins);
         let bounds = Bounds::new(m, d.model);
         let tokens = m.topk.len();
         let decided = decided(c);
@@ -285,7 +304,7 @@ mod values {
         }
         out.extend(choices(c, &s, &bounds, &decided));
         for (name, width) in
-            [("routing_map", d.experts), ("group_mask", c.case.router.groups.map_or(0, |g| g.num_groups))]
+            [("routing_map", d.experts), ("group_mask", c.spec.router.groups.map_or(0, |g| g.num_groups))]
         {
             let Some((r, o)) = s.get(name) else { continue };
             if let Some(t) =
@@ -299,10 +318,10 @@ mod values {
     }
 
     /// Per decided token, the chosen experts as a set and their gate values.
-    fn choices(c: &Checked, s: &Sides, bounds: &Bounds, decided: &[bool]) -> Vec<String> {
+    fn choices(c: &R, s: &Sides, bounds: &Bounds, decided: &[bool]) -> Vec<String> {
         let (Some((ri, oi)), Some((rs, os))) = (s.get("topk_ids"), s.get("topk_scores")) else { return vec![] };
-        let k = c.case.dims.top_k;
-        let scale = c.case.router.route_scale.abs();
+        let k = c.spec.dims.top_k;
+        let scale = c.spec.router.route_scale.abs();
         let rel = (k as f64 + 4.0) * f32::EPSILON as f64 / 2.0;
         for t in 0..decided.len() {
             let pairs = |ids: &[f64], ts: &[f64]| {
@@ -324,7 +343,7 @@ mod values {
                 continue;
             }
             let sum: f64 = po.iter().map(|p| p.1.abs()).sum::<f64>().max(1e-30);
-            let norm = if c.case.router.route_norm { 2.0 * k as f64 / (sum / scale.max(1e-30)) } else { 1.0 };
+            let norm = if c.spec.router.route_norm { 2.0 * k as f64 / (sum / scale.max(1e-30)) } else { 1.0 };
             let abs = 2.0 * bounds.score[t] * scale * norm;
             for ((id, a), (_, b)) in pr.iter().zip(&po) {
                 let tol = abs + rel * a.abs().max(b.abs());
@@ -340,16 +359,16 @@ mod values {
 
     /// Whether near-ties can be judged at all: without expert groups (whose kept set is a
     /// near-tie of its own) and without the force-balance override (which ignores the scores).
-    pub fn near_ties_checkable(c: &Checked) -> bool {
-        c.case.router.groups.is_none() && !c.case.router.force_load_balance
+    pub fn near_ties_checkable(c: &R) -> bool {
+        c.spec.router.groups.is_none() && !c.spec.router.force_load_balance
     }
 
     /// On a near-tie either side may pick differently, but each pick must be a top-k a correct
     /// router could make: distinct ids in range, and no expert left out beating a chosen one by
     /// more than twice the choice bound (float64 choice scores of the reference).
-    fn not_a_top_k(c: &Checked, bounds: &Bounds, t: usize, ids: &[i64]) -> Option<String> {
-        let e = c.case.dims.experts;
-        let scores = &c.run.margins.choice[t * e..(t + 1) * e];
+    fn not_a_top_k(c: &R, bounds: &Bounds, t: usize, ids: &[i64]) -> Option<String> {
+        let e = c.spec.dims.experts;
+        let scores = &c.margins.choice[t * e..(t + 1) * e];
         if !near_ties_checkable(c) || scores.iter().any(|x| x.is_nan()) {
             return None;
         }
@@ -426,10 +445,10 @@ fn replay_ops(name: &str, at_least: usize, unmodelled: &[&str]) {
 
 /// Turning a traced aten call into the simulator's op and arguments.
 pub mod opcall {
+    use dtensor::rules::{self, Arg};
+    use dtensor::{DType, Meta, Op, RuleSet};
+    use placement::{Mesh, Placement};
     use serde_json::Value;
-    use shardfuzz::dtensor::rules::{self, Arg};
-    use shardfuzz::dtensor::{DType, Meta, Op, RuleSet};
-    use shardfuzz::placement::{Mesh, Placement};
 
     pub struct Call {
         pub op: Op,

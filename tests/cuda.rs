@@ -1,11 +1,12 @@
 //! CUDA: ignored by default (they need a GPU); `scripts/gpu-check.sh` runs them with
 //! `--ignored cuda`. Each asserts that the GPU path gives what the CPU path gives.
 
-use shardfuzz::device;
-use shardfuzz::device::Dev;
-use shardfuzz::harness::generate::{nth, GenConfig, SizeClass};
-use shardfuzz::harness::oracle::{self, device as cross, Judgement};
-use shardfuzz::harness::{check, replay, runner, Options};
+use dtensor::device::{self, Dev};
+use harness::generate::{nth, GenCommon, SizeClass};
+use harness::oracle::{self, device as cross, Judgement};
+use harness::{check, run, Options};
+use router::generate::RouterGen;
+use shardfuzz::replay;
 
 fn cuda() -> tch::Device {
     device::init();
@@ -39,9 +40,8 @@ fn cuda_golden_cases_give_the_cpu_verdicts() {
         let on_cpu = check(&case, Dev::Cpu, Options::default()).unwrap().outcome();
         let on_gpu = check(&case, Dev::Cuda(0), Options::default()).unwrap().outcome();
         assert_eq!(dev, tch::Device::Cuda(0));
-        let classes = |o: &shardfuzz::harness::outcome::Outcome| {
-            o.verdicts.iter().map(|v| (v.class, v.output.clone())).collect::<Vec<_>>()
-        };
+        let classes =
+            |o: &harness::outcome::Outcome| o.verdicts.iter().map(|v| (v.class, v.output.clone())).collect::<Vec<_>>();
         assert_eq!(classes(&on_cpu), classes(&on_gpu), "{}", p.display());
         assert_eq!(on_cpu.sharded.error, on_gpu.sharded.error, "{}", p.display());
         n += 1;
@@ -51,17 +51,18 @@ fn cuda_golden_cases_give_the_cpu_verdicts() {
 
 fn cross_check(size: SizeClass, cases: u64, seed: u64) {
     let dev = cuda();
-    let cfg = GenConfig { size, device: Dev::Cuda(0), ..GenConfig::default() };
+    let common = GenCommon { size, device: Dev::Cuda(0), ..GenCommon::default() };
     for i in 0..cases {
-        let case = nth(seed, i, &cfg);
-        let gpu = runner::run(&case, dev).unwrap();
-        let cpu = runner::run(&case, tch::Device::Cpu).unwrap();
+        let case: crate::RouterCase = nth(seed, i, &common, &RouterGen::default());
+        let gpu = run::run(&case, dev).unwrap();
+        let cpu = run::run(&case, tch::Device::Cpu).unwrap();
         let mut j = Judgement::default();
-        cross::check(&case, &cpu, &gpu, &mut j);
+        cross::check(&case, (&cpu.0, &cpu.1), &gpu.0, &mut j);
         assert!(j.verdicts.is_empty(), "case {i} of seed {seed}: {:#?}\n{}", j.verdicts, case.to_json());
         // The per-device oracles agree too.
-        let sig =
-            |r: &runner::Run| oracle::judge(&case, r).verdicts.iter().map(|v| v.signature(&case)).collect::<Vec<_>>();
+        let sig = |(r, x): &(run::Run, router::run::Extra)| {
+            oracle::judge(&case, r, x).verdicts.iter().map(|v| v.signature(&case)).collect::<Vec<_>>()
+        };
         assert_eq!(sig(&cpu), sig(&gpu), "case {i} of seed {seed}");
     }
 }

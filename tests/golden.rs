@@ -3,10 +3,11 @@
 //! and compares everything they record: ok/error and its text, every sharded output's
 //! placements, global, per-rank and local shapes, values, communication, and verdicts.
 
-use shardfuzz::device::Dev;
-use shardfuzz::harness::outcome::{Outcome, ShardedOutput};
-use shardfuzz::harness::tensor_data::Values;
-use shardfuzz::harness::{check, replay, Options};
+use dtensor::device::Dev;
+use harness::outcome::{Outcome, ShardedOutput};
+use harness::tensor_data::Values;
+use harness::{check, Options};
+use shardfuzz::replay;
 use std::path::PathBuf;
 
 fn golden_dir() -> PathBuf {

@@ -2,7 +2,7 @@
 //! signatures of the promised verdict classes that the same run without it does not, within a
 //! bounded number of cases; a rule the router never exercises is caught by the op tests.
 
-use shardfuzz::dtensor::plant::MUTANTS;
+use dtensor::plant::MUTANTS;
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -72,18 +72,21 @@ fn an_unknown_mutant_is_refused() {
 /// has no verdict.
 #[test]
 fn a_layout_mistake_everywhere_is_a_local_layout_verdict() {
-    use shardfuzz::harness::case::{Dims, Layout, MeshSpec};
-    let mut c = shardfuzz::harness::generate::nth(1, 0, &Default::default());
-    c.backward = None;
-    c.mesh = MeshSpec { shape: vec![3], names: vec!["tp".into()] };
-    c.dims = Dims { batch: 2, seq: 7, model: 8, experts: 8, top_k: 2 };
-    c.tensors = None;
-    c.router.groups = None;
-    c.router.expert_bias = false;
-    c.router.gate_bias = false;
-    c.revision.router = shardfuzz::router::RouterRev::LocalMapBoth;
+    use harness::case::MeshSpec;
+    use router::spec::{Dims, Layout};
+    let mut c: crate::RouterCase =
+        harness::generate::nth(1, 0, &Default::default(), &router::generate::RouterGen::default());
+    c.common.mesh = MeshSpec { shape: vec![3], names: vec!["tp".into()] };
+    c.common.data.tensors = None;
+    let s = &mut c.subject;
+    s.backward = None;
+    s.dims = Dims { batch: 2, seq: 7, model: 8, experts: 8, top_k: 2 };
+    s.router.groups = None;
+    s.router.expert_bias = false;
+    s.router.gate_bias = false;
+    s.revision.router = router::RouterRev::LocalMapBoth;
     let p = |s: &str| vec![s.parse().unwrap()];
-    c.layout = Layout { x: p("S(1)"), gate: p("R"), expert_bias: None, counts_contract: p("P(sum)"), gate_bias: None };
+    s.layout = Layout { x: p("S(1)"), gate: p("R"), expert_bias: None, counts_contract: p("P(sum)"), gate_bias: None };
     c.validate().unwrap();
     let case = std::env::temp_dir().join(format!("shardfuzz-mutant-{}-layout.json", std::process::id()));
     std::fs::write(&case, c.to_json()).unwrap();

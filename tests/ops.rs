@@ -3,9 +3,9 @@
 //! on full tensors (exactly for integer and bool results, within float rounding otherwise), or
 //! the sharded side raises one of PyTorch's documented errors. And redistribution round trips.
 
-use shardfuzz::dtensor::redistribute::{redistribute, redistribute_quiet};
-use shardfuzz::dtensor::{call, Ctx, DTensor, DTensorError, Op, RuleSet};
-use shardfuzz::placement::{Mesh, Placement, ReduceOp};
+use dtensor::redistribute::{redistribute, redistribute_quiet};
+use dtensor::{call, Ctx, DTensor, DTensorError, Op, RuleSet};
+use placement::{Mesh, Placement, ReduceOp};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -156,7 +156,7 @@ fn check_with(
                 Ok(outs) => {
                     replicated_ran |= all_r;
                     for (k, (o, e)) in outs.iter().zip(expected).enumerate() {
-                        assert_eq!(o.shape, shardfuzz::dtensor::local::shape(e), "{what}: output {k} global shape");
+                        assert_eq!(o.shape, dtensor::local::shape(e), "{what}: output {k} global shape");
                         // Reading a `_MaskPartial` out may hit PyTorch's own mask-shape error.
                         match o.full_tensor() {
                             Ok(full) => same(&format!("{what} output {k} {:?}", o.placements), &full, e),
@@ -225,7 +225,7 @@ fn pointwise_ops() {
         let xb = x.to_kind(Kind::BFloat16);
         check(
             "to f32",
-            Op::ToDtype(shardfuzz::dtensor::DType::F32),
+            Op::ToDtype(dtensor::DType::F32),
             &[xb.shallow_clone()],
             &[false],
             &[xb.to_kind(Kind::Float)],
@@ -251,7 +251,7 @@ fn masked_fill_and_likes() {
         let s = randn(&[2, 3, 4], 5);
         check(
             "zeros_like",
-            Op::ZerosLike(Some(shardfuzz::dtensor::DType::Bool)),
+            Op::ZerosLike(Some(dtensor::DType::Bool)),
             &[s.shallow_clone()],
             &[true],
             &[s.zeros_like().to_kind(Kind::Bool)],
@@ -259,7 +259,7 @@ fn masked_fill_and_likes() {
         );
         check(
             "ones_like",
-            Op::OnesLike(Some(shardfuzz::dtensor::DType::Bool)),
+            Op::OnesLike(Some(dtensor::DType::Bool)),
             &[s.shallow_clone()],
             &[true],
             &[s.ones_like().to_kind(Kind::Bool)],
@@ -450,7 +450,7 @@ fn backward_ops() {
             check("neg", Op::Neg, &[g.shallow_clone()], &[true], &[-&g], rules);
             let sm = randn(&[t, e], 23).softmax(-1, Kind::Float);
             let back = &sm * (&g - (&g * &sm).sum_dim_intlist([-1i64].as_slice(), true, Kind::Float));
-            let op = Op::SoftmaxBackward { dim: -1, input_dtype: shardfuzz::dtensor::DType::F32 };
+            let op = Op::SoftmaxBackward { dim: -1, input_dtype: dtensor::DType::F32 };
             check("softmax_backward", op, &[g.shallow_clone(), sm], &[true, false], &[back], rules);
             if d != 2 {
                 continue;
@@ -516,7 +516,7 @@ fn redistribute_round_trips_every_pair() {
                         &full,
                     );
                     // Local shapes follow the chunk layout of the target.
-                    let want = shardfuzz::placement::layout::local_shapes(&moved.shape, &mesh, dst);
+                    let want = placement::layout::local_shapes(&moved.shape, &mesh, dst);
                     assert_eq!(moved.local_shapes(), want, "{src:?} -> {dst:?}");
                     // And back, when the source has no Partial.
                     if src.iter().all(|p| !p.is_partial()) {
@@ -597,7 +597,7 @@ fn uneven_gather_layout_by_release() {
         let r = redistribute(&mut ctx, &dx, &[Placement::Replicate]).unwrap();
         let view = r.locals[0].f_view([6i64, 4]);
         if rules == RuleSet::Torch212 {
-            let e = shardfuzz::dtensor::local::torch_err(view.unwrap_err());
+            let e = dtensor::local::torch_err(view.unwrap_err());
             assert_eq!(e.to_string(), "view size is not compatible with input tensor's size and stride (at least one dimension spans across two contiguous subspaces). Use .reshape(...) instead.");
         } else {
             same("view", &view.unwrap(), &x.reshape([6, 4]));

@@ -2,8 +2,9 @@
 //! after its signature) still shows its signature: a fix that changes a verdict shows up here,
 //! and the reproducer is then regenerated deliberately.
 
-use shardfuzz::device::Dev;
-use shardfuzz::harness::{check_guarded, replay, Options};
+use dtensor::device::Dev;
+use harness::{check_guarded, Options};
+use shardfuzz::replay;
 
 #[test]
 fn every_committed_reproducer_shows_its_signature() {

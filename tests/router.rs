@@ -3,14 +3,16 @@
 //! route_norm, bias, uneven and short sequences, size-1 mesh axes, and hand-built reference
 //! examples whose answer is known.
 
-use shardfuzz::dtensor::local::torch_err;
-use shardfuzz::dtensor::local_map::local_map;
-use shardfuzz::dtensor::{call, call_mixed, Ctx, DTensor, DType, Op, RuleSet, TArg};
-use shardfuzz::harness::case::Case;
-use shardfuzz::harness::oracle::Class;
-use shardfuzz::harness::{check, replay, Checked, Options};
-use shardfuzz::placement::{Mesh, Placement, Placement::*, ReduceOp};
-use shardfuzz::router::{reference, Groups, Preset, RouterConfig, RouterOptions, ScoreFunc};
+use crate::RouterCase as Case;
+use dtensor::local::torch_err;
+use dtensor::local_map::local_map;
+use dtensor::{call, call_mixed, Ctx, DTensor, DType, Op, RuleSet, TArg};
+use harness::verdict::Class;
+use harness::{check, Options};
+
+type Checked = harness::Checked<router::RouterSpec>;
+use placement::{Mesh, Placement, Placement::*, ReduceOp};
+use router::{reference, Groups, Preset, RouterConfig, RouterOptions, ScoreFunc};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -148,7 +150,7 @@ fn section_7_local_map_rewrap_and_force_balance_and_ties() {
             |_, t| {
                 t[0].zeros_like()
                     .to_kind(Kind::Bool)
-                    .f_scatter(-1, t[1], &shardfuzz::dtensor::local::filled(1.0, &t[0].to_kind(Kind::Bool), t[1]))
+                    .f_scatter(-1, t[1], &dtensor::local::filled(1.0, &t[0].to_kind(Kind::Bool), t[1]))
                     .map(|x| vec![x])
                     .map_err(torch_err)
             },
@@ -181,14 +183,14 @@ fn section_7_local_map_rewrap_and_force_balance_and_ties() {
 fn base() -> Case {
     let text =
         std::fs::read_to_string(crate::root().join("tests/golden/02_tp2_s1_inplace_torch213.outcome.json")).unwrap();
-    let mut c = replay::parse(&text).unwrap();
-    c.tensors = None;
+    let mut c = crate::router_case(&text);
+    c.data.tensors = None;
     c
 }
 
 fn run(c: &Case) -> Checked {
     c.validate().unwrap_or_else(|e| panic!("test case invalid: {e}"));
-    check(c, shardfuzz::device::Dev::Cpu, Options::default()).unwrap()
+    check(c, dtensor::device::Dev::Cpu, Options::default()).unwrap()
 }
 
 fn classes(r: &Checked) -> Vec<Class> {
@@ -205,38 +207,38 @@ fn with(f: impl FnOnce(&mut Case)) -> Case {
 }
 
 fn rules(c: &mut Case, r: &str) {
-    c.revision.rules = r.parse().unwrap();
+    c.rules = r.parse().unwrap();
 }
 
 fn router(c: &mut Case, r: &str) {
-    c.revision.router = r.parse().unwrap();
+    c.subject.revision.router = r.parse().unwrap();
 }
 
 #[test]
 fn section_10_short_sequence_at_the_gate() {
     // torch 2.12: the gate all-gathers x; counts come out R against the P(sum) contract.
     let r = run(&with(|c| {
-        c.dims.seq = 1;
+        c.subject.dims.seq = 1;
         rules(c, "torch-2.12");
     }));
     assert_eq!(classes(&r), vec![Class::Placement]);
     assert!(r.run.comms.iter().any(|x| x.op == "all_gather" && x.tensor == "logits"));
     // torch 2.13: the gate's view raises.
-    let r = run(&with(|c| c.dims.seq = 1));
+    let r = run(&with(|c| c.subject.dims.seq = 1));
     assert_eq!(classes(&r), vec![Class::Error]);
     let e = r.run.sharded.as_ref().unwrap_err().to_string();
     assert_eq!(e, "This operation would remove or reshape sharded dimension 1, which requires redistribution. Please redistribute the input first.");
     // B=1 sharded on the batch axis behaves the same way.
     let r = run(&with(|c| {
-        c.dims.batch = 1;
-        c.layout.x = vec![Shard(0)];
+        c.subject.dims.batch = 1;
+        c.subject.layout.x = vec![Shard(0)];
     }));
     assert!(r.run.sharded.as_ref().unwrap_err().to_string().contains("sharded dimension 0"));
     // Uneven batch fails at the gate on both versions; uneven L works.
     for rs in ["torch-2.12", "torch-2.13"] {
         let r = run(&with(|c| {
-            c.dims.batch = 3;
-            c.layout.x = vec![Shard(0)];
+            c.subject.dims.batch = 3;
+            c.subject.layout.x = vec![Shard(0)];
             rules(c, rs);
         }));
         assert!(r
@@ -247,7 +249,7 @@ fn section_10_short_sequence_at_the_gate() {
             .to_string()
             .starts_with("Cannot flatten unevenly sharded tensor: dimension 0 (size 3)"));
         let r = run(&with(|c| {
-            c.dims.seq = 5;
+            c.subject.dims.seq = 5;
             rules(c, rs);
             router(c, if rs == "torch-2.12" { "out_of_place_scatter" } else { "inplace_scatter" });
         }));
@@ -259,9 +261,9 @@ fn section_10_short_sequence_at_the_gate() {
 fn section_10_local_map_both_with_groups_on_uneven_tokens() {
     let grouped = |g: bool| {
         with(|c| {
-            c.dims.seq = 5;
+            c.subject.dims.seq = 5;
             router(c, "local_map_both");
-            c.router.groups = g.then_some(shardfuzz::router::Groups { num_groups: 4, num_limited: 2 });
+            c.subject.router.groups = g.then_some(router::Groups { num_groups: 4, num_limited: 2 });
         })
     };
     let r = run(&grouped(true));
@@ -275,11 +277,11 @@ fn section_10_local_map_both_with_groups_on_uneven_tokens() {
 fn section_10_local_map_with_expert_sharded_gate() {
     for rev in ["local_map_counts", "local_map_both"] {
         let r = run(&with(|c| {
-            c.layout.x = vec![Replicate];
-            c.layout.gate = vec![Shard(0)];
-            c.layout.counts_contract = vec![Replicate];
+            c.subject.layout.x = vec![Replicate];
+            c.subject.layout.gate = vec![Shard(0)];
+            c.subject.layout.counts_contract = vec![Replicate];
             // sigmoid keeps the expert shard of the logits (softmax would gather them).
-            c.router.score_func = ScoreFunc::Sigmoid;
+            c.subject.router.score_func = ScoreFunc::Sigmoid;
             router(c, rev);
         }));
         let e = r.run.sharded.as_ref().unwrap_err().to_string();
@@ -291,7 +293,7 @@ fn section_10_local_map_with_expert_sharded_gate() {
 fn section_10_force_balance_raises_in_every_revision() {
     for rev in ["local_map_counts", "inplace_scatter", "out_of_place_scatter", "local_map_both"] {
         let r = run(&with(|c| {
-            c.router.force_load_balance = true;
+            c.subject.router.force_load_balance = true;
             router(c, rev);
         }));
         assert!(
@@ -322,7 +324,7 @@ fn revisions_table_9_2_even_layouts() {
     let r = run(&with(|c| {
         router(c, "local_map_counts");
         rules(c, "torch-2.12");
-        c.router.groups = Some(shardfuzz::router::Groups { num_groups: 4, num_limited: 2 });
+        c.subject.router.groups = Some(router::Groups { num_groups: 4, num_limited: 2 });
     }));
     assert!(r.run.sharded.as_ref().unwrap_err().to_string().starts_with(INPLACE_ERR));
 }
@@ -332,13 +334,13 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
     for p in Preset::ALL {
         let cfg = p.config();
         let c = with(|c| {
-            c.dims.experts = cfg.experts;
-            c.dims.top_k = cfg.top_k;
-            c.dims.model = 8;
-            c.router.score_func = cfg.options.score_func;
-            c.router.route_norm = cfg.options.route_norm;
-            c.router.route_scale = cfg.options.route_scale;
-            c.router.groups = cfg.options.groups;
+            c.subject.dims.experts = cfg.experts;
+            c.subject.dims.top_k = cfg.top_k;
+            c.subject.dims.model = 8;
+            c.subject.router.score_func = cfg.options.score_func;
+            c.subject.router.route_norm = cfg.options.route_norm;
+            c.subject.router.route_scale = cfg.options.route_scale;
+            c.subject.router.groups = cfg.options.groups;
         });
         let r = run(&c);
         assert!(r.judgement.verdicts.is_empty(), "{p}: {:?}", r.judgement.verdicts);
@@ -346,7 +348,7 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
     for sf in [ScoreFunc::Softmax, ScoreFunc::Sigmoid] {
         for norm in [false, true] {
             for bias in [false, true] {
-                for groups in [None, Some(shardfuzz::router::Groups { num_groups: 2, num_limited: 1 })] {
+                for groups in [None, Some(router::Groups { num_groups: 2, num_limited: 1 })] {
                     for (seq, mesh, x) in [
                         (4, vec![2], vec![Shard(1)]),
                         (5, vec![2], vec![Shard(1)]),
@@ -354,19 +356,19 @@ fn presets_score_functions_and_features_agree_with_the_reference() {
                         (3, vec![2, 1], vec![Shard(0), Replicate]),
                     ] {
                         let c = with(|c| {
-                            c.router.score_func = sf;
-                            c.router.route_norm = norm;
-                            c.router.expert_bias = bias;
-                            c.layout.expert_bias = bias.then(|| vec![Replicate; mesh.len()]);
-                            c.router.groups = groups;
-                            c.dims.seq = seq;
+                            c.subject.router.score_func = sf;
+                            c.subject.router.route_norm = norm;
+                            c.subject.router.expert_bias = bias;
+                            c.subject.layout.expert_bias = bias.then(|| vec![Replicate; mesh.len()]);
+                            c.subject.router.groups = groups;
+                            c.subject.dims.seq = seq;
                             c.mesh.names =
                                 if mesh.len() == 1 { vec!["tp".into()] } else { vec!["dp_shard".into(), "tp".into()] };
                             c.mesh.shape = mesh.clone();
-                            c.layout.gate = vec![Replicate; mesh.len()];
-                            c.layout.counts_contract =
+                            c.subject.layout.gate = vec![Replicate; mesh.len()];
+                            c.subject.layout.counts_contract =
                                 x.iter().map(|p| if p.is_shard() { P } else { Replicate }).collect();
-                            c.layout.x = x.clone();
+                            c.subject.layout.x = x.clone();
                         });
                         let r = run(&c);
                         assert!(
@@ -474,12 +476,11 @@ fn size1_contract_rule_is_the_3762_fix() {
         with(|c| {
             c.mesh.shape = vec![1, 2];
             c.mesh.names = vec!["dp_shard".into(), "tp".into()];
-            c.layout.x = vec![Replicate, Replicate];
-            c.layout.gate = vec![Replicate, Replicate];
-            c.layout.expert_bias = Some(vec![Replicate, Replicate]);
-            c.layout.counts_contract = vec![P, Replicate];
-            c.revision.size1 =
-                if size1 == "keep" { shardfuzz::router::Size1::Keep } else { shardfuzz::router::Size1::Normalize };
+            c.subject.layout.x = vec![Replicate, Replicate];
+            c.subject.layout.gate = vec![Replicate, Replicate];
+            c.subject.layout.expert_bias = Some(vec![Replicate, Replicate]);
+            c.subject.layout.counts_contract = vec![P, Replicate];
+            c.subject.revision.size1 = if size1 == "keep" { router::Size1::Keep } else { router::Size1::Normalize };
         })
     };
     assert_eq!(classes(&run(&c("keep"))), vec![Class::Placement]);
@@ -496,7 +497,7 @@ fn xcase(mesh: &str, dims: &str, router_cfg: &str, layout: &str, rev: &str, seed
         r#"{{"format": "shardfuzz.case/1", "mesh": {mesh}, "dims": {dims}, "router": {router_cfg}, "layout": {layout},
             "revision": {rev}, "dtype": "f32", "device": "cpu", "data": {{"seed": {seed}, "style": "normal"}}}}"#
     );
-    replay::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    crate::router_case(&text)
 }
 
 fn comm_counts(r: &Checked) -> Vec<(String, usize)> {
@@ -509,13 +510,10 @@ fn comm_counts(r: &Checked) -> Vec<(String, usize)> {
 
 fn placements_of(r: &Checked) -> Vec<(&'static str, Vec<Placement>)> {
     let o = r.run.sharded.as_ref().unwrap_or_else(|e| panic!("sharded run raised: {e}"));
-    vec![
-        ("topk_scores", o.topk_scores.placements.clone()),
-        ("topk_ids", o.topk_ids.placements.clone()),
-        ("scores", o.scores.placements.clone()),
-        ("routing_map", o.routing_map.placements.clone()),
-        ("counts", o.counts.placements.clone()),
-    ]
+    ["topk_scores", "topk_ids", "scores", "routing_map", "counts"]
+        .into_iter()
+        .map(|n| (n, o.get(n).unwrap_or_else(|| panic!("no output {n}")).placements.clone()))
+        .collect()
 }
 
 /// case-1-000031: x S(1) with L=3 over 4 ranks flattens to (B*L) with _S(0,4); 12 < 4*4, so
@@ -582,6 +580,6 @@ fn crosscheck_strided_lhs_moves_for_free_on_size1_axes() {
         for (name, ps) in placements_of(&r) {
             assert_eq!(ps, vec![Replicate, Replicate, Replicate], "{rev} {name}");
         }
-        assert_eq!(r.run.sharded.as_ref().unwrap().routing_map.shape, vec![2, 5, 8]);
+        assert_eq!(r.run.sharded.as_ref().unwrap().get("routing_map").unwrap().shape, vec![2, 5, 8]);
     }
 }

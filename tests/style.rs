@@ -1,6 +1,6 @@
-//! Promises about the source itself: `src/placement` never touches libtorch (its module comment
-//! says so, and the layout algebra stays testable and fuzzable without it), and no function in
-//! `src/` is longer than a reader can hold (100 lines).
+//! Promises about the source itself: the layers only depend on the layers below them (placement
+//! never touches libtorch, so the layout algebra stays testable and fuzzable without it), and no
+//! function in `src/` is longer than a reader can hold (100 lines).
 
 use std::path::{Path, PathBuf};
 
@@ -18,17 +18,39 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The crates a layer's Cargo.toml depends on, among the workspace's own and libtorch's.
+fn layer_deps(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let deps = text.split("[dependencies]").nth(1).unwrap_or("");
+    let deps = deps.split("\n[").next().unwrap();
+    deps.lines()
+        .filter_map(|l| l.split(['=', '.']).next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The layers only look down: placement is pure (no libtorch), the runtime knows no harness, the
+/// harness knows no subject, a subject knows no application (docs/design.md, "Layers").
 #[test]
-fn placement_never_names_libtorch() {
-    let files = rust_files(&crate::root().join("src/placement"));
-    assert!(files.len() >= 5);
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for (i, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            let words: Vec<&str> = code.split(|c: char| !c.is_alphanumeric() && c != '_').collect();
-            let bad = ["tch", "torch_sys", "Tensor", "dtensor"].into_iter().find(|w| words.contains(w));
-            assert!(bad.is_none(), "{}:{}: names {bad:?}: {line}", f.display(), i + 1);
+fn each_layer_depends_only_on_the_layers_below() {
+    let root = crate::root();
+    let layers: [(&str, &[&str]); 5] = [
+        ("src/names", &[]),
+        ("src/placement", &["names"]),
+        ("src/dtensor", &["names", "placement"]),
+        ("src/harness", &["names", "placement", "dtensor"]),
+        ("src/subjects/router", &["names", "placement", "dtensor", "harness"]),
+    ];
+    let ours = ["names", "placement", "dtensor", "harness", "router", "shardfuzz"];
+    for (dir, allowed) in layers {
+        let deps = layer_deps(&root.join(dir).join("Cargo.toml"));
+        assert!(!deps.is_empty() || dir == "src/names", "{dir}: no dependencies read");
+        for d in deps.iter().filter(|d| ours.contains(&d.as_str())) {
+            assert!(allowed.contains(&d.as_str()), "{dir} depends on {d}, a layer at or above it");
+        }
+        if dir == "src/placement" || dir == "src/names" {
+            assert!(!deps.iter().any(|d| d.starts_with("tch") || d.starts_with("torch")), "{dir} names libtorch");
         }
     }
 }

@@ -27,11 +27,25 @@ mod regressions;
 mod router;
 /// Scale-out (shards, merge), a killed campaign's report, and report.html's well-formedness.
 mod scaleout;
-/// Promises about the source: placement/ never touches libtorch; no function over 100 lines.
+/// Promises about the source: no function over 100 lines.
 mod style;
 
 /// The repository root: `SHARDFUZZ_ROOT` when set (a test binary carried to another machine),
 /// else where this crate was built.
 pub fn root() -> std::path::PathBuf {
     std::env::var_os("SHARDFUZZ_ROOT").map(Into::into).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
+/// A router case, typed.
+pub type RouterCase = harness::Case<::router::RouterSpec>;
+
+/// The router spec of a case read from a file (every committed case file is a router case).
+pub fn spec(c: &shardfuzz::subjects::AnyCase) -> &::router::RouterSpec {
+    c.subject.as_router().expect("a router case")
+}
+
+/// A router case from a case or outcome file's text.
+pub fn router_case(text: &str) -> RouterCase {
+    let c = shardfuzz::replay::parse(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    c.map_subject(|s| s.as_router().cloned().expect("a router case"))
 }

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfuzz::device::Dev;
-use shardfuzz::harness::case::Case;
-use shardfuzz::harness::{check, Options};
+use dtensor::device::Dev;
+use harness::{check, Options};
+use shardfuzz::subjects::read_case;
 use std::sync::OnceLock;
 
 fuzz_target!(|bytes: &[u8]| {
@@ -14,10 +14,10 @@ fuzz_target!(|bytes: &[u8]| {
     INIT.get_or_init(|| {
         tch::set_num_threads(1);
         // Small limits keep every valid case quick; the checks are the same at any limit.
-        shardfuzz::harness::limits::set(shardfuzz::harness::limits::Limits::per_tensor(1 << 16));
+        harness::limits::set(harness::limits::Limits::per_tensor(1 << 16));
     });
     let Ok(text) = std::str::from_utf8(bytes) else { return };
-    let Ok(mut case) = Case::from_json(text) else { return };
+    let Ok(mut case) = read_case(text) else { return };
     case.device = Dev::Cpu;
     let _ = check(&case, Dev::Cpu, Options::default());
 });

@@ -5,7 +5,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shardfuzz::placement::{layout, plan, Mesh, Placement, ReduceOp};
+use placement::{layout, plan, Mesh, Placement, ReduceOp};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -4,9 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shardfuzz::dtensor::redistribute::redistribute;
-use shardfuzz::dtensor::{Ctx, DTensor, RuleSet};
-use shardfuzz::placement::{layout, Mesh, Placement, ReduceOp};
+use dtensor::redistribute::redistribute;
+use dtensor::{Ctx, DTensor, RuleSet};
+use placement::{layout, Mesh, Placement, ReduceOp};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 

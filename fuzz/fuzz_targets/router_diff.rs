@@ -1,15 +1,15 @@
 //! bytes -> Case (through `arbitrary`, valid by construction) -> run both routers -> panic with
 //! the signature when an oracle reports a divergence that is not already known: neither listed in
-//! known_signatures.txt nor an instance of a known upstream bug family (`harness::known`, which
-//! decides by mechanism and site, so the many boundary paths of one gradient bug need no list).
+//! known_signatures.txt nor an instance of a known upstream bug family (the subject's `known`,
+//! which decides by mechanism and site, so the many boundary paths of one gradient bug need no list).
 //! The panic message starts with the signature, so libFuzzer's deduplication groups by it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shardfuzz::device::Dev;
-use shardfuzz::harness::case::Case;
-use shardfuzz::harness::known::Known;
-use shardfuzz::harness::{check, Options};
+use dtensor::device::Dev;
+use harness::subject::Subject;
+use harness::{check, Options};
+use shardfuzz::subjects::GenConfig;
 use std::sync::OnceLock;
 
 /// `*` in a known-signature line matches any run of characters.
@@ -40,15 +40,17 @@ fn known() -> &'static Vec<String> {
     })
 }
 
-fuzz_target!(|case: Case| {
+fuzz_target!(|bytes: &[u8]| {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        shardfuzz::device::init();
+        dtensor::device::init();
         tch::set_num_threads(1);
     });
+    // The default generator's case for these bytes (`shardfuzz import` gives the same).
+    let case = GenConfig::default().arbitrary(&mut arbitrary::Unstructured::new(bytes));
     let c = check(&case, Dev::Cpu, Options::default()).expect("generated cases are valid");
     for (v, sig) in c.judgement.verdicts.iter().zip(c.signatures()) {
-        if !Known::of(&sig, &case).is_empty() {
+        if !case.subject.known(&case, &sig).is_empty() {
             continue;
         }
         let text = sig.to_string();

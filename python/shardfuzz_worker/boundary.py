@@ -11,7 +11,7 @@ from torch.distributed.tensor.experimental import local_map
 
 from . import common
 from .commlog import CommLog
-from .router import SITES, choose, scale, score
+from .router import choose, scale, score
 
 BOUNDARIES = ("tt-pre2416", "tt-pr2388", "tt-2416", "tt-3192", "tt-clean", "tt-3654")
 LOCAL_ROUTE = ("tt-pre2416", "tt-pr2388", "tt-2416")  # the router body on local tensors
@@ -78,7 +78,7 @@ def route(case, logits, eb, label, seen=None):
     """The router body: (gate values, ids), on DTensors or local tensors; `seen["ids"]` keeps the
     ids for the outcome."""
     scores = score(logits.float(), case["router"]["score_func"])
-    ids, _ = choose(case, scores, eb, SITES[case["revision"]["router"]][0], label)
+    ids, _ = choose(case, scores, eb, case["revision"]["sites"][0], label)
     if seen is not None:
         seen["ids"] = ids
     label("topk_scores")

@@ -160,6 +160,30 @@ def data_of(t):
             "values": values_of(t)}
 
 
+def view(case, tables):
+    """The case as this package's modules read it: a router case's subject fields at the top
+    level, its rule set and the request's tables under `revision`, its tensors at the top level.
+    The tables (how the revision writes its scatter sites, which sites promise no collective,
+    the release) come from shardfuzz with every request: the package keeps no copy of them."""
+    if not tables or "sites" not in tables:
+        raise CaseError("a router case needs shardfuzz's tables (sites) in the request; "
+                        "run it with `shardfuzz confirm`")
+    if case.get("format") == "shardfuzz.case/1":
+        v = dict(case)
+        v["revision"] = dict(case["revision"])
+    else:
+        subject = case["subject"]
+        if subject.get("kind") != "router":
+            raise CaseError(f"this worker runs router cases, not {subject.get('kind')!r}")
+        v = {k: case[k] for k in ("mesh", "dtype", "device")}
+        v.update({k: subject.get(k) for k in ("dims", "router", "layout", "backward")})
+        v["revision"] = dict(subject["revision"], rules=case["rules"])
+        v["tensors"] = case["data"].get("tensors")
+    v["revision"]["sites"] = (tables["sites"]["group_mask"], tables["sites"]["routing_map"])
+    v["revision"]["quiet_sites"] = list(tables.get("quiet_sites", []))
+    return v
+
+
 def inputs(case):
     """The case's full input tensors: x and gate in the case dtype, the biases."""
     tens = case.get("tensors")

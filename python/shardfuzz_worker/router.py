@@ -1,5 +1,6 @@
 """The router of a forward case, written the way torchtitan writes it (TokenChoiceTopKRouter plus
-the routing part of MoE.forward), with the two scatter sites written as `revision.router` says.
+the routing part of MoE.forward), with the two scatter sites written as the request's tables say
+(`revision.sites`, from shardfuzz: this package keeps no copy of the revision table).
 The same code runs on DTensors (the sharded run) and on plain tensors (the reference).
 
 `label(name)` names the router value the next ops compute, so each collective can be attributed;
@@ -10,19 +11,10 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import local_map
 
-# (group-mask site, routing-map site) per revision: in place, out of place, or under local_map.
-SITES = {
-    "inplace_scatter": ("inplace", "inplace"),
-    "out_of_place_scatter": ("out_of_place", "out_of_place"),
-    "local_map_counts": ("inplace", "local_map"),
-    "local_map_both": ("local_map", "local_map"),
-}
-
-
 def scatter_site(how, t, index, value, like):
     """`t.scatter_(-1, index, value)` as a revision writes it; a local_map site takes its
     placements from `like` and `index`."""
-    if how == "inplace":
+    if how == "in_place":
         return t.scatter_(-1, index, value)
     if how == "out_of_place":
         return t.scatter(-1, index, value)
@@ -77,7 +69,7 @@ def scale(case, ts):
 def router(case, x, gate, gate_bias=None, expert_bias=None, label=lambda name: None):
     """Returns {output name: tensor} in shardfuzz's output order."""
     d = case["dims"]
-    site1, site2 = SITES[case["revision"]["router"]]
+    site1, site2 = case["revision"]["sites"]
     label("logits")
     logits = F.linear(x.float(), gate.float(), None if gate_bias is None else gate_bias.float())
     label("scores")

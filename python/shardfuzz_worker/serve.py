@@ -1,6 +1,7 @@
 """The worker loop: one request per line on stdin, one outcome (shardfuzz.outcome/1) per line on
-stdout, in order. A request is `{"case": {...}, "engine": "auto" | "local" | "gloo"}` (or a bare
-case, engine auto). The case carries its tensors inline.
+stdout, in order. A request is `{"case": {...}, "engine": "auto" | "local" | "gloo", "tables": {...}}`:
+the case (shardfuzz.case/2, a router subject; or case/1) carries its tensors inline, and the tables
+are shardfuzz's (common.view).
 
 Engines: `local` runs every rank in this process (fake process group + LocalTensorMode); `gloo`
 runs one process per rank; `auto` is local, and gloo where LocalTensorMode cannot hold the case
@@ -100,15 +101,16 @@ def fault(kind):
 
 
 def handle(req):
-    case = req["case"] if "case" in req and "format" not in req else req
-    engine = req.get("engine", "auto") if "case" in req else "auto"
+    raw = req["case"]
+    case = common.view(raw, req.get("tables"))
+    engine = req.get("engine", "auto")
     if req.get("fault"):
         fault(req["fault"])
     if engine not in ("auto", "local", "gloo"):
         raise common.CaseError(f"unknown engine {engine!r} (auto, local or gloo)")
     notes = []
     used, status = run(case, "forward", engine, notes)
-    out = {"format": "shardfuzz.outcome/1", "case": case, "reference": forward.reference(case),
+    out = {"format": "shardfuzz.outcome/1", "case": raw, "reference": forward.reference(case),
            "sharded": sharded_side(case, status), "verdicts": []}
     if case.get("backward"):
         used_b, bstatus = run(case, "backward", engine if used == "local" else "gloo", notes)

@@ -4,8 +4,8 @@
 
 use super::error::DTensorError;
 use super::local;
-use crate::placement::layout::chunk;
-use crate::placement::{Mesh, ReduceOp};
+use placement::layout::chunk;
+use placement::{Mesh, ReduceOp};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 

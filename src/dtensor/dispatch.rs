@@ -10,7 +10,7 @@ use super::redistribute::redistribute;
 use super::rules::{self, Arg, Strategy};
 use super::tensor::{DTensor, MaskBuffer};
 use super::Ctx;
-use crate::placement::{Placement, FRESH_MASK};
+use placement::{Placement, FRESH_MASK};
 use tch::{Kind, Tensor};
 
 /// A tensor argument: a DTensor, or a plain tensor (which DTensor refuses unless it is a
@@ -63,7 +63,7 @@ pub fn call(ctx: &mut Ctx, op: &Op, args: &[&DTensor]) -> Result<Vec<DTensor>> {
         // error).
         let out_shape = if op.takes_local_shape() {
             let d = decisions.iter().find(|d| d.2.contains(&r)).expect("every rank decided");
-            local_i64(&crate::placement::layout::local_shape(
+            local_i64(&placement::layout::local_shape(
                 &d.1[0],
                 &args[0].mesh,
                 &strategy.outs[0],
@@ -189,7 +189,7 @@ pub fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor
             one(x[0].f_cumsum(*dim, k))
         }
         Op::Topk { k, dim, largest, sorted } => {
-            if crate::dtensor::plant::active("topk-runner-up") {
+            if crate::plant::active("topk-runner-up") {
                 return runner_up_topk(x[0], *k as i64, *dim, *largest);
             }
             let (v, i) = x[0].f_topk(*k as i64, *dim, *largest, *sorted).map_err(torch_err)?;

@@ -2,7 +2,7 @@
 //! on real PyTorch, see docs/pytorch-facts.md), and `kind()` is the Python exception class, so an
 //! outcome's `error` can be compared with a real run verbatim.
 
-use crate::placement::{repr_tuple, Placement, PlacementError};
+use placement::{repr_tuple, Placement, PlacementError};
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Error)]

@@ -104,7 +104,7 @@ pub fn scatter_value(this: &Tensor, dim: i64, index: &Tensor, value: f64) -> Res
 /// Piece `idx` of `t` chunked `n` ways along `dim` (torch.chunk layout, possibly empty).
 pub fn chunk(t: &Tensor, dim: usize, n: usize, idx: usize) -> Tensor {
     let size = t.size()[dim] as usize;
-    let (len, off) = crate::placement::layout::chunk(size, n, idx);
+    let (len, off) = placement::layout::chunk(size, n, idx);
     // PyTorch's shards are contiguous (`_split_tensor` clones them); views depend on it.
     t.narrow(dim as i64, off as i64, len as i64).contiguous()
 }

@@ -8,7 +8,7 @@ use super::error::{DTensorError, Result};
 use super::redistribute::redistribute;
 use super::tensor::DTensor;
 use super::Ctx;
-use crate::placement::{normalize_all, repr_tuple, Placement};
+use placement::{normalize_all, repr_tuple, Placement};
 use tch::Tensor;
 
 /// Calls `f(rank, locals)` on every rank and wraps its outputs with `out_placements`.
@@ -58,7 +58,7 @@ pub fn local_map(
 
 /// The global shape from every rank's local size (pytorch#172927): sum the local sizes along
 /// each sharded mesh dim.
-fn exact_global_shape(locals: &[Tensor], mesh: &crate::placement::Mesh, ps: &[Placement]) -> Vec<usize> {
+fn exact_global_shape(locals: &[Tensor], mesh: &placement::Mesh, ps: &[Placement]) -> Vec<usize> {
     let mut g: Vec<usize> = super::local::shape(&locals[0]);
     for (md, p) in ps.iter().enumerate() {
         if let Some(d) = p.shard_dim() {

@@ -1,7 +1,7 @@
 //! Tensor metadata the sharding rules reason about: dtype and global shape. Pure data, no
 //! libtorch, so that rules stay testable without it.
 
-crate::named_enum! {
+names::named_enum! {
     pub enum DType("dtype") {
         F32 = "f32",
         F64 = "f64",

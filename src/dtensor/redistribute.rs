@@ -7,8 +7,8 @@ use super::comm::{self, CommRecord};
 use super::error::{DTensorError, Result};
 use super::tensor::{DTensor, MaskBuffer};
 use super::{Ctx, RuleSet};
-use crate::placement::plan::{plan_for, Collective, Footprint, Transform};
-use crate::placement::{normalize_all, Placement};
+use placement::plan::{plan_for, Collective, Footprint, Transform};
+use placement::{normalize_all, Placement};
 use std::sync::Arc;
 use tch::Tensor;
 

@@ -6,7 +6,7 @@ use super::error::{DTensorError, Result};
 use super::local;
 use super::meta::{DType, Meta};
 use super::redistribute::redistribute_quiet;
-use crate::placement::{layout, normalize_all, Mesh, Placement, PlacementError, ReduceOp};
+use placement::{layout, normalize_all, Mesh, Placement, PlacementError, ReduceOp};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
@@ -99,7 +99,7 @@ impl Clone for DTensor {
 
 impl std::fmt::Debug for DTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DTensor({:?} {} {})", self.shape, self.dtype, crate::placement::short_list(&self.placements))
+        write!(f, "DTensor({:?} {} {})", self.shape, self.dtype, placement::short_list(&self.placements))
     }
 }
 

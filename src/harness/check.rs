@@ -1,15 +1,16 @@
 //! The one way to check a case: run both sides, then judge. Every caller (replay, `run`,
 //! campaign workers, the shrinker, the bench, the fuzz target) goes through [`check`], so a new
-//! side of the comparison (a second run, another device) plugs in here once.
+//! side of the comparison (a second run, another device) plugs in here once, for every subject.
 
 use super::case::Case;
 use super::error::Result;
 use super::oracle::{self, device, nondeterminism, Judgement, Verdict};
 use super::outcome::Outcome;
-use super::runner::{self, Run};
+use super::run::{self, Run};
 use super::signature::Signature;
+use super::subject::Subject;
 use super::timing::{timed, Phases};
-use crate::device::Dev;
+use dtensor::device::Dev;
 
 /// What to do besides one run and the oracles.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,9 +22,11 @@ pub struct Options {
 }
 
 /// A checked case: the case as it ran (on `dev`), its run, and what the oracles said.
-pub struct Checked {
-    pub case: Case,
+pub struct Checked<S: Subject> {
+    pub case: Case<S>,
     pub run: Run,
+    /// What the subject kept beside the run for its own oracles.
+    pub extra: S::Extra,
     pub judgement: Judgement,
     /// Inputs, reference, sharded, shadow and oracle time (the oracles include extra runs).
     pub phases: Phases,
@@ -32,24 +35,32 @@ pub struct Checked {
 /// A case the tool itself failed on: it panicked, or returned an error on a valid case. A
 /// finding (class `crash`), so the run goes on and the case is kept.
 #[derive(Clone, Debug)]
-pub struct Crashed {
-    pub case: Case,
+pub struct Crashed<S> {
+    pub case: Case<S>,
     pub verdict: Verdict,
 }
 
-impl Crashed {
+impl<S: Subject> Crashed<S> {
     pub fn signature(&self) -> Signature {
         self.verdict.signature(&self.case)
     }
 }
 
 /// [`check`], with a panic or an error caught and turned into a `crash` verdict on the case.
-pub fn check_guarded(case: &Case, dev: Dev, opts: Options) -> std::result::Result<Checked, Box<Crashed>> {
+pub fn check_guarded<S: Subject>(
+    case: &Case<S>,
+    dev: Dev,
+    opts: Options,
+) -> std::result::Result<Checked<S>, Box<Crashed<S>>> {
     guard(case, dev, || check(case, dev, opts))
 }
 
 /// Runs `f` (a check of `case` on `dev`), catching a panic or an error as a `crash` verdict.
-pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std::result::Result<Checked, Box<Crashed>> {
+pub fn guard<S: Subject, T>(
+    case: &Case<S>,
+    dev: Dev,
+    f: impl FnOnce() -> Result<T>,
+) -> std::result::Result<T, Box<Crashed<S>>> {
     let (key, detail) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(c)) => return Ok(c),
         Ok(Err(e)) => ("error", format!("shardfuzz failed on a valid case: {e}")),
@@ -77,29 +88,29 @@ pub fn guard(case: &Case, dev: Dev, f: impl FnOnce() -> Result<Checked>) -> std:
 }
 
 /// Runs `case` on `dev` and judges it.
-pub fn check(case: &Case, dev: Dev, opts: Options) -> Result<Checked> {
+pub fn check<S: Subject>(case: &Case<S>, dev: Dev, opts: Options) -> Result<Checked<S>> {
     let mut case = case.clone();
     case.device = dev;
-    let run = runner::run(&case, dev.tch())?;
+    let (run, extra) = run::run(&case, dev.tch())?;
     let mut phases = run.phases.clone();
-    let judgement = timed(&mut phases.oracles_us, || judge(&case, &run, dev, opts))?;
-    Ok(Checked { case, run, judgement, phases })
+    let judgement = timed(&mut phases.oracles_us, || judge(&case, (&run, &extra), dev, opts))?;
+    Ok(Checked { case, run, extra, judgement, phases })
 }
 
-fn judge(case: &Case, run: &Run, dev: Dev, opts: Options) -> Result<Judgement> {
-    let mut j = oracle::judge(case, run);
+fn judge<S: Subject>(case: &Case<S>, (run, extra): (&Run, &S::Extra), dev: Dev, opts: Options) -> Result<Judgement> {
+    let mut j = oracle::judge(case, run, extra);
     if opts.twice {
-        let again = runner::run(case, dev.tch())?;
+        let (again, _) = run::run(case, dev.tch())?;
         nondeterminism::check(run, &again, &mut j);
     }
     if opts.cross_device && dev != Dev::Cpu {
-        let cpu = runner::run(case, tch::Device::Cpu)?;
-        device::check(case, &cpu, run, &mut j);
+        let (cpu, cpu_extra) = run::run(case, tch::Device::Cpu)?;
+        device::check(case, (&cpu, &cpu_extra), run, &mut j);
     }
     Ok(j)
 }
 
-impl Checked {
+impl<S: Subject> Checked<S> {
     /// One signature per verdict, in verdict order.
     pub fn signatures(&self) -> Vec<Signature> {
         self.judgement.verdicts.iter().map(|v| v.signature(&self.case)).collect()
@@ -111,10 +122,7 @@ impl Checked {
 
     /// The `shardfuzz.outcome/1` of this check, with the inputs inline so it replays anywhere.
     pub fn outcome(&self) -> Outcome {
-        let mut case = self.case.clone();
-        if case.tensors.is_none() {
-            case.tensors = Some(super::data::inline(&case));
-        }
+        let case = super::data::with_inline(&self.case);
         Outcome::build(&case, &self.run, &self.judgement)
     }
 }

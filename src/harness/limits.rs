@@ -52,27 +52,36 @@ pub fn product(sizes: &[usize]) -> Option<u64> {
     sizes.iter().try_fold(1u64, |acc, &s| acc.checked_mul(s as u64))
 }
 
-/// Checks the sizes a case implies: `x` (B, L, D), `gate` (E, D), the (B·L, E) score-shaped
-/// tensors, each within the per-tensor limit, and all of them on every rank within the case
-/// limit. Returns the field at fault and why.
-pub fn check_case(ranks: usize, batch: usize, seq: usize, model: usize, experts: usize) -> Result<(), String> {
+/// One tensor of a case: its name, how its size is written, and its dims.
+pub struct TensorSize<'a> {
+    pub what: &'a str,
+    pub formula: &'a str,
+    pub dims: &'a [usize],
+    /// How many tensors of this size the program holds on each rank at most.
+    pub copies: u64,
+}
+
+/// Checks the sizes a case implies: each tensor within the per-tensor limit, and all of them
+/// (times their copies) on every rank within the case limit. Returns the field at fault and why.
+pub fn check_sizes(ranks: usize, tensors: &[TensorSize]) -> Result<(), String> {
     let l = get();
     let hint = "(raise it with --max-elements)";
-    let too_big = |what: &str, formula: &str, n: Option<u64>| -> Result<u64, String> {
-        match n {
-            Some(n) if n <= l.tensor_elements => Ok(n),
-            Some(n) => Err(format!(
-                "dims: {what} has {formula} = {n} elements, more than the limit of {} per tensor {hint}",
-                l.tensor_elements
-            )),
-            None => Err(format!("dims: {what} has {formula} elements, which overflows 64 bits")),
-        }
-    };
-    let x = too_big("x", "batch·seq·model", product(&[batch, seq, model]))?;
-    let gate = too_big("gate", "experts·model", product(&[experts, model]))?;
-    let scores = too_big("scores", "batch·seq·experts", product(&[batch, seq, experts]))?;
-    // The router holds about four score-shaped tensors; a replicated layout puts all on each rank.
-    let total = x.saturating_add(gate).saturating_add(scores.saturating_mul(4)).saturating_mul(ranks as u64);
+    let mut total = 0u64;
+    for t in tensors {
+        let n = match product(t.dims) {
+            Some(n) if n <= l.tensor_elements => n,
+            Some(n) => {
+                return Err(format!(
+                    "dims: {} has {} = {n} elements, more than the limit of {} per tensor {hint}",
+                    t.what, t.formula, l.tensor_elements
+                ))
+            }
+            None => return Err(format!("dims: {} has {} elements, which overflows 64 bits", t.what, t.formula)),
+        };
+        total = total.saturating_add(n.saturating_mul(t.copies));
+    }
+    // A replicated layout puts every tensor on each rank.
+    let total = total.saturating_mul(ranks as u64);
     if total > l.case_elements {
         return Err(format!(
             "dims: the case holds about {total} elements over its {ranks} rank(s), more than the limit of {} {hint}",
@@ -90,12 +99,15 @@ mod tests {
     fn products_that_overflow_are_errors_not_wraps() {
         assert_eq!(product(&[1 << 40, 1 << 40]), None);
         assert_eq!(product(&[3, 4]), Some(12));
-        let e = check_case(1, 1 << 40, 1 << 40, 1, 2).unwrap_err();
+        fn x(dims: &[usize]) -> Vec<TensorSize<'_>> {
+            vec![TensorSize { what: "x", formula: "batch·seq·model", dims, copies: 1 }]
+        }
+        let e = check_sizes(1, &x(&[1 << 40, 1 << 40, 1])).unwrap_err();
         assert!(e.contains("overflows"), "{e}");
-        let e = check_case(1, 1, 1_000_000_000_000, 4, 2).unwrap_err();
+        let e = check_sizes(1, &x(&[1, 1_000_000_000_000, 4])).unwrap_err();
         assert!(e.starts_with("dims: x has") && e.contains("--max-elements"), "{e}");
-        assert!(check_case(4, 2, 16, 64, 16).is_ok());
-        let e = check_case(64, 4, 4096, 512, 8).unwrap_err();
+        assert!(check_sizes(4, &x(&[2, 16, 64])).is_ok());
+        let e = check_sizes(64, &x(&[4, 4096, 1024])).unwrap_err();
         assert!(e.contains("over its 64 rank(s)"), "{e}");
     }
 }

@@ -3,65 +3,19 @@
 
 use super::case::Case;
 use super::oracle::{Judgement, NearTies, Verdict};
-use super::runner::{BackwardRun, Run};
+use super::run::{BackwardRun, Named, Run};
 use super::signature::Signature;
-use super::tensor_data::{RawSeq, TensorData, Values, ValuesAs};
-use crate::dtensor::autograd::{Site, Val};
-use crate::dtensor::{CommRecord, DTensor, DTensorError, DType};
-use crate::placement::Placement;
-use crate::router::backward::loss::LossClass;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+use super::subject::Subject;
+use super::tensor_data::{Ordered, RawSeq, TensorData, Values, ValuesAs};
+use dtensor::autograd::{Site, Val};
+use dtensor::{CommRecord, DTensor, DTensorError, DType};
+use placement::Placement;
+use serde::de::Deserializer;
+use serde::ser::{SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
-use std::fmt;
+use tch::Tensor;
 
 pub const OUTCOME_FORMAT: &str = "shardfuzz.outcome/1";
-
-/// A JSON object whose keys keep their order (outputs print in router order).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ordered<T>(pub Vec<(String, T)>);
-
-impl<T> Default for Ordered<T> {
-    fn default() -> Self {
-        Ordered(Vec::new())
-    }
-}
-
-impl<T> Ordered<T> {
-    pub fn get(&self, k: &str) -> Option<&T> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
-    }
-}
-
-impl<T: Serialize> Serialize for Ordered<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Ordered<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Ordered<T>, A::Error> {
-                let mut v = Vec::new();
-                while let Some((k, x)) = a.next_entry::<String, T>()? {
-                    v.push((k, x));
-                }
-                Ok(Ordered(v))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,7 +113,8 @@ pub struct ShardedSide {
 pub struct BackwardSide {
     pub ok: bool,
     pub error: Option<ErrorInfo>,
-    pub loss_class: LossClass,
+    /// The subject's name for the loss (the router: `tokensplit`, `local`, `replicated`, `partial`).
+    pub loss_class: Option<String>,
     pub grads: Ordered<GradOutput>,
     pub reference: Ordered<TensorData>,
     /// The reference gradients' error, when libtorch's autograd failed on the unsharded router.
@@ -181,11 +136,14 @@ pub struct GradOutput {
     pub sites: Vec<Site>,
 }
 
-fn backward_side(case: &Case, bw: &BackwardRun) -> Option<BackwardSide> {
-    let spec = case.backward.as_ref()?;
-    let loss_class = crate::router::backward::loss::class(spec, case.ranks());
+fn datas(named: &Named<Tensor>) -> Ordered<TensorData> {
+    Ordered(named.iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect())
+}
+
+fn backward_side(bw: &BackwardRun) -> BackwardSide {
+    let loss_class = bw.loss.clone();
     let (reference, reference_error) = match &bw.reference {
-        Ok(r) => (Ordered(r.grads.iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect()), None),
+        Ok(r) => (datas(r), None),
         Err(e) => (Ordered::default(), Some(e.into())),
     };
     let side = match &bw.program {
@@ -225,14 +183,15 @@ fn backward_side(case: &Case, bw: &BackwardRun) -> Option<BackwardSide> {
             comms: vec![],
         },
     };
-    Some(side)
+    side
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
     pub format: String,
-    pub case: Case,
+    /// The case (a case file's object: any format and subject the application reads).
+    pub case: serde_json::Value,
     pub reference: ReferenceSide,
     pub sharded: ShardedSide,
     pub verdicts: Vec<Verdict>,
@@ -267,21 +226,15 @@ fn sharded_output(d: &DTensor) -> ShardedOutput {
 
 impl Outcome {
     /// Assembles the outcome of `run` for `case` (which should carry its tensors inline).
-    pub fn build(case: &Case, run: &Run, j: &Judgement) -> Outcome {
+    pub fn build<S: Subject>(case: &Case<S>, run: &Run, j: &Judgement) -> Outcome {
         let reference = match &run.reference {
-            Ok(r) => ReferenceSide {
-                ok: true,
-                outputs: Ordered(
-                    r.named().into_iter().map(|(n, t)| (n.to_string(), TensorData::from_tensor(t))).collect(),
-                ),
-                error: None,
-            },
+            Ok(r) => ReferenceSide { ok: true, outputs: datas(r), error: None },
             Err(e) => ReferenceSide { ok: false, outputs: Ordered::default(), error: Some(e.into()) },
         };
         let sharded = match &run.sharded {
             Ok(s) => ShardedSide {
                 ok: true,
-                outputs: Ordered(s.named().into_iter().map(|(n, d)| (n.to_string(), sharded_output(d))).collect()),
+                outputs: Ordered(s.iter().map(|(n, d)| (n.to_string(), sharded_output(d))).collect()),
                 comms: run.comms.clone(),
                 error: None,
             },
@@ -291,13 +244,13 @@ impl Outcome {
         };
         Outcome {
             format: OUTCOME_FORMAT.into(),
-            case: case.clone(),
+            case: case.to_value(),
             reference,
             sharded,
             signatures: j.verdicts.iter().map(|v| v.signature(case)).collect(),
             verdicts: j.verdicts.clone(),
             near_ties: Some(j.near_ties),
-            backward: run.backward.as_ref().and_then(|bw| backward_side(case, bw)),
+            backward: run.backward.as_ref().map(backward_side),
             pytorch: None,
         }
     }

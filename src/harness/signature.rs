@@ -1,12 +1,13 @@
 //! A divergence's signature, `class:output:program:rules:key`: what buckets group by (the
-//! program is the router revision, or the boundary revision for backward verdicts). The key
-//! names the check that fired or the placement mismatch, with sizes removed, so one bucket holds
+//! program is what the subject names it: for the router, its revision, or the boundary
+//! revision for backward verdicts). The key names the check that fired or the placement mismatch, with sizes removed, so one bucket holds
 //! one mechanism. Printed and parsed in that form (the key may itself contain `:`); ordered as
 //! its printed form, so reports list buckets the same way whatever built them.
 
-use super::oracle::Class;
-use crate::dtensor::RuleSet;
-pub use crate::router::Program;
+use crate::case::Case;
+use crate::subject::Subject;
+use crate::verdict::{Class, Verdict};
+use dtensor::RuleSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -15,8 +16,8 @@ pub struct Signature {
     pub class: Class,
     /// The output or gradient concerned (`counts`, `gate.weight`), when the verdict names one.
     pub output: Option<String>,
-    /// The router revision, or for the backward the boundary revision.
-    pub program: Program,
+    /// The program the verdict is about, as its subject names it (unique across subjects).
+    pub program: String,
     pub rules: RuleSet,
     /// Empty when the class needs no key.
     pub key: String,
@@ -36,7 +37,10 @@ impl FromStr for Signature {
         let mut part = |what: &str| it.next().ok_or_else(|| format!("signature '{s}': no {what}"));
         let class = part("class")?.parse()?;
         let output = Some(part("output")?).filter(|o| *o != "-").map(String::from);
-        let program = part("program")?.parse()?;
+        let program = part("program")?.to_string();
+        if program.is_empty() {
+            return Err(format!("signature '{s}': empty program"));
+        }
         let rules = part("rule set")?.parse()?;
         let key = Some(part("key")?).filter(|k| *k != "-").unwrap_or_default().to_string();
         Ok(Signature { class, output, program, rules, key })
@@ -55,7 +59,21 @@ impl Ord for Signature {
     }
 }
 
-crate::serde_as_str!(Signature);
+names::serde_as_str!(Signature);
+
+impl Verdict {
+    /// The bucket this divergence belongs to: class, output, program (which the subject names),
+    /// rule set, key.
+    pub fn signature<S: Subject>(&self, case: &Case<S>) -> Signature {
+        Signature {
+            class: self.class,
+            output: self.output.clone(),
+            program: case.subject.program(self),
+            rules: case.rules,
+            key: self.key.clone(),
+        }
+    }
+}
 
 impl Signature {
     /// A file-name-safe form.
@@ -103,7 +121,7 @@ mod tests {
         );
         let p: Signature = "placement:counts:inplace_scatter:torch-2.13:P(sum)->R@1".parse().unwrap();
         assert_eq!(p.slug(), "placement_counts_inplace_scatter_torch-2.13_Psum-toRat1");
-        assert!("placement:counts:nope:torch-2.13:x".parse::<Signature>().is_err());
+        assert!("placement:counts:inplace_scatter:torch-9.9:x".parse::<Signature>().is_err());
         assert!("value:x".parse::<Signature>().is_err());
     }
 }

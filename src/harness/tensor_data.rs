@@ -3,10 +3,10 @@
 //! f32/bf16/f16), so a file reads back bit-exact; non-finite floats are the strings "NaN",
 //! "Infinity" and "-Infinity", since JSON has no token for them.
 
-use crate::dtensor::local;
-use crate::dtensor::DType;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
+use dtensor::local;
+use dtensor::DType;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct, Serializer};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tch::{Device, Kind, Tensor};
@@ -252,6 +252,55 @@ impl<'de> Deserialize<'de> for TensorData {
         Ok(TensorData { shape: w.shape, dtype: w.dtype, values })
     }
 }
+
+/// A JSON object whose keys keep their order (outputs print in the order their subject gives them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ordered<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<T> Ordered<T> {
+    pub fn get(&self, k: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+}
+
+impl<T: Serialize> Serialize for Ordered<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Ordered<T>, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = a.next_entry::<String, T>()? {
+                    v.push((k, x));
+                }
+                Ok(Ordered(v))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A case's input tensors by name (`data.tensors`), in the subject's order.
+pub type Tensors = Ordered<TensorData>;
 
 #[cfg(test)]
 mod tests {

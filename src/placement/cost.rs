@@ -94,8 +94,8 @@ pub fn redistribute_cost(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Mesh;
-    use crate::placement::{Placement::*, ReduceOp};
+    use crate::Mesh;
+    use crate::{Placement::*, ReduceOp};
     const R: PlanRules = PlanRules { shard_to_partial: false };
 
     #[test]

@@ -168,7 +168,7 @@ pub fn from_local_global_shape(local: &[usize], mesh: &Mesh, placements: &[Place
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Placement::*;
+    use crate::Placement::*;
 
     fn mesh2x2() -> Mesh {
         Mesh::new(vec![2, 2], vec!["dp".into(), "tp".into()]).unwrap()

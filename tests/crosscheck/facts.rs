@@ -14,10 +14,10 @@
 //! aten call; the move is read off its label) replays through the simulator's redistribute.
 
 use super::opcall;
+use dtensor::redistribute::redistribute;
+use dtensor::{call, Ctx, DTensor, DTensorError, Op};
+use placement::{Mesh, Placement, ReduceOp};
 use serde_json::{json, Value};
-use shardfuzz::dtensor::redistribute::redistribute;
-use shardfuzz::dtensor::{call, Ctx, DTensor, DTensorError, Op};
-use shardfuzz::placement::{Mesh, Placement, ReduceOp};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -79,7 +79,7 @@ fn fresh(full: &Tensor, mesh: &Arc<Mesh>, ps: &[Placement]) -> DTensor {
 }
 
 /// The index bound of a gather/scatter index argument (the size of `self` along `dim`).
-fn bound(op: &Op, k: usize, args: &[shardfuzz::dtensor::rules::Arg]) -> Option<i64> {
+fn bound(op: &Op, k: usize, args: &[dtensor::rules::Arg]) -> Option<i64> {
     let dim = match op {
         Op::Gather { dim } | Op::ScatterValue { dim, .. } | Op::ScatterSrc { dim, .. } | Op::ScatterAdd { dim } => *dim,
         _ => return None,
@@ -90,7 +90,7 @@ fn bound(op: &Op, k: usize, args: &[shardfuzz::dtensor::rules::Arg]) -> Option<i
 
 /// The argument with this meta and these placements: the newest unused output of an earlier
 /// call, else any earlier value, else a fresh input.
-fn take(pool: &mut Vec<Val>, a: &shardfuzz::dtensor::rules::Arg, mesh: &Arc<Mesh>, b: Option<i64>) -> DTensor {
+fn take(pool: &mut Vec<Val>, a: &dtensor::rules::Arg, mesh: &Arc<Mesh>, b: Option<i64>) -> DTensor {
     let fits = |v: &Val| v.dt.shape == a.meta.shape && v.dt.dtype == a.meta.dtype && v.dt.placements == a.placements;
     let pick = pool
         .iter()
@@ -98,7 +98,7 @@ fn take(pool: &mut Vec<Val>, a: &shardfuzz::dtensor::rules::Arg, mesh: &Arc<Mesh
         .or_else(|| pool.iter().rposition(|v| v.step.is_some() && fits(v)))
         .or_else(|| pool.iter().rposition(fits));
     let i = pick.unwrap_or_else(|| {
-        let full = global(&a.meta.shape, shardfuzz::dtensor::local::kind(a.meta.dtype), b);
+        let full = global(&a.meta.shape, dtensor::local::kind(a.meta.dtype), b);
         pool.push(Val { dt: fresh(&full, mesh, &a.placements), step: None, used: false });
         pool.len() - 1
     });
@@ -168,7 +168,7 @@ fn run(rec: &Value, release: &str) -> Result<Run, String> {
 fn real_comms(counts: &Value) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for (op, n) in counts.as_object().into_iter().flatten() {
-        let name = shardfuzz::harness::confirm::real::comm_name(op);
+        let name = shardfuzz::confirm::real::comm_name(op);
         *m.entry(name).or_default() += n.as_u64().unwrap();
     }
     m

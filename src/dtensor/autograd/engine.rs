@@ -3,12 +3,12 @@
 
 use super::formulas;
 use super::{apply, Id, Step, Tape, Val};
-use crate::dtensor::error::Result;
-use crate::dtensor::op::Op;
-use crate::dtensor::redistribute::redistribute;
-use crate::dtensor::tensor::DTensor;
-use crate::dtensor::Ctx;
-use crate::placement::{short_list, Placement};
+use crate::error::Result;
+use crate::op::Op;
+use crate::redistribute::redistribute;
+use crate::tensor::DTensor;
+use crate::Ctx;
+use placement::{short_list, Placement};
 use std::collections::BTreeMap;
 
 /// A boundary a gradient crossed, and the label it got there.

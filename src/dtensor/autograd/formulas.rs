@@ -6,9 +6,9 @@
 //! back, a float cast casts back, and a scalar add passes the gradient through.
 
 use super::{apply, Id, Tape, Val};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::op::Op;
-use crate::dtensor::Ctx;
+use crate::error::{DTensorError, Result};
+use crate::op::Op;
+use crate::Ctx;
 
 struct B<'a> {
     ctx: &'a mut Ctx,

@@ -27,7 +27,7 @@ use super::op::Op;
 use super::redistribute::redistribute;
 use super::tensor::DTensor;
 use super::{local, Ctx};
-use crate::placement::{Mesh, Placement};
+use placement::{Mesh, Placement};
 use std::sync::Arc;
 use tch::Tensor;
 

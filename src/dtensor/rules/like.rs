@@ -18,10 +18,10 @@
 use super::rulesets::Family;
 use super::single_dim::{p, single_dim, Ph, Row, R};
 use super::{Arg, Proposal, RuleSet, Strategy};
-use crate::dtensor::error::Result;
-use crate::dtensor::meta::Meta;
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement, ReduceOp};
+use crate::error::Result;
+use crate::meta::Meta;
+use crate::op::Op;
+use placement::{Mesh, Placement, ReduceOp};
 
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     let a = &args[0];
@@ -60,15 +60,15 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::DType;
-    use crate::dtensor::rules::select;
-    use crate::placement::Placement::*;
+    use crate::meta::DType;
+    use crate::rules::select;
+    use placement::Placement::*;
 
     fn pick(op: Op, ps: &[Placement], shape: &[usize], rules: RuleSet) -> Placement2 {
         let m =
             Mesh::new(vec![2; ps.len()], ["dp", "tp"][2 - ps.len()..].iter().map(|s| s.to_string()).collect()).unwrap();
         let args = [Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }];
-        let s = select(&op, &crate::dtensor::rules::propose(&op, &args, &m, rules).unwrap(), &args, &m).unwrap();
+        let s = select(&op, &crate::rules::propose(&op, &args, &m, rules).unwrap(), &args, &m).unwrap();
         (s.outs[0].clone(), s.ins[0].clone())
     }
 

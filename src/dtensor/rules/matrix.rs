@@ -25,10 +25,10 @@
 use super::rulesets::Family;
 use super::single_dim::{p, single_dim, Cell, Ph, Row, R};
 use super::{Arg, Proposal, RuleSet, Strategy};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::meta::Meta;
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement, ReduceOp};
+use crate::error::{DTensorError, Result};
+use crate::meta::Meta;
+use crate::op::Op;
+use placement::{Mesh, Placement, ReduceOp};
 
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     match op {
@@ -140,16 +140,16 @@ fn transpose(a: &Arg, mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::DType;
-    use crate::dtensor::rules::select;
-    use crate::placement::Placement::*;
+    use crate::meta::DType;
+    use crate::rules::select;
+    use placement::Placement::*;
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
     }
 
     fn pick(op: Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Strategy {
-        select(&op, &crate::dtensor::rules::propose(&op, args, mesh, rules).unwrap(), args, mesh).unwrap()
+        select(&op, &crate::rules::propose(&op, args, mesh, rules).unwrap(), args, mesh).unwrap()
     }
 
     const PS: Placement = Partial(ReduceOp::Sum);

@@ -31,9 +31,9 @@ pub use single_dim::{Cell, Row};
 use super::error::{DTensorError, Result};
 use super::meta::Meta;
 use super::op::Op;
-use crate::placement::cost::redistribute_cost;
-use crate::placement::plan::PlanRules;
-use crate::placement::{layout, Mesh, Placement};
+use placement::cost::redistribute_cost;
+use placement::plan::PlanRules;
+use placement::{layout, Mesh, Placement};
 
 /// One tensor argument as the rules see it: global metadata and current placements.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,7 +134,7 @@ pub fn strategy_cost(s: &Strategy, args: &[Arg], mesh: &Mesh, rules: PlanRules) 
 /// `expand_to_full_mesh_op_strategy`'s mixed-partial filter: one spec may not hold two kinds of
 /// Partial (a `_MaskPartial` is its own kind), except sum with avg.
 fn mixes_partials(spec: &[Placement]) -> bool {
-    use crate::placement::ReduceOp::{Avg, Sum};
+    use placement::ReduceOp::{Avg, Sum};
     let mask = |p: Placement| matches!(p, Placement::MaskPartial { .. });
     let linear = |p: Placement| matches!(p, Placement::Partial(Sum | Avg));
     let mut first: Option<Placement> = None;
@@ -257,7 +257,7 @@ pub fn num_shards(mesh: &Mesh, ps: &[Placement]) -> usize {
 #[cfg(test)]
 pub mod testing {
     use super::*;
-    use crate::dtensor::meta::DType;
+    use crate::meta::DType;
 
     pub fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         argd(shape, ps, DType::F32)
@@ -294,9 +294,9 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::DType;
-    use crate::placement::Placement::*;
-    use crate::placement::ReduceOp;
+    use crate::meta::DType;
+    use placement::Placement::*;
+    use placement::ReduceOp;
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }

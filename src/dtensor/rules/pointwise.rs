@@ -14,10 +14,10 @@
 
 use super::single_dim::{p, single_dim, Cell, Ph, Row, R};
 use super::{Arg, Proposal, RuleSet};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::meta::{torch_size, DType, Meta};
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, ReduceOp};
+use crate::error::{DTensorError, Result};
+use crate::meta::{torch_size, DType, Meta};
+use crate::op::Op;
+use placement::{Mesh, ReduceOp};
 
 /// `_partial_needs_reduce_for_dtype_cast`: whether a Partial of `op` must be reduced before the
 /// cast (a cast to bool, or a sum/avg/product cast from float to an integer type).
@@ -191,8 +191,8 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::rules::{select, Strategy};
-    use crate::placement::{Placement, Placement::*, ReduceOp};
+    use crate::rules::{select, Strategy};
+    use placement::{Placement, Placement::*, ReduceOp};
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
@@ -203,7 +203,7 @@ mod tests {
     }
 
     fn pick_in(op: Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Strategy {
-        select(&op, &crate::dtensor::rules::propose(&op, args, mesh, rules).unwrap(), args, mesh).unwrap()
+        select(&op, &crate::rules::propose(&op, args, mesh, rules).unwrap(), args, mesh).unwrap()
     }
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
         assert!(broadcast_iter(&[2, 4, 8], &[3]).is_err());
     }
 
-    use crate::dtensor::rules::testing::{arg as targ, moves, pick as tpick};
+    use crate::rules::testing::{arg as targ, moves, pick as tpick};
 
     const PS: Placement = Partial(ReduceOp::Sum);
 

@@ -20,10 +20,10 @@
 use super::rulesets::Family;
 use super::single_dim::{p, single_dim, Ph, Row};
 use super::{norm_dim, num_shards, Arg, Proposal, RuleSet, Strategy};
-use crate::dtensor::error::Result;
-use crate::dtensor::meta::Meta;
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement, ReduceOp};
+use crate::error::Result;
+use crate::meta::Meta;
+use crate::op::Op;
+use placement::{Mesh, Placement, ReduceOp};
 
 /// `replicate_reduction_dims`: every Partial, and every shard of one of `dims`, replicated.
 fn replicate_dims(ps: &[Placement], dims: &[i64]) -> Vec<Placement> {
@@ -38,7 +38,7 @@ fn replicate_dims(ps: &[Placement], dims: &[i64]) -> Vec<Placement> {
 
 /// `_shard_except_dim_strategy`: every dim but `active` may be sharded, on all places alike.
 fn shard_except(nd: usize, active: usize, n_out: usize, n_in: usize) -> Vec<Row> {
-    let keep = crate::dtensor::plant::active("softmax-keeps-shard");
+    let keep = crate::plant::active("softmax-keeps-shard");
     (0..nd).filter(|&d| d != active || keep).map(|d| Row::new(&vec![Ph(d); n_out], &vec![Ph(d); n_in])).collect()
 }
 
@@ -52,7 +52,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
                 let rows = shard_except(nd, d, 1, 1);
                 return Ok(Proposal::expanded(vec![a.meta.clone()], single_dim(&rows, 1, args, mesh.ndim()), true));
             }
-            let ps = if crate::dtensor::plant::active("softmax-keeps-shard") {
+            let ps = if crate::plant::active("softmax-keeps-shard") {
                 a.placements.clone()
             } else {
                 replicate_dims(&a.placements, &[d as i64])
@@ -95,7 +95,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 fn after_reduction(ps: &[Placement], reduced: &[i64], map: &[Option<usize>]) -> Vec<Placement> {
     ps.iter()
         .map(|&p| match p.shard_dim() {
-            Some(_) if crate::dtensor::plant::active("sum-shard-stays-shard") => Placement::Shard(0),
+            Some(_) if crate::plant::active("sum-shard-stays-shard") => Placement::Shard(0),
             Some(d) => match map[d as usize] {
                 Some(nd) if !reduced.contains(&d) => p.with_dim(nd as i64),
                 _ => Placement::Partial(ReduceOp::Sum),
@@ -131,9 +131,7 @@ fn sum(a: &Arg, dims: &[i64], keepdim: bool, mesh: &Mesh, rules: RuleSet) -> Res
     if rules.single_dim(Family::Sum) {
         let rows: Vec<Row> = (0..nd)
             .map(|d| match map[d] {
-                _ if rd.contains(&d) && crate::dtensor::plant::active("sum-shard-stays-shard") => {
-                    Row::new(&[Ph(0)], &[Ph(d)])
-                }
+                _ if rd.contains(&d) && crate::plant::active("sum-shard-stays-shard") => Row::new(&[Ph(0)], &[Ph(d)]),
                 // A shard on a reduced dim leaves each rank a partial sum.
                 _ if rd.contains(&d) => Row::new(&[p(ReduceOp::Sum)], &[Ph(d)]),
                 // A shard on a kept dim is a shard of the result.
@@ -155,8 +153,8 @@ fn sum(a: &Arg, dims: &[i64], keepdim: bool, mesh: &Mesh, rules: RuleSet) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::DType;
-    use crate::placement::Placement::*;
+    use crate::meta::DType;
+    use placement::Placement::*;
 
     fn arg(shape: &[usize], ps: &[Placement], dt: DType) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), dt), placements: ps.to_vec() }
@@ -202,7 +200,7 @@ mod tests {
         assert_eq!(p.strategies[0].ins[0], vec![Replicate]);
     }
 
-    use crate::dtensor::rules::testing::{arg as targ, moves, pick};
+    use crate::rules::testing::{arg as targ, moves, pick};
 
     const PS: Placement = Partial(ReduceOp::Sum);
 

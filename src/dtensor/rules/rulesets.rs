@@ -1,9 +1,9 @@
 //! The rule sets a run can select, one per PyTorch release, as data: each difference names the
 //! upstream change it follows. Everything not listed here is shared by all sets (docs/rules.md).
 
-use crate::placement::plan::PlanRules;
+use placement::plan::PlanRules;
 
-crate::named_enum! {
+names::named_enum! {
     pub enum RuleSet("rule set") {
         /// PyTorch 2.12.x (pytorch@7269437d): scatter is all-Replicate only; a strict view that
         /// cannot keep a shard replicates it silently; an uneven all_gather returns a padded,
@@ -60,6 +60,31 @@ pub enum ViewRule {
 }
 
 impl RuleSet {
+    /// The PyTorch release this rule set was read from and is confirmed against (patch
+    /// releases of the same minor share it: 2.14.1 runs `torch-2.14`). The one table of
+    /// releases: `confirm`, `export`, the Python worker and the scripts take it from here.
+    pub fn release(self) -> &'static str {
+        match self {
+            RuleSet::Torch212 => "2.12.1",
+            RuleSet::Torch213 => "2.13.0",
+            RuleSet::Torch214 => "2.14.0",
+        }
+    }
+
+    /// The rule set of a torch version ("2.14.1", "2.13.0+cu130"): the one of its minor release.
+    pub fn of_version(version: &str) -> Option<RuleSet> {
+        let mut parts = version.split(['.', '+']);
+        let minor = format!("{}.{}", parts.next()?, parts.next()?);
+        RuleSet::ALL.iter().copied().find(|r| r.release().starts_with(&format!("{minor}.")))
+    }
+
+    /// Whether scatter on token-sharded operands stays local, so a program promises no
+    /// collective there (pytorch#186149, whose tests assert zero communication; the reason
+    /// torchtitan#3515 dropped local_map). 2.12 replicates by design.
+    pub fn scatter_is_local(self) -> bool {
+        self.scatter() == ScatterRule::ShardNonScatterDims
+    }
+
     /// Whether the family is a single-dim strategy (placeholders, cost-based over every mesh
     /// dim combination). 2.14 re-registered all of them (`register_single_dim_strategy` in
     /// P214 `_ops/_matrix_ops.py`, `_math_ops.py`, `_tensor_ops.py`); in 2.12/2.13 they are
@@ -117,5 +142,22 @@ impl RuleSet {
     /// known, so 2.14 keeps the even-shard assumption too.
     pub fn local_map_exact_shapes(self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_map_to_rule_sets_by_minor() {
+        for r in RuleSet::ALL {
+            assert_eq!(RuleSet::of_version(r.release()), Some(*r));
+        }
+        assert_eq!(RuleSet::of_version("2.14.1"), Some(RuleSet::Torch214));
+        assert_eq!(RuleSet::of_version("2.13.0+cu130"), Some(RuleSet::Torch213));
+        assert_eq!(RuleSet::of_version("2.9.0"), None);
+        assert_eq!(RuleSet::of_version("2"), None);
+        assert!(!RuleSet::Torch212.scatter_is_local() && RuleSet::Torch213.scatter_is_local());
     }
 }

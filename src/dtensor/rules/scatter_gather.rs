@@ -22,10 +22,10 @@
 use super::rulesets::{Family, ScatterRule};
 use super::single_dim::{full_mesh, s, single_dim, Cell, Ph, Row, R};
 use super::{norm_dim, Arg, Proposal, RuleSet};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::meta::Meta;
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement, FRESH_MASK};
+use crate::error::{DTensorError, Result};
+use crate::meta::Meta;
+use crate::op::Op;
+use placement::{Mesh, Placement, FRESH_MASK};
 
 fn shape_list(s: &[usize]) -> String {
     let v: Vec<String> = s.iter().map(|d| d.to_string()).collect();
@@ -106,7 +106,7 @@ fn scatter(args: &[Arg], dim: i64, mesh: &Mesh, rules: RuleSet) -> Result<Propos
     let n_in = args.len();
     let mut rows = if single { vec![] } else { vec![Row::new(&[R], &vec![R; n_in])] };
     if rules.scatter() == ScatterRule::ShardNonScatterDims && this.ndim() == index.ndim() {
-        let ignore = crate::dtensor::plant::active("scatter-ignores-sizes");
+        let ignore = crate::plant::active("scatter-ignores-sizes");
         for k in (0..this.ndim()).filter(|&k| k != d) {
             // Each rank scatters into its own rows along k when every operand has them all.
             let src_ok = args.get(2).is_none_or(|src| {
@@ -139,9 +139,9 @@ fn scatter_add(args: &[Arg], dim: i64, mesh: &Mesh, rules: RuleSet) -> Result<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::DType;
-    use crate::dtensor::rules::select;
-    use crate::placement::Placement::*;
+    use crate::meta::DType;
+    use crate::rules::select;
+    use placement::Placement::*;
 
     fn arg(shape: &[usize], ps: &[Placement], dt: DType) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), dt), placements: ps.to_vec() }
@@ -189,8 +189,8 @@ mod tests {
         assert_eq!(s.outs[0], vec![Shard(1)]);
     }
 
-    use crate::dtensor::rules::testing::{argd, moves, pick};
-    use crate::placement::ReduceOp;
+    use crate::rules::testing::{argd, moves, pick};
+    use placement::ReduceOp;
 
     const PS: Placement = Partial(ReduceOp::Sum);
 

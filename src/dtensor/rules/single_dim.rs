@@ -18,7 +18,7 @@
 //! gets step 3 ([`full_mesh`]). Both then go through the same filters (`rules::select`).
 
 use super::{Arg, Strategy};
-use crate::placement::{Placement, ReduceOp};
+use placement::{Placement, ReduceOp};
 
 /// One entry of a single-mesh-dim row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,8 +231,8 @@ pub fn product(rows: &[Vec<Placement>], n_out: usize, mesh_ndim: usize) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::meta::{DType, Meta};
-    use crate::placement::Placement::*;
+    use crate::meta::{DType, Meta};
+    use placement::Placement::*;
 
     fn arg(ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(vec![8, 8, 8, 8], DType::F32), placements: ps.to_vec() }

@@ -11,10 +11,10 @@
 use super::rulesets::Family;
 use super::single_dim::{full_mesh, s, single_dim, Ph, Row, R};
 use super::{norm_dim, Arg, Proposal, RuleSet};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::meta::{DType, Meta};
-use crate::dtensor::op::Op;
-use crate::placement::Mesh;
+use crate::error::{DTensorError, Result};
+use crate::meta::{DType, Meta};
+use crate::op::Op;
+use placement::Mesh;
 
 pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Proposal> {
     let a = &args[0];
@@ -54,22 +54,22 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dtensor::rules::select;
-    use crate::placement::Placement::{self, *};
-    use crate::placement::ReduceOp;
+    use crate::rules::select;
+    use placement::Placement::{self, *};
+    use placement::ReduceOp;
 
     fn arg(shape: &[usize], ps: &[Placement]) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), DType::F32), placements: ps.to_vec() }
     }
 
-    fn pick(args: &[Arg], rules: RuleSet) -> crate::dtensor::rules::Strategy {
+    fn pick(args: &[Arg], rules: RuleSet) -> crate::rules::Strategy {
         let m = Mesh::new(
             vec![2; args[0].placements.len()],
             ["dp", "tp"][2 - args[0].placements.len()..].iter().map(|s| s.to_string()).collect(),
         )
         .unwrap();
         let op = Op::Topk { k: 3, dim: -1, largest: true, sorted: false };
-        select(&op, &crate::dtensor::rules::propose(&op, args, &m, rules).unwrap(), args, &m).unwrap()
+        select(&op, &crate::rules::propose(&op, args, &m, rules).unwrap(), args, &m).unwrap()
     }
 
     #[test]

@@ -21,10 +21,10 @@
 //! `(S(0), S(0))` flattening computes a local view shape that does not fit the local tensor.
 
 use super::{Arg, Proposal, RuleSet, Strategy};
-use crate::dtensor::error::{DTensorError, Result};
-use crate::dtensor::meta::Meta;
-use crate::dtensor::op::Op;
-use crate::placement::{Mesh, Placement};
+use crate::error::{DTensorError, Result};
+use crate::meta::Meta;
+use crate::op::Op;
+use placement::{Mesh, Placement};
 
 /// Where one output dim comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -514,7 +514,7 @@ fn expand_rule(a: &Arg, shape: &[usize]) -> Result<Proposal> {
     let from = &a.meta.shape;
     let list = |v: &[usize]| format!("[{}]", v.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
     if shape.len() < from.len() {
-        use crate::dtensor::meta::DType::*;
+        use crate::meta::DType::*;
         let ty = match a.meta.dtype {
             F32 => "torch.FloatTensor",
             F64 => "torch.DoubleTensor",
@@ -581,7 +581,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Placement::*;
+    use placement::Placement::*;
 
     #[test]
     fn view_groups_decomposes_flatten_and_split() {
@@ -646,10 +646,8 @@ mod tests {
     /// dims shift the shards; Partials pass.
     #[test]
     fn expand_follows_pytorchs_dim_map() {
-        let a = |ps: &[Placement]| Arg {
-            meta: Meta::new(vec![2, 4, 1], crate::dtensor::meta::DType::F32),
-            placements: ps.to_vec(),
-        };
+        let a =
+            |ps: &[Placement]| Arg { meta: Meta::new(vec![2, 4, 1], crate::meta::DType::F32), placements: ps.to_vec() };
         let m = Mesh::tp(2);
         let run = |shape: &[usize], ps: &[Placement]| {
             propose(&Op::Expand { shape: shape.to_vec() }, &[a(ps)], &m, RuleSet::Torch213)
@@ -659,7 +657,7 @@ mod tests {
         assert_eq!((e.kind(), e.to_string()), ("RuntimeError", "2".to_string()));
         assert_eq!(run(&[2, 4, 1], &[Shard(2)]).unwrap(), vec![Shard(2)]);
         assert_eq!(run(&[5, 2, 4, 1], &[Shard(0)]).unwrap(), vec![Shard(1)]);
-        let p = Partial(crate::placement::ReduceOp::Sum);
+        let p = Partial(placement::ReduceOp::Sum);
         assert_eq!(run(&[2, 4, 3], &[p]).unwrap(), vec![p]);
         let e = run(&[2, 3, 3], &[Replicate]).unwrap_err();
         assert_eq!(e.to_string(), "The expanded size of the tensor (3) must match the existing size (4) at non-singleton dimension 1.  Target sizes: [2, 3, 3].  Tensor sizes: [2, 4, 1]");

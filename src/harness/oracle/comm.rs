@@ -1,23 +1,14 @@
-//! `comm`: collectives where the revision and rule set promise none. From torch 2.13 on,
-//! DTensor scatters token-sharded operands locally (pytorch#186149, whose tests assert zero
-//! communication, and the reason torchtitan#3515 dropped local_map); local_map sites never
-//! communicate. torch 2.12 promises nothing: its replicate-only scatter gathers by design.
+//! `comm`: collectives at a site where the program promises none. The subject lists its
+//! promises for the case's rule set in [`Run::promises`] (the router: from torch 2.13 on,
+//! DTensor scatters token-sharded operands locally; local_map sites never communicate).
 
 use super::{Class, Judgement, Verdict};
-use crate::dtensor::RuleSet;
-use crate::harness::case::Case;
-use crate::harness::runner::Run;
+use crate::run::Run;
 use serde_json::json;
 
-/// Labels of the two scatter sites (see `router::sharded`).
-pub const SCATTER_SITES: [&str; 2] = ["group_mask", "routing_map"];
-
-pub fn check(case: &Case, run: &Run, j: &mut Judgement) {
-    if case.revision.rules == RuleSet::Torch212 {
-        return;
-    }
-    for site in SCATTER_SITES {
-        let found: Vec<_> = run.comms.iter().filter(|c| c.tensor == site).collect();
+pub fn check(run: &Run, j: &mut Judgement) {
+    for p in &run.promises {
+        let found: Vec<_> = run.comms.iter().filter(|c| c.tensor == p.site).collect();
         if found.is_empty() {
             continue;
         }
@@ -25,14 +16,10 @@ pub fn check(case: &Case, run: &Run, j: &mut Judgement) {
         ops.dedup();
         j.verdicts.push(Verdict {
             class: Class::Comm,
-            output: Some(site.into()),
+            output: Some(p.site.clone()),
             expected: json!([]),
             actual: json!(found),
-            detail: format!(
-                "{} collective(s) at the {site} scatter, where {} promises a local scatter",
-                found.len(),
-                case.revision.rules
-            ),
+            detail: format!("{} collective(s) at the {} {}", found.len(), p.site, p.why),
             key: ops.join("+"),
             backward: false,
         });

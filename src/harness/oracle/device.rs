@@ -1,15 +1,15 @@
 //! `device`: the same case on CPU and on CUDA must agree. Errors (kind and key), placements,
-//! per-rank global shapes and collectives exactly; values through the `value` oracle's own rules
-//! (dtype- and reduction-aware bounds, ids only where the float64 margin decides them), with the
-//! CPU run standing in for the reference: once for the reference outputs, once for the sharded
+//! per-rank global shapes and collectives exactly; values through the subject's own value rules
+//! ([`Subject::values`]: the router's are dtype- and reduction-aware bounds, ids only where the
+//! float64 margin decides them), with the CPU run standing in for the reference: once for the reference outputs, once for the sharded
 //! ones. Kernels differ across devices, so bitwise equality is not expected; decided choices are.
 
-use super::{value, Class, Judgement, Verdict};
-use crate::dtensor::{DTensor, DTensorError};
-use crate::harness::case::Case;
-use crate::harness::runner::Run;
-use crate::placement::{Mesh, Placement};
-use crate::router::RouterOutputs;
+use super::{Class, Judgement, Verdict};
+use crate::case::Case;
+use crate::run::{Named, Run};
+use crate::subject::Subject;
+use dtensor::{DTensor, DTensorError};
+use placement::{Mesh, Placement};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -40,27 +40,27 @@ fn error_key(r: &Result<impl Sized, DTensorError>) -> String {
 }
 
 /// Full tensors of `s`, on the CPU (what a reference looks like).
-fn gathered(s: &RouterOutputs<DTensor>) -> Option<RouterOutputs<tch::Tensor>> {
+fn gathered(s: &Named<DTensor>) -> Option<Named<tch::Tensor>> {
     s.try_map(|d| d.full_tensor().ok().map(|t| t.to_device(tch::Device::Cpu)))
 }
 
 /// Replicated one-rank DTensors of full tensors, so the value oracle can take them.
-fn wrapped(r: &RouterOutputs<tch::Tensor>) -> Option<RouterOutputs<DTensor>> {
+fn wrapped(r: &Named<tch::Tensor>) -> Option<Named<DTensor>> {
     let mesh = Arc::new(Mesh::new(vec![1], vec!["x".into()]).ok()?);
     r.try_map(|t| DTensor::distribute(&t.to_device(tch::Device::Cpu), &mesh, &[Placement::Replicate]).ok())
 }
 
 /// Value verdicts of `other` against `base` (CPU), renamed to the device class under `side`.
-fn values(
-    case: &Case,
-    cpu: &Run,
-    base: &RouterOutputs<tch::Tensor>,
-    other: &RouterOutputs<DTensor>,
+fn values<S: Subject>(
+    case: &Case<S>,
+    (cpu, extra): (&Run, &S::Extra),
+    base: &Named<tch::Tensor>,
+    other: &Named<DTensor>,
     side: &str,
     j: &mut Judgement,
 ) {
     let mut v = Judgement::default();
-    value::check(case, cpu, base, other, &mut v);
+    case.subject.values(case, cpu, extra, base, other, &mut v);
     // Offsets are a property of one run, not a comparison; the per-device value oracle has them.
     for x in v.verdicts.into_iter().filter(|x| x.key != "inconsistent") {
         push(
@@ -75,7 +75,7 @@ fn values(
 }
 
 /// Compares the CPU run `cpu` and the run `other` (CUDA) of the same case.
-pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
+pub fn check<S: Subject>(case: &Case<S>, (cpu, extra): (&Run, &S::Extra), other: &Run, j: &mut Judgement) {
     for (side, a, b) in [
         ("reference", error_key(&cpu.reference), error_key(&other.reference)),
         ("sharded", error_key(&cpu.sharded), error_key(&other.sharded)),
@@ -93,7 +93,7 @@ pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
     }
     if let (Ok(cr), Ok(or)) = (&cpu.reference, &other.reference) {
         match wrapped(or) {
-            Some(w) => values(case, cpu, cr, &w, "reference", j),
+            Some(w) => values(case, (cpu, extra), cr, &w, "reference", j),
             None => push(
                 j,
                 None,
@@ -105,7 +105,7 @@ pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
         }
     }
     if let (Ok(cs), Ok(os)) = (&cpu.sharded, &other.sharded) {
-        for ((name, a), (_, b)) in cs.named().into_iter().zip(os.named()) {
+        for ((name, a), (_, b)) in cs.iter().zip(os.iter()) {
             if a.placements != b.placements || a.rank_global_shapes() != b.rank_global_shapes() {
                 push(
                     j,
@@ -118,7 +118,7 @@ pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
             }
         }
         match gathered(cs) {
-            Some(base) => values(case, cpu, &base, os, "sharded", j),
+            Some(base) => values(case, (cpu, extra), &base, os, "sharded", j),
             None => push(
                 j,
                 None,
@@ -139,37 +139,5 @@ pub fn check(case: &Case, cpu: &Run, other: &Run, j: &mut Judgement) {
             json!(ops(other)),
             format!("collectives differ between cpu and {}", case.device),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::harness::generate::{nth, GenConfig};
-    use crate::harness::runner;
-
-    #[test]
-    fn same_device_agrees_and_a_changed_value_is_caught() {
-        for i in 0..20 {
-            let case = nth(11, i, &GenConfig::default());
-            let a = runner::run(&case, tch::Device::Cpu).unwrap();
-            let b = runner::run(&case, tch::Device::Cpu).unwrap();
-            let mut j = Judgement::default();
-            check(&case, &a, &b, &mut j);
-            assert!(j.verdicts.is_empty(), "case {i}: {:?}", j.verdicts);
-        }
-        // A reference whose scores moved far beyond any rounding bound must be reported.
-        let case = (0..50)
-            .map(|i| nth(12, i, &GenConfig::default()))
-            .find(|c| runner::run(c, tch::Device::Cpu).unwrap().reference.is_ok())
-            .unwrap();
-        let a = runner::run(&case, tch::Device::Cpu).unwrap();
-        let mut b = runner::run(&case, tch::Device::Cpu).unwrap();
-        if let Ok(r) = &mut b.reference {
-            r.scores = &r.scores + 0.5;
-        }
-        let mut j = Judgement::default();
-        check(&case, &a, &b, &mut j);
-        assert!(j.verdicts.iter().any(|v| v.class == Class::Device && v.key == "reference:values"), "{:?}", j.verdicts);
     }
 }

@@ -1,7 +1,7 @@
 //! `error`: exactly one side raised. Both raising counts as agreement (status parity).
 
 use super::{Class, Judgement, Verdict};
-use crate::harness::runner::Run;
+use crate::run::Run;
 use serde_json::json;
 
 pub fn check(run: &Run, j: &mut Judgement) {

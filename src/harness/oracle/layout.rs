@@ -14,10 +14,10 @@
 //! torch.chunk's piece.
 
 use super::{Class, Judgement, Verdict};
-use crate::dtensor::redistribute::redistribute_quiet;
-use crate::dtensor::{local, DTensor};
-use crate::placement::{short_list, Placement};
-use crate::router::RouterOutputs;
+use crate::run::Named;
+use dtensor::redistribute::redistribute_quiet;
+use dtensor::{local, DTensor};
+use placement::{short_list, Placement};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -120,8 +120,8 @@ fn first_misplaced(d: &DTensor) -> Option<(usize, String, Vec<Vec<usize>>)> {
 }
 
 /// One `local_layout` verdict per output whose locals are not torch.chunk's pieces.
-pub fn check(s: &RouterOutputs<DTensor>, j: &mut Judgement) {
-    for (name, d) in s.named() {
+pub fn check(s: &Named<DTensor>, j: &mut Judgement) {
+    for (name, d) in s.iter() {
         let Some((_, why, want)) = first_misplaced(d) else { continue };
         j.verdicts.push(Verdict {
             class: Class::Shape,
@@ -138,7 +138,7 @@ pub fn check(s: &RouterOutputs<DTensor>, j: &mut Judgement) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::placement::Mesh;
+    use placement::Mesh;
     use std::sync::Arc;
 
     fn ints(t: &Tensor) -> Vec<i64> {
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn agrees_with_the_models_layout_on_small_cases() {
-        use crate::placement::layout::local_indices;
+        use placement::layout::local_indices;
         let ps = [
             Placement::Replicate,
             Placement::Shard(0),
@@ -190,15 +190,9 @@ mod tests {
         }
     }
 
-    fn outputs(d: &DTensor) -> RouterOutputs<DTensor> {
-        RouterOutputs {
-            topk_scores: d.clone(),
-            topk_ids: d.clone(),
-            scores: d.clone(),
-            routing_map: d.clone(),
-            counts: d.clone(),
-            group_mask: None,
-        }
+    fn outputs(d: &DTensor) -> Named<DTensor> {
+        let names = ["topk_scores", "topk_ids", "scores", "routing_map", "counts"];
+        Named(names.iter().map(|n| (n.to_string(), d.clone())).collect())
     }
 
     #[test]

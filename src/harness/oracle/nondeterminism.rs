@@ -2,7 +2,7 @@
 //! placements and communication.
 
 use super::{Class, Judgement, Verdict};
-use crate::harness::runner::Run;
+use crate::run::Run;
 use serde_json::json;
 
 /// A tensor's raw bytes (its values, bitwise).
@@ -19,10 +19,10 @@ fn fingerprint(run: &Run) -> Vec<String> {
     match &run.sharded {
         Err(e) => v.push(format!("error {e}")),
         Ok(s) => {
-            for (name, d) in s.named() {
+            for (name, d) in s.iter() {
                 // Every rank's local bytes: the fingerprint needs no gather, so an output whose
                 // ranks disagree on its shape is compared too.
-                let locals: Vec<u64> = d.locals.iter().map(|t| crate::harness::hash64(&bytes(t))).collect();
+                let locals: Vec<u64> = d.locals.iter().map(|t| crate::hash64(&bytes(t))).collect();
                 v.push(format!("{name} {:?} {:?} {locals:?}", d.placements, d.rank_global_shapes()));
             }
         }

@@ -4,16 +4,15 @@
 //! `local_layout`).
 
 use super::{Class, Judgement, Verdict};
-use crate::dtensor::{local, DTensor};
-use crate::router::RouterOutputs;
+use crate::run::Named;
+use dtensor::{local, DTensor};
 use serde_json::json;
 use tch::Tensor;
 
-pub fn check(r: &RouterOutputs<Tensor>, s: &RouterOutputs<DTensor>, j: &mut Judgement) {
+pub fn check(r: &Named<Tensor>, s: &Named<DTensor>, j: &mut Judgement) {
     super::layout::check(s, j);
-    let refs = r.named();
-    for (name, d) in s.named() {
-        let Some((_, rt)) = refs.iter().find(|(n, _)| *n == name) else { continue };
+    for (name, d) in s.iter() {
+        let Some(rt) = r.get(name) else { continue };
         let truth = local::shape(rt);
         let shapes = d.rank_global_shapes();
         let bad: Vec<usize> = (0..shapes.len()).filter(|&r| shapes[r] != truth).collect();

@@ -1,0 +1,140 @@
+//! The bench's result as data (`bench.json`, format `shardfuzz.bench/1`) and as `bench.md`.
+
+use super::{DetectRow, ShrinkTiming, Throughput};
+use crate::report::md_table;
+use harness::timing::PHASES;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Bench {
+    pub format: &'static str,
+    pub machine: Machine,
+    pub throughput: Vec<Throughput>,
+    pub detect: Vec<DetectRow>,
+    pub shrink: Vec<ShrinkTiming>,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub gpus: Vec<String>,
+    pub libtorch: String,
+    pub intra_op_threads: i32,
+}
+
+impl Bench {
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let gpus = if m.gpus.is_empty() { "none".into() } else { m.gpus.join(", ") };
+        format!(
+            "# shardfuzz bench\n\n\
+             Machine: {} ({} cores), GPUs: {gpus}, libtorch {}, {} intra-op thread(s): every figure is for one core.\n\n{}{}{}{}",
+            m.cpu,
+            m.cores,
+            m.libtorch,
+            m.intra_op_threads,
+            self.md_throughput(),
+            self.md_backward(),
+            self.md_detect(),
+            self.md_shrink()
+        )
+    }
+
+    fn md_throughput(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .throughput
+            .iter()
+            .map(|t| {
+                let mean = |us: u64| format!("{:.0}", us as f64 / t.cases.max(1) as f64);
+                let mut row =
+                    vec![t.device.clone(), t.size.clone(), t.backward.clone(), format!("{} x {}", t.cases, t.runs)];
+                row.push(format!("{:.0}", t.cases_per_s));
+                row.extend(PHASES.iter().map(|(_, f)| mean(f(&t.phases_us))));
+                row.extend([mean(t.io_us), format!("{:.0}", t.floor_us), format!("{:.1}x", t.over_floor)]);
+                row
+            })
+            .collect();
+        let mut header = vec!["device", "size", "backward", "cases x runs", "cases/s"];
+        header.extend(PHASES.iter().map(|(n, _)| *n));
+        header.extend(["I/O", "floor", "time/floor"]);
+        format!(
+            "## Cases per second and where a case's time goes (mean µs per case)\n\n\
+             Each row is the median of `runs` runs of the same cases. floor = 2 x reference: libtorch computing the \
+             router once unsharded and once for the sharded side.\n\n{}\n\n",
+            md_table(&header, &rows)
+        )
+    }
+
+    /// Per device and size: a backward case's time over a forward case's (the same generator
+    /// with `--backward only` and `off`).
+    fn md_backward(&self) -> String {
+        let per_case = |t: &super::Throughput| 1e6 / t.cases_per_s.max(1e-9);
+        let rows: Vec<Vec<String>> = self
+            .throughput
+            .iter()
+            .filter(|t| t.backward == "off")
+            .filter_map(|f| {
+                let b = self
+                    .throughput
+                    .iter()
+                    .find(|b| b.backward == "only" && b.device == f.device && b.size == f.size)?;
+                Some(vec![
+                    f.device.clone(),
+                    f.size.clone(),
+                    format!("{:.0}", per_case(f)),
+                    format!("{:.0}", per_case(b)),
+                    format!("{:.0}", b.phases_us.backward_us as f64 / b.cases.max(1) as f64),
+                    format!("{:.2}x", per_case(b) / per_case(f)),
+                ])
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let header = ["device", "size", "forward case µs", "backward case µs", "of which backward µs", "cost"];
+        format!(
+            "## The backward pass's cost\n\nA backward case runs the forward router, a boundary revision's forward and \
+             backward on the simulated DTensor, and the float64 reference gradients.\n\n{}\n\n",
+            md_table(&header, &rows)
+        )
+    }
+
+    fn md_detect(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .detect
+            .iter()
+            .map(|d| {
+                let per: Vec<String> =
+                    d.per_seed.iter().map(|f| f.map_or("-".into(), |(t, n)| format!("{t:.3}s/{n}"))).collect();
+                let median = d.median_s.map_or("not found".into(), |m| format!("{m:.3} s"));
+                vec![d.device.clone(), d.bug.clone(), median, per.join(" ")]
+            })
+            .collect();
+        format!(
+            "## Time to detect each known bug (default generator, in-process, one core)\n\n{}\n\n",
+            md_table(&["device", "bug", "median", "per seed (time/cases)"], &rows)
+        )
+    }
+
+    fn md_shrink(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .shrink
+            .iter()
+            .map(|x| {
+                vec![
+                    x.bug.clone(),
+                    format!("{:.0} ms", x.ms),
+                    x.tried.to_string(),
+                    x.kept.to_string(),
+                    format!("{} -> {}", x.ranks_before, x.ranks_after),
+                    x.tokens_after.to_string(),
+                ]
+            })
+            .collect();
+        format!(
+            "## Shrink time per bug (first instance of the first seed that found it)\n\n{}\n",
+            md_table(&["bug", "shrink time", "tried", "kept", "ranks", "tokens after"], &rows)
+        )
+    }
+}

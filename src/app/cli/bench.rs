@@ -1,0 +1,76 @@
+//! `shardfuzz bench`: a benchmark, not a test. Prints the table and writes bench.md and
+//! bench.json to --out.
+
+use super::common::parse_duration;
+use super::CliResult;
+use crate::bench::{self, Settings};
+use crate::report::write_atomic;
+use dtensor::device::{self, DeviceArg};
+use harness::generate::SizeClass;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Devices to measure, comma-separated (auto, cpu, cuda, cuda:N)
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub device: Vec<DeviceArg>,
+    /// Size classes to measure (default: small and medium; large too on CUDA)
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<SizeClass>,
+    /// Cases per small-class measurement (medium runs a quarter, large 1/100, at least 5)
+    #[arg(long, default_value_t = 2000)]
+    pub cases: u64,
+    /// Throughput runs per device and size; the median one is reported (shared machines are noisy)
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Seeds for the time-to-detect medians
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Longest search for the known bugs per seed
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub detect_limit: Duration,
+    /// Longest shrink per bug
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub shrink_time: Duration,
+    /// Where bench.md and bench.json go
+    #[arg(long, default_value = "reports/bench")]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args) -> CliResult {
+    let mut devices = Vec::new();
+    for d in &a.device {
+        let dev = device::resolve(*d).map_err(anyhow::Error::msg)?;
+        if !devices.contains(&dev) {
+            devices.push(dev);
+        }
+    }
+    anyhow::ensure!(a.cases > 0, "--cases must be at least 1");
+    let cuda = devices.iter().any(|d| *d != device::Dev::Cpu);
+    if a.sizes.contains(&SizeClass::Large) || (a.sizes.is_empty() && cuda) {
+        harness::limits::raise(harness::limits::Limits::LARGE);
+    }
+    anyhow::ensure!(a.seeds > 0, "--seeds must be at least 1");
+    let scratch = a.out.join("scratch");
+    std::fs::create_dir_all(&scratch).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let settings = Settings {
+        devices,
+        sizes: a.sizes,
+        cases: a.cases,
+        repeat: a.repeat,
+        seeds: a.seeds,
+        detect_limit: a.detect_limit,
+        shrink_time: a.shrink_time,
+        scratch: scratch.clone(),
+    };
+    let b = bench::measure(&settings)?;
+    std::fs::remove_dir_all(&scratch).ok();
+    let md = b.markdown();
+    write_atomic(&a.out.join("bench.json"), &(serde_json::to_string_pretty(&b)? + "\n"))?;
+    write_atomic(&a.out.join("bench.md"), &md)?;
+    println!("{md}");
+    eprintln!("bench: wrote {}/bench.md and bench.json", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}

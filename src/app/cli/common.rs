@@ -1,0 +1,109 @@
+//! Flags shared by the commands that run cases, and their parsing into harness settings.
+
+use crate::subjects::{GenConfig, SubjectArgs};
+use dtensor::device::{self, Dev, DeviceArg};
+use dtensor::RuleSet;
+use harness::generate::{BackwardMix, GenCommon, ShapeMix, SizeClass};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GenArgs {
+    /// Device to run cases on: auto (CUDA when present), cpu, cuda, cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub draw: Draw,
+}
+
+/// What to draw cases from: shared by `run`, `gen` and `nightly` (whose `--device` takes a list).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Draw {
+    #[command(flatten)]
+    pub subjects: SubjectArgs,
+    /// DTensor rule sets to draw from (comma-separated; default all)
+    #[arg(long, value_delimiter = ',')]
+    pub rules: Vec<RuleSet>,
+    /// Case sizes: small (<= 4 ranks, <= 64 tokens), medium (<= 16 ranks), large (real presets, GPU)
+    #[arg(long, default_value = "small")]
+    pub size: SizeClass,
+    /// Shapes: any (short, uneven, empty shards) or valid (every sharded dim at least as long as
+    /// its shard count, batch even; uneven sequences stay)
+    #[arg(long, default_value = "any")]
+    pub shapes: ShapeMix,
+    /// Backward cases: off, on (half the cases also check the gradients at a torchtitan MoE
+    /// boundary) or only
+    #[arg(long, default_value = "on")]
+    pub backward: BackwardMix,
+}
+
+impl Draw {
+    /// The generator settings, for cases on `device`.
+    pub fn config(&self, device: Dev) -> GenConfig {
+        if self.size == SizeClass::Large {
+            harness::limits::raise(harness::limits::Limits::LARGE);
+        }
+        let common = GenCommon {
+            size: self.size,
+            rules: self.rules.clone(),
+            device,
+            max_ranks: 16,
+            shapes: self.shapes,
+            backward: self.backward,
+        };
+        GenConfig { common, subjects: self.subjects.gen() }
+    }
+}
+
+impl GenArgs {
+    pub fn device(&self) -> anyhow::Result<Dev> {
+        device::resolve(self.device).map_err(anyhow::Error::msg)
+    }
+
+    pub fn config(&self, dev: Dev) -> GenConfig {
+        self.draw.config(dev)
+    }
+}
+
+/// Parses `90s`, `30m`, `2h`, `1h30m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration '{s}' (examples: 90s, 30m, 2h, 1h30m)");
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        total += n * match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !num.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

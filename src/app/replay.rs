@@ -1,0 +1,23 @@
+//! Reading case files: a case file, or the `case` of an outcome file (so an outcome replays).
+
+use crate::subjects::{read_case, AnyCase};
+use harness::case::CaseError;
+use std::path::Path;
+
+/// Reads a case from a case file or from an outcome file's `case`.
+pub fn load(path: &Path) -> Result<AnyCase, CaseError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CaseError(format!("{}: {e}", path.display())))?;
+    parse(&text).map_err(|e| CaseError(format!("{}: {}", path.display(), e.0)))
+}
+
+pub fn parse(text: &str) -> Result<AnyCase, CaseError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| CaseError(format!("invalid JSON: {e}")))?;
+    let case_text = match v.get("format").and_then(|f| f.as_str()) {
+        Some(harness::outcome::OUTCOME_FORMAT) => {
+            let c = v.get("case").ok_or_else(|| CaseError("outcome file without a `case`".into()))?;
+            c.to_string()
+        }
+        _ => text.to_string(),
+    };
+    read_case(&case_text)
+}

@@ -1,0 +1,114 @@
+//! What running a case produced, as the shared oracles see it: named outputs on both sides, the
+//! communication log, and for a backward case the gradients. A subject builds a [`Run`] (and
+//! keeps whatever else its own oracles need beside it); nothing here decides what diverged.
+
+use crate::case::{Case, CaseError};
+use crate::data::{self, Inputs};
+use crate::subject::Subject;
+use crate::timing::{timed, Phases};
+use dtensor::autograd::Grad;
+use dtensor::{CommRecord, DTensor, DTensorError};
+use placement::{Mesh, Placement};
+use std::sync::Arc;
+use tch::{Device, Tensor};
+
+/// Values by name, in the subject's order.
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(String, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<T> Named<T> {
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    pub fn push(&mut self, name: &str, value: T) {
+        self.0.push((name.to_string(), value));
+    }
+
+    /// Every value through `f`; `None` when `f` fails on any.
+    pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Option<U>) -> Option<Named<U>> {
+        let mut out = Vec::with_capacity(self.0.len());
+        for (n, v) in &self.0 {
+            out.push((n.clone(), f(v)?));
+        }
+        Some(Named(out))
+    }
+}
+
+/// What an output promises about its placements: the resolved placements it must have, and
+/// the sentence that says where the promise comes from (for the verdict's detail).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contract {
+    pub output: String,
+    /// As declared and resolved (shard dims as written; compared normalised for `ndim`).
+    pub placements: Vec<Placement>,
+    pub ndim: usize,
+    pub source: String,
+}
+
+/// A site where the program promises no collective (a local scatter, a local region): any
+/// collective the log labels with `site` is a `comm` verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Promise {
+    pub site: String,
+    /// Why nothing is expected there, ending the verdict's detail ("where torch-2.13 promises a
+    /// local scatter").
+    pub why: String,
+}
+
+/// The backward side of a case: the sharded program's gradients (with the boundary sites each
+/// crossed) and the float64 reference gradients.
+pub struct BackwardRun {
+    pub program: Result<GradRun, DTensorError>,
+    pub reference: Result<Named<Tensor>, DTensorError>,
+    /// The subject's name for the loss it differentiated (reported, never judged).
+    pub loss: Option<String>,
+}
+
+/// The sharded program's gradients and the collectives its backward issued.
+pub struct GradRun {
+    pub grads: Named<Grad>,
+    pub comms: Vec<CommRecord>,
+    /// The discrete choice the program's forward made (a router's expert ids), for subjects
+    /// whose gradients are comparable only where both sides chose alike.
+    pub choice: Option<Tensor>,
+}
+
+/// One run of a case.
+pub struct Run {
+    pub mesh: Arc<Mesh>,
+    pub reference: Result<Named<Tensor>, DTensorError>,
+    pub sharded: Result<Named<DTensor>, DTensorError>,
+    pub comms: Vec<CommRecord>,
+    /// Placement promises of the sharded outputs (checked where the sharded side ran).
+    pub contracts: Vec<Contract>,
+    /// Sites that must not communicate.
+    pub promises: Vec<Promise>,
+    pub backward: Option<BackwardRun>,
+    /// Inputs, reference, sharded, shadow and backward phases of this run.
+    pub phases: Phases,
+}
+
+/// Runs a validated case on `device`: its inputs, then both sides.
+pub fn run<S: Subject>(case: &Case<S>, device: Device) -> Result<(Run, S::Extra), CaseError> {
+    let mut inputs_us = 0;
+    let inputs = timed(&mut inputs_us, || data::inputs(case, device));
+    let (mut r, x) = run_inputs(case, &inputs, device)?;
+    r.phases.inputs_us = inputs_us;
+    Ok((r, x))
+}
+
+/// Runs a validated case on given inputs.
+pub fn run_inputs<S: Subject>(case: &Case<S>, inputs: &Inputs, device: Device) -> Result<(Run, S::Extra), CaseError> {
+    case.subject.run(case, inputs, device)
+}
