@@ -140,8 +140,16 @@ wait_merge() {
   merge=$(last_merge)
   [ -n "$merge" ] || die "no merge job recorded in $night/jobs"
   echo "shardfuzz: waiting for night $run (merge job $merge)" >&2
+  local fails=0
   while :; do
-    q=$(queued)
+    # squeue failing (slurmctld busy) is no answer: ask again, for a while.
+    if ! q=$(squeue -h -j "$(job_ids)" -o '%i %T %r' 2>/dev/null); then
+      fails=$((fails + 1))
+      [ "$fails" -lt 30 ] || die "squeue keeps failing; the night goes on: $0 --results $results --wait $run"
+      sleep "$poll"
+      continue
+    fi
+    fails=0
     echo "$q" | grep -q "^$merge " || break
     bad=$(echo "$q" | never_starts)
     if [ -n "$bad" ]; then
@@ -325,7 +333,7 @@ else
     check_pending
     echo "shardfuzz: rerunning shard(s) $rerun of night $run: job $array, then merge job $merge" >&2
   else
-    running=$(queued | awk '{print $1}' | paste -sd: -)
+    running=$(queued | awk '{sub(/_.*/, "", $1); print $1}' | sort -u | paste -sd: -)
     merge=$(queue_merge "$running")
     echo "shardfuzz: merge job $merge for night $run${running:+ (after $running)}" >&2
   fi
