@@ -233,38 +233,61 @@ fn the_example_report_page_is_well_formed_and_its_links_resolve() {
     check_html(&crate::root().join("reports/example/report.html"));
 }
 
-/// The deploy examples agree on their shard count, their scripts parse, and the SLURM scripts
-/// run as written (with the array's environment set by hand) and merge into one report.
+/// The deploy examples write N once (the Kubernetes manifests are rendered from it, the CI
+/// matrix is made from it), their scripts parse, and the SLURM job scripts run as written (the
+/// night's settings file from `submit.sh --dry-run`, the array's environment set by hand) and
+/// merge into one report. scripts/slurm-test runs them on a real SLURM, scripts/k8s-validate
+/// checks the manifests against the Kubernetes schemas.
 #[test]
 fn the_deploy_examples_are_consistent_and_the_slurm_scripts_run() {
     let root = crate::root();
-    let k8s = read(root.join("deploy/k8s/shards-job.yaml"));
-    let value = |text: &str, key: &str| -> String {
-        let line = text.lines().find_map(|l| l.trim().strip_prefix(key)).unwrap_or_else(|| panic!("no {key}"));
-        line.split('#').next().unwrap().trim().to_string()
-    };
-    let n = value(&k8s, "completions:");
-    assert!(k8s.contains(&format!("--shard \"${{JOB_COMPLETION_INDEX}}/{n}\"")), "the shard count is completions");
+    for n in ["1", "8"] {
+        let o = Command::new(root.join("deploy/k8s/render"))
+            .args(["--image", "registry.example/shardfuzz:1", "--shards", n, "night", "night-2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "render: {}", String::from_utf8_lossy(&o.stderr));
+        let y = String::from_utf8_lossy(&o.stdout);
+        assert!(y.contains(&format!("completions: {n}\n")), "completions is N");
+        assert!(y.contains(&format!("{{name: SHARDS, value: \"{n}\"}}")) && y.contains("--shard \"$i/$SHARDS\""));
+    }
     let ci = read(root.join("deploy/ci/github-actions-nightly.yml"));
-    let shards: usize = value(&ci, "SHARDS:").parse().unwrap();
-    let matrix = value(&ci, "shard: [");
-    let listed: Vec<usize> = matrix.trim_end_matches(']').split(',').map(|x| x.trim().parse().unwrap()).collect();
-    assert_eq!(listed, (0..shards).collect::<Vec<_>>(), "the matrix lists every shard");
-    let scripts =
-        ["deploy/k8s/run.sh", "deploy/slurm/submit.sh", "deploy/slurm/nightly.sbatch", "deploy/slurm/merge.sbatch"];
-    for s in scripts.iter().chain(&["scripts/nightly-sharded", "scripts/screenshot-report"]) {
+    assert_eq!(ci.matches("SHARDS: ").count(), 1, "N is written once");
+    assert!(ci.contains("shard: ${{ fromJSON(needs.plan.outputs.shards) }}"), "the matrix is made from SHARDS");
+    let scripts = [
+        "deploy/k8s/run.sh",
+        "deploy/k8s/fetch-report.sh",
+        "deploy/k8s/render",
+        "deploy/slurm/submit.sh",
+        "deploy/slurm/nightly.sbatch",
+        "deploy/slurm/merge.sbatch",
+        "scripts/nightly-sharded",
+        "scripts/screenshot-report",
+        "scripts/bundle",
+        "scripts/bundle-test",
+        "scripts/slurm-test",
+        "scripts/k8s-validate",
+    ];
+    for s in scripts {
         let o = Command::new("bash").arg("-n").arg(root.join(s)).output().unwrap();
         assert!(o.status.success(), "{s}: {}", String::from_utf8_lossy(&o.stderr));
     }
     let results = tmp("slurm");
+    let o = Command::new("bash")
+        .arg(root.join("deploy/slurm/submit.sh"))
+        .args(["--dry-run", "--shards", "2", "--cases", "12", "--seed", "3", "--flags", "--no-shrink --device cpu"])
+        .args(["--bin", env!("CARGO_BIN_EXE_shardfuzz"), "--results"])
+        .arg(&results)
+        .arg("night-2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "submit.sh --dry-run: {}", String::from_utf8_lossy(&o.stderr));
+    let settings = results.join("night-2/night.env");
     let slurm = |script: &str, task: Option<u32>| {
         let mut c = Command::new("bash");
-        c.arg(root.join("deploy/slurm").join(script));
-        c.envs([("RUN", "night-2"), ("PREV", "night-1"), ("SEED", "3"), ("CASES", "12")]);
-        c.env("RESULTS", &results).env("SHARDFUZZ", env!("CARGO_BIN_EXE_shardfuzz"));
-        c.env("SHARDFUZZ_FLAGS", "--no-shrink --device cpu");
+        c.arg(root.join("deploy/slurm").join(script)).arg(&settings);
         if let Some(i) = task {
-            c.env("SLURM_ARRAY_TASK_ID", i.to_string()).env("SLURM_ARRAY_TASK_COUNT", "2");
+            c.env("SLURM_ARRAY_TASK_ID", i.to_string()).env("SLURM_CPUS_PER_TASK", "1");
         }
         let o = c.output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{script}: {}", String::from_utf8_lossy(&o.stderr));
@@ -274,6 +297,8 @@ fn the_deploy_examples_are_consistent_and_the_slurm_scripts_run() {
     slurm("merge.sbatch", None);
     let r = report(&results.join("night-2"));
     assert_eq!((r["cases"].as_u64(), r.get("shards")), (Some(12), None), "both shards merged");
+    let status = read(results.join("night-2/status/merge"));
+    assert!(matches!(status.split_whitespace().nth(1), Some("0" | "1")), "the merge's status: {status}");
     std::fs::remove_dir_all(&results).ok();
 }
 

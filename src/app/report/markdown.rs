@@ -272,7 +272,11 @@ impl Report {
             ));
         }
         if !parts.is_empty() {
-            parts = format!("Merged from {} part(s), run side by side:\n\n{parts}\n", self.timing.parts.len());
+            parts = format!(
+                "Merged from {} part(s), each timed on its own (whether they ran side by side or one after another is not \
+                 recorded: the wall time above is the longest part's, the workers are the parts' summed):\n\n{parts}\n",
+                self.timing.parts.len()
+            );
         }
         format!("## Where the time went (timing)\n\n{}\n\n{parts}", md_table(&header, &[row]))
     }

@@ -350,7 +350,9 @@ impl Report {
                 .collect();
             let head = [("shards", ""), ("cases", "n"), ("wall time", "n"), ("cases/s", "n")];
             body.push_str(&format!(
-                "<h3>Merged from {} part(s), run side by side</h3>\n{}",
+                "<h3>Merged from {} part(s), each timed on its own</h3>\n<p>Whether they ran side by side or one after \
+                 another is not recorded: the wall time above is the longest part's, the workers are the parts' \
+                 summed.</p>\n{}",
                 self.timing.parts.len(),
                 table("parts-table", "", &head, &rows)
             ));
