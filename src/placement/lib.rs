@@ -1,6 +1,6 @@
 //! Placement algebra: how a tensor is laid out over a device mesh, as plain data.
 //!
-//! Nothing in `placement/` touches libtorch (a test enforces it): meshes, torch.chunk layouts,
+//! Nothing in `placement/` touches libtorch (its Cargo.toml has no such dependency): meshes, torch.chunk layouts,
 //! redistribution plans and costs are pure functions, fast to test and to fuzz.
 //!
 //! Placements print two ways, as PyTorch's do: the short form `R`, `S(1)`, `_S(0,2)`, `P(sum)`
@@ -11,6 +11,7 @@ pub mod error;
 pub mod layout;
 pub mod mesh;
 pub mod plan;
+pub mod step;
 
 pub use error::PlacementError;
 pub use mesh::Mesh;

@@ -16,7 +16,7 @@
 //!   decides the mm choice of golden 13. 2.14 adds `S(d) -> P(sum)` edges of weight 0 toward a
 //!   `Partial(sum)` target ([`PlanRules::shard_to_partial`]).
 
-use super::cost::step_cost;
+use super::step::step_cost;
 use super::{Mesh, Placement, PlacementError, ReduceOp};
 use std::cell::RefCell;
 use std::collections::{BinaryHeap, HashMap};
