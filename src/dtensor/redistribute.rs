@@ -111,3 +111,14 @@ pub fn redistribute(ctx: &mut Ctx, dt: &DTensor, target: &[Placement]) -> Result
 pub fn redistribute_quiet(dt: &DTensor, target: &[Placement]) -> Result<DTensor> {
     run(dt, target, RuleSet::Torch213, None)
 }
+
+// Here rather than in tensor.rs, which the redistribution code builds on.
+impl DTensor {
+    /// `full_tensor()`: redistribute to all-Replicate through the simulated collectives (not
+    /// logged: reading a result is not part of the program under test) and take rank 0's copy.
+    pub fn full_tensor(&self) -> Result<Tensor> {
+        let r = vec![Placement::Replicate; self.mesh.ndim()];
+        let full = redistribute_quiet(self, &r)?;
+        Ok(full.locals[0].shallow_clone())
+    }
+}

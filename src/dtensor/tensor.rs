@@ -5,7 +5,6 @@
 use super::error::{DTensorError, Result};
 use super::local;
 use super::meta::{DType, Meta};
-use super::redistribute::redistribute_quiet;
 use placement::{layout, normalize_all, Mesh, Placement, PlacementError, ReduceOp};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,14 +200,6 @@ impl DTensor {
 
     pub fn to_local(&self, rank: usize) -> &Tensor {
         &self.locals[rank]
-    }
-
-    /// `full_tensor()`: redistribute to all-Replicate through the simulated collectives (not
-    /// logged: reading a result is not part of the program under test) and take rank 0's copy.
-    pub fn full_tensor(&self) -> Result<Tensor> {
-        let r = vec![Placement::Replicate; self.mesh.ndim()];
-        let full = redistribute_quiet(self, &r)?;
-        Ok(full.locals[0].shallow_clone())
     }
 
     /// A same-spec DTensor with other locals (the result of an elementwise local op).
