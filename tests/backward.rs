@@ -6,8 +6,9 @@
 //! bug at its site, the generator's mix, and a finding shrunk to two ranks.
 
 use dtensor::device::Dev;
-use harness::generate::{nth, BackwardMix, GenCommon};
+use harness::generate::{BackwardMix, GenCommon};
 use harness::shrink::{self, Budget};
+use harness::stream::nth;
 use harness::verdict::Class;
 use harness::{check, Options, Signature};
 use router::backward::Boundary;

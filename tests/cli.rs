@@ -244,7 +244,8 @@ fn at<'a>(v: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::
 
 /// A valid backward case with every optional part: groups, both biases, tensors inline.
 fn rich_case() -> serde_json::Value {
-    use harness::generate::{nth, BackwardMix, GenCommon};
+    use harness::generate::{BackwardMix, GenCommon};
+    use harness::stream::nth;
     let common = GenCommon { backward: BackwardMix::Only, ..GenCommon::default() };
     let c: crate::RouterCase = (0..5000)
         .map(|i| nth::<::router::RouterSpec>(2, i, &common, &router::generate::RouterGen::default()))

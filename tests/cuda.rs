@@ -2,9 +2,10 @@
 //! `--ignored cuda`. Each asserts that the GPU path gives what the CPU path gives.
 
 use dtensor::device::{self, Dev};
-use harness::generate::{nth, GenCommon, SizeClass};
+use harness::generate::{GenCommon, SizeClass};
 use harness::oracle::{self, device as cross, Judgement};
-use harness::{check, run, Options};
+use harness::stream::nth;
+use harness::{check, run, runner, Options};
 use router::generate::RouterGen;
 use shardfuzz::replay;
 
@@ -54,8 +55,8 @@ fn cross_check(size: SizeClass, cases: u64, seed: u64) {
     let common = GenCommon { size, device: Dev::Cuda(0), ..GenCommon::default() };
     for i in 0..cases {
         let case: crate::RouterCase = nth(seed, i, &common, &RouterGen::default());
-        let gpu = run::run(&case, dev).unwrap();
-        let cpu = run::run(&case, tch::Device::Cpu).unwrap();
+        let gpu = runner::run(&case, dev).unwrap();
+        let cpu = runner::run(&case, tch::Device::Cpu).unwrap();
         let mut j = Judgement::default();
         cross::check(&case, (&cpu.0, &cpu.1), &gpu.0, &mut j);
         assert!(j.verdicts.is_empty(), "case {i} of seed {seed}: {:#?}\n{}", j.verdicts, case.to_json());

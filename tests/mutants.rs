@@ -75,7 +75,7 @@ fn a_layout_mistake_everywhere_is_a_local_layout_verdict() {
     use harness::case::MeshSpec;
     use router::spec::{Dims, Layout};
     let mut c: crate::RouterCase =
-        harness::generate::nth(1, 0, &Default::default(), &router::generate::RouterGen::default());
+        harness::stream::nth(1, 0, &Default::default(), &router::generate::RouterGen::default());
     c.common.mesh = MeshSpec { shape: vec![3], names: vec!["tp".into()] };
     c.common.data.tensors = None;
     let s = &mut c.subject;

@@ -6,9 +6,9 @@
 
 use dtensor::DTensor;
 use harness::case::{Case, CaseError, Common, CASE_FORMAT};
-use harness::data::Inputs;
 use harness::generate::{GenCommon, Source};
 use harness::oracle::{Judgement, Verdict};
+use harness::run::Inputs;
 use harness::run::{Named, Run};
 use harness::subject::{InputSpec, Model, Program, Size, Subject};
 use harness::tensor_data::Tensors;
@@ -262,12 +262,12 @@ pub struct GenConfig {
 impl GenConfig {
     /// Case `index` of a run seeded `seed`.
     pub fn nth(&self, seed: u64, index: u64) -> AnyCase {
-        harness::generate::nth::<AnySpec>(seed, index, &self.common, &self.subjects)
+        harness::stream::nth::<AnySpec>(seed, index, &self.common, &self.subjects)
     }
 
     /// The fuzzer input bytes that decode to case `index` of seed `seed`.
     pub fn seed_bytes(&self, seed: u64, index: u64) -> Vec<u8> {
-        harness::generate::seed_bytes::<AnySpec>(seed, index, &self.common, &self.subjects)
+        harness::stream::seed_bytes::<AnySpec>(seed, index, &self.common, &self.subjects)
     }
 
     /// The case libFuzzer's bytes decode to.

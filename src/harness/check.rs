@@ -6,7 +6,8 @@ use super::case::Case;
 use super::error::Result;
 use super::oracle::{self, device, nondeterminism, Judgement, Verdict};
 use super::outcome::Outcome;
-use super::run::{self, Run};
+use super::run::Run;
+use super::runner;
 use super::signature::Signature;
 use super::subject::Subject;
 use super::timing::{timed, Phases};
@@ -91,7 +92,7 @@ pub fn guard<S: Subject, T>(
 pub fn check<S: Subject>(case: &Case<S>, dev: Dev, opts: Options) -> Result<Checked<S>> {
     let mut case = case.clone();
     case.device = dev;
-    let (run, extra) = run::run(&case, dev.tch())?;
+    let (run, extra) = runner::run(&case, dev.tch())?;
     let mut phases = run.phases.clone();
     let judgement = timed(&mut phases.oracles_us, || judge(&case, (&run, &extra), dev, opts))?;
     Ok(Checked { case, run, extra, judgement, phases })
@@ -100,11 +101,11 @@ pub fn check<S: Subject>(case: &Case<S>, dev: Dev, opts: Options) -> Result<Chec
 fn judge<S: Subject>(case: &Case<S>, (run, extra): (&Run, &S::Extra), dev: Dev, opts: Options) -> Result<Judgement> {
     let mut j = oracle::judge(case, run, extra);
     if opts.twice {
-        let (again, _) = run::run(case, dev.tch())?;
+        let (again, _) = runner::run(case, dev.tch())?;
         nondeterminism::check(run, &again, &mut j);
     }
     if opts.cross_device && dev != Dev::Cpu {
-        let (cpu, cpu_extra) = run::run(case, tch::Device::Cpu)?;
+        let (cpu, cpu_extra) = runner::run(case, tch::Device::Cpu)?;
         device::check(case, (&cpu, &cpu_extra), run, &mut j);
     }
     Ok(j)
@@ -124,5 +125,19 @@ impl<S: Subject> Checked<S> {
     pub fn outcome(&self) -> Outcome {
         let case = super::data::with_inline(&self.case);
         Outcome::build(&case, &self.run, &self.judgement)
+    }
+}
+
+impl Verdict {
+    /// The bucket this divergence belongs to: class, output, program (which the subject names),
+    /// rule set, key.
+    pub fn signature<S: Subject>(&self, case: &Case<S>) -> Signature {
+        Signature {
+            class: self.class,
+            output: self.output.clone(),
+            program: case.subject.program(self),
+            rules: case.rules,
+            key: self.key.clone(),
+        }
     }
 }

@@ -3,25 +3,12 @@
 //! values on every machine and libtorch version. Values are rounded to their dtypes by libtorch.
 
 use crate::case::Case;
+use crate::run::Inputs;
 use crate::subject::Subject;
 use crate::tensor_data::{Ordered, TensorData, Tensors};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tch::{Device, Tensor};
-
-/// A case's input tensors on a device, by name, in the subject's order.
-pub struct Inputs(pub Ordered<Tensor>);
-
-impl Inputs {
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.0.get(name)
-    }
-
-    /// An input the subject always has (its `inputs` list names it).
-    pub fn req(&self, name: &str) -> &Tensor {
-        self.get(name).unwrap_or_else(|| panic!("input {name} is missing"))
-    }
-}
+use tch::Device;
 
 /// Standard normal by Box-Muller: portable, unlike libtorch's generators.
 pub fn normal(rng: &mut ChaCha8Rng) -> f64 {

@@ -6,11 +6,9 @@
 //! (portable: the same seed gives the same cases everywhere) and libFuzzer's bytes through
 //! `arbitrary` for coverage-guided fuzzing.
 
-use crate::case::Case;
-use crate::subject::Subject;
 use dtensor::device::Dev;
 use dtensor::RuleSet;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 /// Where choices come from.
@@ -93,14 +91,6 @@ impl Source for Recorder {
     }
 }
 
-/// The fuzzer input bytes that decode (through `Arbitrary`, with [`Bytes`]) to case `index` of
-/// seed `seed` under `gen`.
-pub fn seed_bytes<S: Subject>(seed: u64, index: u64, common: &GenCommon, gen: &S::Gen) -> Vec<u8> {
-    let mut r = Recorder { rng: ChaCha8Rng::seed_from_u64(case_seed(seed, index)), bytes: Vec::new() };
-    S::generate(&mut r, common, gen);
-    r.bytes
-}
-
 names::named_enum! {
     /// How big generated cases get.
     pub enum SizeClass("size class") {
@@ -179,10 +169,4 @@ pub fn case_seed(seed: u64, index: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
     z ^ (z >> 31)
-}
-
-/// Case `index` of a run seeded `seed`.
-pub fn nth<S: Subject>(seed: u64, index: u64, common: &GenCommon, gen: &S::Gen) -> Case<S> {
-    let mut rng = ChaCha8Rng::seed_from_u64(case_seed(seed, index));
-    S::generate(&mut rng, common, gen)
 }

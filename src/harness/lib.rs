@@ -4,6 +4,7 @@
 //! names a subject. Campaigns, reports and the command line are the application's.
 
 pub mod case;
+pub mod case_file;
 pub mod check;
 pub mod data;
 pub mod error;
@@ -14,8 +15,10 @@ pub mod oracle;
 pub mod outcome;
 pub mod pyfmt;
 pub mod run;
+pub mod runner;
 pub mod shrink;
 pub mod signature;
+pub mod stream;
 pub mod subject;
 pub mod tensor_data;
 pub mod timing;

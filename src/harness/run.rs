@@ -2,15 +2,13 @@
 //! communication log, and for a backward case the gradients. A subject builds a [`Run`] (and
 //! keeps whatever else its own oracles need beside it); nothing here decides what diverged.
 
-use crate::case::{Case, CaseError};
-use crate::data::{self, Inputs};
-use crate::subject::Subject;
-use crate::timing::{timed, Phases};
+use crate::tensor_data::Ordered;
+use crate::timing::Phases;
 use dtensor::autograd::Grad;
 use dtensor::{CommRecord, DTensor, DTensorError};
 use placement::{Mesh, Placement};
 use std::sync::Arc;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// Values by name, in the subject's order.
 #[derive(Debug)]
@@ -99,16 +97,16 @@ pub struct Run {
     pub phases: Phases,
 }
 
-/// Runs a validated case on `device`: its inputs, then both sides.
-pub fn run<S: Subject>(case: &Case<S>, device: Device) -> Result<(Run, S::Extra), CaseError> {
-    let mut inputs_us = 0;
-    let inputs = timed(&mut inputs_us, || data::inputs(case, device));
-    let (mut r, x) = run_inputs(case, &inputs, device)?;
-    r.phases.inputs_us = inputs_us;
-    Ok((r, x))
-}
+/// A case's input tensors on a device, by name, in the subject's order.
+pub struct Inputs(pub Ordered<Tensor>);
 
-/// Runs a validated case on given inputs.
-pub fn run_inputs<S: Subject>(case: &Case<S>, inputs: &Inputs, device: Device) -> Result<(Run, S::Extra), CaseError> {
-    case.subject.run(case, inputs, device)
+impl Inputs {
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.0.get(name)
+    }
+
+    /// An input the subject always has (its `inputs` list names it).
+    pub fn req(&self, name: &str) -> &Tensor {
+        self.get(name).unwrap_or_else(|| panic!("input {name} is missing"))
+    }
 }

@@ -4,9 +4,7 @@
 //! one mechanism. Printed and parsed in that form (the key may itself contain `:`); ordered as
 //! its printed form, so reports list buckets the same way whatever built them.
 
-use crate::case::Case;
-use crate::subject::Subject;
-use crate::verdict::{Class, Verdict};
+use crate::verdict::Class;
 use dtensor::RuleSet;
 use std::fmt;
 use std::str::FromStr;
@@ -60,20 +58,6 @@ impl Ord for Signature {
 }
 
 names::serde_as_str!(Signature);
-
-impl Verdict {
-    /// The bucket this divergence belongs to: class, output, program (which the subject names),
-    /// rule set, key.
-    pub fn signature<S: Subject>(&self, case: &Case<S>) -> Signature {
-        Signature {
-            class: self.class,
-            output: self.output.clone(),
-            program: case.subject.program(self),
-            rules: case.rules,
-            key: self.key.clone(),
-        }
-    }
-}
 
 impl Signature {
     /// A file-name-safe form.

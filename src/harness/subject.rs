@@ -15,12 +15,11 @@
 //! [`Source`] of choices, [`Subject::candidates`] proposes simpler ones.
 
 use crate::case::{Case, CaseError, Common};
-use crate::data::Inputs;
 use crate::generate::{GenCommon, Source};
-use crate::oracle::{Judgement, Verdict};
-use crate::run::{Named, Run};
+use crate::run::{Inputs, Named, Run};
 use crate::signature::Signature;
 use crate::tensor_data::Tensors;
+use crate::verdict::{Judgement, Verdict};
 use dtensor::DTensor;
 use placement::Mesh;
 use serde::de::DeserializeOwned;

@@ -7,7 +7,8 @@ use super::real::{self, RealBackward, RealOutcome, RealSharded, RealTensor};
 use crate::subjects::{AnyChecked, AnyExtra};
 use dtensor::autograd::{Grad, Val};
 use dtensor::{DTensor, DTensorError, DType};
-use harness::run::{self, GradRun, Named, Run};
+use harness::run::{GradRun, Named, Run};
+use harness::runner;
 use placement::{Mesh, Placement};
 use serde_json::Value;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ pub fn run(c: &AnyChecked, real: &RealOutcome) -> Option<(Run, AnyExtra)> {
     if rs.comms.is_empty() && rs.comm_counts.as_ref().is_some_and(|m| !m.is_empty()) {
         return None; // counted, not labelled: the comm oracle could not place them
     }
-    let (mut run, extra) = run::run(&c.case, Device::Cpu).ok()?;
+    let (mut run, extra) = runner::run(&c.case, Device::Cpu).ok()?;
     run.sharded = sharded(c, real, rs)?;
     run.comms = rs.comms.iter().map(|c| real::comm_record(c, "?")).collect();
     if let (Some(bw), Some(rb)) = (run.backward.as_mut(), real.backward.as_ref()) {

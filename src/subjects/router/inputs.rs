@@ -5,7 +5,8 @@ use crate::reference::Weights;
 use crate::spec::RouterSpec;
 use dtensor::DType;
 use harness::case::{Common, Style};
-use harness::data::{self, draw_normals, Inputs};
+use harness::data::{self, draw_normals};
+use harness::run::Inputs;
 use harness::tensor_data::{Ordered, TensorData, Tensors, Values};
 use placement::{Placement, ReduceOp};
 use rand::{Rng, SeedableRng};
@@ -149,7 +150,8 @@ pub fn logical(s: &RouterSpec, c: &Common, inputs: &RouterInputs) -> Option<Rout
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harness::generate::{nth, GenCommon};
+    use harness::generate::GenCommon;
+    use harness::stream::nth;
     use tch::Device;
 
     #[test]

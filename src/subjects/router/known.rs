@@ -166,7 +166,8 @@ mod tests {
     use super::*;
     use crate::generate::RouterGen;
     use harness::case::Case;
-    use harness::generate::{nth, GenCommon};
+    use harness::generate::GenCommon;
+    use harness::stream::nth;
 
     fn case0() -> Case<RouterSpec> {
         nth(0, 0, &GenCommon::default(), &RouterGen::default())

@@ -281,7 +281,8 @@ mod tests {
     use crate::spec::RouterSpec;
     use harness::case::Case;
     use harness::data;
-    use harness::generate::{nth, GenCommon};
+    use harness::generate::GenCommon;
+    use harness::stream::nth;
 
     fn close(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len()

@@ -12,7 +12,7 @@ use crate::spec::RouterSpec;
 use crate::{sharded, RouterConfig, RouterOutputs};
 use dtensor::{Ctx, DTensor, DTensorError};
 use harness::case::{CaseError, Common};
-use harness::data::Inputs;
+use harness::run::Inputs;
 use harness::run::{BackwardRun, Contract, GradRun, Named, Promise, Run};
 use harness::timing::{timed, Phases};
 use placement::Mesh;

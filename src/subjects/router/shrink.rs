@@ -247,8 +247,9 @@ mod tests {
     use crate::generate::RouterGen;
     use dtensor::DType;
     use harness::case::MeshSpec;
-    use harness::generate::{nth, GenCommon};
+    use harness::generate::GenCommon;
     use harness::shrink::{shrink, Budget};
+    use harness::stream::nth;
 
     #[test]
     fn shrinking_reaches_a_fixpoint_that_keeps_the_property() {

@@ -333,7 +333,8 @@ fn revision<S: Source>(s: &mut S, cfg: &GenCommon, own: &RouterGen) -> (Revision
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harness::generate::{nth, seed_bytes, Bytes};
+    use harness::generate::Bytes;
+    use harness::stream::{nth, seed_bytes};
 
     fn case(seed: u64, i: u64) -> Case<RouterSpec> {
         nth(seed, i, &GenCommon::default(), &RouterGen::default())
