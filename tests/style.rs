@@ -97,3 +97,61 @@ fn the_length_check_measures_bodies() {
     let text = "fn a() {\n    x;\n}\n\n    pub fn b(\n        y: u8,\n    ) {\n        z;\n    }\n";
     assert_eq!(functions(text), vec![(1, 3, "fn a".into()), (5, 5, "pub fn b".into())]);
 }
+
+/// A file's module path inside its crate (`lib.rs` and `mod.rs` name their folder).
+fn module_of(root: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(root).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().to_string()).collect();
+    if matches!(parts.last().map(String::as_str), Some("lib" | "mod")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The files of its crate that `file` names by `crate::` or `super::` paths (comments and the
+/// unit tests left out).
+fn imports(root: &Path, file: &Path, modules: &[(Vec<String>, PathBuf)]) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+    let code: String = code.lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
+    let me = module_of(root, file);
+    let mut out = Vec::new();
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", me[..me.len().saturating_sub(1)].to_vec())] {
+        for piece in code.split(prefix).skip(1) {
+            let path: Vec<String> = piece
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .next()
+                .unwrap()
+                .split("::")
+                .map(String::from)
+                .collect();
+            let full: Vec<String> = base.iter().cloned().chain(path).collect();
+            let target = (0..=full.len()).rev().find_map(|i| modules.iter().find(|(m, _)| m[..] == full[..i]));
+            if let Some((_, f)) = target.filter(|(_, f)| f != file) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
+}
+
+/// No two files of a crate import each other: each crate reads top-down (docs/design.md).
+#[test]
+fn no_two_files_of_a_crate_import_each_other() {
+    let mut circles = Vec::new();
+    for dir in ["src/names", "src/placement", "src/dtensor", "src/harness", "src/subjects/router", "src/app"] {
+        let root = crate::root().join(dir);
+        let modules: Vec<(Vec<String>, PathBuf)> =
+            rust_files(&root).into_iter().map(|f| (module_of(&root, &f), f)).collect();
+        let deps: Vec<(PathBuf, Vec<PathBuf>)> =
+            modules.iter().map(|(_, f)| (f.clone(), imports(&root, f, &modules))).collect();
+        for (a, da) in &deps {
+            for (b, db) in &deps {
+                if a < b && da.contains(b) && db.contains(a) {
+                    circles.push(format!("{} <-> {}", a.display(), b.display()));
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "import circles:\n{}", circles.join("\n"));
+}
