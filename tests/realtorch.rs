@@ -5,7 +5,16 @@
 //! contract, local_map's rank-dependent shapes, torchtitan#2416's doubled gradient), so 2.11
 //! stands in for the releases the rule sets model; scripts/check-releases runs those.
 
+use dtensor::RuleSet;
+use harness::generate::{BackwardMix, GenCommon};
+use harness::Subject;
+use router::backward::Boundary;
+use router::body::Site;
+use router::generate::RouterGen;
+use router::sharded::sites;
+use router::RouterRev;
 use serde_json::Value;
+use shardfuzz::subjects::{AnyCase, AnyGen, GenConfig, Kind};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -259,4 +268,73 @@ fn the_worker_lays_out_partial_inputs_as_distribute_tensor_does() {
         .output()
         .unwrap();
     assert!(o.status.success() && text(&o).contains("local_piece matches distribute_tensor"), "{}", text(&o));
+}
+
+/// The case of `rev` x `rules` x `boundary` (none: forward only) with expert groups on, so both
+/// scatter sites are written.
+fn combination(rev: RouterRev, rules: RuleSet, boundary: Option<Boundary>) -> AnyCase {
+    let backward = if boundary.is_some() { BackwardMix::Only } else { BackwardMix::Off };
+    let common = GenCommon { rules: vec![rules], backward, ..GenCommon::default() };
+    let boundaries = boundary.map(|b| vec![b]).unwrap_or_default();
+    let router = RouterGen { routers: vec![rev], boundaries, ..RouterGen::default() };
+    let cfg = GenConfig { common, subjects: AnyGen { subjects: vec![Kind::Router], router } };
+    (0..2000).map(|i| cfg.nth(3, i)).find(|c| crate::spec(c).router.groups.is_some()).expect("a case with groups")
+}
+
+/// The statement the exported script writes for a scatter site.
+fn site_statement(site: Site, var: &str) -> String {
+    match site {
+        Site::InPlace => format!("{var}.scatter_("),
+        Site::OutOfPlace => format!("{var} = {var}.scatter("),
+        Site::LocalMap => format!("{var} = scatter_in_local_map("),
+    }
+}
+
+/// Every (router revision x rule set x boundary) reaches the exporter and the Python worker from
+/// the router's one table of sites and the rule sets' one table of releases: the script writes
+/// each site as the revision does (no fallback arm), and the worker reads the request's sites,
+/// quiet sites and release as sent.
+#[test]
+fn every_revision_rule_set_and_boundary_reaches_export_and_the_worker_from_one_table() {
+    let mut sent = Vec::new();
+    for &rev in RouterRev::ALL {
+        for &rules in RuleSet::ALL {
+            for boundary in std::iter::once(None).chain(Boundary::ALL.iter().copied().map(Some)) {
+                let case = combination(rev, rules, boundary);
+                let s = crate::spec(&case);
+                assert_eq!((s.revision.router, case.rules), (rev, rules));
+                assert_eq!(s.backward.as_ref().map(|b| b.boundary), boundary);
+                let script = shardfuzz::export::script(&case);
+                let (group_mask, routing_map) = sites(rev);
+                for (site, var) in [(group_mask, "group_mask"), (routing_map, "routing_map")] {
+                    let want = site_statement(site, var);
+                    assert!(script.contains(&want), "{rev} {rules} {boundary:?}: no `{want}` in the script");
+                }
+                let tables = case.subject.worker_tables(&case);
+                assert_eq!(tables["release"], rules.release(), "{rules}");
+                sent.push(serde_json::json!({ "case": case.to_value(), "tables": tables }));
+            }
+        }
+    }
+    let dir = tmp("tables");
+    std::fs::write(dir.join("requests.json"), serde_json::to_string(&sent).unwrap()).unwrap();
+    let read = "import json, sys\nfrom shardfuzz_worker import common\n\
+                for r in json.load(open(sys.argv[1])):\n    v = common.view(r['case'], r['tables'])['revision']\n\
+                \x20   print(json.dumps([list(v['sites']), v['quiet_sites'], v['release']]))\n";
+    let o = Command::new(venv_bin().join("python"))
+        .args(["-c", read, dir.join("requests.json").to_str().unwrap()])
+        .env("PYTHONPATH", repo("python"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seen: Vec<Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(seen.len(), sent.len());
+    for (req, v) in sent.iter().zip(&seen) {
+        let t = &req["tables"];
+        let want =
+            serde_json::json!([[t["sites"]["group_mask"], t["sites"]["routing_map"]], t["quiet_sites"], t["release"]]);
+        assert_eq!(v, &want, "{}", req["case"]["subject"]["revision"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -181,6 +181,7 @@ def view(case, tables):
         v["tensors"] = case["data"].get("tensors")
     v["revision"]["sites"] = (tables["sites"]["group_mask"], tables["sites"]["routing_map"])
     v["revision"]["quiet_sites"] = list(tables.get("quiet_sites", []))
+    v["revision"]["release"] = tables.get("release")
     return v
 
 

@@ -4,7 +4,7 @@ the routing part of MoE.forward), with the two scatter sites written as the requ
 The same code runs on DTensors (the sharded run) and on plain tensors (the reference).
 
 `label(name)` names the router value the next ops compute, so each collective can be attributed;
-the labels and their order are shardfuzz's (src/router/body.rs)."""
+the labels and their order are shardfuzz's (src/subjects/router/body.rs)."""
 
 import torch
 import torch.nn.functional as F
