@@ -67,7 +67,7 @@ pub fn all_gather(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, padded:
 }
 
 /// _StridedShard(dim, sf) -> Replicate: gather, then put rows back in global order.
-pub fn all_gather_strided(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, sf: usize) -> Vec<Tensor> {
+pub(crate) fn all_gather_strided(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, sf: usize) -> Vec<Tensor> {
     per_fiber(mesh, md, locals, |g| {
         let n = g.len();
         let total: usize = g.iter().map(|t| t.size()[dim] as usize).sum();
@@ -137,7 +137,7 @@ pub fn local_chunk(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize) -> Vec
 }
 
 /// Replicate -> _StridedShard(dim, sf): each member keeps its strided rows; no communication.
-pub fn local_strided_chunk(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, sf: usize) -> Vec<Tensor> {
+pub(crate) fn local_strided_chunk(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize, sf: usize) -> Vec<Tensor> {
     per_fiber(mesh, md, locals, |g| {
         let n = g.len();
         (0..n)
@@ -178,7 +178,7 @@ pub fn zero_fill(mesh: &Mesh, md: usize, locals: &[Tensor], dim: usize) -> Vec<T
 /// Replicate index -> `_MaskPartial` on mesh dim `md` (`_MaskPartial._partition_value`): each
 /// rank keeps the indices of its own chunk of a dim of `size`, shifted to local positions, the
 /// others set to 0; returns (masked indices, masks of the indices that were outside).
-pub fn mask_index(mesh: &Mesh, md: usize, locals: &[Tensor], size: usize) -> (Vec<Tensor>, Vec<Tensor>) {
+pub(crate) fn mask_index(mesh: &Mesh, md: usize, locals: &[Tensor], size: usize) -> (Vec<Tensor>, Vec<Tensor>) {
     let n = mesh.dim_size(md);
     let (mut out, mut masks) = (Vec::with_capacity(locals.len()), Vec::with_capacity(locals.len()));
     for (r, t) in locals.iter().enumerate() {
@@ -195,7 +195,7 @@ pub fn mask_index(mesh: &Mesh, md: usize, locals: &[Tensor], size: usize) -> (Ve
 /// is zeroed. A mask made before the index was chunked no longer fits a result gathered back
 /// afterwards, and boolean indexing raises (real 2.13.0/2.14.0: gather of `[S(2), S(1)]` scores
 /// with a `[R, S(0)]` index, then `full_tensor()`).
-pub fn apply_mask(locals: &[Tensor], masks: &[Tensor]) -> Result<Vec<Tensor>, DTensorError> {
+pub(crate) fn apply_mask(locals: &[Tensor], masks: &[Tensor]) -> Result<Vec<Tensor>, DTensorError> {
     let mut out = Vec::with_capacity(locals.len());
     for (t, m) in locals.iter().zip(masks) {
         let (ts, ms) = (t.size(), m.size());

@@ -149,7 +149,7 @@ pub fn call_mixed(ctx: &mut Ctx, op: &Op, args: &[TArg]) -> Result<Vec<DTensor>>
 
 /// The local computation of `op` on one rank's tensors; `out_shape` is this rank's output shape
 /// for the ops that take one ([`Op::takes_local_shape`]).
-pub fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor>> {
+pub(crate) fn run_local(op: &Op, x: &[&Tensor], out_shape: &[i64]) -> Result<Vec<Tensor>> {
     let one = |t: std::result::Result<Tensor, tch::TchError>| t.map(|t| vec![t]).map_err(torch_err);
     match op {
         Op::View { .. } => one(x[0].f_view_(out_shape)),

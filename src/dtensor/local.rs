@@ -55,7 +55,7 @@ pub fn torch_err(e: tch::TchError) -> DTensorError {
 /// On CUDA, an index out of range is a device-side assert that kills the CUDA context for the
 /// rest of the process; check on the host first and raise the IndexError the CPU kernel raises.
 /// (The CPU kernel checks itself, so CPU runs skip this and its device sync.)
-pub fn check_index(this: &Tensor, dim: i64, index: &Tensor) -> Result<(), DTensorError> {
+pub(crate) fn check_index(this: &Tensor, dim: i64, index: &Tensor) -> Result<(), DTensorError> {
     if this.device() == tch::Device::Cpu || index.numel() == 0 {
         return Ok(());
     }
@@ -110,7 +110,7 @@ pub fn chunk(t: &Tensor, dim: usize, n: usize, idx: usize) -> Tensor {
 }
 
 /// Rows `positions` of `t` along `dim`.
-pub fn select_positions(t: &Tensor, dim: usize, positions: &[usize]) -> Tensor {
+pub(crate) fn select_positions(t: &Tensor, dim: usize, positions: &[usize]) -> Tensor {
     let idx = Tensor::from_slice(&i64s(positions)).to_device(t.device());
     t.index_select(dim as i64, &idx)
 }

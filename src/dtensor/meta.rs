@@ -34,7 +34,7 @@ impl DType {
             DType::Bool => 1,
         }
     }
-    pub fn is_float(self) -> bool {
+    pub(crate) fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
     }
     /// Unit roundoff (half an ulp at 1.0); 0 for exact types.
@@ -48,7 +48,7 @@ impl DType {
         }
     }
     /// The dtype `sum` gives: integers and bool widen to int64, floats keep theirs.
-    pub fn sum_dtype(self) -> DType {
+    pub(crate) fn sum_dtype(self) -> DType {
         if self.is_float() {
             self
         } else {
@@ -77,7 +77,7 @@ impl Meta {
 }
 
 /// `torch.Size([2, 5, 8])`, as PyTorch prints shapes in messages.
-pub fn torch_size(shape: &[usize]) -> String {
+pub(crate) fn torch_size(shape: &[usize]) -> String {
     let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("torch.Size([{}])", s.join(", "))
 }

@@ -110,7 +110,7 @@ pub enum Op {
 
 impl Op {
     /// The overload name PyTorch prints in messages, e.g. `aten.scatter_.value`.
-    pub fn aten_name(&self) -> String {
+    pub(crate) fn aten_name(&self) -> String {
         match self {
             Op::View { unsafe_view: true, .. } => "aten._unsafe_view.default".into(),
             Op::View { .. } => "aten.view.default".into(),
@@ -146,18 +146,18 @@ impl Op {
         }
     }
 
-    pub fn is_inplace(&self) -> bool {
+    pub(crate) fn is_inplace(&self) -> bool {
         matches!(self, Op::ScatterValue { inplace: true, .. } | Op::ScatterSrc { inplace: true, .. })
     }
 
     /// Whether each rank's output shape comes from the output placements (views, expand, shaped
     /// factories) rather than from the local inputs.
-    pub fn takes_local_shape(&self) -> bool {
+    pub(crate) fn takes_local_shape(&self) -> bool {
         matches!(self, Op::View { .. } | Op::Expand { .. } | Op::NewZeros { .. })
     }
 
     /// Number of tensor outputs.
-    pub fn n_outputs(&self) -> usize {
+    pub(crate) fn n_outputs(&self) -> usize {
         match self {
             Op::Topk { .. } | Op::Sort { .. } => 2,
             _ => 1,

@@ -31,7 +31,7 @@ static NEXT_MASK: AtomicU32 = AtomicU32::new(1);
 
 impl MaskBuffer {
     /// A buffer for a `_MaskPartial` a strategy just created.
-    pub fn fresh_id() -> u32 {
+    pub(crate) fn fresh_id() -> u32 {
         NEXT_MASK.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -40,7 +40,7 @@ impl MaskBuffer {
     }
 
     /// `materialize_mask`: the first reference stores the masks, later ones must agree.
-    pub fn materialize(&self, masks: Vec<Tensor>) -> Result<()> {
+    pub(crate) fn materialize(&self, masks: Vec<Tensor>) -> Result<()> {
         let mut st = self.state.lock().expect("mask buffer lock");
         if st.refcount == 0 {
             st.masks = Some(masks);

@@ -64,7 +64,7 @@ impl Source for Bytes<'_, '_> {
 
 /// Draws from a seeded stream and records, for each choice, the bytes that make
 /// `arbitrary::Unstructured` decode the same choice: fuzzing seeds that map to generator cases.
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub rng: ChaCha8Rng,
     pub bytes: Vec<u8>,
 }
@@ -164,7 +164,7 @@ names::named_enum! {
 }
 
 /// The seed of case `index` of a run seeded `seed` (splitmix64: independent streams per case).
-pub fn case_seed(seed: u64, index: u64) -> u64 {
+pub(crate) fn case_seed(seed: u64, index: u64) -> u64 {
     let mut z = seed.wrapping_add(index.wrapping_mul(0x9E3779B97F4A7C15)).wrapping_add(0x9E3779B97F4A7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);

@@ -39,7 +39,7 @@ fn write(out: &mut String, v: &Value, indent: usize) {
 }
 
 /// Pretty JSON with compact arrays.
-pub fn pretty<T: serde::Serialize>(x: &T) -> String {
+pub(crate) fn pretty<T: serde::Serialize>(x: &T) -> String {
     let v = serde_json::to_value(x).expect("serializable");
     let mut s = String::new();
     write(&mut s, &v, 0);

@@ -18,6 +18,10 @@ pub fn run<S: Subject>(case: &Case<S>, device: Device) -> Result<(Run, S::Extra)
 }
 
 /// Runs a validated case on given inputs.
-pub fn run_inputs<S: Subject>(case: &Case<S>, inputs: &Inputs, device: Device) -> Result<(Run, S::Extra), CaseError> {
+pub(crate) fn run_inputs<S: Subject>(
+    case: &Case<S>,
+    inputs: &Inputs,
+    device: Device,
+) -> Result<(Run, S::Extra), CaseError> {
     case.subject.run(case, inputs, device)
 }

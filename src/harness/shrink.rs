@@ -76,7 +76,7 @@ pub fn smaller(v: usize, lo: usize) -> Vec<usize> {
     out
 }
 
-pub fn map_values(t: &TensorData, f: impl Fn(f64) -> f64) -> TensorData {
+pub(crate) fn map_values(t: &TensorData, f: impl Fn(f64) -> f64) -> TensorData {
     let values = match &t.values {
         Values::Float(v) => Values::Float(v.iter().map(|&x| f(x)).collect()),
         other => other.clone(),

@@ -40,7 +40,7 @@ pub struct TensorData {
 
 impl TensorData {
     /// Reads a tensor (any device) into plain values.
-    pub fn from_tensor(t: &Tensor) -> TensorData {
+    pub(crate) fn from_tensor(t: &Tensor) -> TensorData {
         let dtype = local::dtype(t.kind());
         let shape = local::shape(t);
         let flat = t.to_device(Device::Cpu).contiguous().view(-1);
@@ -91,7 +91,7 @@ impl TensorData {
 }
 
 /// Serializes values the way their dtype wants them written.
-pub struct ValuesAs<'a>(pub &'a Values, pub DType);
+pub(crate) struct ValuesAs<'a>(pub &'a Values, pub DType);
 
 impl Serialize for ValuesAs<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -134,18 +134,18 @@ impl Serialize for TensorData {
 }
 
 /// One JSON value of a `values` array, before the dtype says what it must be.
-pub enum Raw {
+pub(crate) enum Raw {
     Num(f64),
     Int(i64),
     Bool(bool),
 }
 
 /// A `values` array as read, before its dtype is known.
-pub struct RawSeq(Vec<Raw>);
+pub(crate) struct RawSeq(Vec<Raw>);
 
 impl RawSeq {
     /// Converts to the values of `dtype`, or says why they do not fit.
-    pub fn into_values(self, dtype: DType) -> Result<Values, String> {
+    pub(crate) fn into_values(self, dtype: DType) -> Result<Values, String> {
         let raw = self.0;
         Ok(match dtype {
             DType::Bool => Values::Bool(

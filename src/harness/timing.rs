@@ -18,7 +18,7 @@ pub struct Phases {
 }
 
 /// Reads one phase.
-pub type PhaseOf = fn(&Phases) -> u64;
+pub(crate) type PhaseOf = fn(&Phases) -> u64;
 
 /// Names and accessors, in report order.
 pub const PHASES: [(&str, PhaseOf); 7] = [

@@ -83,7 +83,7 @@ impl Placement {
         }
     }
     /// PyTorch's `Placement.is_shard()`: plain `Shard` only, not `_StridedShard`.
-    pub fn is_plain_shard(self) -> bool {
+    pub(crate) fn is_plain_shard(self) -> bool {
         matches!(self, Shard(_))
     }
     pub fn is_replicate(self) -> bool {

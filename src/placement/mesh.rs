@@ -77,7 +77,7 @@ impl Mesh {
         c
     }
 
-    pub fn rank_of(&self, coord: &[usize]) -> usize {
+    pub(crate) fn rank_of(&self, coord: &[usize]) -> usize {
         coord.iter().zip(&self.shape).fold(0, |acc, (&c, &s)| acc * s + c)
     }
 

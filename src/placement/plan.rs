@@ -93,7 +93,7 @@ pub struct Footprint<'a> {
 }
 
 /// Classifies a single-mesh-dim move, or returns the error PyTorch raises for it.
-pub fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, PlacementError> {
+pub(crate) fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, PlacementError> {
     use Placement::*;
     Ok(Some(match (from, to) {
         _ if from == to => return Ok(None),
@@ -143,7 +143,7 @@ pub fn plan_for(
 }
 
 /// The full plan, size-1 mesh dims included: what PyTorch's cost model charges for.
-pub fn plan_all(
+pub(crate) fn plan_all(
     mesh: &Mesh,
     src: &[Placement],
     dst: &[Placement],

@@ -22,7 +22,7 @@ fn collective_cost(bytes_gb: f64, n: usize, hops: usize) -> f64 {
 /// `_compute_placement_transition_cost`: one step on a mesh dim of size `n`, and the bytes later
 /// steps move. PyTorch tests `is_shard()`, which is False for `_StridedShard`, so every step from
 /// or to one falls through to the final "free, bytes unchanged" case.
-pub fn step_cost(c: Placement, t: Placement, n: usize, bytes_gb: f64) -> (f64, f64) {
+pub(crate) fn step_cost(c: Placement, t: Placement, n: usize, bytes_gb: f64) -> (f64, f64) {
     if c == t {
         return (0.0, bytes_gb);
     }

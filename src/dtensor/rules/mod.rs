@@ -80,12 +80,12 @@ impl Proposal {
     }
 
     /// Derived strategies with the costs the strategy function gave them.
-    pub fn with_costs(out_metas: Vec<Meta>, strategies: Vec<Strategy>, costs: Vec<f64>) -> Proposal {
+    pub(crate) fn with_costs(out_metas: Vec<Meta>, strategies: Vec<Strategy>, costs: Vec<f64>) -> Proposal {
         Proposal { out_metas, strategies, filter: Filter::None, costs: Some(costs), rules: RuleSet::Torch213 }
     }
 
     /// Expanded rows (single-dim or full-mesh), filtered and chosen by cost.
-    pub fn expanded(out_metas: Vec<Meta>, strategies: Vec<Strategy>, uneven: bool) -> Proposal {
+    pub(crate) fn expanded(out_metas: Vec<Meta>, strategies: Vec<Strategy>, uneven: bool) -> Proposal {
         Proposal { out_metas, strategies, filter: Filter::Expanded { uneven }, costs: None, rules: RuleSet::Torch213 }
     }
 }
@@ -123,7 +123,7 @@ pub fn propose(op: &Op, args: &[Arg], mesh: &Mesh, rules: RuleSet) -> Result<Pro
 
 /// Total cost of moving every input to the placements `s` asks for (`generate_redistribute_costs`
 /// summed as `_select_min_cost_strategy` sums them).
-pub fn strategy_cost(s: &Strategy, args: &[Arg], mesh: &Mesh, rules: PlanRules) -> f64 {
+pub(crate) fn strategy_cost(s: &Strategy, args: &[Arg], mesh: &Mesh, rules: PlanRules) -> f64 {
     let mut total = 0.0;
     for (want, a) in s.ins.iter().zip(args) {
         total += redistribute_cost(mesh, &a.placements, want, &a.meta.shape, a.meta.dtype.itemsize(), rules);
@@ -235,7 +235,7 @@ fn first_min(costs: &[f64]) -> usize {
 }
 
 /// Normalises a possibly negative dim against `ndim`, with PyTorch's IndexError text.
-pub fn norm_dim(dim: i64, ndim: usize) -> Result<usize> {
+pub(crate) fn norm_dim(dim: i64, ndim: usize) -> Result<usize> {
     let n = ndim.max(1) as i64;
     let d = if dim < 0 { dim + n } else { dim };
     if d < 0 || d >= n {
@@ -263,12 +263,12 @@ pub mod testing {
         argd(shape, ps, DType::F32)
     }
 
-    pub fn argd(shape: &[usize], ps: &[Placement], dt: DType) -> Arg {
+    pub(crate) fn argd(shape: &[usize], ps: &[Placement], dt: DType) -> Arg {
         Arg { meta: Meta::new(shape.to_vec(), dt), placements: ps.to_vec() }
     }
 
     /// A mesh of 2 ranks per dim, as many dims as the first argument has placements.
-    pub fn mesh_for(args: &[Arg]) -> Mesh {
+    pub(crate) fn mesh_for(args: &[Arg]) -> Mesh {
         let n = args[0].placements.len();
         Mesh::new(vec![2; n], ["dp", "tp", "ep"][..n].iter().map(|s| s.to_string()).collect()).unwrap()
     }

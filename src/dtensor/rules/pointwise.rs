@@ -76,7 +76,7 @@ fn partial_rows(op: &Op, args: &[Arg], rules: RuleSet) -> Vec<Row> {
 }
 
 /// Broadcast shape as TensorIterator computes it (add, mul, ...), with its error text.
-pub fn broadcast_iter(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+pub(crate) fn broadcast_iter(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let n = a.len().max(b.len());
     let mut out = vec![1; n];
     for i in 0..n {
@@ -96,7 +96,7 @@ pub fn broadcast_iter(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 /// `torch._refs._broadcast_shapes`, the shape check behind masked_fill's meta function.
-pub fn broadcast_refs(shapes: &[&[usize]]) -> Result<Vec<usize>> {
+pub(crate) fn broadcast_refs(shapes: &[&[usize]]) -> Result<Vec<usize>> {
     let n = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut common = vec![1usize; n];
     for (arg, s) in shapes.iter().enumerate() {

@@ -20,7 +20,7 @@ names::named_enum! {
 
 /// Op families whose registration changed between releases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     /// `t` (2.12/2.13 `transpose_strategy` follows the input, no shardability check).
     Transpose,
     /// `sum.dim_IntList` (2.12/2.13 `linear_reduction_strategy` follows the input).
@@ -90,7 +90,7 @@ impl RuleSet {
     /// P214 `_ops/_matrix_ops.py`, `_math_ops.py`, `_tensor_ops.py`); in 2.12/2.13 they are
     /// full-mesh strategies, and a single-dim registration, where both exist (mm, addmm),
     /// already wins (`_sharding_prop.py` looks single-dim strategies up first).
-    pub fn single_dim(self, _f: Family) -> bool {
+    pub(crate) fn single_dim(self, _f: Family) -> bool {
         self == RuleSet::Torch214
     }
 
@@ -114,21 +114,21 @@ impl RuleSet {
     /// `_to_copy`'s Partial rows: 2.12/2.13 pass every reduce op of `Partial.ALL_REDUCE_OPS`
     /// (product included), 2.14 only `_PARTIAL_PASS_THROUGH_REDUCE_OPS` (P214
     /// `_tensor_ops.py:47`).
-    pub fn to_copy_passes_product(self) -> bool {
+    pub(crate) fn to_copy_passes_product(self) -> bool {
         self != RuleSet::Torch214
     }
 
     /// 2.14's `expand_to_full_mesh_op_strategy` raises "{op}: no valid sharding strategy for the
     /// input placements." when every candidate was filtered out (P214 `_ops/utils.py:689`);
     /// 2.12/2.13 return no candidate and `min()` of nothing raises.
-    pub fn empty_expansion_raises(self) -> bool {
+    pub(crate) fn empty_expansion_raises(self) -> bool {
         self == RuleSet::Torch214
     }
 
     /// 2.12.1 all-gathers an uneven `Shard(d)` by padding every piece, gathering and narrowing
     /// (`Shard._to_replicate_tensor` with `all_gather_tensor`), which leaves a non-contiguous
     /// local tensor when d != 0; 2.13.0 and 2.14.0 return it contiguous.
-    pub fn uneven_gather_is_strided(self) -> bool {
+    pub(crate) fn uneven_gather_is_strided(self) -> bool {
         self == RuleSet::Torch212
     }
 
@@ -140,7 +140,7 @@ impl RuleSet {
     /// Whether local_map computes an output's global shape from every rank's local size
     /// (pytorch#172927). Not in 2.12.1 or 2.13.0 (VERIFIED); the first release with it is not
     /// known, so 2.14 keeps the even-shard assumption too.
-    pub fn local_map_exact_shapes(self) -> bool {
+    pub(crate) fn local_map_exact_shapes(self) -> bool {
         false
     }
 }

@@ -164,7 +164,7 @@ fn insert_clean(table: &mut [Option<(i64, Placement)>], h: i64, p: Placement) {
 /// The shard kinds placeholders are filled with (`Shard(0)` stands for plain `Shard`,
 /// `_S(0, sf)` for each split factor), in the order PyTorch builds them: first appearance in
 /// the iteration of `set(placements of every input)` (`_get_unique_placements`).
-pub fn shard_kinds(args: &[Arg]) -> Vec<Placement> {
+pub(crate) fn shard_kinds(args: &[Arg]) -> Vec<Placement> {
     let items: Vec<(i64, Placement)> =
         args.iter().flat_map(|a| &a.placements).filter_map(|&p| py_hash(p).map(|h| (h, p))).collect();
     let mut kinds: Vec<Placement> = Vec::new();
@@ -183,7 +183,7 @@ pub fn shard_kinds(args: &[Arg]) -> Vec<Placement> {
 
 /// Rows of a single-dim strategy for one mesh dim, after steps 1 and 2, as flat
 /// `[outs..., ins...]` placements (`n_out` outputs, one input per argument).
-pub fn filled_rows(rows: &[Row], n_out: usize, args: &[Arg]) -> Vec<Vec<Placement>> {
+pub(crate) fn filled_rows(rows: &[Row], n_out: usize, args: &[Arg]) -> Vec<Vec<Placement>> {
     let kinds = shard_kinds(args);
     let mut out = Vec::with_capacity(rows.len() * (1 + kinds.len()) + 1);
     if !rows.iter().any(Row::all_replicate) {
@@ -200,12 +200,12 @@ pub fn filled_rows(rows: &[Row], n_out: usize, args: &[Arg]) -> Vec<Vec<Placemen
 }
 
 /// A single-dim strategy expanded over the mesh (steps 1 to 3). `n_out` splits each row.
-pub fn single_dim(rows: &[Row], n_out: usize, args: &[Arg], mesh_ndim: usize) -> Vec<Strategy> {
+pub(crate) fn single_dim(rows: &[Row], n_out: usize, args: &[Arg], mesh_ndim: usize) -> Vec<Strategy> {
     product(&filled_rows(rows, n_out, args), n_out, mesh_ndim)
 }
 
 /// Concrete rows of a full-mesh strategy expanded over the mesh (step 3 only).
-pub fn full_mesh(rows: &[Row], mesh_ndim: usize) -> Vec<Strategy> {
+pub(crate) fn full_mesh(rows: &[Row], mesh_ndim: usize) -> Vec<Strategy> {
     let n_out = rows.first().map_or(0, |r| r.outs.len());
     product(&rows.iter().map(Row::concrete).collect::<Vec<_>>(), n_out, mesh_ndim)
 }

@@ -28,7 +28,7 @@ use placement::{Mesh, Placement};
 
 /// Where one output dim comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Dim {
+pub(crate) enum Dim {
     /// A new size-1 dim.
     Singleton,
     Input(usize),
@@ -86,7 +86,7 @@ impl Dim {
 }
 
 /// Resolves one -1 in a target shape (PyTorch's `infer_size`) and checks the element count.
-pub fn infer_size(numel: usize, shape: &[i64]) -> Result<Vec<usize>> {
+pub(crate) fn infer_size(numel: usize, shape: &[i64]) -> Result<Vec<usize>> {
     let bad = || DTensorError::Local {
         kind: "RuntimeError",
         message: format!("shape '{:?}' is invalid for input of size {numel}", shape)
@@ -113,7 +113,7 @@ pub fn infer_size(numel: usize, shape: &[i64]) -> Result<Vec<usize>> {
 }
 
 /// `view_groups`: what each output dim of `from -> to` is made of.
-pub fn view_groups(from: &[usize], to: &[usize]) -> Vec<Dim> {
+pub(crate) fn view_groups(from: &[usize], to: &[usize]) -> Vec<Dim> {
     let (mut fi, mut ti) = (0, 0);
     let mut out = Vec::new();
     while fi < from.len() || ti < to.len() {
@@ -163,7 +163,7 @@ pub fn view_groups(from: &[usize], to: &[usize]) -> Vec<Dim> {
 }
 
 /// `dim_unsqueeze`: a Singleton inserted at `dim`.
-pub fn unsqueeze_rule(ndim: usize, dim: i64) -> Result<Vec<Dim>> {
+pub(crate) fn unsqueeze_rule(ndim: usize, dim: i64) -> Result<Vec<Dim>> {
     let d = super::norm_dim(dim, ndim + 1)?;
     let mut v: Vec<Dim> = (0..ndim).map(Dim::Input).collect();
     v.insert(d, Dim::Singleton);
@@ -481,7 +481,7 @@ fn py_tuple(v: &[usize]) -> String {
 }
 
 /// Input and output placements of a view with `rule` (PyTorch's `propagate_shape_and_sharding`).
-pub fn propagate(
+pub(crate) fn propagate(
     src: &[Placement],
     shape: &[usize],
     rule: &[Dim],

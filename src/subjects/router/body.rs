@@ -42,7 +42,7 @@ pub trait Exec {
 }
 
 /// DTensor ops run as they come.
-pub struct Direct<'a>(pub &'a mut Ctx);
+pub(crate) struct Direct<'a>(pub &'a mut Ctx);
 
 impl Exec for Direct<'_> {
     type V = DTensor;
@@ -77,7 +77,7 @@ impl Exec for Direct<'_> {
 }
 
 /// Ops recorded on an autograd tape (DTensors or per-rank local tensors).
-pub struct Recorded<'a> {
+pub(crate) struct Recorded<'a> {
     pub ctx: &'a mut Ctx,
     pub tape: &'a mut Tape,
 }
@@ -198,7 +198,7 @@ pub fn choose<E: Exec>(
 
 /// The gate values: the unbiased scores at the chosen experts, renormalised to sum 1 when
 /// `route_norm`, times `route_scale`.
-pub fn gate_values<E: Exec>(ex: &mut E, scores: &E::V, ids: &E::V, cfg: &RouterConfig) -> Result<E::V> {
+pub(crate) fn gate_values<E: Exec>(ex: &mut E, scores: &E::V, ids: &E::V, cfg: &RouterConfig) -> Result<E::V> {
     ex.label("topk_scores");
     let ts = ex.op1(Op::Gather { dim: -1 }, &[scores, ids])?;
     scale(ex, ts, cfg)

@@ -107,7 +107,7 @@ impl RouterConfig {
         Ok(RouterConfig { experts, top_k, options })
     }
 
-    pub fn experts_per_group(&self) -> Option<usize> {
+    pub(crate) fn experts_per_group(&self) -> Option<usize> {
         self.options.groups.map(|g| self.experts / g.num_groups)
     }
 }
@@ -128,7 +128,7 @@ names::named_enum! {
 
 impl Preset {
     /// The model dim D of the preset's model.
-    pub fn model_dim(self) -> usize {
+    pub(crate) fn model_dim(self) -> usize {
         match self {
             Preset::DeepSeekV3Debug => 256,
             Preset::DeepSeekV3_236B => 5120,

@@ -29,7 +29,7 @@ pub fn dispatch(ids: &Tensor, counts: &Tensor) -> Dispatch {
 /// Checks, on every rank, that the local counts describe the local ids: the offsets end at the
 /// number of routed slots the rank holds, and each expert's segment holds only that expert.
 /// Returns one message per inconsistent rank.
-pub fn local_consistency(ids: &DTensor, counts: &DTensor) -> Vec<String> {
+pub(crate) fn local_consistency(ids: &DTensor, counts: &DTensor) -> Vec<String> {
     let mut bad = Vec::new();
     for r in 0..ids.locals.len() {
         let d = dispatch(&ids.locals[r], &counts.locals[r]);

@@ -39,7 +39,7 @@ impl RouterInputs {
 }
 
 /// Drawn values: x, gate, gate bias, expert bias (the biases only when the router has them).
-pub struct Drawn {
+pub(crate) struct Drawn {
     pub x: Vec<f64>,
     pub gate: Vec<f64>,
     pub gate_bias: Option<Vec<f64>>,
@@ -48,7 +48,7 @@ pub struct Drawn {
 
 /// Draws the values of `x`, `gate` and `expert_bias` for a case (unrounded), then the gate bias
 /// (drawn last, so cases without one draw what they always drew).
-pub fn draw_values(s: &RouterSpec, c: &Common) -> Drawn {
+pub(crate) fn draw_values(s: &RouterSpec, c: &Common) -> Drawn {
     let d = s.dims;
     let case = c;
     let mut rng = ChaCha8Rng::seed_from_u64(case.data.seed);

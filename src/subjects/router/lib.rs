@@ -43,23 +43,8 @@ pub struct RouterOutputs<T> {
 }
 
 impl<T> RouterOutputs<T> {
-    /// Every output through `f`; `None` when `f` fails on any.
-    pub fn try_map<U>(&self, mut f: impl FnMut(&T) -> Option<U>) -> Option<RouterOutputs<U>> {
-        Some(RouterOutputs {
-            topk_scores: f(&self.topk_scores)?,
-            topk_ids: f(&self.topk_ids)?,
-            scores: f(&self.scores)?,
-            routing_map: f(&self.routing_map)?,
-            counts: f(&self.counts)?,
-            group_mask: match &self.group_mask {
-                Some(g) => Some(f(g)?),
-                None => None,
-            },
-        })
-    }
-
     /// The outputs of a run by name (shallow copies), when every one is there.
-    pub fn from_named(n: &harness::run::Named<T>, copy: impl Fn(&T) -> T) -> Option<RouterOutputs<T>> {
+    pub(crate) fn from_named(n: &harness::run::Named<T>, copy: impl Fn(&T) -> T) -> Option<RouterOutputs<T>> {
         let get = |name: &str| n.get(name).map(&copy);
         Some(RouterOutputs {
             topk_scores: get("topk_scores")?,
@@ -69,20 +54,5 @@ impl<T> RouterOutputs<T> {
             counts: get("counts")?,
             group_mask: get("group_mask"),
         })
-    }
-
-    /// Outputs in report order with their names.
-    pub fn named(&self) -> Vec<(&'static str, &T)> {
-        let mut v = vec![
-            ("topk_scores", &self.topk_scores),
-            ("topk_ids", &self.topk_ids),
-            ("scores", &self.scores),
-            ("routing_map", &self.routing_map),
-            ("counts", &self.counts),
-        ];
-        if let Some(g) = &self.group_mask {
-            v.push(("group_mask", g));
-        }
-        v
     }
 }

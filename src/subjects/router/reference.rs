@@ -227,7 +227,7 @@ fn margins_small(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
 }
 
 /// The shadow in libtorch float64 ops, for large or GPU cases.
-pub fn margins_torch(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
+pub(crate) fn margins_torch(cfg: &RouterConfig, x: &Tensor, w: &Weights) -> Margins {
     let bias = w.expert_bias;
     let x64 = x.to_kind(Kind::Float).to_kind(Kind::Double);
     let w64 = w.gate.to_kind(Kind::Float).to_kind(Kind::Double);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tch::Tensor;
 
 /// The two routing sites that scatter, as the communication log labels them.
-pub const SCATTER_SITES: [&str; 2] = ["group_mask", "routing_map"];
+pub(crate) const SCATTER_SITES: [&str; 2] = ["group_mask", "routing_map"];
 
 /// What the router's own oracles need beside the shared run.
 pub struct Extra {

@@ -57,7 +57,7 @@ pub struct RouterSpec {
 }
 
 impl RouterSpec {
-    pub fn router_config(&self) -> Result<RouterConfig, CaseError> {
+    pub(crate) fn router_config(&self) -> Result<RouterConfig, CaseError> {
         RouterConfig::new(self.dims.experts, self.dims.top_k, self.router.clone()).map_err(|e| {
             let field = match e.field {
                 "experts" | "top_k" => format!("dims.{}", e.field),

@@ -20,7 +20,7 @@ pub struct Bounds {
     pub group: Vec<f64>,
 }
 
-pub fn gamma(n: usize, u: f64) -> f64 {
+pub(crate) fn gamma(n: usize, u: f64) -> f64 {
     let nu = n as f64 * u;
     nu / (1.0 - nu).max(1e-300)
 }

@@ -35,7 +35,7 @@ impl LossClass {
 }
 
 /// torchtitan's reorderer refuses a token count that the TP degree does not divide.
-pub const UNEVEN_SPLIT: &str =
+pub(crate) const UNEVEN_SPLIT: &str =
     "Uneven split of tokens of is not supported yet. Requires EP degree dividing batch size * seq len.";
 
 pub fn class(spec: &BackwardSpec, n: usize) -> LossClass {
@@ -74,7 +74,7 @@ pub fn v(seed: u64, t: usize, e: usize) -> Vec<f32> {
 }
 
 /// Rank r's weights `V_r` (T, E) in global token order, for `n` ranks.
-pub fn rank_weights(seed: u64, t: usize, e: usize, n: usize, class: LossClass, r: usize) -> Vec<f32> {
+pub(crate) fn rank_weights(seed: u64, t: usize, e: usize, n: usize, class: LossClass, r: usize) -> Vec<f32> {
     match class {
         LossClass::Partial if r + 1 < n => stream(seed, 1 + r as u64, t, e),
         LossClass::Partial => {
@@ -107,7 +107,7 @@ pub fn seed(weights: &[f32], experts: usize, tok: &[i64], ids: &Tensor) -> Tenso
 
 /// Σ_r |V_r| as a (T, E) tensor: how large the per-rank loss weights are, even where they sum to
 /// zero (the partial shares), for rounding bounds.
-pub fn abs_weights(seed: u64, t: usize, e: usize, n: usize, class: LossClass, device: Device) -> Tensor {
+pub(crate) fn abs_weights(seed: u64, t: usize, e: usize, n: usize, class: LossClass, device: Device) -> Tensor {
     let mut acc = vec![0.0f32; t * e];
     for r in 0..n {
         acc.iter_mut().zip(rank_weights(seed, t, e, n, class, r)).for_each(|(a, w)| *a += w.abs());
@@ -116,7 +116,7 @@ pub fn abs_weights(seed: u64, t: usize, e: usize, n: usize, class: LossClass, de
 }
 
 /// V as a (T, E) float32 tensor.
-pub fn v_tensor(seed: u64, t: usize, e: usize, device: Device) -> Tensor {
+pub(crate) fn v_tensor(seed: u64, t: usize, e: usize, device: Device) -> Tensor {
     Tensor::from_slice(&v(seed, t, e)).reshape([t as i64, e as i64]).to_device(device)
 }
 

@@ -35,18 +35,18 @@ names::named_enum! {
 
 impl Boundary {
     /// The revisions whose router runs on local tensors (the gate output crosses `to_local`).
-    pub fn local_router(self, ep: bool) -> bool {
+    pub(crate) fn local_router(self, ep: bool) -> bool {
         matches!(self, Boundary::Pre2416 | Boundary::Pr2388 | Boundary::T2416) || (self == Boundary::T3192 && !ep)
     }
 
     /// Whether the revision predates #2416's revert of #1878 (experts' input labelled P, so
     /// TP-sharded experts hand every rank the complete score gradient with `score_before_experts`).
-    pub fn has_1878(self) -> bool {
+    pub(crate) fn has_1878(self) -> bool {
         matches!(self, Boundary::Pre2416 | Boundary::Pr2388)
     }
 
     /// Whether expert tensor parallelism (`etp = tp`) exists in the revision.
-    pub fn has_etp(self) -> bool {
+    pub(crate) fn has_etp(self) -> bool {
         matches!(self, Boundary::Pre2416 | Boundary::Pr2388 | Boundary::T2416)
     }
 }
@@ -79,7 +79,7 @@ impl std::fmt::Display for BackwardSpec {
 
 impl BackwardSpec {
     /// The MoE input's placement on the TP axis.
-    pub fn moe_input(&self) -> Placement {
+    pub(crate) fn moe_input(&self) -> Placement {
         if self.sp {
             Placement::Shard(1)
         } else {
@@ -88,13 +88,13 @@ impl BackwardSpec {
     }
 
     /// Whether the router runs on token-sharded DTensors.
-    pub fn token_sharded_router(&self) -> bool {
+    pub(crate) fn token_sharded_router(&self) -> bool {
         self.ep && !self.boundary.local_router(self.ep)
     }
 
     /// The placement the boundary gives the router's input (`layout.x` of the case): tt-3192
     /// with EP keeps the MoE input's; the other token-sharded routers get `S(1)`.
-    pub fn router_input(&self) -> Placement {
+    pub(crate) fn router_input(&self) -> Placement {
         match (self.token_sharded_router(), self.boundary) {
             (true, Boundary::T3192) => self.moe_input(),
             (true, _) => Placement::Shard(1),

@@ -27,13 +27,6 @@ pub struct RefGrads {
     pub ids: Tensor,
 }
 
-/// What one gradient should be, and the sizes that bound its rounding.
-pub struct Expected<'a> {
-    pub grad: &'a Tensor,
-    pub terms: &'a Tensor,
-    pub logits: &'a Tensor,
-}
-
 fn leaf(t: &Tensor, kind: Kind) -> Tensor {
     t.to_kind(kind).detach().set_requires_grad(true)
 }
@@ -162,19 +155,4 @@ fn through_linear(gl: &Tensor, x64: &Tensor, w64: &Tensor, experts: usize, bias:
     }
     v.push(("x", gl.matmul(&w64.abs())));
     v
-}
-
-impl RefGrads {
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        find(&self.grads, name)
-    }
-
-    /// The reference gradient `name` with its rounding sizes.
-    pub fn expected(&self, name: &str) -> Option<Expected<'_>> {
-        Some(Expected { grad: self.get(name)?, terms: find(&self.terms, name)?, logits: find(&self.logits, name)? })
-    }
-}
-
-fn find<'a>(v: &'a [(&'static str, Tensor)], name: &str) -> Option<&'a Tensor> {
-    v.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
 }

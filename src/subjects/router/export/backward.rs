@@ -9,7 +9,7 @@ use harness::case::Common;
 use harness::pyfmt::tensor;
 use harness::tensor_data::{TensorData, Values};
 
-pub const HARNESS: &str = include_str!("../../../../python/export/backward.py");
+pub(crate) const HARNESS: &str = include_str!("../../../../python/export/backward.py");
 
 /// torchtitan's reorderer's refusal (the one text: `loss::UNEVEN_SPLIT`).
 const UNEVEN: &str = loss::UNEVEN_SPLIT;

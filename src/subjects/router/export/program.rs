@@ -113,7 +113,7 @@ pub fn router(_c: &Common, s: &RouterSpec) -> String {
 
 /// The node-limited routing's choice of groups (the forward and backward programs share it):
 /// keep the `limited` of `groups` groups whose top-2 scores sum highest.
-pub fn group_choice(groups: usize, limited: usize) -> [String; 3] {
+pub(crate) fn group_choice(groups: usize, limited: usize) -> [String; 3] {
     [
         format!("scores_grouped = scores_for_choice.unflatten(-1, ({groups}, E // {groups}))"),
         "group_scores = scores_grouped.topk(2, dim=-1).values.sum(dim=-1)".into(),

@@ -35,7 +35,7 @@ impl Default for RouterGen {
 
 impl RouterGen {
     /// The router revisions drawn from (every one when none is named).
-    pub fn router_revisions(&self) -> &[RouterRev] {
+    pub(crate) fn router_revisions(&self) -> &[RouterRev] {
         if self.routers.is_empty() {
             RouterRev::ALL
         } else {
@@ -44,7 +44,7 @@ impl RouterGen {
     }
 
     /// The boundary revisions drawn from (every one when none is named).
-    pub fn boundary_revisions(&self) -> &[Boundary] {
+    pub(crate) fn boundary_revisions(&self) -> &[Boundary] {
         if self.boundaries.is_empty() {
             Boundary::ALL
         } else {
