@@ -74,6 +74,21 @@ class Logged:
             return t.numel() * t.element_size()
         return max(x.numel() * x.element_size() for x in locs.values())
 
+    @staticmethod
+    def _nbytes_list(ts):
+        """Bytes one rank receives into a list of buffers: the largest per-rank total."""
+        per_rank = {}
+        for t in ts:
+            locs = getattr(t, "_local_tensors", None)
+            if locs is None:
+                locs = {None: t}
+            for r, x in locs.items():
+                per_rank[r] = per_rank.get(r, 0) + x.numel() * x.element_size()
+        if None in per_rank and len(per_rank) > 1:
+            plain = per_rank.pop(None)
+            per_rank = {r: v + plain for r, v in per_rank.items()}
+        return max(per_rank.values())
+
     def all_reduce(self, t, op=None, group=None, **kw):
         self.log.append({"op": "all_reduce", "axis": self._axis(group), "bytes": self._nbytes(t)})
         return self.real.all_reduce(t, op=op, group=group, **kw)
@@ -83,7 +98,7 @@ class Logged:
         return self.real.all_gather_into_tensor(out, t, group=group, **kw)
 
     def all_gather(self, outs, t, group=None, **kw):
-        self.log.append({"op": "all_gather", "axis": self._axis(group), "bytes": sum(self._nbytes(o) for o in outs)})
+        self.log.append({"op": "all_gather", "axis": self._axis(group), "bytes": self._nbytes_list(outs)})
         return self.real.all_gather(outs, t, group=group, **kw)
 
     def reduce_scatter_tensor(self, out, t, op=None, group=None, **kw):
@@ -95,7 +110,7 @@ class Logged:
         return self.real.reduce_scatter(out, ts, op=op, group=group, **kw)
 
     def all_to_all(self, outs, ins, group=None, **kw):
-        self.log.append({"op": "all_to_all", "axis": self._axis(group), "bytes": sum(self._nbytes(o) for o in outs)})
+        self.log.append({"op": "all_to_all", "axis": self._axis(group), "bytes": self._nbytes_list(outs)})
         return self.real.all_to_all(outs, ins, group=group, **kw)
 
 
