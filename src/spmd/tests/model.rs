@@ -67,14 +67,14 @@ fn uneven_all_to_all_dispatch_and_combine_round_trip() {
     assert_eq!(routed.locals[1].size(), vec![3, 2]);
     let back: Vec<Vec<i64>> = (0..3).map(|r| (0..3).map(|j| send[j][r]).collect()).collect();
     let y = s.all_to_all_uneven(&routed, "ep", V, V, &back).unwrap();
-    for r in 0..3 {
-        assert!(y.locals[r].equal(&xs[r]));
+    for (yr, xr) in y.locals.iter().zip(&xs) {
+        assert!(yr.equal(xr));
     }
     let g: Vec<Tensor> = xs.iter().map(|t| t.ones_like() * 2.0).collect();
     s.backward(&y, Some(g)).unwrap();
     let gx = s.grad(&x).unwrap();
-    for r in 0..3 {
-        assert!(gx.locals[r].equal(&(xs[r].ones_like() * 2.0)));
+    for (gr, xr) in gx.locals.iter().zip(&xs) {
+        assert!(gr.equal(&(xr.ones_like() * 2.0)));
     }
     assert_eq!(s.comms().len(), 4);
 }
