@@ -1,0 +1,307 @@
+//! Rank-local ops: every rank runs the same libtorch op on its own locals; the output type
+//! follows the checker's rules for the op's linearity; autograd takes each rank's
+//! vector-Jacobian product through libtorch.
+//!
+//! The op table follows the library's registry: add/sub/neg/clone/sum/mean/cumsum/cat/stack,
+//! views (view, reshape, transpose, expand, ...), gather and index_select are LINEAR;
+//! mul/matmul/mm/einsum are MULTILINEAR; div is MULTILINEAR with the divisor a nonlinear
+//! argument; every other op (F.linear, sigmoid, softmax, silu, topk, argsort, scatter_add,
+//! indexing with `x[idx]`, masked_fill, dtype casts, zeros_like, ...) is NONLINEAR.
+
+use crate::error::{Result, SpmdError};
+use crate::infer::{infer_output, In, Linearity};
+use crate::types::{LocalType, Ty};
+use crate::{STensor, Spmd};
+use tch::{Kind, Tensor};
+
+/// How the checker treats one op.
+#[derive(Clone, Copy, Debug)]
+pub struct OpSpec {
+    /// The Python function name the checker prints (`div`, `__rdiv__`, ...).
+    pub name: &'static str,
+    pub linearity: Linearity,
+    /// A Python number sits at one of the op's tensor positions (`x + 1.0`, `x / 2`): it
+    /// takes part in the rule as a scalar operand.
+    pub scalar: bool,
+    /// The operand (index among the call's arguments) that enters nonlinearly (a divisor):
+    /// it must not be P.
+    pub nonlinear_arg: Option<usize>,
+}
+
+impl OpSpec {
+    pub const fn nonlinear(name: &'static str) -> OpSpec {
+        OpSpec { name, linearity: Linearity::Nonlinear, scalar: false, nonlinear_arg: None }
+    }
+    pub const fn linear(name: &'static str) -> OpSpec {
+        OpSpec { name, linearity: Linearity::Linear, scalar: false, nonlinear_arg: None }
+    }
+    pub const fn multilinear(name: &'static str) -> OpSpec {
+        OpSpec { name, linearity: Linearity::Multilinear, scalar: false, nonlinear_arg: None }
+    }
+    pub const fn with_scalar(mut self) -> OpSpec {
+        self.scalar = true;
+        self
+    }
+    pub const fn with_nonlinear_arg(mut self, i: usize) -> OpSpec {
+        self.nonlinear_arg = Some(i);
+        self
+    }
+}
+
+fn is_float(k: Kind) -> bool {
+    matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
+impl Spmd {
+    /// The output type of an op with these operand types, or the checker's error.
+    pub fn op_type(&self, spec: &OpSpec, ins: &[&LocalType]) -> Result<LocalType> {
+        if let Some(i) = spec.nonlinear_arg {
+            if let Some(t) = ins.get(i) {
+                for a in self.mesh().typed_axes_in_mesh_order() {
+                    if t.get(&a) == Some(&Ty::P) {
+                        return Err(SpmdError::Type(format!(
+                            "{}: Partial type in nonlinear argument on axis {} is not allowed. Reduce or convert the \
+                             Partial operand before using it in a nonlinear position.",
+                            spec.name,
+                            self.mesh().shown(a)
+                        )));
+                    }
+                }
+            }
+        }
+        let mut v: Vec<In> = ins.iter().map(|t| In::T(t)).collect();
+        if spec.scalar {
+            v.push(In::Scalar);
+        }
+        infer_output(self.mesh(), &v, spec.linearity)
+    }
+
+    /// Runs `f` on every rank's locals of `inputs` and types the outputs (all outputs get the
+    /// same type, as the checker stamps them). Autograd flows to every floating input that
+    /// takes part in a backward.
+    pub fn local_op(
+        &mut self,
+        spec: &OpSpec,
+        inputs: &[&STensor],
+        f: impl Fn(&[Tensor]) -> Vec<Tensor>,
+    ) -> Result<Vec<STensor>> {
+        let tys: Vec<&LocalType> = inputs.iter().map(|x| &x.ty).collect();
+        let ty = self.op_type(spec, &tys)?;
+        let track: Vec<bool> = inputs.iter().map(|x| x.id.is_some() && is_float(x.kind())).collect();
+        let ranks = self.mesh().ranks();
+        if !track.iter().any(|t| *t) {
+            let mut outs: Vec<Vec<Tensor>> = Vec::new();
+            for r in 0..ranks {
+                let args: Vec<Tensor> = inputs.iter().map(|x| x.locals[r].shallow_clone()).collect();
+                let o = tch::no_grad(|| f(&args));
+                if outs.is_empty() {
+                    outs = (0..o.len()).map(|_| Vec::with_capacity(ranks)).collect();
+                }
+                for (k, t) in o.into_iter().enumerate() {
+                    outs[k].push(t);
+                }
+            }
+            return Ok(outs.into_iter().map(|locals| STensor { locals, ty: ty.clone(), id: None }).collect());
+        }
+        // per rank: the inputs as fresh libtorch leaves, the outputs with their graphs
+        let mut leaves: Vec<Vec<Tensor>> = Vec::with_capacity(ranks);
+        let mut graphs: Vec<Vec<Tensor>> = Vec::with_capacity(ranks);
+        for r in 0..ranks {
+            let args: Vec<Tensor> = inputs
+                .iter()
+                .zip(&track)
+                .map(|(x, t)| if *t { x.locals[r].detach().set_requires_grad(true) } else { x.locals[r].detach() })
+                .collect();
+            let o = f(&args);
+            leaves.push(args);
+            graphs.push(o);
+        }
+        let n_out = graphs[0].len();
+        let outs: Vec<Vec<Tensor>> = (0..n_out).map(|k| graphs.iter().map(|g| g[k].detach()).collect()).collect();
+        let track2 = track.clone();
+        let back: crate::tape::BackFn = Box::new(move |_comm, gouts| {
+            let mut per_input: Vec<Option<Vec<Tensor>>> =
+                track2.iter().map(|t| if *t { Some(Vec::new()) } else { None }).collect();
+            for r in 0..leaves.len() {
+                let mut s: Option<Tensor> = None;
+                for (k, g) in gouts.iter().enumerate() {
+                    let Some(g) = g else { continue };
+                    let o = &graphs[r][k];
+                    if !is_float(o.kind()) || !o.requires_grad() {
+                        continue;
+                    }
+                    let term = (o.to_kind(Kind::Double) * g[r].to_kind(Kind::Double)).sum(Kind::Double);
+                    s = Some(match s {
+                        Some(a) => a + term,
+                        None => term,
+                    });
+                }
+                let want: Vec<&Tensor> = leaves[r].iter().zip(&track2).filter(|(_, t)| **t).map(|(l, _)| l).collect();
+                let gs: Vec<Tensor> = match s {
+                    Some(s) if s.requires_grad() => {
+                        let res = Tensor::run_backward(&[&s], &want, true, false);
+                        res.into_iter().zip(&want).map(|(g, l)| if g.defined() { g } else { l.zeros_like() }).collect()
+                    }
+                    _ => want.iter().map(|l| l.zeros_like()).collect(),
+                };
+                let mut it = gs.into_iter();
+                for pi in per_input.iter_mut().flatten() {
+                    pi.push(it.next().expect("one gradient per tracked input"));
+                }
+            }
+            Ok(per_input)
+        });
+        let ids = self.tape.record(
+            inputs.iter().zip(&track).map(|(x, t)| if *t { x.id } else { None }).collect(),
+            n_out,
+            back,
+        );
+        Ok(outs.into_iter().zip(ids).map(|(locals, id)| STensor { locals, ty: ty.clone(), id: Some(id) }).collect())
+    }
+
+    /// A one-output rank-local op.
+    pub fn local1(&mut self, spec: &OpSpec, inputs: &[&STensor], f: impl Fn(&[Tensor]) -> Tensor) -> Result<STensor> {
+        Ok(self.local_op(spec, inputs, |a| vec![f(a)])?.swap_remove(0))
+    }
+
+    // ---- LINEAR ----
+
+    pub fn add(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::linear("add"), &[a, b], |x| &x[0] + &x[1])
+    }
+    pub fn sub(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::linear("sub"), &[a, b], |x| &x[0] - &x[1])
+    }
+    /// `a + s` with a Python number: a scalar operand of a linear op (affine next to P).
+    pub fn add_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
+        self.local1(&OpSpec::linear("add").with_scalar(), &[a], move |x| &x[0] + s)
+    }
+    pub fn neg(&mut self, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::linear("neg"), &[a], |x| -&x[0])
+    }
+    /// `sum(dims)` (all dims when `dims` is empty).
+    pub fn sum(&mut self, a: &STensor, dims: &[i64], keepdim: bool) -> Result<STensor> {
+        let dims = dims.to_vec();
+        self.local1(&OpSpec::linear("sum"), &[a], move |x| {
+            if dims.is_empty() {
+                x[0].sum(x[0].kind())
+            } else {
+                x[0].sum_dim_intlist(dims.as_slice(), keepdim, x[0].kind())
+            }
+        })
+    }
+    pub fn cumsum(&mut self, a: &STensor, dim: i64, kind: Kind) -> Result<STensor> {
+        self.local1(&OpSpec::linear("cumsum"), &[a], move |x| x[0].cumsum(dim, kind))
+    }
+    pub fn cat(&mut self, xs: &[&STensor], dim: i64) -> Result<STensor> {
+        self.local1(&OpSpec::linear("cat"), xs, move |x| Tensor::cat(x, dim))
+    }
+    pub fn view(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
+        let s = shape.to_vec();
+        self.local1(&OpSpec::linear("view"), &[a], move |x| x[0].view(s.as_slice()))
+    }
+    pub fn reshape(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
+        let s = shape.to_vec();
+        self.local1(&OpSpec::linear("reshape"), &[a], move |x| x[0].reshape(s.as_slice()))
+    }
+    pub fn transpose(&mut self, a: &STensor, d0: i64, d1: i64) -> Result<STensor> {
+        self.local1(&OpSpec::linear("transpose"), &[a], move |x| x[0].transpose(d0, d1))
+    }
+    pub fn expand(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
+        let s = shape.to_vec();
+        self.local1(&OpSpec::linear("expand"), &[a], move |x| x[0].expand(s.as_slice(), false))
+    }
+    /// `a.gather(dim, index)`: LINEAR over both tensor operands (the index too).
+    pub fn gather(&mut self, a: &STensor, dim: i64, index: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::linear("gather"), &[a, index], move |x| x[0].gather(dim, &x[1], false))
+    }
+    pub fn index_select(&mut self, a: &STensor, dim: i64, index: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::linear("index_select"), &[a, index], move |x| x[0].index_select(dim, &x[1]))
+    }
+
+    // ---- MULTILINEAR ----
+
+    pub fn mul(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("mul"), &[a, b], |x| &x[0] * &x[1])
+    }
+    /// `a * s`: the library does not count the number as an operand of mul.
+    pub fn mul_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("mul"), &[a], move |x| &x[0] * s)
+    }
+    pub fn div(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("div").with_nonlinear_arg(1), &[a, b], |x| &x[0] / &x[1])
+    }
+    pub fn div_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("div").with_scalar(), &[a], move |x| &x[0] / s)
+    }
+    /// `s / a`: the tensor is the nonlinear argument.
+    pub fn rdiv_scalar(&mut self, s: f64, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("__rdiv__").with_scalar().with_nonlinear_arg(0), &[a], move |x| {
+            x[0].reciprocal() * s
+        })
+    }
+    pub fn matmul(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("matmul"), &[a, b], |x| x[0].matmul(&x[1]))
+    }
+    pub fn mm(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::multilinear("mm"), &[a, b], |x| x[0].mm(&x[1]))
+    }
+
+    // ---- NONLINEAR (every op the library does not list) ----
+
+    /// `F.linear(x, w)` (= x @ w.T): not in the library's registry, so NONLINEAR.
+    pub fn linear(&mut self, x: &STensor, w: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("linear"), &[x, w], |a| a[0].matmul(&a[1].tr()))
+    }
+    pub fn sigmoid(&mut self, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("sigmoid"), &[a], |x| x[0].sigmoid())
+    }
+    pub fn softmax(&mut self, a: &STensor, dim: i64) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("softmax"), &[a], move |x| x[0].softmax(dim, x[0].kind()))
+    }
+    pub fn silu(&mut self, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("silu"), &[a], |x| x[0].silu())
+    }
+    pub fn exp(&mut self, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("exp"), &[a], |x| x[0].exp())
+    }
+    pub fn maximum(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("maximum"), &[a, b], |x| x[0].maximum(&x[1]))
+    }
+    /// `torch.topk(a, k, dim, sorted=False)`: (values, indices), both typed alike.
+    pub fn topk(&mut self, a: &STensor, k: i64, dim: i64) -> Result<(STensor, STensor)> {
+        let mut v = self.local_op(&OpSpec::nonlinear("topk"), &[a], move |x| {
+            let (vals, idx) = x[0].topk(k, dim, true, true);
+            vec![vals, idx]
+        })?;
+        let idx = v.pop().expect("two outputs");
+        Ok((v.pop().expect("two outputs"), idx))
+    }
+    /// `torch.argsort(a, stable=True)` along `dim`.
+    pub fn argsort(&mut self, a: &STensor, dim: i64) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("argsort"), &[a], move |x| x[0].argsort_stable(true, dim, false))
+    }
+    /// `out.scatter_add(dim, index, src)` (torchtitan's deterministic_scatter_add).
+    pub fn scatter_add(&mut self, out: &STensor, dim: i64, index: &STensor, src: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("scatter_add"), &[out, index, src], move |x| x[0].scatter_add(dim, &x[1], &x[2]))
+    }
+    /// `a[idx]` on dim 0 (`__getitem__`: NONLINEAR).
+    pub fn index_rows(&mut self, a: &STensor, idx: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("__getitem__"), &[a, idx], |x| x[0].index_select(0, &x[1]))
+    }
+    pub fn masked_fill(&mut self, a: &STensor, mask: &STensor, value: f64) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("masked_fill"), &[a, mask], move |x| x[0].masked_fill(&x[1], value))
+    }
+    /// A dtype cast (`.bfloat16()`, `.float()`, `.to(kind)`): NONLINEAR.
+    pub fn to_kind(&mut self, a: &STensor, kind: Kind) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("to"), &[a], move |x| x[0].to_kind(kind))
+    }
+    /// `a.type_as(b)`.
+    pub fn type_as(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("type_as"), &[a, b], |x| x[0].to_kind(x[1].kind()))
+    }
+    /// `torch.zeros_like(a)`: with a typed input the checker types it like a NONLINEAR op of a.
+    pub fn zeros_like(&mut self, a: &STensor) -> Result<STensor> {
+        self.local1(&OpSpec::nonlinear("zeros_like"), &[a], |x| x[0].zeros_like())
+    }
+}
