@@ -129,7 +129,8 @@ fn a_worker_that_crashes_or_hangs_loses_only_its_case() {
     let files = [repo(CONTRACT), repo(CONTRACT)];
     let files: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     for (fault, why) in [("crash@0", "died"), ("hang@0", "")] {
-        let (code, r) = confirm(&["--engine", "local", "--timeout", "10", "--inject-fault", fault], &files);
+        // The timeout must cover a fresh worker's start and one case on a loaded machine.
+        let (code, r) = confirm(&["--engine", "local", "--timeout", "30", "--inject-fault", fault], &files);
         assert_eq!(r[0]["status"], "not_run", "{fault}: {}", r[0]);
         assert!(r[0]["reason"].as_str().unwrap().contains(why), "{fault}: {}", r[0]);
         assert_eq!(r[1]["status"], "agrees", "{fault}: the next case runs on a new worker: {}", r[1]);
