@@ -93,7 +93,7 @@ pub struct Footprint<'a> {
 }
 
 /// Classifies a single-mesh-dim move, or returns the error PyTorch raises for it.
-pub(crate) fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, PlacementError> {
+pub fn classify(from: Placement, to: Placement) -> Result<Option<Collective>, PlacementError> {
     use Placement::*;
     Ok(Some(match (from, to) {
         _ if from == to => return Ok(None),
