@@ -1,0 +1,76 @@
+"""CLI of the MoE recorder.
+
+    python -m moe_recorder generate --n 100 --seed 1 --out cases.jsonl [--backends spmd_types,partial_dtensor]
+    python -m moe_recorder record --python VENV/bin/python --cases cases.jsonl --out outcomes.jsonl
+
+`record` reads case/2 files (one JSON object per line, or one per file) and appends nothing: it
+writes `--out` afresh. Rank logs go to `--logdir` (default: a temporary folder)."""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def read_cases(path):
+    with open(path) as f:
+        text = f.read()
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("{") and "\n{" not in text:
+        return [json.loads(text)]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="moe_recorder")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--out", required=True)
+    g.add_argument("--backends", default="spmd_types,partial_dtensor")
+    g.add_argument("--rules", default="torch-2.14")
+    g.add_argument("--revision", default="tt-0.3.0")
+    g.add_argument("--reject-rate", type=float, default=0.12)
+    g.add_argument("--worlds", default=None, help="e.g. 2:1,4:1 (world:weight)")
+    r = sub.add_parser("record")
+    r.add_argument("--python", required=True, help="python of the venv with torch + torchtitan + spmd_types")
+    r.add_argument("--cases", required=True, nargs="+")
+    r.add_argument("--out", required=True)
+    r.add_argument("--logdir", default=None)
+    r.add_argument("--timeout", type=float, default=None, help="seconds per case (default 60 + 6 * world)")
+    r.add_argument("--grace", type=float, default=10.0,
+                   help="seconds the other ranks get after one rank has failed")
+    r.add_argument("--full-locals", action="store_true",
+                   help="keep every rank's local gradient even where the assembled value is recorded")
+    r.add_argument("--debug-detail", action="store_true",
+                   help="run ranks with TORCH_DISTRIBUTED_DEBUG=DETAIL")
+    a = ap.parse_args(argv)
+    if a.cmd == "generate":
+        from . import generate
+        worlds = None
+        if a.worlds:
+            worlds = [(int(p.split(":")[0]), float(p.split(":")[1])) for p in a.worlds.split(",")]
+        cases = generate.generate(a.n, a.seed, backends=tuple(a.backends.split(",")), rules=a.rules,
+                                  revision=a.revision, reject_rate=a.reject_rate, worlds=worlds)
+        generate.dump(cases, a.out)
+        return 0
+    from . import driver
+    cases = []
+    for p in a.cases:
+        cases.extend(read_cases(p))
+    logdir = a.logdir or tempfile.mkdtemp(prefix="moe-recorder-")
+    os.makedirs(logdir, exist_ok=True)
+    env = {"TORCH_DISTRIBUTED_DEBUG": "DETAIL"} if a.debug_detail else None
+    with open(a.out, "w") as out:
+        driver.record(cases, a.python, out, timeout=a.timeout, grace=a.grace, logdir=logdir, env=env,
+                      full_locals=a.full_locals)
+    sys.stderr.write(f"rank logs: {logdir}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
