@@ -31,7 +31,8 @@ def main(argv=None):
     g.add_argument("--n", type=int, required=True)
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--out", required=True)
-    g.add_argument("--backends", default="spmd_types,partial_dtensor")
+    g.add_argument("--backends", default=None, help="comma list (default: spmd_types 45%%, "
+                   "partial_dtensor 40%%, full_dtensor 15%%)")
     g.add_argument("--rules", default="torch-2.14")
     g.add_argument("--revision", default="tt-0.3.0")
     g.add_argument("--reject-rate", type=float, default=0.12)
@@ -46,15 +47,16 @@ def main(argv=None):
                    help="seconds the other ranks get after one rank has failed")
     r.add_argument("--full-locals", action="store_true",
                    help="keep every rank's local gradient even where the assembled value is recorded")
-    r.add_argument("--debug-detail", action="store_true",
-                   help="run ranks with TORCH_DISTRIBUTED_DEBUG=DETAIL")
+    r.add_argument("--no-debug-detail", action="store_true",
+                   help="run ranks without TORCH_DISTRIBUTED_DEBUG=DETAIL (then a collective whose sizes "
+                        "differ between ranks aborts gloo instead of raising a clean error)")
     a = ap.parse_args(argv)
     if a.cmd == "generate":
         from . import generate
         worlds = None
         if a.worlds:
             worlds = [(int(p.split(":")[0]), float(p.split(":")[1])) for p in a.worlds.split(",")]
-        cases = generate.generate(a.n, a.seed, backends=tuple(a.backends.split(",")), rules=a.rules,
+        cases = generate.generate(a.n, a.seed, backends=a.backends.split(",") if a.backends else None, rules=a.rules,
                                   revision=a.revision, reject_rate=a.reject_rate, worlds=worlds)
         generate.dump(cases, a.out)
         return 0
@@ -64,7 +66,7 @@ def main(argv=None):
         cases.extend(read_cases(p))
     logdir = a.logdir or tempfile.mkdtemp(prefix="moe-recorder-")
     os.makedirs(logdir, exist_ok=True)
-    env = {"TORCH_DISTRIBUTED_DEBUG": "DETAIL"} if a.debug_detail else None
+    env = None if a.no_debug_detail else {"TORCH_DISTRIBUTED_DEBUG": "DETAIL"}
     with open(a.out, "w") as out:
         driver.record(cases, a.python, out, timeout=a.timeout, grace=a.grace, logdir=logdir, env=env,
                       full_locals=a.full_locals)

@@ -2,14 +2,17 @@
 
 1. `SpmdDist`: spmd_types sends every collective through a replaceable module
    (`spmd_types._dist.dist`). This proxy logs each call with the spmd_types-level name and
-   forwards it to torch.distributed. gloo's list `all_to_all` refuses chunks of unequal size, so an
-   uneven list exchange is carried out as one `all_to_all_single` with split sizes (same data).
+   forwards it to torch.distributed. gloo's list `all_to_all` refuses chunks of unequal size, so
+   every list exchange is carried out as one `all_to_all_single` with split sizes (same data; the
+   same op on every rank, so DETAIL's cross-rank check sees no difference between an even and an
+   uneven exchange).
 2. `C10dLog`: a TorchDispatchMode that sees the c10d ops every eager collective turns into
    (`c10d.allreduce_`, `c10d.alltoall_base_`, ...) and the functional collectives DTensor and the
    partial_dtensor dispatcher issue (`_c10d_functional.*`). This is the complete, backend-neutral log.
 
-Each record: op, group (mesh axis name when known), ranks of the group, bytes sent by this rank,
-phase (forward / backward / hook / parallelize), and for exchanges the split sizes."""
+Each record: op, axes (the mesh axes whose process group it ran on: one group can serve several
+axes), ranks of the group, bytes sent by this rank, phase (parallelize / forward / backward /
+hook), `via` (the c10d or functional op), and for exchanges the split sizes."""
 
 import os
 
@@ -118,10 +121,12 @@ class SpmdDist:
         even = len(set(tuple(t.shape) for t in input_tensor_list + output_tensor_list)) <= 1
         self._log("all_to_all", group, _nbytes(input_tensor_list), input_splits=ins, output_splits=outs,
                   even=even)
-        if even or os.environ.get("MOE_RECORDER_NO_A2A_FALLBACK"):
+        if os.environ.get("MOE_RECORDER_NO_A2A_FALLBACK"):
             return dist.all_to_all(output_tensor_list, input_tensor_list, group=group, async_op=async_op)
-        # Uneven: one all_to_all_single over dim 0 with split sizes (gloo supports this one).
-        rest = list(input_tensor_list[0].shape[1:]) if input_tensor_list else []
+        # Always one all_to_all_single over dim 0 with split sizes (gloo's list all_to_all refuses
+        # unequal chunks; using the single form on every call keeps all ranks issuing the same op
+        # even when one rank's exchange happens to be even and another's is not).
+        rest = list(input_tensor_list[0].shape[1:]) if input_tensor_list and input_tensor_list[0].dim() else []
         inp = torch.cat([t.reshape([-1] + rest) for t in input_tensor_list], dim=0)
         out = torch.empty([sum(outs)] + rest, dtype=inp.dtype, device=inp.device)
         dist.all_to_all_single(out, inp, output_split_sizes=outs, input_split_sizes=ins, group=group)

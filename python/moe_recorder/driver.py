@@ -119,13 +119,15 @@ class RankGroup:
                     if not m.get("ok") and first_err is None:
                         first_err = time.time()
             if any(p.poll() is not None for p in self.procs):
-                # a rank died (gloo aborts the process on some mismatches)
+                # a rank died (gloo aborts the process on some mismatches); the others are stuck
                 time.sleep(0.5)
                 for r, m in self._read(time.time() + 0.5):
                     if m.get("id") == cid and m.get("done"):
                         done[r] = m
+                dead = [r for r, p in enumerate(self.procs) if p.poll() is not None]
                 break
         hung = [r for r in range(self.world) if r not in done]
+        dead = [r for r, p in enumerate(self.procs) if p.poll() is not None]
         for r in hung:
             p = self.procs[r]
             died = p.poll() is not None
@@ -133,6 +135,8 @@ class RankGroup:
                        "layouts": {}, "types": {}, "comms": [], "notes": [],
                        "error": {"kind": "Died" if died else "Hang",
                                  "message": (f"rank {r} exited (code {p.returncode}) during stage {stage[r]}" if died else
+                                             f"rank {r} did not finish stage {stage[r]}: still waiting when "
+                                             f"rank {dead[0]} died" if dead else
                                              f"rank {r} did not finish stage {stage[r]} within "
                                              f"{round(time.time() - start, 1)} s")}}
         return [done[r] for r in range(self.world)], bool(hung)
@@ -302,7 +306,8 @@ def record(cases, python, out, timeout=None, grace=10.0, logdir=None, env=None, 
         if group is not None and group.world != w:
             group.close()
             group = None
-        notes = []
+        notes = ["TORCH_DISTRIBUTED_DEBUG=" + env["TORCH_DISTRIBUTED_DEBUG"]] if env and env.get(
+            "TORCH_DISTRIBUTED_DEBUG") else []
         if group is None:
             try:
                 group = RankGroup(w, python, env=env, logdir=logdir)

@@ -83,7 +83,7 @@ def route_margins(x_row, gate, E, D, K, score_func, bias, groups, dtype):
 
 # ---------------------------------------------------------------- configurations
 
-WORLDS = [(1, 4), (2, 40), (4, 36), (8, 14), (16, 6)]
+WORLDS = [(1, 4), (2, 42), (4, 38), (8, 12), (16, 3)]
 
 
 def pick_weighted(rnd, items):
@@ -114,11 +114,14 @@ def factor_world(rnd, world):
     return pick_weighted(rnd, weights)
 
 
-def make_case(rnd, backends=("spmd_types", "partial_dtensor"), rules="torch-2.14", revision="tt-0.3.0",
+BACKENDS = (("spmd_types", 45), ("partial_dtensor", 40), ("full_dtensor", 15))
+
+
+def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
               reject_rate=0.12, worlds=None, seed=None):
     world = pick_weighted(rnd, worlds or WORLDS)
     dp, cp, tp = factor_world(rnd, world)
-    backend = rnd.choice(backends)
+    backend = pick_weighted(rnd, [b for b in BACKENDS if backends is None or b[0] in backends])
     dpr = rnd.choice(divisors(dp)) if dp > 1 and rnd.random() < 0.4 else 1
     dps = dp // dpr
     sparse = dps * cp * tp
@@ -136,7 +139,7 @@ def make_case(rnd, backends=("spmd_types", "partial_dtensor"), rules="torch-2.14
             kind_reject = None
     sp = rnd.random() < 0.55
 
-    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 4), (4, 5), (8, 1)) if e % ep == 0] or [(4 * ep, 1)])
+    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 5), (4, 6), (8, 1)) if e % ep == 0] or [(4 * ep, 1)])
     if kind_reject == "experts":
         bad = [e for e in (2, 3, 6) if ep > 1 and e % ep]
         E = rnd.choice(bad) if bad else E
@@ -163,7 +166,7 @@ def make_case(rnd, backends=("spmd_types", "partial_dtensor"), rules="torch-2.14
     # tokens: batch B (multiple of dp), sequence L (multiple of cp, and of tp under SP, mostly)
     b_loc = rnd.choice([1, 1, 2])
     B = dp * b_loc
-    max_L = max(1, 16 // B)
+    max_L = max(1, (24 if cp > 1 else 16) // B)
     seq_unit = cp * (2 if cp > 1 else 1) * (tp if sp else 1)
     Ls = [l for l in range(1, max_L + 1) if l % seq_unit == 0]
     style_T = rnd.random()
@@ -274,13 +277,17 @@ def make_case(rnd, backends=("spmd_types", "partial_dtensor"), rules="torch-2.14
     }
     if not trainer_checks:
         subject["trainer_checks"] = False
+    if backend == "spmd_types" and rnd.random() < 0.15:
+        subject["typecheck"] = True
     if kind_reject:
         data["intent"] = "reject:" + kind_reject  # a hint for humans; the recording says what happened
     return {"format": "shardfuzz.case/2", "mesh": {"shape": [dp, cp, tp], "names": ["dp", "cp", "tp"]},
             "rules": rules, "dtype": dtype, "device": "cpu", "data": data, "subject": subject}
 
 
-def generate(n, seed, **kw):
+def generate(n, seed, backends=None, **kw):
+    if backends is not None:
+        kw["backends"] = tuple(backends)
     rnd = random.Random(seed)
     return [make_case(rnd, **kw) for _ in range(n)]
 
