@@ -128,6 +128,7 @@ class RankGroup:
                 break
         hung = [r for r in range(self.world) if r not in done]
         dead = [r for r, p in enumerate(self.procs) if p.poll() is not None]
+        stacks = self._stacks([r for r in hung if self.procs[r].poll() is None])
         for r in hung:
             p = self.procs[r]
             died = p.poll() is not None
@@ -138,8 +139,48 @@ class RankGroup:
                                              f"rank {r} did not finish stage {stage[r]}: still waiting when "
                                              f"rank {dead[0]} died" if dead else
                                              f"rank {r} did not finish stage {stage[r]} within "
-                                             f"{round(time.time() - start, 1)} s")}}
+                                             f"{round(time.time() - start, 1)} s"),
+                                 "where": stacks.get(r)}}
         return [done[r] for r in range(self.world)], bool(hung)
+
+    def _stacks(self, ranks):
+        """Innermost torch/torchtitan/spmd_types frame of each hung rank (faulthandler on SIGUSR1,
+        written to the rank's log)."""
+        out = {}
+        if not ranks or not self.logs or self.logs[0] is subprocess.DEVNULL:
+            return out
+        sizes = {}
+        for r in ranks:
+            try:
+                self.logs[r].flush()
+                sizes[r] = os.path.getsize(self.logs[r].name)
+                os.kill(self.procs[r].pid, signal.SIGUSR1)
+            except Exception:  # noqa: BLE001
+                pass
+        time.sleep(1.5)
+        for r in sizes:
+            try:
+                with open(self.logs[r].name, "rb") as f:
+                    f.seek(sizes[r])
+                    text = f.read().decode(errors="replace")
+            except Exception:  # noqa: BLE001
+                continue
+            frames = []
+            for line in text.splitlines():
+                line = line.strip()
+                if line.startswith('File "') and "site-packages/" in line:
+                    path = line.split('"')[1].split("site-packages/")[1]
+                    rest = line.split('"', 2)[2]
+                    try:
+                        lineno = rest.split("line ")[1].split(" ")[0]
+                        fn = rest.split(" in ")[1]
+                    except IndexError:
+                        continue
+                    if path.startswith(("torchtitan/", "spmd_types/", "torch/")):
+                        frames.append(f"{path}:{lineno} {fn}")
+            if frames:
+                out[r] = " <- ".join(frames[:4])
+        return out
 
     def close(self):
         for p in self.procs:
@@ -271,7 +312,7 @@ def build_outcome(case, reports, versions, hung, engine_notes, full_locals=False
             entry["locals_shapes"] = [l["shape"] if l else None for l in locs]
         types = [(r.get("types") or {}).get(n) for r in reports]
         if any(t is not None for t in types):
-            entry["types"] = types
+            entry["types"] = types[0] if all(t == types[0] for t in types) else types
         real["outputs"][n] = entry
     ptypes = {}
     for r in reports:
@@ -279,8 +320,13 @@ def build_outcome(case, reports, versions, hung, engine_notes, full_locals=False
             if k.startswith("param.") or k.endswith("_E"):
                 ptypes.setdefault(k, []).append(v)
     if ptypes:
-        real["state_types"] = ptypes
-    real["comms"] = [r.get("comms") or [] for r in reports]
+        # one entry when every rank agrees, else the per-rank list
+        real["state_types"] = {k: (v[0] if all(x == v[0] for x in v) else v) for k, v in ptypes.items()}
+    # the parallelize phase (DTensor's scatter/broadcast of the states) is counted, not listed
+    real["comms"] = [[c for c in (r.get("comms") or []) if c.get("phase") != "parallelize"] for r in reports]
+    n_par = [sum(1 for c in (r.get("comms") or []) if c.get("phase") == "parallelize") for r in reports]
+    if any(n_par):
+        real["parallelize_comms"] = n_par
     notes = list(engine_notes)
     for r in reports:
         for nt in r.get("notes") or []:

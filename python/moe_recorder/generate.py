@@ -25,14 +25,20 @@ def tensor(shape, values, dtype):
 
 
 def draw(rnd, n, scale, dtype):
-    rounding = bf16 if dtype == "bf16" else f32
-    return [rounding(rnd.gauss(0.0, scale)) for _ in range(n)]
+    """Normal draws kept short in JSON: f32 cases round to 3 significant decimals (then to the
+    nearest float32, whose shortest text is those decimals); bf16 cases to bf16 on a 1/128 grid."""
+    if dtype == "bf16":
+        return [bf16(round(rnd.gauss(0.0, scale) * 128) / 128) for _ in range(n)]
+    return [f32(float(f"{rnd.gauss(0.0, scale):.3g}")) for _ in range(n)]
 
 
-def draw_grid(rnd, n, scale, step=1.0 / 32):
-    """Normal draws rounded to a multiple of `step` (exact in bf16 and f32; short in JSON).
-    Used for the expert and shared-expert weights, where ties do not matter."""
-    return [round(rnd.gauss(0.0, scale) / step) * step for _ in range(n)]
+def draw_grid(rnd, n, scale, dtype="f32"):
+    """Normal draws on a coarse grid, short in JSON: multiples of 0.05 (f32 cases; the nearest
+    float32, written as its shortest decimal) or of 1/16 (bf16 cases; exact). Used for the expert
+    and shared-expert weights, where ties do not matter."""
+    if dtype == "bf16":
+        return [round(rnd.gauss(0.0, scale) * 16) / 16 for _ in range(n)]
+    return [f32(round(round(rnd.gauss(0.0, scale) / 0.05) * 0.05, 2)) for _ in range(n)]
 
 
 def divisors(n):
@@ -139,7 +145,7 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
             kind_reject = None
     sp = rnd.random() < 0.55
 
-    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 5), (4, 6), (8, 1)) if e % ep == 0] or [(4 * ep, 1)])
+    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 6), (4, 4), (8, 1)) if e % ep == 0] or [(4 * ep, 1)])
     if kind_reject == "experts":
         bad = [e for e in (2, 3, 6) if ep > 1 and e % ep]
         E = rnd.choice(bad) if bad else E
@@ -154,8 +160,8 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
     # (F / tp when the experts are TP-sharded, EP off) multiples of 8
     D = 8
     F = 8 if ep > 1 else 8 * tp
-    if F * E > 64:  # keep recordings small: fewer experts when TP widens F
-        E = max(2, 64 // F)
+    if F > 8 and F * E > 32:  # keep recordings small: fewer experts when TP widens F
+        E = max(2, 32 // F)
     if kind_reject == "dim":
         if ep == 1 and tp > 1 and rnd.random() < 0.5:
             F = 8
@@ -236,7 +242,7 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
             row = draw(trnd, D, 1.0, dtype)
             if style == "skewed":
                 # push tokens toward a favourite direction: fewer experts get tokens
-                row = [bf16(v) if dtype == "bf16" else f32(v) for v in
+                row = [bf16(round(v * 128) / 128) if dtype == "bf16" else f32(float(f"{v:.3g}")) for v in
                        [r + 1.5 * g for r, g in zip(row, gate[:D])]]
             if force or K > E:
                 break
@@ -251,16 +257,16 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
     tensors = {
         "x": tensor((B, L, D), x, dtype),
         "gate": tensor((E, D), gate, dtype),
-        "w1": tensor((E, F, D), draw_grid(trnd, E * F * D, w_scale), dtype),
-        "w2": tensor((E, D, F), draw_grid(trnd, E * D * F, w_scale), dtype),
-        "w3": tensor((E, F, D), draw_grid(trnd, E * F * D, w_scale), dtype),
+        "w1": tensor((E, F, D), draw_grid(trnd, E * F * D, w_scale, dtype), dtype),
+        "w2": tensor((E, D, F), draw_grid(trnd, E * D * F, w_scale, dtype), dtype),
+        "w3": tensor((E, F, D), draw_grid(trnd, E * F * D, w_scale, dtype), dtype),
     }
     if bias is not None and coeff is not None:
         tensors["expert_bias"] = tensor((E,), bias, "f32")
     if Fs is not None:
-        tensors["shared_w1"] = tensor((Fs, D), draw_grid(trnd, Fs * D, w_scale), dtype)
-        tensors["shared_w2"] = tensor((D, Fs), draw_grid(trnd, D * Fs, w_scale), dtype)
-        tensors["shared_w3"] = tensor((Fs, D), draw_grid(trnd, Fs * D, w_scale), dtype)
+        tensors["shared_w1"] = tensor((Fs, D), draw_grid(trnd, Fs * D, w_scale, dtype), dtype)
+        tensors["shared_w2"] = tensor((D, Fs), draw_grid(trnd, D * Fs, w_scale, dtype), dtype)
+        tensors["shared_w3"] = tensor((Fs, D), draw_grid(trnd, Fs * D, w_scale, dtype), dtype)
     if backward:
         tensors["grad_y"] = tensor((B, L, D), draw(trnd, B * L * D, 1.0, dtype), dtype)
     data = {"seed": seed, "style": style, "tensors": tensors}
@@ -369,16 +375,16 @@ def make_tensors(trnd, B, L, D, F, E, K, Fs, router, coeff, dtype, backward, sty
     tensors = {
         "x": tensor((B, L, D), x, dtype),
         "gate": tensor((E, D), gate, dtype),
-        "w1": tensor((E, F, D), draw_grid(trnd, E * F * D, 0.3), dtype),
-        "w2": tensor((E, D, F), draw_grid(trnd, E * D * F, 0.3), dtype),
-        "w3": tensor((E, F, D), draw_grid(trnd, E * F * D, 0.3), dtype),
+        "w1": tensor((E, F, D), draw_grid(trnd, E * F * D, 0.3, dtype), dtype),
+        "w2": tensor((E, D, F), draw_grid(trnd, E * D * F, 0.3, dtype), dtype),
+        "w3": tensor((E, F, D), draw_grid(trnd, E * F * D, 0.3, dtype), dtype),
     }
     if bias is not None:
         tensors["expert_bias"] = tensor((E,), bias, "f32")
     if Fs is not None:
-        tensors["shared_w1"] = tensor((Fs, D), draw_grid(trnd, Fs * D, 0.3), dtype)
-        tensors["shared_w2"] = tensor((D, Fs), draw_grid(trnd, D * Fs, 0.3), dtype)
-        tensors["shared_w3"] = tensor((Fs, D), draw_grid(trnd, Fs * D, 0.3), dtype)
+        tensors["shared_w1"] = tensor((Fs, D), draw_grid(trnd, Fs * D, 0.3, dtype), dtype)
+        tensors["shared_w2"] = tensor((D, Fs), draw_grid(trnd, D * Fs, 0.3, dtype), dtype)
+        tensors["shared_w3"] = tensor((Fs, D), draw_grid(trnd, Fs * D, 0.3, dtype), dtype)
     if backward:
         tensors["grad_y"] = tensor((B, L, D), draw(trnd, B * L * D, 1.0, dtype), dtype)
     data = {"seed": None, "style": style, "tensors": tensors}

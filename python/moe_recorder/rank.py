@@ -403,11 +403,14 @@ class Worker:
 
 
 def effective_layout(layout, t):
-    """The config's layout, with the axes a DTensor lives on replaced by its actual placements
-    (Replicate -> "I": every rank holds the whole value, nothing pending; Partial -> "P";
-    Shard(d) -> "S(d)"). Under partial_dtensor this is what a gradient really is on tp/ep: FSDP
-    only reduces the out-of-band dp/cp (dp_replicate/efsdp) axes, so an R@tp parameter's gradient
-    is complete on every tp rank, not pending."""
+    """The config's layout, with the model-parallel axes (tp, ep) a DTensor lives on replaced by
+    its actual placements (Replicate -> "I": every rank holds the whole value, nothing pending;
+    Partial -> "P"; Shard(d) -> "S(d)"). Under the DTensor backends this is what a gradient really
+    is on tp/ep: FSDP only reduces the data-parallel axes, so an R@tp parameter's gradient that
+    DTensor already all-reduced is complete on every tp rank, not pending. On the data-parallel axes
+    (FSDP_AXES) a Replicate placement keeps the layout's type (R: FSDP's sum); Partial or Shard
+    there replace it. full_dtensor's dp_replicate and dp_shard fold into the compute mesh's dp
+    (size-1 axes ignored)."""
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
     if layout is None or not isinstance(t, DTensor):
         return layout
@@ -417,15 +420,40 @@ def effective_layout(layout, t):
         for dim, entry in enumerate(spec):
             for a in entry or []:
                 out["axes"][a] = f"S({dim})"
-    for name, p in zip(t.device_mesh.mesh_dim_names or (), t.placements):
+
+    def conv(p):
         if isinstance(p, Replicate):
-            out["axes"][name] = "I"
-        elif isinstance(p, Partial):
-            out["axes"][name] = "P"
-        elif isinstance(p, Shard):
-            out["axes"][name] = f"S({p.dim})"
+            return "I"
+        if isinstance(p, Partial):
+            return "P"
+        if isinstance(p, Shard):
+            return f"S({p.dim})"
+        return str(p)
+
+    mesh = t.device_mesh
+    names = list(mesh.mesh_dim_names or ())
+    folded = []
+    for i, (name, p) in enumerate(zip(names, t.placements)):
+        if layout["mesh"] == "dense" and name in ("dp_replicate", "dp_shard"):
+            if mesh.size(i) > 1:
+                folded.append(p)
+            continue
+        if name in FSDP_AXES and isinstance(p, Replicate):
+            continue  # FSDP's axis: the local value is this rank's contribution (layout's R stands)
+        out["axes"][name] = conv(p)
         out["dtensor_axes"].append(name)
+    folded = [p for p in folded if not isinstance(p, Replicate)]
+    if folded:
+        names_f = [conv(p) for p in folded]
+        out["axes"]["dp"] = names_f[0] if all(f == names_f[0] for f in names_f) else "mixed:" + "/".join(names_f)
+        out["dtensor_axes"].append("dp")
     return out
+
+
+# Data-parallel axes: FSDP owns them. A DTensor that says Replicate there (GroupedExperts takes
+# `to_local()` of its weights, so their gradients come back labelled with the weights' Replicate
+# while each rank holds only its own tokens' contribution) is summed like the layout's R.
+FSDP_AXES = ("dp_replicate", "dp_shard", "dp", "cp", "efsdp")
 
 
 def describe_type(t):
@@ -507,6 +535,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    import faulthandler
+    import signal
+    # the driver sends SIGUSR1 to a rank that hangs: its Python stack goes to the rank log
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
