@@ -270,8 +270,8 @@ def build_outcome(case, reports, versions, hung, engine_notes, full_locals=False
             e = r.get("error") or {}
             full = e.get("full") or ""
             rest = "\n".join(full.splitlines()[1:])[:600]
-            errs.append({"stage": r.get("stage"), "kind": e.get("kind"), "message": e.get("message"),
-                         "detail": rest or None, "where": _where(e.get("traceback"))})
+            errs.append({"stage": r.get("stage"), "kind": e.get("kind"), "message": normalize(e.get("message")),
+                         "detail": normalize(rest) or None, "where": e.get("where") or _where(e.get("traceback"))})
         # the case's error: the earliest stage any rank failed in; a real raise beats a hang
         failing = [e for e in errs if e is not None]
         raised = [e for e in failing if e["kind"] not in ("Hang", "Died")] or failing
@@ -291,7 +291,7 @@ def build_outcome(case, reports, versions, hung, engine_notes, full_locals=False
     for n in names:
         locs = [r.get("outputs", {}).get(n) for r in reports]
         entry = {"locals": locs, "value": None}
-        big = n.startswith("grad.")
+        big = n.startswith("grad.") or n in ("y", "x_grad")
         lay = layouts.get(n)
         if n.startswith("router.") or n == "tokens_per_expert_after_hook":
             lay = None
@@ -332,16 +332,32 @@ def build_outcome(case, reports, versions, hung, engine_notes, full_locals=False
         for nt in r.get("notes") or []:
             notes.append(f"rank {r.get('rank')}: {nt}")
     pyt = {"torch": versions.get("torch"), "torchtitan": versions.get("torchtitan"),
-           "spmd_types": versions.get("spmd_types"), "engine": "gloo", "world": len(reports),
-           "seconds": max((r.get("seconds") or 0) for r in reports), "notes": notes}
+           "spmd_types": versions.get("spmd_types"), "backend": case["subject"].get("backend"),
+           "engine": "gloo", "world": len(reports), "notes": notes}
     if hung:
         pyt["restarted"] = True
-    return {"format": "shardfuzz.outcome/2", "case": case, "real": real, "pytorch": pyt}
+    ref = next((r.get("reference") for r in reports if r.get("reference") is not None), None)
+    return {"format": "shardfuzz.outcome/2", "case": case, "outcome": real, "reference": ref, "pytorch": pyt}
+
+
+def normalize(msg):
+    """Error texts without what changes from run to run (ports, elapsed seconds), so that a
+    recording regenerated from the same seed is the same file."""
+    import re
+    if not msg:
+        return msg
+    msg = re.sub(r"\[127\.0\.0\.1\]:\d+", "[127.0.0.1]:PORT", msg)
+    msg = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", msg)
+    msg = re.sub(r"within \d+(\.\d+)? s", "within the timeout", msg)
+    msg = re.sub(r"\b\d+(\.\d+)?(ms| ms)\b", "N ms", msg)
+    return msg
 
 
 def record(cases, python, out, timeout=None, grace=10.0, logdir=None, env=None, progress=True,
            full_locals=False):
     """Run every case; write one outcome line per case to `out` (a file object)."""
+    metas = [{k: c[k] for k in ("id", "config_id") if k in c} if "case" in c else {} for c in cases]
+    cases = [c["case"] if "case" in c else c for c in cases]
     order = sorted(range(len(cases)), key=lambda i: world_of(cases[i]))
     group = None
     n_done = 0
@@ -358,23 +374,24 @@ def record(cases, python, out, timeout=None, grace=10.0, logdir=None, env=None, 
             try:
                 group = RankGroup(w, python, env=env, logdir=logdir)
             except RuntimeError as e:
-                out.write(json.dumps(error_outcome(case, "Startup", str(e))) + "\n")
+                out.write(json.dumps({**metas[i], **error_outcome(case, "Startup", str(e))}) + "\n")
                 out.flush()
                 continue
         tmo = timeout or (60.0 + 6.0 * w)
         reports, hung = group.run(i, case, tmo, grace)
         versions = group.info
         outcome = build_outcome(case, reports, versions, hung, notes, full_locals=full_locals)
+        outcome = {**metas[i], **outcome}
         out.write(json.dumps(outcome, separators=(",", ":")) + "\n")
         out.flush()
         n_done += 1
         if progress:
-            e = outcome["real"]["error"]
+            e = outcome["outcome"]["error"]
             sys.stderr.write(f"[{n_done}/{len(cases)} {time.time() - t0:.0f}s] world {w} "
                              f"{case['subject']['backend']} ep={case['subject']['parallel'].get('ep')} "
                              f"sp={case['subject']['parallel'].get('sp')} -> "
-                             f"{'ok' if outcome['real']['ok'] else e['kind'] + '@' + str(outcome['real']['stage']) + ': ' + str(e['message'])[:100]}\n")
-        bad_stage = outcome["real"]["stage"] not in (None, "config")
+                             f"{'ok' if outcome['outcome']['ok'] else e['kind'] + '@' + str(outcome['outcome']['stage']) + ': ' + str(e['message'])[:100]}\n")
+        bad_stage = outcome["outcome"]["stage"] not in (None, "config")
         if hung or bad_stage:
             group.kill()
             group = None
@@ -383,7 +400,7 @@ def record(cases, python, out, timeout=None, grace=10.0, logdir=None, env=None, 
 
 
 def error_outcome(case, kind, message):
-    return {"format": "shardfuzz.outcome/2", "case": case,
-            "real": {"ok": False, "stage": "startup", "error": {"kind": kind, "message": message},
+    return {"format": "shardfuzz.outcome/2", "case": case, "reference": None,
+            "outcome": {"ok": False, "stage": "startup", "error": {"kind": kind, "message": message},
                      "outputs": {}, "comms": None},
             "pytorch": {"engine": "gloo", "notes": ["the rank processes could not be started"]}}

@@ -89,7 +89,7 @@ def route_margins(x_row, gate, E, D, K, score_func, bias, groups, dtype):
 
 # ---------------------------------------------------------------- configurations
 
-WORLDS = [(1, 4), (2, 42), (4, 38), (8, 12), (16, 3)]
+WORLDS = [(1, 4), (2, 36), (3, 5), (4, 34), (6, 5), (8, 16)]
 
 
 def pick_weighted(rnd, items):
@@ -105,8 +105,8 @@ def pick_weighted(rnd, items):
 def factor_world(rnd, world):
     """(dp, cp, tp), each 1..4 (dp up to 8 when needed), product = world."""
     opts = []
-    for tp in (1, 2, 4):
-        for cp in (1, 2, 4):
+    for tp in (1, 2, 3, 4):
+        for cp in (1, 2, 3, 4):
             if world % (tp * cp):
                 continue
             dp = world // (tp * cp)
@@ -128,6 +128,7 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
     world = pick_weighted(rnd, worlds or WORLDS)
     dp, cp, tp = factor_world(rnd, world)
     backend = pick_weighted(rnd, [b for b in BACKENDS if backends is None or b[0] in backends])
+    t_one = dp == 1 and rnd.random() < 0.08  # a single token (B = L = 1)
     dpr = rnd.choice(divisors(dp)) if dp > 1 and rnd.random() < 0.4 else 1
     dps = dp // dpr
     sparse = dps * cp * tp
@@ -145,14 +146,14 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
             kind_reject = None
     sp = rnd.random() < 0.55
 
-    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 6), (4, 4), (8, 1)) if e % ep == 0] or [(4 * ep, 1)])
+    E = pick_weighted(rnd, [(e, w) for e, w in ((2, 6), (4, 4), (8, 1)) if e % ep == 0] or [(2 * ep, 1)])
     if kind_reject == "experts":
         bad = [e for e in (2, 3, 6) if ep > 1 and e % ep]
         E = rnd.choice(bad) if bad else E
         if not bad:
             kind_reject = None
     if E % ep and kind_reject != "experts":
-        E = 4 * ep
+        E = 2 * ep
     K = rnd.choice([k for k in (1, 2, 3) if k <= E])
     if kind_reject == "topk":
         K = E + 1
@@ -190,7 +191,11 @@ def make_case(rnd, backends=None, rules="torch-2.14", revision="tt-0.3.0",
         cand = [l for l in range(1, max_L + 1) if l % cp == 0 and (l // cp) % tp != 0]
         if cand:
             L = rnd.choice(cand)
+    if t_one:
+        B, L = 1, 1
     trainer_checks = True
+    if t_one and L % seq_unit and rnd.random() < 0.6:
+        trainer_checks = False  # the trainer refuses T = 1 under SP/CP: run the module anyway
     if kind_reject == "seq" and rnd.random() < 0.5:
         trainer_checks = False  # run the module anyway, past the trainer's check
 
@@ -296,6 +301,28 @@ def generate(n, seed, backends=None, **kw):
         kw["backends"] = tuple(backends)
     rnd = random.Random(seed)
     return [make_case(rnd, **kw) for _ in range(n)]
+
+
+def generate_paired(n, seed, full_dtensor_rate=0.35, **kw):
+    """n configurations, each recorded under spmd_types and partial_dtensor (and full_dtensor for a
+    share of them) with the same tensors. Returns wrapper lines {"id", "config_id", "case"}; the
+    id is "S<seed>-<n>-<backend>", the config id "S<seed>-<n>" (what the consistency check pairs).
+    The spmd_types copy keeps the draw's typecheck flag; the DTensor copies never have one."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        base = make_case(rnd, backends=("spmd_types",), **kw)
+        backends = ["spmd_types", "partial_dtensor"]
+        if rnd.random() < full_dtensor_rate:
+            backends.append("full_dtensor")
+        cid = f"S{seed}-{i}"
+        for b in backends:
+            c = json.loads(json.dumps(base))
+            c["subject"]["backend"] = b
+            if b != "spmd_types":
+                c["subject"].pop("typecheck", None)
+            out.append({"id": f"{cid}-{b}", "config_id": cid, "case": c})
+    return out
 
 
 def dump(cases, path):

@@ -164,6 +164,13 @@ class Worker:
         state = commlog.State()
         groups = commlog.Groups()
         res = {"outputs": {}, "layouts": {}, "types": {}, "comms": [], "comms_spmd": [], "notes": []}
+        if self.rank == 0 and case.get("subject", {}).get("kind") == "moe":
+            # the unsharded reference, before the sharded run (it touches no process group)
+            from . import reference
+            try:
+                res["reference"] = reference.compute(case)
+            except Exception as e:  # noqa: BLE001
+                res["reference"] = {"ok": False, "error": {"kind": type(e).__name__, "message": str(e)[:300]}}
         t0 = time.time()
         try:
             self._run(case, state, groups, res)
