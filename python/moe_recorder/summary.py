@@ -35,7 +35,7 @@ def counts(paths):
     for o in load(paths):
         k = key(o)
         tab[k] += 1
-        ok[k] += bool(o["real"]["ok"])
+        ok[k] += bool(o["outcome"]["ok"])
     print("revision  torch    backend          EP    SP    world  cases  ok")
     for k in sorted(tab, key=lambda k: tuple(str(x) for x in k)):
         print(f"{k[0]:9s} {str(k[1]):8s} {k[2]:16s} {k[3]:5s} {k[4]:5s} {k[5]:5d}  {tab[k]:5d}  {ok[k]:3d}")
@@ -51,7 +51,7 @@ def normalize(msg):
 def errors(paths):
     seen = collections.OrderedDict()
     for o in load(paths):
-        r = o["real"]
+        r = o["outcome"]
         if r["ok"]:
             continue
         for e in r.get("rank_errors") or [r["error"]]:
@@ -69,7 +69,7 @@ def errors(paths):
 def comms(paths):
     pats = collections.OrderedDict()
     for o in load(paths):
-        if not o["real"]["ok"]:
+        if not o["outcome"]["ok"]:
             continue
         s = o["case"]["subject"]
         dp, cp, tp = o["case"]["mesh"]["shape"]
@@ -77,7 +77,7 @@ def comms(paths):
                "tp>1" if tp > 1 else "tp=1", "shared" if s["dims"].get("shared_hidden") else "noshared",
                "dp/cp>1" if dp * cp > 1 else "dp=cp=1", "lb" if s.get("load_balance_coeff") else "nolb")
         seq = []
-        for c in o["real"]["comms"][0]:
+        for c in o["outcome"]["comms"][0]:
             if c["phase"] == "parallelize":
                 continue
             seq.append(f"{c['phase'][0]}:{c['op']}@{'|'.join(c.get('axes') or ['?'])}")
