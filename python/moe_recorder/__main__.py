@@ -81,6 +81,8 @@ def main(argv=None):
                    help="each configuration under spmd_types and partial_dtensor (full_dtensor for a share), "
                         "written as {id, config_id, case} lines")
     g.add_argument("--full-dtensor-rate", type=float, default=0.35)
+    g.add_argument("--focus", default=None, help="with --paired: keep only draws matching one of these "
+                   "(comma list of generate.FOCUS keys: ep_lt_tp, b1_sp_tp, bf16, t1)")
     r = sub.add_parser("record")
     r.add_argument("--python", required=True, help="python of the venv with torch + torchtitan + spmd_types")
     r.add_argument("--cases", required=True, nargs="+")
@@ -109,6 +111,7 @@ def main(argv=None):
             worlds = [(int(p.split(":")[0]), float(p.split(":")[1])) for p in a.worlds.split(",")]
         if a.paired:
             cases = generate.generate_paired(a.n, a.seed, full_dtensor_rate=a.full_dtensor_rate, rules=a.rules,
+                                             focus=a.focus.split(",") if a.focus else None,
                                              revision=a.revision, reject_rate=a.reject_rate, worlds=worlds)
         else:
             cases = generate.generate(a.n, a.seed, backends=a.backends.split(",") if a.backends else None,

@@ -303,15 +303,34 @@ def generate(n, seed, backends=None, **kw):
     return [make_case(rnd, **kw) for _ in range(n)]
 
 
-def generate_paired(n, seed, full_dtensor_rate=0.35, **kw):
+FOCUS = {
+    # EP on with ep < tp (torchtitan 0.3.0 accepts it; later revisions require ep >= tp)
+    "ep_lt_tp": lambda c: 1 < c["subject"]["parallel"]["ep"] < c["mesh"]["shape"][2],
+    # EP off, SP on, tp > 1, one batch row per rank, backward (the DTensor backends' x_grad problem)
+    "b1_sp_tp": lambda c: (c["subject"]["parallel"]["ep"] == 1 and c["subject"]["parallel"]["sp"]
+                           and c["mesh"]["shape"][2] > 1 and c["subject"]["backward"]
+                           and c["subject"]["dims"]["batch"] // c["mesh"]["shape"][0] == 1),
+    "bf16": lambda c: c["dtype"] == "bf16",
+    "t1": lambda c: c["subject"]["dims"]["batch"] * c["subject"]["dims"]["seq"] == 1,
+}
+
+
+def generate_paired(n, seed, full_dtensor_rate=0.35, focus=None, **kw):
     """n configurations, each recorded under spmd_types and partial_dtensor (and full_dtensor for a
     share of them) with the same tensors. Returns wrapper lines {"id", "config_id", "case"}; the
     id is "S<seed>-<n>-<backend>", the config id "S<seed>-<n>" (what the consistency check pairs).
     The spmd_types copy keeps the draw's typecheck flag; the DTensor copies never have one."""
     rnd = random.Random(seed)
     out = []
-    for i in range(n):
+    i = 0
+    draws = 0
+    while i < n:
         base = make_case(rnd, backends=("spmd_types",), **kw)
+        draws += 1
+        if focus and not any(FOCUS[f](base) for f in focus):
+            if draws > 200 * n:
+                break
+            continue
         backends = ["spmd_types", "partial_dtensor"]
         if rnd.random() < full_dtensor_rate:
             backends.append("full_dtensor")
@@ -322,6 +341,7 @@ def generate_paired(n, seed, full_dtensor_rate=0.35, **kw):
             if b != "spmd_types":
                 c["subject"].pop("typecheck", None)
             out.append({"id": f"{cid}-{b}", "config_id": cid, "case": c})
+        i += 1
     return out
 
 
