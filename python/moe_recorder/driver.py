@@ -144,8 +144,8 @@ class RankGroup:
         return [done[r] for r in range(self.world)], bool(hung)
 
     def _stacks(self, ranks):
-        """Innermost torch/torchtitan/spmd_types frame of each hung rank (faulthandler on SIGUSR1,
-        written to the rank's log)."""
+        """Where each hung rank is (faulthandler on SIGUSR1, written to the rank's log): its innermost
+        torchtitan frame and the torch/spmd_types call made from it."""
         out = {}
         if not ranks or not self.logs or self.logs[0] is subprocess.DEVNULL:
             return out
@@ -178,8 +178,14 @@ class RankGroup:
                         continue
                     if path.startswith(("torchtitan/", "spmd_types/", "torch/")):
                         frames.append(f"{path}:{lineno} {fn}")
-            if frames:
-                out[r] = " <- ".join(frames[:4])
+            # faulthandler lists the most recent call first. Keep what does not depend on when the
+            # dump arrived: the innermost torchtitan frame and the library call it is in.
+            tt = [i for i, f in enumerate(frames) if f.startswith("torchtitan/")]
+            if tt:
+                i = tt[0]
+                out[r] = frames[i] + (" -> " + frames[i - 1] if i > 0 else "")
+            elif frames:
+                out[r] = frames[-1]
         return out
 
     def close(self):
