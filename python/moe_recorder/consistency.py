@@ -15,7 +15,8 @@ Three checks, over every line:
 Tolerance (bf16-aware): |a - b| <= RTOL * max|reference| + ATOL per output, RTOL = 0.02 (the routed
 experts run their three GEMMs in bf16 even in f32 cases, 2^-8 per rounding, and the sharded sums of
 partial gradients round differently from one sum), ATOL = 1e-6. Token counts must be equal.
-A line whose case lists near-tie tokens may route those tokens differently; its differences are
+K = 1 with route_norm makes the gate's gradient zero in exact arithmetic (the normalised score is
+1): there both sides only need to be rounding-sized (`degenerate`). A line whose case lists near-tie tokens may route those tokens differently; its differences are
 reported as "near-tie", not as mismatches. force_load_balance with the router's tokens split over
 ranks is not comparable with the reference (the round-robin ids are per rank's local tokens).
 
@@ -82,6 +83,20 @@ def compare_values(a, b, name):
     return ("differ", {"max_abs": d, "rel": d / sc if sc else None})
 
 
+def degenerate(o, name, a, b):
+    """K = 1 with route_norm: the normalised top-1 score is s / (s + 1e-20) = 1, so the router gets no
+    gradient in exact arithmetic and grad.gate is rounding noise on every side. Both sides must be
+    noise-sized: below 1% of max|x| * max|grad_y|."""
+    s = o["case"]["subject"]
+    if name != "grad.gate" or s["dims"]["top_k"] != 1 or not s["router"].get("route_norm"):
+        return False
+    ts = o["case"]["data"]["tensors"]
+    if a is None or b is None or "grad_y" not in ts:
+        return False
+    floor = 0.01 * scale_of(ts["x"]) * scale_of(ts["grad_y"])
+    return scale_of(a) <= floor and scale_of(b) <= floor
+
+
 def router_split(o):
     """Whether the router of this case sees a part of the tokens (force_load_balance then differs)."""
     c = o["case"]
@@ -132,6 +147,9 @@ def check(paths):
             if r is None:
                 continue  # the reference only records what the case asks for
             verdict, detail = compare_values(r, v, n)
+            if verdict == "differ" and degenerate(o, n, r, v):
+                verdict, detail = "close", 0.0
+                stats["degenerate_gate_grad"] = stats.get("degenerate_gate_grad", 0) + 1
             if verdict == "close" and scale_of(r) >= 1e-3:
                 stats["max_rel_ref"] = max(stats["max_rel_ref"], detail)
             if verdict != "same":
@@ -175,7 +193,7 @@ def check(paths):
                 if x is None and y is None:
                     continue
                 verdict, detail = compare_values(x, y, n)
-                if verdict == "differ":
+                if verdict == "differ" and not degenerate(base, n, x, y):
                     bad[n] = detail
             if bad:
                 stats["pairs_values_mismatch"] += 1

@@ -3,6 +3,7 @@
     python -m moe_recorder.summary counts OUTCOMES...   # cases per (revision, torch, backend, EP, SP, world)
     python -m moe_recorder.summary errors OUTCOMES...   # every distinct error text, with its stage and where
     python -m moe_recorder.summary comms OUTCOMES...    # rank 0's collectives per configuration class
+    python -m moe_recorder.summary table OUTCOMES...    # markdown tables per backend and configuration class
 """
 
 import collections
@@ -88,10 +89,64 @@ def comms(paths):
             print(f"   {n:3d}x {seq}")
 
 
+def table(paths):
+    """Markdown tables for docs/crosscheck-moe.md: outcomes per backend and configuration class."""
+    rows = list(load(paths))
+    backends = sorted({o["case"]["subject"]["backend"] for o in rows}, key=lambda b: ["spmd_types", "partial_dtensor",
+                                                                                     "full_dtensor"].index(b))
+
+    def cls_counts(title, fn):
+        tab = collections.defaultdict(collections.Counter)
+        for o in rows:
+            b = o["case"]["subject"]["backend"]
+            k = fn(o)
+            if k is None:
+                continue
+            tab[k][b] += 1
+            tab[k][b + ":ok"] += bool(o["outcome"]["ok"])
+        print(f"| {title} | " + " | ".join(f"{b} (ran)" for b in backends) + " |")
+        print("|---|" + "---|" * len(backends))
+        for k in sorted(tab, key=str):
+            print(f"| {k} | " + " | ".join(f"{tab[k][b]} ({tab[k][b + ':ok']})" for b in backends) + " |")
+        print()
+
+    def sub(o):
+        return o["case"]["subject"]
+
+    def world(o):
+        w = 1
+        for x in o["case"]["mesh"]["shape"]:
+            w *= x
+        return w
+    cls_counts("all", lambda o: "all")
+    cls_counts("EP x SP", lambda o: ("EP on" if sub(o)["parallel"]["ep"] > 1 else "EP off") + ", " +
+               ("SP on" if sub(o)["parallel"]["sp"] else "SP off"))
+    cls_counts("world", lambda o: f"{world(o)} ranks")
+    cls_counts("(dp, cp, tp)", lambda o: "(%d, %d, %d)" % tuple(o["case"]["mesh"]["shape"]))
+    cls_counts("ep", lambda o: f"ep {sub(o)['parallel']['ep']}" + (" < tp" if 1 < sub(o)["parallel"]["ep"] <
+                                                                   o["case"]["mesh"]["shape"][2] else ""))
+    cls_counts("dtype", lambda o: o["case"]["dtype"])
+    cls_counts("backward", lambda o: "backward" if sub(o)["backward"] else "forward only")
+    cls_counts("load_balance_coeff", lambda o: "set (hook)" if sub(o)["load_balance_coeff"] else "null")
+    cls_counts("tokens", lambda o: "T = 1" if sub(o)["dims"]["batch"] * sub(o)["dims"]["seq"] == 1 else (
+        "L/cp not divisible by tp" if (sub(o)["dims"]["seq"] // o["case"]["mesh"]["shape"][1]) %
+        o["case"]["mesh"]["shape"][2] else "even"))
+    cls_counts("shared experts", lambda o: "shared" if sub(o)["dims"].get("shared_hidden") else "none")
+    cls_counts("typecheck", lambda o: "on" if sub(o).get("typecheck") else None)
+    cls_counts("stage of the error", lambda o: None if o["outcome"]["ok"] else
+               f"{o['outcome']['stage']}: {o['outcome']['error']['kind']}")
+    empty = 0
+    for o in rows:
+        t = (o["outcome"].get("outputs") or {}).get("tokens_per_expert", {}).get("value")
+        if o["outcome"]["ok"] and t and any(float(v) == 0 for v in t["values"]):
+            empty += 1
+    print(f"Outcomes that ran with at least one expert receiving no token: {empty}.")
+
+
 def main(argv=None):
     argv = argv or sys.argv[1:]
     cmd, paths = argv[0], argv[1:]
-    {"counts": counts, "errors": errors, "comms": comms}[cmd](paths)
+    {"counts": counts, "errors": errors, "comms": comms, "table": table}[cmd](paths)
 
 
 if __name__ == "__main__":
