@@ -229,6 +229,7 @@ class Worker:
 
         # ---- config: ParallelDims validation, the trainer's sequence check, the MoE config
         self.progress("config")
+        set_axis_names(dp, cp, tp, dpr, dps, (dps * cp * tp) // ep if ep else 0, ep)
         du.set_spmd_backend(backend)
         key = (dpr, dps, cp, tp, ep, backend)
         self.parallel_dims(key, build=False)
@@ -463,6 +464,47 @@ def effective_layout(layout, t):
 FSDP_AXES = ("dp_replicate", "dp_shard", "dp", "cp", "efsdp")
 
 
+# spmd_types keys a local type by a MeshAxis, which is a (shape, stride) layout of ranks; its printed
+# name is whichever name that layout was first registered under in this process (history-dependent).
+# The recorder names it after the case's mesh axes with that layout instead (set per case by
+# set_axis_names): "tp", "cp", "ep", or "tp|ep" when two axes have the same ranks.
+AXIS_NAMES = {}
+
+
+def set_axis_names(dp, cp, tp, dpr, dps, efsdp, ep):
+    AXIS_NAMES.clear()
+    try:
+        from spmd_types._mesh_axis import MeshAxis
+    except Exception:  # noqa: BLE001
+        return
+    axes = [("dp", dp, cp * tp), ("cp", cp, tp), ("tp", tp, 1), ("dp_replicate", dpr, efsdp * ep),
+            ("dp_shard", dps, cp * tp), ("efsdp", efsdp, ep), ("ep", ep, 1)]
+    for name, size, stride in axes:
+        if size <= 1:
+            continue
+        key = _layout_key(MeshAxis.of(size, stride))
+        if name not in AXIS_NAMES.setdefault(key, []):
+            AXIS_NAMES[key].append(name)
+
+
+def _layout_key(axis):
+    lay = getattr(axis, "layout", None)
+    if lay is None:
+        return str(axis)
+    return f"{tuple(lay.shape)}:{tuple(lay.stride)}"
+
+
+def _axis_name(k):
+    key = _layout_key(k)
+    names = AXIS_NAMES.get(key)
+    if names:
+        return "|".join(names)
+    lay = getattr(k, "layout", None)
+    if lay is not None:
+        return "ranks" + ":".join(str(x) for x in (tuple(lay.shape) + tuple(lay.stride)))
+    return str(getattr(k, "name", k))
+
+
 def describe_type(t):
     from torch.distributed.tensor import DTensor
     if isinstance(t, DTensor):
@@ -470,7 +512,8 @@ def describe_type(t):
     try:
         from spmd_types.runtime import get_local_type, has_local_type
         if has_local_type(t):
-            return {"spmd": {str(getattr(k, "name", k)): repr(v) for k, v in get_local_type(t).items()}}
+            items = sorted((_axis_name(k), repr(v)) for k, v in get_local_type(t).items())
+            return {"spmd": dict(items)}
     except Exception:  # noqa: BLE001
         pass
     return None
