@@ -1,0 +1,91 @@
+//! Runs one MoE case: the reference and the sharded layer; the value oracle's bounds. Oracles
+//! judge the result; nothing here decides what is a divergence.
+
+use crate::error::Fail;
+use crate::spec::MoeSpec;
+use crate::{reference, sharded};
+use dtensor::{DTensor, DTensorError, DType};
+use harness::case::{CaseError, Common};
+use harness::data::Inputs;
+use harness::oracle::value::{compare, Bound, Compare};
+use harness::oracle::Judgement;
+use harness::run::{Contract, Named, Run};
+use harness::timing::{timed, Phases};
+use placement::{Placement, ReduceOp};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// What the MoE subject's own oracles keep beside the shared run (nothing yet).
+pub struct Extra;
+
+fn err(f: Fail) -> DTensorError {
+    f.into_dtensor()
+}
+
+/// Runs a validated case on its inputs.
+pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), CaseError> {
+    let mesh = Arc::new(c.mesh()?);
+    let mut p = Phases::default();
+    let reference = timed(&mut p.reference_us, || reference::run(s, inputs).map_err(err));
+    let sharded = timed(&mut p.sharded_us, || sharded::run(s, c, inputs).map_err(err));
+    let run = Run {
+        contracts: contracts(s),
+        promises: Vec::new(),
+        mesh,
+        reference,
+        sharded,
+        comms: Vec::new(),
+        backward: None,
+        phases: p,
+    };
+    Ok((run, Extra))
+}
+
+/// The layer's declared output layouts on the dense mesh (dp, cp, tp), as DTensor placements:
+/// y leaves as x came in (SP: the sequence sharded over tp); the token counts are partial over
+/// dp and cp, and over tp when EP is on.
+pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
+    let (sh, r, p) = (Placement::Shard, Placement::Replicate, Placement::Partial(ReduceOp::Sum));
+    let y = if s.parallel.sp { vec![sh(0), sh(1), sh(1)] } else { vec![sh(0), sh(1), r] };
+    let tokens = if s.parallel.ep > 1 { vec![p, p, p] } else { vec![p, p, r] };
+    let mode = if s.parallel.sp { "SP" } else { "I" };
+    vec![
+        Contract { output: "y".into(), placements: y, ndim: 3, source: format!("MoE out_dst ({mode} layout)") },
+        Contract {
+            output: "tokens_per_expert".into(),
+            placements: tokens,
+            ndim: 1,
+            source: "MoE tokens_per_expert_E layout".into(),
+        },
+    ]
+}
+
+/// The bound an output's elements are compared within: relative to the output's largest
+/// magnitude, looser for bf16 (whose grouped GEMMs round every product) and for gradients.
+pub fn bound(c: &Common, name: &str, reference: &Tensor) -> Bound {
+    if name == "tokens_per_expert" {
+        return Bound::Exact;
+    }
+    let scale = reference.abs().max().double_value(&[]).max(1e-30);
+    let base: f64 = match c.dtype {
+        DType::BF16 => 4e-2,
+        _ => 1e-4,
+    };
+    let base = if name == "expert_bias" { base.min(1e-6) } else { base };
+    Bound::Abs(base * scale.max(if name == "expert_bias" { 1.0 } else { 0.0 }))
+}
+
+/// The value oracle: every sharded output, gathered, against the reference.
+pub fn values(c: &Common, base: &Named<Tensor>, other: &Named<DTensor>, j: &mut Judgement) {
+    for (name, d) in other.iter() {
+        let Some(r) = base.get(name) else { continue };
+        let Ok(full) = d.full_tensor() else { continue };
+        let cmp = Compare { name, bound: bound(c, name, r), skip_rows: &[] };
+        compare(&cmp, r, &full, j);
+    }
+}
+
+/// Whether a failure is the simulator's "not modelled yet" (a skip, not a verdict).
+pub fn not_modelled(e: &DTensorError) -> bool {
+    matches!(e, DTensorError::Local { kind, .. } if kind.ends_with(":NotModelled"))
+}
