@@ -75,10 +75,21 @@ pub fn bound(c: &Common, name: &str, reference: &Tensor) -> Bound {
     Bound::Abs(base * scale.max(if name == "expert_bias" { 1.0 } else { 0.0 }))
 }
 
+/// Whether an output is rounding noise only, so no two runs need agree on it: with route_norm
+/// and K = 1 every top-k score is s / (s + 1e-20) = 1, so the gate's true gradient is zero and
+/// what a run computes for it is the rounding of cancelling terms (recorded: bf16 values of
+/// 1e-3 in one run, 1e-4 of the other sign in another).
+pub fn noise_only(s: &MoeSpec, name: &str) -> bool {
+    name == "grad.gate" && s.router.route_norm && s.dims.top_k == 1
+}
+
 /// The value oracle: every sharded output, gathered, against the reference.
-pub fn values(c: &Common, base: &Named<Tensor>, other: &Named<DTensor>, j: &mut Judgement) {
+pub fn values(s: &MoeSpec, c: &Common, base: &Named<Tensor>, other: &Named<DTensor>, j: &mut Judgement) {
     for (name, d) in other.iter() {
         let Some(r) = base.get(name) else { continue };
+        if noise_only(s, name) {
+            continue;
+        }
         let Ok(full) = d.full_tensor() else { continue };
         let cmp = Compare { name, bound: bound(c, name, r), skip_rows: &[] };
         compare(&cmp, r, &full, j);

@@ -71,7 +71,7 @@ impl Subject for MoeSpec {
         other: &Named<DTensor>,
         j: &mut Judgement,
     ) {
-        crate::run::values(c, base, other, j);
+        crate::run::values(self, c, base, other, j);
     }
 
     fn judge(&self, _c: &Common, _run: &Run, _x: &Extra, _j: &mut Judgement) {}

@@ -52,6 +52,9 @@ fn adapt(mut case: Value) -> (Value, Vec<usize>) {
 
 #[derive(Default, Debug)]
 struct Tally {
+    /// The recorder's own one-rank run against the model's reference: agreeing, differing.
+    reference_agree: usize,
+    reference_disagree: Vec<String>,
     lines: usize,
     other_backend: usize,
     not_modelled: usize,
@@ -105,7 +108,9 @@ fn check_line(line: &str, t: &mut Tally, id: &str) {
         }
     };
     let (run, _) = harness::run::run(&case, Device::Cpu).expect("a valid case runs");
-    let real = &o["real"];
+    // `outcome` (the recorder's current name) or `real` (its first drafts).
+    let real = if o["outcome"].is_object() { &o["outcome"] } else { &o["real"] };
+    check_reference(&o["reference"], &run, &case, t, id);
     match (&run.sharded, real["ok"].as_bool() == Some(true)) {
         (Err(e), _) if moe::run::not_modelled(e) => t.not_modelled += 1,
         (Err(e), false) => {
@@ -135,6 +140,9 @@ fn check_line(line: &str, t: &mut Tally, id: &str) {
                     continue;
                 };
                 let Some(rt) = tensor(rv) else { continue };
+                if moe::run::noise_only(&case.subject, name) {
+                    continue;
+                }
                 let full = d.full_tensor().expect("gathered");
                 compared += 1;
                 if std::env::var("MOE_DEBUG").is_ok_and(|v| id.ends_with(&v)) {
@@ -157,6 +165,35 @@ fn check_line(line: &str, t: &mut Tally, id: &str) {
                 ));
             }
         }
+    }
+}
+
+/// The recorder's one-rank run of the layer (`reference`, when recorded) against the model's
+/// unsharded reference: both must run or both raise, and every output agree.
+fn check_reference(recorded: &Value, run: &harness::run::Run, case: &Case<MoeSpec>, t: &mut Tally, id: &str) {
+    let bf16 = case.dtype == dtensor::DType::BF16;
+    if !recorded.is_object() {
+        return;
+    }
+    match (&run.reference, recorded["ok"].as_bool() == Some(true)) {
+        (Ok(ours), true) => {
+            let mut bad = Vec::new();
+            for (name, r) in ours.iter() {
+                let Some(rt) = tensor(&recorded["outputs"][name]) else { continue };
+                if moe::run::noise_only(&case.subject, name) {
+                    continue;
+                }
+                bad.extend(differs(name, &rt, r, bf16));
+            }
+            if bad.is_empty() {
+                t.reference_agree += 1;
+            } else {
+                t.reference_disagree.push(format!("{id}: {}", bad.join("; ")));
+            }
+        }
+        (Err(_), false) => t.reference_agree += 1,
+        (Ok(_), false) => t.reference_disagree.push(format!("{id}: the recorded one-rank run raised")),
+        (Err(e), true) => t.reference_disagree.push(format!("{id}: the model's reference raised {e}")),
     }
 }
 
@@ -206,6 +243,14 @@ fn recorded_partial_dtensor_outcomes_replay() {
         t.disagree.len()
     );
     for d in &t.disagree {
+        eprintln!("  {d}");
+    }
+    eprintln!(
+        "reference: {} agree with the recorded one-rank run, {} differ",
+        t.reference_agree,
+        t.reference_disagree.len()
+    );
+    for d in &t.reference_disagree {
         eprintln!("  {d}");
     }
     assert_eq!(t.invalid, 0, "every recorded case reads");
