@@ -145,6 +145,32 @@ struct Block {
     x: Tensor,
 }
 
+/// The dispatch side of one rank under EP: its reordered rows and where each expert's start.
+struct Src {
+    tok: Tensor,
+    ss: Tensor,
+    rows: Tensor,
+    x_td: Tensor,
+    counts: Vec<i64>,
+    offs: Vec<i64>,
+    shape: (i64, i64),
+}
+
+/// One run of the sharded layer: the leaves of every rank and what each rank computed.
+struct Prog<'a> {
+    sp: &'a MoeSpec,
+    inputs: &'a Inputs,
+    cfg: router::RouterConfig,
+    tp: usize,
+    bias: Option<Tensor>,
+    blocks: Vec<Block>,
+    /// Parameter leaves per rank, by name, in first-use order.
+    params: Vec<(&'static str, Vec<Option<Tensor>>)>,
+    ys: Vec<Option<Tensor>>,
+    tokens: Vec<Option<Tensor>>,
+    losses: Vec<Tensor>,
+}
+
 /// Runs the sharded layer; outputs named as the reference's, as DTensors.
 pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, Fail> {
     let cfg = checks(sp, c)?;
@@ -153,202 +179,326 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, 
     let mesh = Arc::new(c.mesh().map_err(|e| Fail::new(Stage::Mesh, "ValueError", e.0))?);
     let d = sp.dims;
     let x = inputs.req("x");
-    let bw = sp.backward;
     let bias = sp.load_balance_coeff.map(|_| match inputs.get("expert_bias") {
         Some(b) => b.to_kind(Kind::Float),
         None => Tensor::zeros([d.experts as i64], (Kind::Float, x.device())),
     });
-    let blocks: Vec<Block> = (0..dp * cp)
+    let blocks = (0..dp * cp)
         .map(|bi| {
-            let (di, ci) = (bi / cp, bi % cp);
-            let rows = chunk(d.batch, dp, di);
-            let seq = chunk(d.seq, cp, ci);
-            let xb = narrow(&narrow(x, 0, rows), 1, seq).detach().set_requires_grad(bw);
+            let (rows, seq) = (chunk(d.batch, dp, bi / cp), chunk(d.seq, cp, bi % cp));
+            let xb = narrow(&narrow(x, 0, rows), 1, seq).detach().set_requires_grad(sp.backward);
             Block { rows, seq, x: xb }
         })
         .collect();
-    let grad_block = |b: &Block| narrow(&narrow(inputs.req("grad_y"), 0, b.rows), 1, b.seq);
-    let leaf = |name: &str, dim: i64, piece: Option<(usize, usize)>| {
-        let t = inputs.req(name);
+    let n = dp * cp * tp;
+    let none = || (0..n).map(|_| None).collect::<Vec<_>>();
+    let mut p =
+        Prog { sp, inputs, cfg, tp, bias, blocks, params: Vec::new(), ys: none(), tokens: none(), losses: Vec::new() };
+    if sp.parallel.ep == 1 {
+        for bi in 0..p.blocks.len() {
+            p.tensor_parallel_block(bi)?;
+        }
+    } else {
+        p.expert_parallel(c)?;
+    }
+    if sp.backward && !p.losses.is_empty() {
+        let total = std::mem::take(&mut p.losses).into_iter().reduce(|a, b| a + b).expect("a loss");
+        if total.requires_grad() {
+            total.backward();
+        }
+    }
+    p.outputs(c, &mesh)
+}
+
+impl Prog<'_> {
+    /// A fresh leaf holding `piece` of input `name` along `dim` (all of it for `None`).
+    fn leaf(&self, name: &str, dim: i64, piece: Option<(usize, usize)>) -> Tensor {
+        let t = self.inputs.req(name);
         match piece {
             Some(p) => narrow(t, dim, p),
             None => t.shallow_clone(),
         }
         .detach()
-        .set_requires_grad(bw)
-    };
-    let n = dp * cp * tp;
-    let mut ys: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
-    let mut tokens: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
-    let mut losses: Vec<Tensor> = Vec::new();
-    // Parameter leaves per rank, by name.
-    let mut params: Vec<(&'static str, Vec<Option<Tensor>>)> = Vec::new();
-    let mut put = |name: &'static str, rank: usize, t: Tensor| {
-        let i = match params.iter().position(|(k, _)| *k == name) {
+        .set_requires_grad(self.sp.backward)
+    }
+
+    fn put(&mut self, name: &'static str, rank: usize, t: Tensor) {
+        let n = self.ys.len();
+        let i = match self.params.iter().position(|(k, _)| *k == name) {
             Some(i) => i,
             None => {
-                params.push((name, (0..n).map(|_| None).collect()));
-                params.len() - 1
+                self.params.push((name, (0..n).map(|_| None).collect()));
+                self.params.len() - 1
             }
         };
-        params[i].1[rank] = Some(t);
-    };
-    let f_pieces = |t: usize| chunk(d.hidden, tp, t);
-    let shared = d.shared_hidden.map(|fs| move |t: usize| chunk(fs, tp, t));
-    let rank_of = |bi: usize, t: usize| bi * tp + t;
-    let fwd = |r: Result<Tensor, Fail>| r;
+        self.params[i].1[rank] = Some(t);
+    }
 
-    // The shared experts of a block on tp rank t: a partial sum over tp.
-    let shared_out = |xb: &Tensor, t: usize, put: &mut dyn FnMut(&'static str, Tensor)| -> Option<Tensor> {
-        let pieces = shared.as_ref()?(t);
-        let w1 = leaf("shared_w1", 0, Some(pieces));
-        let w2 = leaf("shared_w2", 1, Some(pieces));
-        let w3 = leaf("shared_w3", 0, Some(pieces));
-        let out = kernels::shared(xb, &w1, &w2, &w3);
-        put("shared_w1", w1);
-        put("shared_w2", w2);
-        put("shared_w3", w3);
+    fn grad_block(&self, bi: usize) -> Tensor {
+        let b = &self.blocks[bi];
+        narrow(&narrow(self.inputs.req("grad_y"), 0, b.rows), 1, b.seq)
+    }
+
+    /// The shared experts of block `bi` on its tp rank `t` (hidden dim sharded): a partial sum.
+    fn shared_out(&mut self, bi: usize, t: usize) -> Option<Tensor> {
+        let pieces = chunk(self.sp.dims.shared_hidden?, self.tp, t);
+        let w1 = self.leaf("shared_w1", 0, Some(pieces));
+        let w2 = self.leaf("shared_w2", 1, Some(pieces));
+        let w3 = self.leaf("shared_w3", 0, Some(pieces));
+        let out = kernels::shared(&self.blocks[bi].x, &w1, &w2, &w3);
+        let r = bi * self.tp + t;
+        self.put("shared_w1", r, w1);
+        self.put("shared_w2", r, w2);
+        self.put("shared_w3", r, w3);
         Some(out)
-    };
-
-    if sp.parallel.ep == 1 {
-        for (bi, b) in blocks.iter().enumerate() {
-            let gate = leaf("gate", 0, None);
-            let (bl, ll) = (b.rows.1 as i64, b.seq.1 as i64);
-            let (dm, k) = (d.model as i64, d.top_k as i64);
-            let routed = kernels::route(&cfg, &b.x, &gate, bias.as_ref())?;
-            let counts = kernels::counts(&routed.ids, d.experts);
-            let x_td = b.x.reshape([bl * ll, dm]);
-            // Recorded (0.3.0, partial_dtensor, EP off, SP on, tp > 1, one batch row per rank):
-            // x's gradient leaves out the routed experts' part.
-            let xr = if drops_routed_x_grad(sp, tp, b.rows.1) { x_td.detach() } else { x_td.shallow_clone() };
-            let (tok, ss, rows) = kernels::reorder(
-                &xr,
-                &routed.topk_scores.reshape([bl * ll, k]),
-                &routed.ids.reshape([bl * ll, k]),
-                d.top_k,
-            );
-            let sizes = Vec::<i64>::try_from(&counts).expect("int counts");
-            let mut routed_parts = Vec::new();
-            let mut shared_parts = Vec::new();
-            for t in 0..tp {
-                let r = rank_of(bi, t);
-                put("gate", r, gate.shallow_clone());
-                let w1 = leaf("w1", 1, Some(f_pieces(t)));
-                let w2 = leaf("w2", 2, Some(f_pieces(t)));
-                let w3 = leaf("w3", 1, Some(f_pieces(t)));
-                let y = fwd(kernels::experts(&rows, &sizes, &w1, &w2, &w3))?;
-                routed_parts.push(kernels::combine(&y, &ss, &tok, &x_td).reshape([bl, ll, dm]));
-                put("w1", r, w1);
-                put("w2", r, w2);
-                put("w3", r, w3);
-                let mut p = |name, t| put(name, r, t);
-                shared_parts.extend(shared_out(&b.x, t, &mut p));
-                tokens[r] = Some(counts.to_kind(Kind::Float));
-            }
-            if sp.parallel.sp {
-                // Routed exit and shared w2 each reduce-scatter P -> S(1); the sum is sharded.
-                let routed = sum(&routed_parts);
-                let shared = (!shared_parts.is_empty()).then(|| sum(&shared_parts));
-                for t in 0..tp {
-                    let piece = chunk(ll as usize, tp, t);
-                    let mut y = narrow(&routed, 1, piece);
-                    if let Some(s) = &shared {
-                        y = y + narrow(s, 1, piece);
-                    }
-                    if bw {
-                        losses.push(loss(&y, &narrow(&grad_block(b), 1, piece)));
-                    }
-                    ys[rank_of(bi, t)] = Some(y);
-                }
-            } else {
-                // Routed + shared on each rank (P + P), then the exit all-reduce.
-                let outs: Vec<Tensor> = (0..tp)
-                    .map(|t| match shared_parts.get(t) {
-                        Some(s) => &routed_parts[t] + s,
-                        None => routed_parts[t].shallow_clone(),
-                    })
-                    .collect();
-                let y = sum(&outs);
-                if bw {
-                    losses.push(loss(&y, &grad_block(b)));
-                }
-                for t in 0..tp {
-                    ys[rank_of(bi, t)] = Some(y.shallow_clone());
-                }
-            }
-        }
-    } else {
-        expert_parallel(
-            sp,
-            c,
-            &cfg,
-            &blocks,
-            bias.as_ref(),
-            &leaf,
-            &mut put,
-            &mut ys,
-            &mut tokens,
-            &mut losses,
-            &grad_block,
-            &shared_out,
-        )?;
     }
 
-    if bw && !losses.is_empty() {
-        let total = losses.into_iter().reduce(|a, b| a + b).expect("a loss");
-        if total.requires_grad() {
-            total.backward();
+    /// EP off: block `bi` routed once (replicated over tp), experts sharded on F over tp.
+    fn tensor_parallel_block(&mut self, bi: usize) -> Result<(), Fail> {
+        let (d, tp) = (self.sp.dims, self.tp);
+        let gate = self.leaf("gate", 0, None);
+        let b = &self.blocks[bi];
+        let (bl, ll, dm, k) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64, d.top_k as i64);
+        let routed = kernels::route(&self.cfg, &b.x, &gate, self.bias.as_ref())?;
+        let counts = kernels::counts(&routed.ids, d.experts);
+        let x_td = b.x.reshape([bl * ll, dm]);
+        // Recorded (0.3.0, partial_dtensor, EP off, SP on, tp > 1, one batch row per rank):
+        // x's gradient leaves out the routed experts' part.
+        let xr = if drops_routed_x_grad(self.sp, tp, b.rows.1) { x_td.detach() } else { x_td.shallow_clone() };
+        let scores = routed.topk_scores.reshape([bl * ll, k]);
+        let (tok, ss, rows) = kernels::reorder(&xr, &scores, &routed.ids.reshape([bl * ll, k]), d.top_k);
+        let sizes = Vec::<i64>::try_from(&counts).expect("int counts");
+        let (mut routed_parts, mut shared_parts) = (Vec::new(), Vec::new());
+        for t in 0..tp {
+            let r = bi * tp + t;
+            self.put("gate", r, gate.shallow_clone());
+            let f = Some(chunk(d.hidden, tp, t));
+            let (w1, w2, w3) = (self.leaf("w1", 1, f), self.leaf("w2", 2, f), self.leaf("w3", 1, f));
+            let y = kernels::experts(&rows, &sizes, &w1, &w2, &w3)?;
+            routed_parts.push(kernels::combine(&y, &ss, &tok, &x_td).reshape([bl, ll, dm]));
+            self.put("w1", r, w1);
+            self.put("w2", r, w2);
+            self.put("w3", r, w3);
+            shared_parts.extend(self.shared_out(bi, t));
+            self.tokens[r] = Some(counts.to_kind(Kind::Float));
+        }
+        if self.sp.parallel.sp {
+            // Routed exit and shared w2 each reduce-scatter P -> S(1); the sum is sharded.
+            let routed = sum(&routed_parts);
+            self.sequence_parallel_exit(bi, |_| routed.shallow_clone(), &shared_parts, true);
+        } else {
+            // Routed + shared on each rank (P + P), then the exit all-reduce.
+            self.all_reduce_exit(bi, routed_parts, &shared_parts);
+        }
+        Ok(())
+    }
+
+    /// SP exit of block `bi`: rank t keeps `routed(t)` (its chunk already when `!chunked`,
+    /// else chunked here) plus its chunk of the reduce-scattered shared output.
+    fn sequence_parallel_exit(
+        &mut self,
+        bi: usize,
+        routed: impl Fn(usize) -> Tensor,
+        shared: &[Tensor],
+        chunked: bool,
+    ) {
+        let shared = (!shared.is_empty()).then(|| sum(shared));
+        let len = self.blocks[bi].seq.1;
+        for t in 0..self.tp {
+            let piece = chunk(len, self.tp, t);
+            let mut y = if chunked { narrow(&routed(t), 1, piece) } else { routed(t) };
+            if let Some(s) = &shared {
+                y = y + narrow(s, 1, piece);
+            }
+            if self.sp.backward {
+                self.losses.push(loss(&y, &narrow(&self.grad_block(bi), 1, piece)));
+            }
+            self.ys[bi * self.tp + t] = Some(y);
         }
     }
 
-    // Outputs as DTensors.
-    let mut out = Named::default();
-    let y_ps = if sp.parallel.sp { [s(0), s(1), s(1)] } else { [s(0), s(1), R] };
-    let y: Vec<Tensor> = ys.into_iter().map(|t| t.expect("every rank's y").detach()).collect();
-    out.push("y", dt(y, &mesh, &y_ps)?);
-    if bw {
-        let xg: Vec<Tensor> = (0..n)
-            .map(|r| {
-                let (bi, t) = (r / tp, r % tp);
-                let g = grad_of(&blocks[bi].x);
-                if sp.parallel.sp {
-                    narrow(&g, 1, chunk(blocks[bi].seq.1, tp, t))
-                } else {
-                    g
-                }
+    /// SP-off exit of block `bi`: each rank's partial (routed + shared), all-reduced.
+    fn all_reduce_exit(&mut self, bi: usize, routed: Vec<Tensor>, shared: &[Tensor]) {
+        let outs: Vec<Tensor> = routed
+            .into_iter()
+            .enumerate()
+            .map(|(t, r)| match shared.get(t) {
+                Some(s) => r + s,
+                None => r,
             })
             .collect();
-        out.push("x_grad", dt(xg, &mesh, &y_ps)?);
-        let ep_on = sp.parallel.ep > 1;
-        let sparse = Arc::new(sparse_mesh(sp, c)?);
-        for (name, leaves) in &params {
-            let locals: Vec<Tensor> = leaves.iter().map(|t| grad_of(t.as_ref().expect("a leaf per rank"))).collect();
-            let (ps, m): (Vec<Placement>, &Arc<Mesh>) = match (*name, ep_on) {
-                ("gate", false) => (vec![P, P, R], &mesh),
-                ("gate", true) => (vec![P, P, P], &mesh),
-                ("w1" | "w3", false) => (vec![P, P, s(1)], &mesh),
-                ("w2", false) => (vec![P, P, s(2)], &mesh),
-                ("w1" | "w2" | "w3", true) => (vec![P, P, s(0)], &sparse),
-                ("shared_w1" | "shared_w3", _) => (vec![P, P, s(0)], &mesh),
-                _ => (vec![P, P, s(1)], &mesh),
-            };
-            out.push(&format!("grad.{name}"), dt(locals, m, &ps)?);
+        let y = sum(&outs);
+        if self.sp.backward {
+            self.losses.push(loss(&y, &self.grad_block(bi)));
+        }
+        for t in 0..self.tp {
+            self.ys[bi * self.tp + t] = Some(y.shallow_clone());
         }
     }
-    let tokens: Vec<Tensor> = tokens.into_iter().map(|t| t.expect("every rank's counts")).collect();
-    // The hook's reductions: over tp when EP is on (the counts are partial there), then over
-    // the loss mesh (dp x cp).
-    let step = if sp.parallel.ep > 1 { 1 } else { tp };
-    let global = sum(&tokens.iter().step_by(step).map(|t| t.shallow_clone()).collect::<Vec<_>>());
-    let tpe_ps = if sp.parallel.ep > 1 { [P, P, P] } else { [P, P, R] };
-    out.push("tokens_per_expert", dt(tokens, &mesh, &tpe_ps)?);
-    if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &bias) {
-        let after = kernels::hook(b, &global, coeff);
-        let locals = (0..n).map(|_| after.shallow_clone()).collect();
-        out.push("expert_bias", dt(locals, &mesh, &[R, R, R])?);
+
+    /// EP on: each rank routes its tp chunk of its block's sequence, exchanges rows with its ep
+    /// group, runs its local experts and gets its rows back; then the shared experts and exits.
+    fn expert_parallel(&mut self, _c: &Common) -> Result<(), Fail> {
+        let srcs = self.dispatch()?;
+        let (outs, at) = self.local_experts(&srcs)?;
+        let routed = self.combine(&srcs, &outs, &at);
+        let tp = self.tp;
+        for bi in 0..self.blocks.len() {
+            let shared: Vec<Tensor> = (0..tp).filter_map(|t| self.shared_out(bi, t)).collect();
+            if self.sp.parallel.sp {
+                self.sequence_parallel_exit(bi, |t| routed[bi * tp + t].shallow_clone(), &shared, false);
+            } else {
+                // Routed S(1) -> P by zero-fill, + shared P, then the exit all-reduce.
+                let filled = (0..self.tp).map(|t| self.zero_fill(bi, t, &routed[bi * self.tp + t])).collect();
+                self.all_reduce_exit(bi, filled, &shared);
+            }
+        }
+        Ok(())
     }
-    Ok(out)
+
+    /// Every rank's router on its chunk, its counts, and its rows in expert order.
+    fn dispatch(&mut self) -> Result<Vec<Src>, Fail> {
+        let (d, tp) = (self.sp.dims, self.tp);
+        let (dm, k) = (d.model as i64, d.top_k as i64);
+        let mut srcs = Vec::with_capacity(self.ys.len());
+        for r in 0..self.ys.len() {
+            let b = &self.blocks[r / tp];
+            let piece = chunk(b.seq.1, tp, r % tp);
+            let (bl, lr) = (b.rows.1 as i64, piece.1 as i64);
+            let xr = narrow(&b.x, 1, piece);
+            let gate = self.leaf("gate", 0, None);
+            let routed = kernels::route(&self.cfg, &xr, &gate, self.bias.as_ref())?;
+            self.put("gate", r, gate);
+            let counts = kernels::counts(&routed.ids, d.experts);
+            self.tokens[r] = Some(counts.to_kind(Kind::Float));
+            let x_td = xr.reshape([bl * lr, dm]);
+            let scores = routed.topk_scores.reshape([bl * lr, k]);
+            let (tok, ss, rows) = kernels::reorder(&x_td, &scores, &routed.ids.reshape([bl * lr, k]), d.top_k);
+            let counts = Vec::<i64>::try_from(&counts).expect("int counts");
+            let mut offs = vec![0i64; counts.len() + 1];
+            for i in 0..counts.len() {
+                offs[i + 1] = offs[i] + counts[i];
+            }
+            srcs.push(Src { tok, ss, rows, x_td, counts, offs, shape: (bl, lr) });
+        }
+        Ok(srcs)
+    }
+
+    /// Each rank's received rows in (local expert, source rank) order through its local
+    /// experts; `at[r][i * ep + s]` = (start, length) of source s's rows for local expert i.
+    #[allow(clippy::type_complexity)]
+    fn local_experts(&mut self, srcs: &[Src]) -> Result<(Vec<Tensor>, Vec<Vec<(i64, i64)>>), Fail> {
+        let d = self.sp.dims;
+        let (ep, e) = (self.sp.parallel.ep, d.experts / self.sp.parallel.ep);
+        let (mut outs, mut at) = (Vec::new(), Vec::new());
+        for r in 0..srcs.len() {
+            let (group, j) = (r / ep, r % ep);
+            let (mut pieces, mut place, mut sizes, mut pos) = (Vec::new(), Vec::new(), vec![0i64; e], 0i64);
+            for (i, size) in sizes.iter_mut().enumerate() {
+                let ex = j * e + i;
+                for src in &srcs[group * ep..group * ep + ep] {
+                    let len = src.counts[ex];
+                    pieces.push(src.rows.narrow(0, src.offs[ex], len));
+                    place.push((pos, len));
+                    pos += len;
+                    *size += len;
+                }
+            }
+            let input = Tensor::cat(&pieces, 0);
+            let mine = Some((j * e, e));
+            let (w1, w2, w3) = (self.leaf("w1", 0, mine), self.leaf("w2", 0, mine), self.leaf("w3", 0, mine));
+            outs.push(kernels::experts(&input, &sizes, &w1, &w2, &w3)?);
+            self.put("w1", r, w1);
+            self.put("w2", r, w2);
+            self.put("w3", r, w3);
+            at.push(place);
+        }
+        Ok((outs, at))
+    }
+
+    /// The rows back to their sources (expert order), combined at their own tokens.
+    fn combine(&self, srcs: &[Src], outs: &[Tensor], at: &[Vec<(i64, i64)>]) -> Vec<Tensor> {
+        let d = self.sp.dims;
+        let (ep, e) = (self.sp.parallel.ep, d.experts / self.sp.parallel.ep);
+        srcs.iter()
+            .enumerate()
+            .map(|(r, src)| {
+                let (group, s) = (r / ep, r % ep);
+                let pieces: Vec<Tensor> = (0..d.experts)
+                    .map(|ex| {
+                        let (start, len) = at[group * ep + ex / e][(ex % e) * ep + s];
+                        outs[group * ep + ex / e].narrow(0, start, len)
+                    })
+                    .collect();
+                let back = Tensor::cat(&pieces, 0);
+                let (bl, lr) = src.shape;
+                kernels::combine(&back, &src.ss, &src.tok, &src.x_td).reshape([bl, lr, d.model as i64])
+            })
+            .collect()
+    }
+
+    /// DTensor's Shard(1) -> Partial of rank t's routed chunk: zeros around it.
+    fn zero_fill(&self, bi: usize, t: usize, routed: &Tensor) -> Tensor {
+        let b = &self.blocks[bi];
+        let piece = chunk(b.seq.1, self.tp, t);
+        let opts = (routed.kind(), routed.device());
+        let (bl, dm) = (b.rows.1 as i64, self.sp.dims.model as i64);
+        let before = Tensor::zeros([bl, piece.0 as i64, dm], opts);
+        let after = Tensor::zeros([bl, (b.seq.1 - piece.0 - piece.1) as i64, dm], opts);
+        Tensor::cat(&[before, routed.shallow_clone(), after], 1)
+    }
+
+    /// Every output as a DTensor on the dense mesh (the expert weights' gradients under EP on
+    /// the sparse mesh), placements as the layer leaves them.
+    fn outputs(self, c: &Common, mesh: &Arc<Mesh>) -> Result<Named<DTensor>, Fail> {
+        let (sp, tp, n) = (self.sp, self.tp, self.ys.len());
+        let mut out = Named::default();
+        let y_ps = if sp.parallel.sp { [s(0), s(1), s(1)] } else { [s(0), s(1), R] };
+        let y: Vec<Tensor> = self.ys.into_iter().map(|t| t.expect("every rank's y").detach()).collect();
+        out.push("y", dt(y, mesh, &y_ps)?);
+        if sp.backward {
+            let xg: Vec<Tensor> = (0..n)
+                .map(|r| {
+                    let b = &self.blocks[r / tp];
+                    let g = grad_of(&b.x);
+                    if sp.parallel.sp {
+                        narrow(&g, 1, chunk(b.seq.1, tp, r % tp))
+                    } else {
+                        g
+                    }
+                })
+                .collect();
+            out.push("x_grad", dt(xg, mesh, &y_ps)?);
+            let ep_on = sp.parallel.ep > 1;
+            let sparse = Arc::new(sparse_mesh(sp, c)?);
+            for (name, leaves) in &self.params {
+                let locals: Vec<Tensor> =
+                    leaves.iter().map(|t| grad_of(t.as_ref().expect("a leaf per rank"))).collect();
+                let (ps, m): (Vec<Placement>, &Arc<Mesh>) = match (*name, ep_on) {
+                    ("gate", false) => (vec![P, P, R], mesh),
+                    ("gate", true) => (vec![P, P, P], mesh),
+                    ("w1" | "w3", false) => (vec![P, P, s(1)], mesh),
+                    ("w2", false) => (vec![P, P, s(2)], mesh),
+                    ("w1" | "w2" | "w3", true) => (vec![P, P, s(0)], &sparse),
+                    ("shared_w1" | "shared_w3", _) => (vec![P, P, s(0)], mesh),
+                    _ => (vec![P, P, s(1)], mesh),
+                };
+                out.push(&format!("grad.{name}"), dt(locals, m, &ps)?);
+            }
+        }
+        let tokens: Vec<Tensor> = self.tokens.into_iter().map(|t| t.expect("every rank's counts")).collect();
+        // The hook's reductions: over tp when EP is on (the counts are partial there), then over
+        // the loss mesh (dp x cp).
+        let step = if sp.parallel.ep > 1 { 1 } else { tp };
+        let global = sum(&tokens.iter().step_by(step).map(|t| t.shallow_clone()).collect::<Vec<_>>());
+        let tpe_ps = if sp.parallel.ep > 1 { [P, P, P] } else { [P, P, R] };
+        out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
+        if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
+            let after = kernels::hook(b, &global, coeff);
+            out.push("expert_bias", dt((0..n).map(|_| after.shallow_clone()).collect(), mesh, &[R, R, R])?);
+        }
+        Ok(out)
+    }
 }
 
 /// Whether the run loses the routed experts' gradient of x: what the real partial_dtensor
@@ -384,161 +534,4 @@ pub fn sparse_mesh(sp: &MoeSpec, c: &Common) -> Result<Mesh, Fail> {
     let efsdp = (dp / p.dp_replicate) * cp * tp / p.ep;
     Mesh::new(vec![p.dp_replicate, efsdp, p.ep], vec!["dp_replicate".into(), "efsdp".into(), "ep".into()])
         .map_err(|e| Fail::new(Stage::Mesh, "ValueError", e.to_string()))
-}
-
-type Put<'a> = dyn FnMut(&'static str, usize, Tensor) + 'a;
-
-/// EP on: each rank routes its tp chunk of the block's sequence, exchanges rows with its ep
-/// group, runs its local experts, and gets its rows back.
-#[allow(clippy::too_many_arguments)]
-fn expert_parallel(
-    sp: &MoeSpec,
-    c: &Common,
-    cfg: &router::RouterConfig,
-    blocks: &[Block],
-    bias: Option<&Tensor>,
-    leaf: &dyn Fn(&str, i64, Option<(usize, usize)>) -> Tensor,
-    put: &mut Put,
-    ys: &mut [Option<Tensor>],
-    tokens: &mut [Option<Tensor>],
-    losses: &mut Vec<Tensor>,
-    grad_block: &dyn Fn(&Block) -> Tensor,
-    shared_out: &dyn Fn(&Tensor, usize, &mut dyn FnMut(&'static str, Tensor)) -> Option<Tensor>,
-) -> Result<(), Fail> {
-    let (_, _, tp) = MoeSpec::axes(c);
-    let d = sp.dims;
-    let (ep, e) = (sp.parallel.ep, d.experts / sp.parallel.ep);
-    let n = blocks.len() * tp;
-    let (dm, k) = (d.model as i64, d.top_k as i64);
-    // Dispatch side, per rank.
-    struct Src {
-        tok: Tensor,
-        ss: Tensor,
-        rows: Tensor,
-        x_td: Tensor,
-        counts: Vec<i64>,
-        offs: Vec<i64>,
-        shape: (i64, i64),
-    }
-    let mut srcs = Vec::with_capacity(n);
-    for r in 0..n {
-        let (bi, t) = (r / tp, r % tp);
-        let b = &blocks[bi];
-        let piece = chunk(b.seq.1, tp, t);
-        let xr = narrow(&b.x, 1, piece);
-        let gate = leaf("gate", 0, None);
-        let routed = kernels::route(cfg, &xr, &gate, bias)?;
-        put("gate", r, gate);
-        let counts = kernels::counts(&routed.ids, d.experts);
-        tokens[r] = Some(counts.to_kind(Kind::Float));
-        let (bl, lr) = (b.rows.1 as i64, piece.1 as i64);
-        let x_td = xr.reshape([bl * lr, dm]);
-        let (tok, ss, rows) = kernels::reorder(
-            &x_td,
-            &routed.topk_scores.reshape([bl * lr, k]),
-            &routed.ids.reshape([bl * lr, k]),
-            d.top_k,
-        );
-        let counts = Vec::<i64>::try_from(&counts).expect("int counts");
-        let mut offs = vec![0i64; counts.len() + 1];
-        for i in 0..counts.len() {
-            offs[i + 1] = offs[i] + counts[i];
-        }
-        srcs.push(Src { tok, ss, rows, x_td, counts, offs, shape: (bl, lr) });
-    }
-    // Each destination: rows in (local expert, source) order; where each piece sits.
-    let mut outs: Vec<Tensor> = Vec::with_capacity(n);
-    let mut at: Vec<Vec<(i64, i64)>> = Vec::with_capacity(n); // [(i * ep + s)] -> (start, len)
-    for r in 0..n {
-        let (group, j) = (r / ep, r % ep);
-        let mut pieces = Vec::new();
-        let mut place = Vec::new();
-        let mut sizes = vec![0i64; e];
-        let mut pos = 0i64;
-        for (i, size) in sizes.iter_mut().enumerate() {
-            let ex = j * e + i;
-            for s in 0..ep {
-                let src = &srcs[group * ep + s];
-                let len = src.counts[ex];
-                pieces.push(src.rows.narrow(0, src.offs[ex], len));
-                place.push((pos, len));
-                pos += len;
-                *size += len;
-            }
-        }
-        let input = if pieces.is_empty() { srcs[r].rows.narrow(0, 0, 0) } else { Tensor::cat(&pieces, 0) };
-        let experts = (j * e, e);
-        let w1 = leaf("w1", 0, Some(experts));
-        let w2 = leaf("w2", 0, Some(experts));
-        let w3 = leaf("w3", 0, Some(experts));
-        outs.push(kernels::experts(&input, &sizes, &w1, &w2, &w3)?);
-        put("w1", r, w1);
-        put("w2", r, w2);
-        put("w3", r, w3);
-        at.push(place);
-    }
-    // Back to the sources, combined at their own tokens.
-    let mut routed = Vec::with_capacity(n);
-    for (r, src) in srcs.iter().enumerate() {
-        let (group, s) = (r / ep, r % ep);
-        let mut pieces = Vec::new();
-        for ex in 0..d.experts {
-            let (j, i) = (ex / e, ex % e);
-            let (start, len) = at[group * ep + j][i * ep + s];
-            pieces.push(outs[group * ep + j].narrow(0, start, len));
-        }
-        let back = Tensor::cat(&pieces, 0);
-        let (bl, lr) = src.shape;
-        routed.push(kernels::combine(&back, &src.ss, &src.tok, &src.x_td).reshape([bl, lr, dm]));
-    }
-    // Shared experts on the whole block (gathered under SP), then the exits.
-    for (bi, b) in blocks.iter().enumerate() {
-        let mut shared_parts = Vec::new();
-        for t in 0..tp {
-            let r = bi * tp + t;
-            let mut p = |name, v| put(name, r, v);
-            shared_parts.extend(shared_out(&b.x, t, &mut p));
-        }
-        let shared = (!shared_parts.is_empty()).then(|| sum(&shared_parts));
-        if sp.parallel.sp {
-            for t in 0..tp {
-                let r = bi * tp + t;
-                let piece = chunk(b.seq.1, tp, t);
-                let mut y = routed[r].shallow_clone();
-                if let Some(s) = &shared {
-                    y = y + narrow(s, 1, piece);
-                }
-                if sp.backward {
-                    losses.push(loss(&y, &narrow(&grad_block(b), 1, piece)));
-                }
-                ys[r] = Some(y);
-            }
-        } else {
-            // Routed S(1) -> P by zero-fill, + shared P, then the exit all-reduce.
-            let outs: Vec<Tensor> = (0..tp)
-                .map(|t| {
-                    let r = bi * tp + t;
-                    let piece = chunk(b.seq.1, tp, t);
-                    let before =
-                        Tensor::zeros([b.rows.1 as i64, piece.0 as i64, dm], (routed[r].kind(), routed[r].device()));
-                    let after_len = b.seq.1 - piece.0 - piece.1;
-                    let after =
-                        Tensor::zeros([b.rows.1 as i64, after_len as i64, dm], (routed[r].kind(), routed[r].device()));
-                    let filled = Tensor::cat(&[before, routed[r].shallow_clone(), after], 1);
-                    match &shared_parts.get(t) {
-                        Some(s) => filled + *s,
-                        None => filled,
-                    }
-                })
-                .collect();
-            let y = sum(&outs);
-            if sp.backward {
-                losses.push(loss(&y, &grad_block(b)));
-            }
-            for t in 0..tp {
-                ys[bi * tp + t] = Some(y.shallow_clone());
-            }
-        }
-    }
-    Ok(())
 }
