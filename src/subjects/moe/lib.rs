@@ -18,3 +18,6 @@ pub mod subject;
 
 pub use revision::{Backend, MoeRev};
 pub use spec::MoeSpec;
+
+#[cfg(test)]
+mod tests;
