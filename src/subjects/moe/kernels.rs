@@ -59,7 +59,7 @@ pub fn route(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, expert_bias: Option<
         let den = topk_scores.sum_dim_intlist([-1i64].as_slice(), true, topk_scores.kind()) + 1e-20;
         topk_scores = &topk_scores / den;
     }
-    topk_scores = topk_scores * cfg.options.route_scale;
+    topk_scores = &topk_scores * cfg.options.route_scale;
     Ok(Routed { topk_scores, ids, scores })
 }
 

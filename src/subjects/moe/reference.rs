@@ -70,7 +70,7 @@ pub fn run(s: &MoeSpec, inputs: &Inputs) -> Result<Named<Tensor>, Fail> {
     let y_rows = kernels::experts(&rows, &sizes, &p.w1, &p.w2, &p.w3)?;
     let mut y = kernels::combine(&y_rows, &ss, &tok, &x_td).reshape([b, l, dm]);
     if let Some([a, bb, c]) = &p.shared {
-        y = y + kernels::shared(&x, a, bb, c);
+        y = &y + kernels::shared(&x, a, bb, c);
     }
     let mut out = Named::default();
     out.push("y", y.detach());

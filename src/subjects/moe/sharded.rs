@@ -58,7 +58,7 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     let (dp, cp, tp) = MoeSpec::axes(c);
     let d = &sp.dims;
     let div = sp.seq_divisor(c);
-    if sp.trainer_checks && d.seq % div != 0 {
+    if sp.trainer_checks && !d.seq.is_multiple_of(div) {
         return Err(Fail::new(
             Stage::Config,
             "ValueError",
@@ -122,13 +122,13 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
         && local_batch_one
         && d.shared_hidden.is_some()
         && d.top_k > 1
-        && lens.iter().any(|&l| l == tp)
+        && lens.contains(&tp)
     {
         // Recorded once (K = 2, shared experts, one position per tp rank): the backward raises
         // a shape error. Its extent is not known yet.
         return Err(Fail::not_modelled("the backward's shape error with shared experts and one batch row per rank"));
     }
-    if p.ep > 1 && d.experts % p.ep != 0 {
+    if p.ep > 1 && !d.experts.is_multiple_of(p.ep) {
         return Err(Fail::new(
             Stage::Forward,
             "RuntimeError",
@@ -308,7 +308,7 @@ impl Prog<'_> {
             let piece = chunk(len, self.tp, t);
             let mut y = if chunked { narrow(&routed(t), 1, piece) } else { routed(t) };
             if let Some(s) = &shared {
-                y = y + narrow(s, 1, piece);
+                y = &y + narrow(s, 1, piece);
             }
             if self.sp.backward {
                 self.losses.push(loss(&y, &narrow(&self.grad_block(bi), 1, piece)));

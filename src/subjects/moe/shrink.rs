@@ -27,7 +27,7 @@ pub fn candidates(c: &MCase) -> Vec<MCase> {
             }
             let (dp, cp, tp) = MoeSpec::axes(&n);
             let dense = (dp / n.subject.parallel.dp_replicate) * cp * tp;
-            if dense % n.subject.parallel.ep != 0 {
+            if !dense.is_multiple_of(n.subject.parallel.ep) {
                 n.subject.parallel.ep = 1;
             }
             out.push(n);

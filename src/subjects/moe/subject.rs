@@ -18,6 +18,10 @@ use harness::Signature;
 use placement::Mesh;
 use tch::{Device, Tensor};
 
+/// The recorded upstream problem the model carries: under the DTensor backends with EP off, SP
+/// on, tp > 1 and one batch row per rank, x's gradient lacks the routed experts' part.
+pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
+
 /// The `subject.kind` of MoE cases.
 pub const KIND: &str = "moe";
 
@@ -127,11 +131,19 @@ impl Subject for MoeSpec {
     }
 
     fn known_bugs(&self) -> Vec<&'static str> {
-        Vec::new()
+        vec![X_GRAD_ONE_ROW]
     }
 
-    fn known(&self, _c: &Common, _sig: &Signature) -> Vec<&'static str> {
-        Vec::new()
+    fn known(&self, c: &Common, sig: &Signature) -> Vec<&'static str> {
+        let (dp, _, tp) = MoeSpec::axes(c);
+        let one_row = (0..dp).any(|d| crate::sharded::chunk(self.dims.batch, dp, d).1 == 1);
+        let class = crate::sharded::drops_routed_x_grad(self, tp, 1) && one_row;
+        let x_grad = sig.class == harness::oracle::Class::Value && sig.output.as_deref() == Some("x_grad");
+        if class && x_grad {
+            vec![X_GRAD_ONE_ROW]
+        } else {
+            Vec::new()
+        }
     }
 
     fn explain(&self, v: &Verdict) -> String {
