@@ -65,7 +65,9 @@ impl AnySpec {
     }
 }
 
-/// What each subject's run keeps beside the shared run.
+/// What each subject's run keeps beside the shared run (one per run: the variants' sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyExtra {
     Router(router::run::Extra),
     Moe(moe::run::Extra),
