@@ -240,7 +240,7 @@ mod values {
 
     impl<'a> R<'a> {
         pub fn of(c: &'a AnyChecked) -> R<'a> {
-            let AnyExtra::Router(x) = &c.extra;
+            let AnyExtra::Router(x) = &c.extra else { panic!("the router crosscheck runs router cases") };
             R { spec: crate::spec(&c.case), margins: &x.margins }
         }
     }

@@ -278,7 +278,7 @@ fn combination(rev: RouterRev, rules: RuleSet, boundary: Option<Boundary>) -> An
     let common = GenCommon { rules: vec![rules], backward, ..GenCommon::default() };
     let boundaries = boundary.map(|b| vec![b]).unwrap_or_default();
     let router = RouterGen { routers: vec![rev], boundaries, ..RouterGen::default() };
-    let cfg = GenConfig { common, subjects: AnyGen { subjects: vec![Kind::Router], router } };
+    let cfg = GenConfig { common, subjects: AnyGen { subjects: vec![Kind::Router], router, ..AnyGen::default() } };
     (0..2000).map(|i| cfg.nth(3, i)).find(|c| crate::spec(c).router.groups.is_some()).expect("a case with groups")
 }
 

@@ -22,6 +22,8 @@ names::named_enum! {
     pub enum Kind("subject") {
         /// torchtitan's MoE router and its backward at the MoE boundaries.
         Router = "router",
+        /// torchtitan's whole MoE layer (router, experts, combine, shared experts, hook).
+        Moe = "moe",
     }
 }
 
@@ -30,6 +32,7 @@ impl Kind {
     pub fn known_bugs(self) -> Vec<&'static str> {
         match self {
             Kind::Router => router::known::Known::ALL.iter().map(|k| k.name()).collect(),
+            Kind::Moe => Vec::new(),
         }
     }
 }
@@ -49,6 +52,7 @@ pub type AnyCrashed = harness::Crashed<AnySpec>;
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnySpec {
     Router(router::RouterSpec),
+    Moe(moe::MoeSpec),
 }
 
 impl AnySpec {
@@ -56,13 +60,17 @@ impl AnySpec {
     pub fn as_router(&self) -> Option<&router::RouterSpec> {
         match self {
             AnySpec::Router(s) => Some(s),
+            AnySpec::Moe(_) => None,
         }
     }
 }
 
-/// What each subject's run keeps beside the shared run.
+/// What each subject's run keeps beside the shared run (one per run: the variants' sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 pub enum AnyExtra {
     Router(router::run::Extra),
+    Moe(moe::run::Extra),
 }
 
 /// The generator settings: which subjects to draw, and each subject's own settings (their
@@ -74,6 +82,8 @@ pub struct AnyGen {
     pub subjects: Vec<Kind>,
     #[serde(flatten)]
     pub router: router::generate::RouterGen,
+    #[serde(flatten)]
+    pub moe: moe::generate::MoeGen,
 }
 
 fn default_subjects() -> Vec<Kind> {
@@ -82,7 +92,7 @@ fn default_subjects() -> Vec<Kind> {
 
 impl Default for AnyGen {
     fn default() -> Self {
-        AnyGen { subjects: default_subjects(), router: Default::default() }
+        AnyGen { subjects: default_subjects(), router: Default::default(), moe: Default::default() }
     }
 }
 
@@ -91,6 +101,7 @@ macro_rules! each {
     ($spec:expr, $s:ident => $body:expr) => {
         match $spec {
             AnySpec::Router($s) => $body,
+            AnySpec::Moe($s) => $body,
         }
     };
 }
@@ -100,6 +111,7 @@ macro_rules! extra {
     ($x:expr, $v:ident) => {
         match $x {
             AnyExtra::$v(x) => x,
+            _ => unreachable!("a run's extra is its own subject's"),
         }
     };
 }
@@ -120,6 +132,7 @@ impl Subject for AnySpec {
         let kind = v.get("kind").and_then(|k| k.as_str()).ok_or("subject.kind: missing")?;
         match kind.parse::<Kind>().map_err(|e| format!("subject.kind: {e}"))? {
             Kind::Router => router::RouterSpec::from_json(v).map(AnySpec::Router),
+            Kind::Moe => moe::MoeSpec::from_json(v).map(AnySpec::Moe),
         }
     }
 
@@ -138,6 +151,7 @@ impl Subject for AnySpec {
     fn run(&self, c: &Common, inputs: &Inputs, device: Device) -> Result<(Run, AnyExtra), CaseError> {
         match self {
             AnySpec::Router(s) => s.run(c, inputs, device).map(|(r, x)| (r, AnyExtra::Router(x))),
+            AnySpec::Moe(s) => s.run(c, inputs, device).map(|(r, x)| (r, AnyExtra::Moe(x))),
         }
     }
 
@@ -152,12 +166,14 @@ impl Subject for AnySpec {
     ) {
         match self {
             AnySpec::Router(s) => s.values(c, run, extra!(x, Router), base, other, j),
+            AnySpec::Moe(s) => s.values(c, run, extra!(x, Moe), base, other, j),
         }
     }
 
     fn judge(&self, c: &Common, run: &Run, x: &AnyExtra, j: &mut Judgement) {
         match self {
             AnySpec::Router(s) => s.judge(c, run, extra!(x, Router), j),
+            AnySpec::Moe(s) => s.judge(c, run, extra!(x, Moe), j),
         }
     }
 
@@ -174,6 +190,7 @@ impl Subject for AnySpec {
         for k in &own.subjects {
             match k {
                 Kind::Router => v.extend(router::RouterSpec::all_programs(common, &own.router)),
+                Kind::Moe => v.extend(moe::MoeSpec::all_programs(common, &own.moe)),
             }
         }
         v
@@ -184,6 +201,7 @@ impl Subject for AnySpec {
         let kind = if own.subjects.len() > 1 { src.pick(&own.subjects) } else { own.subjects[0] };
         match kind {
             Kind::Router => router::RouterSpec::generate(src, common, &own.router).map_subject(AnySpec::Router),
+            Kind::Moe => moe::MoeSpec::generate(src, common, &own.moe).map_subject(AnySpec::Moe),
         }
     }
 
@@ -192,6 +210,10 @@ impl Subject for AnySpec {
             AnySpec::Router(s) => {
                 let c = Case { common: case.common.clone(), subject: s.clone() };
                 router::RouterSpec::candidates(&c).into_iter().map(|c| c.map_subject(AnySpec::Router)).collect()
+            }
+            AnySpec::Moe(s) => {
+                let c = Case { common: case.common.clone(), subject: s.clone() };
+                moe::MoeSpec::candidates(&c).into_iter().map(|c| c.map_subject(AnySpec::Moe)).collect()
             }
         }
     }
@@ -280,7 +302,7 @@ impl GenConfig {
 /// (flattened into every command that draws cases).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SubjectArgs {
-    /// Subjects to draw cases of (comma-separated: router)
+    /// Subjects to draw cases of (comma-separated: router, moe)
     #[arg(long, value_delimiter = ',', default_value = "router")]
     pub subject: Vec<Kind>,
     /// Router revisions to draw from (comma-separated; default all)
@@ -293,6 +315,9 @@ pub struct SubjectArgs {
     /// Boundary revisions to draw router backward cases from (comma-separated; default all)
     #[arg(long, value_delimiter = ',')]
     pub boundary: Vec<router::backward::Boundary>,
+    /// MoE-layer revisions to draw from (comma-separated; default every modelled one)
+    #[arg(long = "moe-revision", value_delimiter = ',')]
+    pub moe_revision: Vec<moe::MoeRev>,
 }
 
 impl SubjectArgs {
@@ -304,6 +329,7 @@ impl SubjectArgs {
             boundaries: self.boundary.clone(),
             layouts: self.layouts,
         };
-        AnyGen { subjects, router }
+        let moe = moe::generate::MoeGen { moe_revisions: self.moe_revision.clone() };
+        AnyGen { subjects, router, moe }
     }
 }

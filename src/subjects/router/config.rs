@@ -107,7 +107,7 @@ impl RouterConfig {
         Ok(RouterConfig { experts, top_k, options })
     }
 
-    pub(crate) fn experts_per_group(&self) -> Option<usize> {
+    pub fn experts_per_group(&self) -> Option<usize> {
         self.options.groups.map(|g| self.experts / g.num_groups)
     }
 }

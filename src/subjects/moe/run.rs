@@ -1,0 +1,106 @@
+//! Runs one MoE case: the reference and the sharded layer; the value oracle's bounds. Oracles
+//! judge the result; nothing here decides what is a divergence.
+
+use crate::error::Fail;
+use crate::spec::MoeSpec;
+use crate::{reference, sharded};
+use dtensor::{DTensor, DTensorError, DType};
+use harness::case::{CaseError, Common};
+use harness::oracle::value::{compare, Bound, Compare};
+use harness::oracle::Judgement;
+use harness::run::Inputs;
+use harness::run::{Contract, Named, Run};
+use harness::timing::{timed, Phases};
+use placement::{Placement, ReduceOp};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// What the MoE subject's own oracles keep beside the shared run (nothing yet).
+pub struct Extra;
+
+fn err(f: Fail) -> DTensorError {
+    f.into_dtensor()
+}
+
+/// Runs a validated case on its inputs.
+pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), CaseError> {
+    let mesh = Arc::new(c.mesh()?);
+    let mut p = Phases::default();
+    let reference = timed(&mut p.reference_us, || reference::run(s, inputs).map_err(err));
+    let sharded = timed(&mut p.sharded_us, || sharded::run(s, c, inputs).map_err(err));
+    // A case the sharded side does not model is a skip, not a one-sided error.
+    let reference = match &sharded {
+        Err(e) if not_modelled(e) => Err(e.clone()),
+        _ => reference,
+    };
+    let run = Run {
+        contracts: contracts(s),
+        promises: Vec::new(),
+        mesh,
+        reference,
+        sharded,
+        comms: Vec::new(),
+        backward: None,
+        phases: p,
+    };
+    Ok((run, Extra))
+}
+
+/// The layer's declared output layouts on the dense mesh (dp, cp, tp), as DTensor placements:
+/// y leaves as x came in (SP: the sequence sharded over tp); the token counts are partial over
+/// dp and cp, and over tp when EP is on.
+pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
+    let (sh, r, p) = (Placement::Shard, Placement::Replicate, Placement::Partial(ReduceOp::Sum));
+    let y = if s.parallel.sp { vec![sh(0), sh(1), sh(1)] } else { vec![sh(0), sh(1), r] };
+    let tokens = if s.parallel.ep > 1 { vec![p, p, p] } else { vec![p, p, r] };
+    let mode = if s.parallel.sp { "SP" } else { "I" };
+    vec![
+        Contract { output: "y".into(), placements: y, ndim: 3, source: format!("MoE out_dst ({mode} layout)") },
+        Contract {
+            output: "tokens_per_expert".into(),
+            placements: tokens,
+            ndim: 1,
+            source: "MoE tokens_per_expert_E layout".into(),
+        },
+    ]
+}
+
+/// The bound an output's elements are compared within: relative to the output's largest
+/// magnitude, at bf16's scale whatever the case dtype (the grouped GEMMs round every product to
+/// bf16, and a sharded run rounds partial sums over F where the reference rounds one), looser
+/// for bf16 cases; counts exactly; the expert bias to float32 rounding.
+pub fn bound(c: &Common, name: &str, reference: &Tensor) -> Bound {
+    let scale = reference.abs().max().double_value(&[]);
+    match name {
+        "tokens_per_expert" => Bound::Exact,
+        "expert_bias" => Bound::Abs(1e-7),
+        _ if c.dtype == DType::BF16 => Bound::Abs(4e-2 * scale + 1e-4),
+        _ => Bound::Abs(1e-2 * scale + 1e-5),
+    }
+}
+
+/// Whether an output is rounding noise only, so no two runs need agree on it: with route_norm
+/// and K = 1 every top-k score is s / (s + 1e-20) = 1, so the gate's true gradient is zero and
+/// what a run computes for it is the rounding of cancelling terms (recorded: bf16 values of
+/// 1e-3 in one run, 1e-4 of the other sign in another).
+pub fn noise_only(s: &MoeSpec, name: &str) -> bool {
+    name == "grad.gate" && s.router.route_norm && s.dims.top_k == 1
+}
+
+/// The value oracle: every sharded output, gathered, against the reference.
+pub fn values(s: &MoeSpec, c: &Common, base: &Named<Tensor>, other: &Named<DTensor>, j: &mut Judgement) {
+    for (name, d) in other.iter() {
+        let Some(r) = base.get(name) else { continue };
+        if noise_only(s, name) {
+            continue;
+        }
+        let Ok(full) = d.full_tensor() else { continue };
+        let cmp = Compare { name, bound: bound(c, name, r), skip_rows: &[] };
+        compare(&cmp, r, &full, j);
+    }
+}
+
+/// Whether a failure is the simulator's "not modelled yet" (a skip, not a verdict).
+pub fn not_modelled(e: &DTensorError) -> bool {
+    matches!(e, DTensorError::Local { kind, .. } if kind.ends_with(":NotModelled"))
+}
