@@ -338,6 +338,8 @@ fn every_revision_rule_set_and_boundary_reaches_export_and_the_worker_from_one_t
         assert_eq!(v, &want, "{}", req["case"]["subject"]["revision"]);
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Every upstream reproducer (docs/upstream/*.py) behaves on the project's torch as the status
 /// table of docs/upstream/README.md says (reproduces or not; the torchtitan one is skipped
 /// without torchtitan). scripts/upstream-check does the comparison; other releases: run it with
