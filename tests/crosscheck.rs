@@ -1,4 +1,4 @@
-//! Router cases recorded on real PyTorch 2.12.1, 2.13.0 and 2.14.0 (one gloo process per rank, by
+//! Router cases recorded on real PyTorch 2.12.1, 2.13.0, 2.14.0 and 2.15.0 (one gloo process per rank, by
 //! `docs/pytorch-checks/router_oracle.py`; see docs/crosscheck.md) replay the same here: ok or the
 //! same error kind and first line, the same placements, per-rank global and local shapes per
 //! output, the same collectives counted per op, and the same values within the value oracle's
@@ -60,6 +60,14 @@ fn random_cases_agree_with_real_pytorch_2_13() {
 #[test]
 fn random_cases_agree_with_real_pytorch_2_14() {
     check_file("router-random-t2140.jsonl", 115, &[]);
+}
+
+/// 2.15.0, replayed with `torch-2.15`: cases 0-99 of `gen --seed 1415 --rules torch-2.15
+/// --backward off`, plus every 3-D-mesh case and every case with a Partial input on a mesh dim of
+/// more than one rank among cases 100-249 (docs/crosscheck.md).
+#[test]
+fn random_cases_agree_with_real_pytorch_2_15() {
+    check_file("router-random-t2150.jsonl", 115, &[]);
 }
 
 /// Cases with a Partial input on a mesh dim of more than one rank (x, gate or expert bias;

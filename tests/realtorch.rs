@@ -339,3 +339,16 @@ fn every_revision_rule_set_and_boundary_reaches_export_and_the_worker_from_one_t
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every upstream reproducer (docs/upstream/*.py) behaves on the project's torch as the status
+/// table of docs/upstream/README.md says (reproduces or not; the torchtitan one is skipped
+/// without torchtitan). scripts/upstream-check does the comparison; other releases: run it with
+/// their venv's python.
+#[test]
+fn upstream_reproducers_behave_as_their_reports_say() {
+    let out = Command::new(repo("scripts/upstream-check")).arg(venv_bin().join("python")).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "upstream-check failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.contains(" 0 failed") && !last.contains(": 0 passed"), "{last}");
+}

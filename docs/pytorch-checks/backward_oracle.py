@@ -13,7 +13,7 @@ real DTensor; it does not decide what is right or wrong, it records what torch d
 
 Driver (any python, torch not needed): groups the cases by (revision.rules, tp = mesh.shape[0]) and runs each group
 in ONE launch of `python -m torch.distributed.run --standalone --nproc_per_node tp`, with the interpreter of the
-matching torch: torch-2.12 -> $SHARDFUZZ_SCRATCH/t2121, torch-2.13 -> t2130, torch-2.14 -> t2140 (SHARDFUZZ_SCRATCH
+matching torch: torch-2.12 -> $SHARDFUZZ_SCRATCH/t2121, torch-2.13 -> t2130, torch-2.14 -> t2140, torch-2.15 -> t2150 (SHARDFUZZ_SCRATCH
 defaults to ~/.cache/shardfuzz-scratch; override per rule set with --python torch-2.13=/path/bin/python).
 
 Worker (one CPU gloo process per rank, persistent over the group's cases), per case:
@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 
-RULES_VENV = {"torch-2.12": "t2121", "torch-2.13": "t2130", "torch-2.14": "t2140"}
+RULES_VENV = {"torch-2.12": "t2121", "torch-2.13": "t2130", "torch-2.14": "t2140", "torch-2.15": "t2150"}
 
 BOUNDARIES = ("tt-pre2416", "tt-pr2388", "tt-2416", "tt-3192", "tt-clean", "tt-3654")
 LOCAL_ROUTE = ("tt-pre2416", "tt-pr2388", "tt-2416")  # router body on local tensors (tt-3192 too with EP off)

@@ -9,7 +9,7 @@ Reads case files (format shardfuzz.case/1, tensors inline) and prints one outcom
 Driver (any python, torch not needed): groups cases by (revision.rules, world size = prod(mesh.shape)) and
 runs each group in ONE launch of `python -m torch.distributed.run --standalone --nproc_per_node W` with the
 interpreter of the matching torch: torch-2.12 -> $SHARDFUZZ_SCRATCH/t2121, torch-2.13 -> t2130,
-torch-2.14 -> t2140 (SHARDFUZZ_SCRATCH defaults to ~/.cache/shardfuzz-scratch; override with --python).
+torch-2.14 -> t2140, torch-2.15 -> t2150 (SHARDFUZZ_SCRATCH defaults to ~/.cache/shardfuzz-scratch; override with --python).
 
 Worker (one process per rank): loops over the group's cases. Per case:
   1. build x (B,L,D), gate (E,D) (and gate_bias (E,)) in the case dtype and expert_bias (E,) float32 from
@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-RULES_VENV = {"torch-2.12": "t2121", "torch-2.13": "t2130", "torch-2.14": "t2140"}
+RULES_VENV = {"torch-2.12": "t2121", "torch-2.13": "t2130", "torch-2.14": "t2140", "torch-2.15": "t2150"}
 OUTPUT_ORDER = ["topk_scores", "topk_ids", "scores", "routing_map", "counts", "group_mask"]
 
 

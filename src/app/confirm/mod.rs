@@ -255,6 +255,8 @@ mod tests {
         let r: Release = "2.13.0".parse().unwrap();
         assert_eq!(r.rules(), Some(RuleSet::Torch213));
         assert_eq!("2.14.1".parse::<Release>().unwrap().rules(), Some(RuleSet::Torch214));
+        assert_eq!("2.15.0".parse::<Release>().unwrap().rules(), Some(RuleSet::Torch215));
+        assert_eq!(Release::of(RuleSet::Torch215).as_str(), "2.15.0");
         assert_eq!("2.11.0".parse::<Release>().unwrap().rules(), None);
         assert_eq!(Release::of(RuleSet::Torch212).as_str(), "2.12.1");
         for bad in ["2.13", "latest", "2.13.x", ""] {

@@ -15,6 +15,10 @@ names::named_enum! {
         /// PyTorch 2.14 (pytorch@08187d9e): t, sum, softmax and its backward, cumsum, topk/sort,
         /// gather, scatter, scatter_add and the factories re-registered as single-dim strategies.
         Torch214 = "torch-2.14",
+        /// PyTorch 2.15 (pytorch@d0f2af8b): the 2.14 rules unchanged for every op modelled (the
+        /// only sharding-strategy change, `unbind` re-registered single-dim, is not one of them;
+        /// docs/rules.md, "2.15").
+        Torch215 = "torch-2.15",
     }
 }
 
@@ -68,6 +72,7 @@ impl RuleSet {
             RuleSet::Torch212 => "2.12.1",
             RuleSet::Torch213 => "2.13.0",
             RuleSet::Torch214 => "2.14.0",
+            RuleSet::Torch215 => "2.15.0",
         }
     }
 
@@ -91,14 +96,14 @@ impl RuleSet {
     /// full-mesh strategies, and a single-dim registration, where both exist (mm, addmm),
     /// already wins (`_sharding_prop.py` looks single-dim strategies up first).
     pub(crate) fn single_dim(self, _f: Family) -> bool {
-        self == RuleSet::Torch214
+        self >= RuleSet::Torch214
     }
 
     /// pytorch#186149 (first released in 2.13.0); single-dim re-registration in 2.14.
     pub fn scatter(self) -> ScatterRule {
         match self {
             RuleSet::Torch212 => ScatterRule::ReplicateOnly,
-            RuleSet::Torch213 | RuleSet::Torch214 => ScatterRule::ShardNonScatterDims,
+            RuleSet::Torch213 | RuleSet::Torch214 | RuleSet::Torch215 => ScatterRule::ShardNonScatterDims,
         }
     }
 
@@ -107,7 +112,7 @@ impl RuleSet {
     pub fn view(self) -> ViewRule {
         match self {
             RuleSet::Torch212 => ViewRule::Replicate,
-            RuleSet::Torch213 | RuleSet::Torch214 => ViewRule::Raise,
+            RuleSet::Torch213 | RuleSet::Torch214 | RuleSet::Torch215 => ViewRule::Raise,
         }
     }
 
@@ -115,14 +120,14 @@ impl RuleSet {
     /// (product included), 2.14 only `_PARTIAL_PASS_THROUGH_REDUCE_OPS` (P214
     /// `_tensor_ops.py:47`).
     pub(crate) fn to_copy_passes_product(self) -> bool {
-        self != RuleSet::Torch214
+        self < RuleSet::Torch214
     }
 
     /// 2.14's `expand_to_full_mesh_op_strategy` raises "{op}: no valid sharding strategy for the
     /// input placements." when every candidate was filtered out (P214 `_ops/utils.py:689`);
     /// 2.12/2.13 return no candidate and `min()` of nothing raises.
     pub(crate) fn empty_expansion_raises(self) -> bool {
-        self == RuleSet::Torch214
+        self >= RuleSet::Torch214
     }
 
     /// 2.12.1 all-gathers an uneven `Shard(d)` by padding every piece, gathering and narrowing
@@ -134,12 +139,13 @@ impl RuleSet {
 
     /// The redistribution planner's rules (2.14 adds `S -> P(sum)` graph edges).
     pub fn plan(self) -> PlanRules {
-        PlanRules { shard_to_partial: self == RuleSet::Torch214 }
+        PlanRules { shard_to_partial: self >= RuleSet::Torch214 }
     }
 
     /// Whether local_map computes an output's global shape from every rank's local size
     /// (pytorch#172927). Not in 2.12.1 or 2.13.0 (VERIFIED); the first release with it is not
-    /// known, so 2.14 keeps the even-shard assumption too.
+    /// known, so 2.14 keeps the even-shard assumption too, and 2.15 as well
+    /// (`experimental/_func_map.py` is byte-identical in 2.14.0 and 2.15.0).
     pub(crate) fn local_map_exact_shapes(self) -> bool {
         false
     }
