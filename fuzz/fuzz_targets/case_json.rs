@@ -3,9 +3,9 @@
 //! input's numbers); a valid case must then run to an outcome or an error, without panicking.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use dtensor::device::Dev;
 use harness::{check, Options};
+use libfuzzer_sys::fuzz_target;
 use shardfuzz::subjects::read_case;
 use std::sync::OnceLock;
 

@@ -3,9 +3,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use libfuzzer_sys::fuzz_target;
 use dtensor::redistribute::redistribute;
 use dtensor::{Ctx, DTensor, RuleSet};
+use libfuzzer_sys::fuzz_target;
 use placement::{layout, Mesh, Placement, ReduceOp};
 use std::sync::Arc;
 use tch::{Kind, Tensor};

@@ -5,10 +5,10 @@
 //! The panic message starts with the signature, so libFuzzer's deduplication groups by it.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use dtensor::device::Dev;
 use harness::subject::Subject;
 use harness::{check, Options};
+use libfuzzer_sys::fuzz_target;
 use shardfuzz::subjects::GenConfig;
 use std::sync::OnceLock;
 
