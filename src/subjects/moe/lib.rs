@@ -14,6 +14,7 @@ pub mod run;
 pub mod sharded;
 pub mod shrink;
 pub mod spec;
+pub mod spmd_backend;
 pub mod subject;
 
 pub use revision::{Backend, MoeRev};

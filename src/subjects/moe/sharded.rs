@@ -90,7 +90,11 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
         return Err(Fail::not_modelled(format!("the {} backend at {} is not modelled yet", sp.backend, sp.revision)));
     }
     let lens: Vec<usize> = (0..cp).map(|ci| chunk(d.seq, cp, ci).1).collect();
-    if p.ep > 1 && lens.iter().any(|&l| l < tp || l % tp != 0) {
+    if sp.backend == Backend::SpmdTypes {
+        crate::spmd_backend::before_forward(sp, tp, &lens)?;
+    }
+    let spmd_exit = sp.backend == Backend::SpmdTypes && !p.sp;
+    if p.ep > 1 && !spmd_exit && lens.iter().any(|&l| l < tp || l % tp != 0) {
         // The gate boundary's Replicate -> Shard(1) meets an empty or uneven chunk.
         return Err(Fail::not_modelled("EP on with an empty or uneven tp chunk of the sequence"));
     }
@@ -105,11 +109,13 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
         return Err(Fail::new(Stage::Forward, "ValueError", m));
     }
     if d.top_k > d.experts {
-        let msg = if tp > 1 { "k not in range for dimension" } else { "selected index k out of range" };
+        // DTensor's topk words its range error itself; spmd_types runs plain tensors.
+        let dtensor = tp > 1 && sp.backend != Backend::SpmdTypes;
+        let msg = if dtensor { "k not in range for dimension" } else { "selected index k out of range" };
         return Err(Fail::new(Stage::Forward, "RuntimeError", msg));
     }
     let cfg = sp.router_config().map_err(|m| Fail::new(Stage::Forward, "ValueError", m))?;
-    if sp.router.force_load_balance && tp > 1 {
+    if sp.router.force_load_balance && tp > 1 && sp.backend != Backend::SpmdTypes {
         return Err(Fail::new(
             Stage::Forward,
             "RuntimeError",
@@ -134,6 +140,9 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
             "RuntimeError",
             format!("shape '[{}, -1]' is invalid for input of size {}", p.ep, d.experts),
         ));
+    }
+    if sp.backend == Backend::SpmdTypes {
+        crate::spmd_backend::at_exit(sp, tp, &lens)?;
     }
     Ok(cfg)
 }
@@ -174,7 +183,6 @@ struct Prog<'a> {
 /// Runs the sharded layer; outputs named as the reference's, as DTensors.
 pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, Fail> {
     let cfg = checks(sp, c)?;
-    debug_assert_eq!(sp.backend, Backend::PartialDtensor);
     let (dp, cp, tp) = MoeSpec::axes(c);
     let mesh = Arc::new(c.mesh().map_err(|e| Fail::new(Stage::Mesh, "ValueError", e.0))?);
     let d = sp.dims;
@@ -489,13 +497,12 @@ impl Prog<'_> {
         let tokens: Vec<Tensor> = self.tokens.into_iter().map(|t| t.expect("every rank's counts")).collect();
         // The hook's reductions: over tp when EP is on (the counts are partial there), then over
         // the loss mesh (dp x cp).
-        let step = if sp.parallel.ep > 1 { 1 } else { tp };
-        let global = sum(&tokens.iter().step_by(step).map(|t| t.shallow_clone()).collect::<Vec<_>>());
+        let global = crate::spmd_backend::hook_counts(sp, tp, &tokens);
         let tpe_ps = if sp.parallel.ep > 1 { [P, P, P] } else { [P, P, R] };
         out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
         if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
-            let after = kernels::hook(b, &global, coeff);
-            out.push("expert_bias", dt((0..n).map(|_| after.shallow_clone()).collect(), mesh, &[R, R, R])?);
+            let after: Vec<Tensor> = global.iter().map(|g| kernels::hook(b, g, coeff)).collect();
+            out.push("expert_bias", dt(after, mesh, &[R, R, R])?);
         }
         Ok(out)
     }

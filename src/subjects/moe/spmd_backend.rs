@@ -1,0 +1,122 @@
+//! The spmd_types backend of torchtitan 0.3.0's MoE layer (the default backend upstream).
+//!
+//! Under spmd_types every tensor is a plain per-rank tensor carrying one local type per mesh
+//! axis; the layer's sharding config (the same `ShardingConfig`s the DTensor backends read) is
+//! applied by `spmd_redistribute_per_axis`, one single-axis `spmd.redistribute` per axis whose
+//! type changes, and by `spmd.local_map` around the routed experts. The tensor code inside is
+//! the same per-rank code as the DTensor backends' (router, routing-map counts, reorder, uneven
+//! all-to-all on the sparse mesh's ep axis, grouped GEMMs, combine), so for a program the
+//! library accepts the values are those of the shared per-rank program in sharded.rs; what this
+//! backend changes is:
+//!
+//! - the errors: plain tensors (no DTensor dispatch), so `topk`'s range error and the
+//!   force-load-balance override are the plain-torch ones; the library's `torch.chunk` based
+//!   `shard` (`_replicate_to_varying`) raises `IndexError: tuple index out of range` when a
+//!   dim has fewer chunks than the axis has ranks (the expert weights' S(0) over ep at
+//!   parallelize, x's I -> S(1) over tp at the router's entry under EP);
+//!   an uneven tp chunk of the sequence under EP (SP off) makes the routed output's S(1) -> P
+//!   zero-fill longer than the block, which the shared experts' add rejects;
+//! - none of the DTensor backends' recorded problems (the routed x-gradient drop);
+//! - the types: [`layouts`] gives the local type of every boundary value on the dense mesh,
+//!   as the sharding config declares it, and [`typed_trace`] replays the boundary conversions
+//!   on the simulated runtime (`spmd` crate), which checks them with the library's rules and
+//!   logs the collectives they run.
+//!
+//! The load-balance hook's reduction of the counts ([`hook_reduces_counts_over_tp`]) is where
+//! torchtitan's #4154 lives (the spmd_types backend once left the TP reduction out).
+
+use crate::error::{Fail, Stage};
+use crate::revision::{Backend, MoeRev};
+use crate::sharded::chunk;
+use crate::spec::MoeSpec;
+use tch::Tensor;
+
+/// How many pieces `torch.chunk(n rows, k)` returns: ceil(n / ceil(n / k)) (0 for n = 0).
+pub fn torch_chunks(n: usize, k: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    n.div_ceil(n.div_ceil(k.max(1)))
+}
+
+/// Whether the library's shard (R/I -> S(d) by `torch.chunk`) of `n` rows over an axis of `k`
+/// ranks raises: some rank's chunk index is past the last chunk.
+pub fn shard_raises(n: usize, k: usize) -> bool {
+    k > 1 && torch_chunks(n, k) < k
+}
+
+fn index_error(stage: Stage) -> Fail {
+    Fail::new(stage, "IndexError", "tuple index out of range")
+}
+
+/// The spmd_types errors met before the router runs, after the mesh is built: the expert
+/// weights' S(0) over ep at parallelize (fewer experts than chunks), then, under EP with SP
+/// off, x's I -> S(1) over tp at the router's entry (a block shorter than tp chunks).
+/// Configurations past these that the model does not cover are left to the caller.
+pub fn before_forward(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail> {
+    let p = sp.parallel;
+    if p.ep > 1 && shard_raises(sp.dims.experts, p.ep) {
+        // Recorded: the ranks past the last chunk raise at parallelize, the others go on and
+        // fail in the forward; the recorder reports the parallelize stage.
+        return Err(index_error(Stage::Parallelize));
+    }
+    if p.ep > 1 && !p.sp && lens.iter().any(|&l| shard_raises(l, tp)) {
+        return Err(index_error(Stage::Forward));
+    }
+    if p.ep > 1 && !p.sp && lens.iter().any(|&l| !l.is_multiple_of(tp)) && sp.dims.shared_hidden.is_none() {
+        // Without shared experts the zero-filled routed output reaches the exit all-reduce with
+        // a different length per rank: gloo's collective fingerprint check (its text names
+        // sequence numbers the model does not track).
+        return Err(Fail::not_modelled("EP on, SP off, an uneven tp chunk and no shared experts (collective mismatch)"));
+    }
+    Ok(())
+}
+
+/// The spmd_types error at the layer's exit (after the router, dispatch and experts ran): under
+/// EP with SP off and an uneven tp chunk of the sequence, the routed output's S(1) -> P
+/// zero-fill is tp · ceil(L_block / tp) long and the shared experts' output L_block: rank 0's
+/// add raises torch's broadcast error.
+pub fn at_exit(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail> {
+    let p = sp.parallel;
+    let Some(&l0) = lens.first() else { return Ok(()) };
+    if p.ep > 1 && !p.sp && lens.iter().any(|&l| !l.is_multiple_of(tp)) && sp.dims.shared_hidden.is_some() {
+        if !l0.is_multiple_of(tp) {
+            let a = tp * l0.div_ceil(tp);
+            return Err(Fail::new(
+                Stage::Forward,
+                "RuntimeError",
+                format!("The size of tensor a ({a}) must match the size of tensor b ({l0}) at non-singleton dimension 1"),
+            ));
+        }
+        return Err(Fail::not_modelled("EP on, SP off, an uneven tp chunk past rank 0's block"));
+    }
+    Ok(())
+}
+
+/// The load-balance hook's reduction of the counts over the dense TP group (torchtitan #4154,
+/// "fix MoE routing bias TP reduce"): under EP each tp rank routes its own chunk of the sequence,
+/// so its counts are partial over tp and the hook must all-reduce them over tp before the loss
+/// mesh. At 0.3.0 every backend does so when EP is on and tp > 1. Revisions before #4154 differ
+/// on the spmd_types backend; this is the one place to switch that per revision.
+pub fn hook_reduces_counts_over_tp(rev: MoeRev, backend: Backend, ep: usize, tp: usize) -> bool {
+    let _ = (rev, backend);
+    ep > 1 && tp > 1
+}
+
+/// The counts each rank's hook step sees: its counts summed over the loss mesh (the ranks with
+/// its tp coordinate), then over tp when [`hook_reduces_counts_over_tp`] says so. One tensor
+/// per rank of the dense mesh (rank = block · tp + tp coordinate).
+pub fn hook_counts(sp: &MoeSpec, tp: usize, tokens: &[Tensor]) -> Vec<Tensor> {
+    let over_tp = hook_reduces_counts_over_tp(sp.revision, sp.backend, sp.parallel.ep, tp);
+    let sum = |v: Vec<&Tensor>| v.into_iter().fold(None::<Tensor>, |a, t| Some(a.map_or(t.shallow_clone(), |a| a + t)));
+    let per_t: Vec<Tensor> = (0..tp)
+        .map(|t| sum(tokens.iter().skip(t).step_by(tp).collect()).expect("at least one block"))
+        .collect();
+    let all = sum(per_t.iter().collect()).expect("at least one tp rank");
+    (0..tokens.len()).map(|r| if over_tp { all.shallow_clone() } else { per_t[r % tp].shallow_clone() }).collect()
+}
+
+/// Rank `r`'s sequence chunk length of its block under SP (used by tests and docs).
+pub fn sp_chunk(len: usize, tp: usize, t: usize) -> usize {
+    chunk(len, tp, t).1
+}
