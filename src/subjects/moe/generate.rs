@@ -1,8 +1,8 @@
 //! Random MoE cases: a dense mesh (dp, cp, tp) of at most 16 ranks (4 for the small class),
 //! parallel settings, dims, router options, coefficient, backward, drawn per the case contract.
-//! Only what the sharded side models is drawn: the partial_dtensor backend at tt-0.3.0 (the
-//! spmd_types backend is not modelled yet). Configurations torchtitan rejects are drawn now and
-//! then on purpose: their verdict is the error.
+//! Only what the sharded side models is drawn: the spmd_types backend (upstream's default, most
+//! cases) and the partial_dtensor backend at tt-0.3.0. Configurations torchtitan rejects are
+//! drawn now and then on purpose: their verdict is the error.
 
 use crate::revision::{Backend, MoeRev};
 use crate::spec::{Dims, Groups, MoeSpec, Parallel, RouterOpts, MESH_NAMES};
@@ -29,6 +29,15 @@ impl MoeGen {
             v
         }
     }
+}
+
+/// The backends the generator draws, with their weights: spmd_types (upstream's default)
+/// most often.
+const BACKENDS: [(u32, Backend); 2] = [(60, Backend::SpmdTypes), (40, Backend::PartialDtensor)];
+
+/// The backends the generator draws (every one the sharded side models).
+pub fn backends() -> Vec<Backend> {
+    BACKENDS.iter().map(|(_, b)| *b).filter(|b| b.modelled()).collect()
 }
 
 fn divisors(n: usize) -> Vec<usize> {
@@ -91,19 +100,21 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let dtype = s.weighted(&[(70, DType::F32), (30, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (15, Style::SmallInt)]);
     let trainer_checks = s.chance(90);
+    let backend = s.weighted(&BACKENDS);
+    let typecheck = backend == Backend::SpmdTypes && s.chance(30);
     let data = Data { seed: s.u64() >> 11, style, tensors: None };
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     let subject = MoeSpec {
         revision,
-        backend: Backend::PartialDtensor,
+        backend,
         parallel,
         dims,
         router,
         load_balance_coeff,
         backward,
         trainer_checks,
-        typecheck: false,
+        typecheck,
     };
     Case { common, subject }
 }

@@ -5,6 +5,7 @@
 //! real-torchtitan recorder, so recorded outcomes replay against the model.
 
 pub mod error;
+pub mod full_dtensor;
 pub mod generate;
 pub mod inputs;
 pub mod kernels;

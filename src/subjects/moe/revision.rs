@@ -55,6 +55,6 @@ impl MoeRev {
 impl Backend {
     /// Whether the sharded side models this backend.
     pub fn modelled(self) -> bool {
-        matches!(self, Backend::PartialDtensor | Backend::SpmdTypes)
+        matches!(self, Backend::PartialDtensor | Backend::SpmdTypes | Backend::FullDtensor)
     }
 }

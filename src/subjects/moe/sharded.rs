@@ -93,6 +93,7 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     if sp.backend == Backend::SpmdTypes {
         crate::spmd_backend::before_forward(sp, tp, &lens)?;
     }
+    crate::full_dtensor::hangs_at_router(sp)?;
     let spmd_exit = sp.backend == Backend::SpmdTypes && !p.sp;
     if p.ep > 1 && !spmd_exit && lens.iter().any(|&l| l < tp || l % tp != 0) {
         // The gate boundary's Replicate -> Shard(1) meets an empty or uneven chunk.
@@ -110,18 +111,19 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     }
     if d.top_k > d.experts {
         // DTensor's topk words its range error itself; spmd_types runs plain tensors.
-        let dtensor = tp > 1 && sp.backend != Backend::SpmdTypes;
+        let dtensor = crate::full_dtensor::router_on_dtensor(sp.backend, dp, cp, tp);
         let msg = if dtensor { "k not in range for dimension" } else { "selected index k out of range" };
         return Err(Fail::new(Stage::Forward, "RuntimeError", msg));
     }
     let cfg = sp.router_config().map_err(|m| Fail::new(Stage::Forward, "ValueError", m))?;
-    if sp.router.force_load_balance && tp > 1 && sp.backend != Backend::SpmdTypes {
+    if sp.router.force_load_balance && crate::full_dtensor::router_on_dtensor(sp.backend, dp, cp, tp) {
         return Err(Fail::new(
             Stage::Forward,
             "RuntimeError",
             "aten.gather.default got mixed torch.Tensor and DTensor, need to convert all torch.Tensor to DTensor before calling distributed operators!",
         ));
     }
+    crate::full_dtensor::not_modelled(sp, dp, cp, tp)?;
     let local_batch_one = (0..dp).any(|di| chunk(d.batch, dp, di).1 == 1);
     if sp.backward
         && drops_routed_x_grad(sp, tp, 1)
@@ -508,14 +510,15 @@ impl Prog<'_> {
     }
 }
 
-/// Whether the run loses the routed experts' gradient of x: what the real partial_dtensor
-/// layer at 0.3.0 does with EP off and SP on over tp > 1 when the rank's block has one batch row
+/// Whether the run loses the routed experts' gradient of x: what the real DTensor backends
+/// (partial_dtensor, full_dtensor)
+/// layers at 0.3.0 do with EP off and SP on over tp > 1 when the rank's block has one batch row
 /// (recorded on gloo ranks: x_grad equals the unsharded gradient without the routed experts'
 /// input gradient, to float rounding, in all 13 such recordings; with two batch rows per rank,
 /// SP off, or EP on, the gradient is complete). Where in torchtitan or DTensor the part is lost
 /// is not established yet (docs/moe-layer.md).
 pub fn drops_routed_x_grad(sp: &MoeSpec, tp: usize, local_batch: usize) -> bool {
-    sp.backend == Backend::PartialDtensor && sp.parallel.ep == 1 && sp.parallel.sp && tp > 1 && local_batch == 1
+    sp.backend != Backend::SpmdTypes && sp.parallel.ep == 1 && sp.parallel.sp && tp > 1 && local_batch == 1
 }
 
 /// Σ in rank order.

@@ -89,7 +89,8 @@ impl Subject for MoeSpec {
     }
 
     fn all_programs(_common: &GenCommon, own: &MoeGen) -> Vec<Program> {
-        own.revisions().into_iter().map(|r| row(r, crate::Backend::PartialDtensor)).collect()
+        let backends = crate::generate::backends();
+        own.revisions().into_iter().flat_map(|r| backends.iter().map(move |b| row(r, *b))).collect()
     }
 
     fn generate<S: Source>(s: &mut S, common: &GenCommon, own: &MoeGen) -> Case<Self> {

@@ -292,3 +292,11 @@ fn recorded_spmd_types_outcomes_replay() {
 
 /// spmd_types lines the model does not cover (docs/moe-subject.md).
 const SPMD_TYPES_NOT_MODELLED: usize = 7;
+
+#[test]
+fn recorded_full_dtensor_outcomes_replay() {
+    check("full_dtensor", FULL_DTENSOR_NOT_MODELLED);
+}
+
+/// full_dtensor lines the model does not cover (docs/moe-subject.md).
+const FULL_DTENSOR_NOT_MODELLED: usize = 13;
