@@ -16,6 +16,7 @@ pub mod sharded;
 pub mod shrink;
 pub mod spec;
 pub mod spmd_backend;
+pub mod spmd_comms;
 pub mod subject;
 
 pub use revision::{Backend, MoeRev};

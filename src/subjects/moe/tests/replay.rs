@@ -61,6 +61,9 @@ struct Tally {
     invalid: usize,
     agree_ok: usize,
     agree_err: usize,
+    /// spmd_types: rank 0's comm log against the recorded one (lines that ran).
+    comms_agree: usize,
+    comms_disagree: Vec<String>,
     disagree: Vec<String>,
 }
 
@@ -159,6 +162,9 @@ fn check_line(line: &str, t: &mut Tally, id: &str, backend: &str) {
                 }
                 bad.extend(differs(name, &rt, &full, bf16));
             }
+            if case.subject.backend == moe::Backend::SpmdTypes {
+                check_comms(&case, &real["comms"][0], t, id);
+            }
             if bad.is_empty() && compared > 0 {
                 t.agree_ok += 1;
             } else {
@@ -170,6 +176,40 @@ fn check_line(line: &str, t: &mut Tally, id: &str, backend: &str) {
                 ));
             }
         }
+    }
+}
+
+/// The model's comm log of rank 0 against the recorded one: the same collectives in the same
+/// order and phase, with the same bytes, on a group the recorder names with the model's axis.
+fn check_comms(case: &Case<MoeSpec>, real: &Value, t: &mut Tally, id: &str) {
+    let tensors = harness::data::inputs(case, Device::Cpu);
+    let ours = moe::spmd_comms::comm_log(&case.subject, &case.common, &tensors).expect("a log");
+    let real: Vec<(String, String, Vec<String>, usize)> = real
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|e| {
+                    let axes = e["axes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect());
+                    (
+                        e["phase"].as_str().unwrap_or("").to_string(),
+                        e["op"].as_str().unwrap_or("").to_string(),
+                        axes.unwrap_or_default(),
+                        e["bytes"].as_u64().unwrap_or(0) as usize,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let same = ours.len() == real.len()
+        && ours.iter().zip(&real).all(|(o, (phase, op, axes, bytes))| {
+            o.phase == phase && o.op == op && o.bytes == *bytes && axes.iter().any(|a| a == o.axis)
+        });
+    if same {
+        t.comms_agree += 1;
+    } else {
+        let show: Vec<String> = ours.iter().map(|o| format!("{} {} {} {}", o.phase, o.op, o.axis, o.bytes)).collect();
+        let want: Vec<String> = real.iter().map(|(p, o, a, b)| format!("{p} {o} {a:?} {b}")).collect();
+        t.comms_disagree.push(format!("{id}: comms {show:?} vs real {want:?}"));
     }
 }
 
@@ -260,7 +300,14 @@ fn replay(backend: &str) -> Tally {
     for d in &t.reference_disagree {
         eprintln!("  {d}");
     }
+    if backend == "spmd_types" {
+        eprintln!("comm log: {} agree, {} differ", t.comms_agree, t.comms_disagree.len());
+        for d in &t.comms_disagree {
+            eprintln!("  {d}");
+        }
+    }
     assert_eq!(t.invalid, 0, "every recorded case reads");
+    assert!(t.comms_disagree.is_empty(), "{} recorded comm logs disagree with the model", t.comms_disagree.len());
     assert!(t.disagree.is_empty(), "{} recorded outcomes disagree with the model", t.disagree.len());
     assert!(t.reference_disagree.is_empty(), "the reference disagrees with the recorded one-rank run");
     t
