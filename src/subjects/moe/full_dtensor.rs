@@ -45,7 +45,9 @@ pub fn not_modelled(sp: &MoeSpec, dp: usize, cp: usize, tp: usize) -> Result<(),
         return Err(Fail::not_modelled("full_dtensor, EP off, dp > 1 and cp > 1 (a view error recorded once)"));
     }
     if sp.backward && sp.load_balance_coeff.is_some() && dp > 1 && crate::sharded::drops_routed_x_grad(sp, tp, 1) {
-        return Err(Fail::not_modelled("full_dtensor, the one-row class with dp > 1 and a coefficient (a backward hang recorded once)"));
+        return Err(Fail::not_modelled(
+            "full_dtensor, the one-row class with dp > 1 and a coefficient (a backward hang recorded once)",
+        ));
     }
     Ok(())
 }

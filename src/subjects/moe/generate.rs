@@ -105,16 +105,7 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let data = Data { seed: s.u64() >> 11, style, tensors: None };
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
-    let subject = MoeSpec {
-        revision,
-        backend,
-        parallel,
-        dims,
-        router,
-        load_balance_coeff,
-        backward,
-        trainer_checks,
-        typecheck,
-    };
+    let subject =
+        MoeSpec { revision, backend, parallel, dims, router, load_balance_coeff, backward, trainer_checks, typecheck };
     Case { common, subject }
 }

@@ -67,7 +67,9 @@ pub fn before_forward(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fai
         // Without shared experts the zero-filled routed output reaches the exit all-reduce with
         // a different length per rank: gloo's collective fingerprint check (its text names
         // sequence numbers the model does not track).
-        return Err(Fail::not_modelled("EP on, SP off, an uneven tp chunk and no shared experts (collective mismatch)"));
+        return Err(Fail::not_modelled(
+            "EP on, SP off, an uneven tp chunk and no shared experts (collective mismatch)",
+        ));
     }
     Ok(())
 }
@@ -85,7 +87,9 @@ pub fn at_exit(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail> {
             return Err(Fail::new(
                 Stage::Forward,
                 "RuntimeError",
-                format!("The size of tensor a ({a}) must match the size of tensor b ({l0}) at non-singleton dimension 1"),
+                format!(
+                    "The size of tensor a ({a}) must match the size of tensor b ({l0}) at non-singleton dimension 1"
+                ),
             ));
         }
         return Err(Fail::not_modelled("EP on, SP off, an uneven tp chunk past rank 0's block"));
@@ -109,9 +113,8 @@ pub fn hook_reduces_counts_over_tp(rev: MoeRev, backend: Backend, ep: usize, tp:
 pub fn hook_counts(sp: &MoeSpec, tp: usize, tokens: &[Tensor]) -> Vec<Tensor> {
     let over_tp = hook_reduces_counts_over_tp(sp.revision, sp.backend, sp.parallel.ep, tp);
     let sum = |v: Vec<&Tensor>| v.into_iter().fold(None::<Tensor>, |a, t| Some(a.map_or(t.shallow_clone(), |a| a + t)));
-    let per_t: Vec<Tensor> = (0..tp)
-        .map(|t| sum(tokens.iter().skip(t).step_by(tp).collect()).expect("at least one block"))
-        .collect();
+    let per_t: Vec<Tensor> =
+        (0..tp).map(|t| sum(tokens.iter().skip(t).step_by(tp).collect()).expect("at least one block")).collect();
     let all = sum(per_t.iter().collect()).expect("at least one tp rank");
     (0..tokens.len()).map(|r| if over_tp { all.shallow_clone() } else { per_t[r % tp].shallow_clone() }).collect()
 }

@@ -52,11 +52,7 @@ fn rank_counts(sp: &MoeSpec, c: &Common, inputs: &Inputs, r: usize) -> Result<Ve
     let bi = r / tp;
     let (rows, seq) = (chunk(d.batch, dp, bi / cp), chunk(d.seq, cp, bi % cp));
     let piece = chunk(seq.1, tp, r % tp);
-    let x = inputs.req("x").narrow(0, rows.0 as i64, rows.1 as i64).narrow(
-        1,
-        (seq.0 + piece.0) as i64,
-        piece.1 as i64,
-    );
+    let x = inputs.req("x").narrow(0, rows.0 as i64, rows.1 as i64).narrow(1, (seq.0 + piece.0) as i64, piece.1 as i64);
     let cfg = sp.router_config().map_err(|m| Fail::new(crate::error::Stage::Forward, "ValueError", m))?;
     let bias = sp.load_balance_coeff.map(|_| match inputs.get("expert_bias") {
         Some(b) => b.to_kind(Kind::Float),

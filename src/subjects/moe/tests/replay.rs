@@ -189,7 +189,8 @@ fn check_comms(case: &Case<MoeSpec>, real: &Value, t: &mut Tally, id: &str) {
         .map(|v| {
             v.iter()
                 .map(|e| {
-                    let axes = e["axes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect());
+                    let axes =
+                        e["axes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect());
                     (
                         e["phase"].as_str().unwrap_or("").to_string(),
                         e["op"].as_str().unwrap_or("").to_string(),
