@@ -4,7 +4,7 @@
 //! where DTensor dispatch reaches: with dp or cp > 1 the router's tensors are DTensors even at
 //! tp = 1, so its topk range error and the force-load-balance override's mixed-tensor gather
 //! error are DTensor's there too. The recorded DTensor x-gradient problem
-//! ([`crate::sharded::drops_routed_x_grad`]) shows on this backend as well.
+//! (`drops_routed_x_grad` in sharded.rs) shows on this backend as well.
 //!
 //! Recorded only once each and not modelled: a hang in the backward of the one-row class
 //! with dp > 1 and a load-balance coefficient, a view error ("remove or reshape sharded
@@ -41,10 +41,12 @@ pub fn not_modelled(sp: &MoeSpec, dp: usize, cp: usize, tp: usize) -> Result<(),
     if sp.backend != Backend::FullDtensor {
         return Ok(());
     }
+    // The class of the DTensor backends' x-gradient drop (sharded.rs), at dp > 1.
+    let one_row_class = sp.parallel.ep == 1 && sp.parallel.sp && tp > 1;
     if sp.parallel.ep == 1 && dp > 1 && cp > 1 {
         return Err(Fail::not_modelled("full_dtensor, EP off, dp > 1 and cp > 1 (a view error recorded once)"));
     }
-    if sp.backward && sp.load_balance_coeff.is_some() && dp > 1 && crate::sharded::drops_routed_x_grad(sp, tp, 1) {
+    if sp.backward && sp.load_balance_coeff.is_some() && dp > 1 && one_row_class {
         return Err(Fail::not_modelled(
             "full_dtensor, the one-row class with dp > 1 and a coefficient (a backward hang recorded once)",
         ));
