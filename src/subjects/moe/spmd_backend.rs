@@ -19,9 +19,10 @@
 //! - none of the DTensor backends' recorded problems (the routed x-gradient drop).
 //!
 //! Not done yet: the values do not run through the simulated local-SPMD runtime (`spmd`
-//! crate), so the per-axis types, the checker's errors under `typecheck` and the comm log of
-//! this backend are not simulated; 0.3.0 passes the checker on every recorded case (19 with
-//! `typecheck` on), so no recorded verdict depends on them (docs/moe-subject.md).
+//! crate), so the per-axis types and the checker's errors under `typecheck` are not simulated;
+//! 0.3.0 passes the checker on every recorded case (19 with `typecheck` on), so no recorded
+//! verdict depends on them (docs/moe-subject.md). The collectives are modelled as a log
+//! (spmd_comms.rs).
 //!
 //! The load-balance hook's reduction of the counts ([`hook_reduces_counts_over_tp`]) is where
 //! torchtitan's #4154 lives (the spmd_types backend once left the TP reduction out).
