@@ -353,3 +353,19 @@ fn diffs_classes(ours: &[String], theirs: &[String], d: &mut Vec<Diff>) {
     let show = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
     d.push(diff("verdict classes", show(ours), show(theirs)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{close, close_or_within};
+
+    #[test]
+    fn the_floor_passes_cancellation_noise_and_nothing_more() {
+        // A softmax top-1 gradient: real float32 gives 0, float64 a few 1e-9, scale 1e-8.
+        let (real, ours) = ([0.0, 1.0e-8], [-2.7e-9, 1.0e-8]);
+        assert!(close(&ours, &real, 1e-4).is_err());
+        assert!(close_or_within(&ours, &real, 1e-4, 3.8e-6).is_ok());
+        // A real difference above the floor still fails, and the relative bound still holds.
+        assert!(close_or_within(&[1.0e-5, 0.0], &[0.0, 0.0], 1e-4, 3.8e-6).is_err());
+        assert!(close_or_within(&[10.0, 1.0], &[10.0, 1.002], 1e-4, 3.8e-6).is_err());
+    }
+}
