@@ -45,26 +45,16 @@ def is_backward(path):
     return bool(c.get("backward") or (c.get("subject") or {}).get("backward"))
 
 
-def reference_only(r):
-    """Only the unsharded reference gradients differ: real PyTorch's float32 autograd against our
-    float64 one, beyond confirm's relative 1e-4 where the gradients nearly cancel. Nothing sharded
-    is compared there, so it says nothing about the release's DTensor; listed on its own row."""
-    return r["status"] == "differs" and all(d.get("what", "").startswith("reference grad ") for d in r.get("diffs", []))
-
-
 by_class = {}
-differing, ref_only = [], []
+differing = []
 for r in results:
     kind = "backward" if is_backward(r["file"]) else "forward"
     src = "recorded" if "/recorded/" in r["file"] else "fresh"
     classes = sorted({c.split(":")[0] for c in (r.get("ours") or []) + (r.get("real") or [])}) or ["none"]
-    if reference_only(r):
-        ref_only.append(r)
-        classes = ["reference gradient only (float32 vs float64)"]
     for c in classes:
         a = by_class.setdefault((src, kind, c), [0, 0, 0])
-        a[0 if r["status"] == "agrees" or reference_only(r) else 1 if r["status"] == "differs" else 2] += 1
-    if r["status"] == "differs" and not reference_only(r):
+        a[0 if r["status"] == "agrees" else 1 if r["status"] == "differs" else 2] += 1
+    if r["status"] == "differs":
         differing.append(r)
 for (src, kind, c), (a, d, n) in sorted(by_class.items()):
     rows.append((f"cases/{src}/{kind}", c, a, d, n))
@@ -86,10 +76,6 @@ for r in rows:
 lines.append("")
 lines.append(f"cases: {len(results)} ({sum(1 for r in results if '/recorded/' in r['file'])} recorded, "
              f"{sum(1 for r in results if '/fresh/' in r['file'])} fresh); a case counts once per verdict class it has")
-if ref_only:
-    lines.append(f"{len(ref_only)} case(s) differ only in the unsharded reference gradients (real float32 autograd vs "
-                 "our float64, near-cancelling gradients; counted as agreeing, row 'reference gradient only'): "
-                 + ", ".join(os.path.basename(r["file"]) for r in ref_only))
 if differing:
     s = min(differing, key=size)
     shutil.copy(s["file"], os.path.join(out, "smallest-differing-case.json"))

@@ -8,6 +8,7 @@ mod bench;
 mod common;
 mod confirm;
 mod doctor;
+mod drift;
 mod export;
 mod gen;
 pub mod import;
@@ -61,6 +62,8 @@ pub enum Command {
     Confirm(confirm::Args),
     /// Write a case as a standalone PyTorch script (torchrun or one process) for an upstream issue
     Export(export::Args),
+    /// Ask whether the model holds on another PyTorch release: facts, recorded and fresh cases
+    Drift(drift::Args),
     #[command(hide = true)]
     Worker(worker::Args),
 }
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Confirm(a) => confirm::run(a),
         Command::Export(a) => export::run(a),
+        Command::Drift(a) => drift::run(a),
         Command::Worker(a) => worker::run(a),
     };
     match result {
