@@ -91,7 +91,7 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let dtype = s.weighted(&[(70, DType::F32), (30, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (15, Style::SmallInt)]);
     let trainer_checks = s.chance(90);
-    let data = Data { seed: s.u64() >> 11, style, tensors: None };
+    let data = Data::drawn(s.u64() >> 11, style);
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     let subject = MoeSpec {
