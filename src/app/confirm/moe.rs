@@ -258,9 +258,13 @@ pub fn confirm(
     let diffs = diffs(&c);
     let mut notes = vec![real_line(&line)];
     notes.push(match &c.reference {
-        Some(r) if r.agrees() => "the recorder's plain-torch reference agrees with the model's".into(),
+        Some(Verdict::AgreeRan(_) | Verdict::AgreeRaised) => {
+            "the recorder's plain-torch reference agrees with the model's".into()
+        }
         Some(Verdict::Differ(_)) => "the recorder's plain-torch reference differs from the model's".into(),
-        Some(_) => "the recorder's plain-torch reference was not compared".into(),
+        Some(Verdict::NotCompared(why) | Verdict::NotModelled(why)) => {
+            format!("the recorder's plain-torch reference was not compared: {why}")
+        }
         None => "no plain-torch reference recorded".into(),
     });
     let status = if diffs.is_empty() { Status::Agrees } else { Status::Differs };

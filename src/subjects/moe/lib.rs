@@ -6,6 +6,7 @@
 
 pub mod crosscheck;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod inputs;
 pub mod kernels;
