@@ -60,7 +60,7 @@ fn check_line(line: &str, t: &mut Tally, id: &str) {
         _ => {}
     }
     match &c.sharded {
-        Verdict::NotModelled(_) => t.not_modelled += 1,
+        Verdict::NotModelled(_) | Verdict::NotCompared(_) => t.not_modelled += 1,
         Verdict::AgreeRan(_) => t.agree_ok += 1,
         Verdict::AgreeRaised => t.agree_err += 1,
         Verdict::Differ(v) => {
