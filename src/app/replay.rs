@@ -4,6 +4,9 @@ use crate::subjects::{read_case, AnyCase};
 use harness::case::CaseError;
 use std::path::Path;
 
+/// The format of the outcome lines the real-torchtitan MoE recorder writes.
+pub const MOE_OUTCOME_FORMAT: &str = "shardfuzz.outcome/2";
+
 /// Reads a case from a case file or from an outcome file's `case`.
 pub fn load(path: &Path) -> Result<AnyCase, CaseError> {
     let text = std::fs::read_to_string(path).map_err(|e| CaseError(format!("{}: {e}", path.display())))?;
@@ -13,7 +16,8 @@ pub fn load(path: &Path) -> Result<AnyCase, CaseError> {
 pub fn parse(text: &str) -> Result<AnyCase, CaseError> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| CaseError(format!("invalid JSON: {e}")))?;
     let case_text = match v.get("format").and_then(|f| f.as_str()) {
-        Some(harness::outcome::OUTCOME_FORMAT) => {
+        // The MoE recorder's lines (`shardfuzz.outcome/2`) hold their case the same way.
+        Some(harness::outcome::OUTCOME_FORMAT | MOE_OUTCOME_FORMAT) => {
             let c = v.get("case").ok_or_else(|| CaseError("outcome file without a `case`".into()))?;
             c.to_string()
         }

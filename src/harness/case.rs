@@ -36,6 +36,9 @@ names::named_enum! {
         Large = "large",
         /// Small integers (-2..=2) everywhere: exact arithmetic, many ties.
         SmallInt = "small_int",
+        /// The MoE recorder's: tokens pushed toward one gate row, so that few experts get
+        /// tokens. Its cases carry their tensors inline; drawn from a seed it is `normal`.
+        Skewed = "skewed",
     }
 }
 
@@ -43,11 +46,31 @@ names::named_enum! {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Data {
-    pub seed: u64,
+    /// null only with inline `tensors` (the MoE recorder's hand-made cases have no seed).
+    pub seed: Option<u64>,
     pub style: Style,
     /// The inputs inline (they win over the seed), named as the subject names its inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensors: Option<Tensors>,
+    /// The MoE recorder's: global token indices whose top-k choice its generator could not
+    /// separate by a margin (a hint for readers; nothing runs differently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_tie_tokens: Option<Vec<usize>>,
+    /// The MoE recorder's free-text hint of what a case was drawn for ("reject:ep", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+}
+
+impl Data {
+    /// Inputs drawn from `seed` in `style`.
+    pub fn drawn(seed: u64, style: Style) -> Data {
+        Data { seed: Some(seed), style, tensors: None, near_tie_tokens: None, intent: None }
+    }
+
+    /// The seed inputs are drawn from (0 for a case without one: it holds its tensors inline).
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
 }
 
 /// What every case holds, whatever its subject.
@@ -117,6 +140,9 @@ impl Common {
                 ))
             }
         };
+        if self.data.seed.is_none() && self.data.tensors.is_none() {
+            return err("data.seed: null needs the inputs inline in data.tensors");
+        }
         if !matches!(self.dtype, DType::F32 | DType::BF16 | DType::F16) {
             return err(format!("dtype: expected f32, bf16 or f16, found {}", self.dtype));
         }

@@ -91,7 +91,8 @@ pub fn run(a: Args) -> CliResult {
     releases.sort();
     releases.dedup();
     for r in releases {
-        confirmer.prepare(r).map_err(|e| anyhow::anyhow!("torch {r}: {e:#}"))?;
+        let of: Vec<AnyCase> = jobs.iter().filter(|(_, rel)| rel == r).map(|(i, _)| cases[*i].1.clone()).collect();
+        confirmer.prepare_cases(&of, r, a.engine).map_err(|e| anyhow::anyhow!("torch {r}: {e:#}"))?;
     }
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut results = Vec::new();

@@ -7,13 +7,15 @@
 
 pub mod buckets;
 pub mod compare;
+pub mod moe;
+pub mod moe_venv;
 pub mod real;
 pub mod realrun;
 pub mod render;
 pub mod venv;
 pub mod worker;
 
-use crate::subjects::AnyCase;
+use crate::subjects::{AnyCase, AnySpec};
 use compare::Diff;
 use dtensor::device::Dev;
 use dtensor::RuleSet;
@@ -164,6 +166,8 @@ pub struct Confirmer {
     pub timeout: Duration,
     /// Test hook: the worker loses the next case (`hang` or `crash`); cleared once sent.
     pub fault: Option<String>,
+    /// MoE cases' outcomes, recorded on the real torchtitan layer in batches.
+    pub moe: moe::Recorded,
 }
 
 impl Default for Confirmer {
@@ -174,12 +178,32 @@ impl Default for Confirmer {
 
 impl Confirmer {
     pub fn new(timeout: Duration) -> Confirmer {
-        Confirmer { workers: HashMap::new(), timeout, fault: None }
+        Confirmer { workers: HashMap::new(), timeout, fault: None, moe: moe::Recorded::default() }
     }
 
     /// The release's interpreter, creating its venv on first use (see [`venv`]).
     pub fn prepare(&mut self, release: &Release) -> anyhow::Result<venv::Venv> {
         venv::ensure(release)
+    }
+
+    /// Makes ready what `cases` need on `release`: the torch venv for router cases; for MoE cases
+    /// the torchtitan venv, and their real outcomes, recorded in one batch.
+    pub fn prepare_cases(&mut self, cases: &[AnyCase], release: &Release, engine: Engine) -> anyhow::Result<()> {
+        let (moe, other): (Vec<&AnyCase>, Vec<&AnyCase>) =
+            cases.iter().partition(|c| matches!(c.subject, AnySpec::Moe(_)));
+        if !other.is_empty() {
+            self.prepare(release)?;
+        }
+        let run: Vec<AnyCase> = moe
+            .into_iter()
+            .filter(|c| moe::moe_case(c).is_some_and(|m| moe::skip_reason(&m, engine).is_none()))
+            .cloned()
+            .collect();
+        if !run.is_empty() {
+            moe_venv::ensure(release)?;
+            self.moe.record(&run, release, engine, self.timeout);
+        }
+        Ok(())
     }
 
     fn request(&mut self, release: &Release, req: &serde_json::Value) -> Result<serde_json::Value, String> {
@@ -198,6 +222,9 @@ impl Confirmer {
 
     /// Runs `case` on real PyTorch `release` with `engine` and compares.
     pub fn confirm(&mut self, case: &AnyCase, release: &Release, engine: Engine) -> ConfirmResult {
+        if matches!(case.subject, AnySpec::Moe(_)) {
+            return moe::confirm(&mut self.moe, case, release, engine, self.timeout);
+        }
         let case = case_for(case, release);
         let checked = match check_guarded(&case, Dev::Cpu, Options::default()) {
             Ok(c) => c,

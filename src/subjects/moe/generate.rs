@@ -102,7 +102,7 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let trainer_checks = s.chance(90);
     let backend = s.weighted(&BACKENDS);
     let typecheck = backend == Backend::SpmdTypes && s.chance(30);
-    let data = Data { seed: s.u64() >> 11, style, tensors: None };
+    let data = Data::drawn(s.u64() >> 11, style);
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     let subject =

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// Every input of `s` drawn from `data.seed` in `data.style`.
 pub fn draw_inputs(s: &MoeSpec, c: &Common) -> harness::tensor_data::Tensors {
-    let mut rng = ChaCha8Rng::seed_from_u64(c.data.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(c.data.seed());
     let d = &s.dims;
     let mut out = Vec::new();
     for spec in s.inputs(c) {

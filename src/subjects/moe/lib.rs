@@ -4,7 +4,9 @@
 //! backend a case names (docs/moe-layer.md). Its case spec follows the contract with the
 //! real-torchtitan recorder, so recorded outcomes replay against the model.
 
+pub mod crosscheck;
 pub mod error;
+pub mod export;
 pub mod full_dtensor;
 pub mod generate;
 pub mod inputs;

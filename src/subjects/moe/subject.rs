@@ -1,6 +1,6 @@
 //! The MoE layer as a [`Subject`]: its spec, inputs, run, oracles, generator and shrink
-//! candidates, wired to the harness. Known upstream bugs, PyTorch export and worker tables come
-//! with the revisions that carry them (later steps of issue 21).
+//! candidates, wired to the harness. Known upstream bugs and worker tables come with the revisions
+//! that carry them (later steps of issue 21); the PyTorch export is [`crate::export`].
 
 use crate::generate::MoeGen;
 use crate::run::Extra;
@@ -155,8 +155,8 @@ impl Subject for MoeSpec {
         )
     }
 
-    fn export(&self, _c: &Common, _model: &Model) -> String {
-        "# PyTorch export of MoE-layer cases is not written yet: replay the case with python/moe_recorder.\n".into()
+    fn export(&self, c: &Common, model: &Model) -> String {
+        crate::export::script(self, c, model)
     }
 
     fn worker_tables(&self, _c: &Common) -> serde_json::Value {

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-const CASE: &str = r#"{
+pub(crate) const CASE: &str = r#"{
   "format": "shardfuzz.case/2",
   "mesh": {"shape": [1, 1, 2], "names": ["dp", "cp", "tp"]},
   "rules": "torch-2.14", "dtype": "f32", "device": "cpu",

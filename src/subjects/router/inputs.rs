@@ -51,12 +51,12 @@ pub(crate) struct Drawn {
 pub(crate) fn draw_values(s: &RouterSpec, c: &Common) -> Drawn {
     let d = s.dims;
     let case = c;
-    let mut rng = ChaCha8Rng::seed_from_u64(case.data.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(case.data.seed());
     let (nx, ng, e) = (d.batch * d.seq * d.model, d.experts * d.model, d.experts);
     let inv_sqrt_d = 1.0 / (d.model as f64).sqrt();
     let small_int = |r: &mut ChaCha8Rng| r.random_range(-2i32..=2) as f64;
     let (x, gate, bias) = match case.data.style {
-        Style::Normal => (
+        Style::Normal | Style::Skewed => (
             draw_normals(&mut rng, nx, |z| z),
             draw_normals(&mut rng, ng, |z| z * inv_sqrt_d),
             draw_normals(&mut rng, e, |z| z * 1e-3),

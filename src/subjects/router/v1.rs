@@ -80,7 +80,7 @@ pub fn from_json(text: &str) -> Result<Case<RouterSpec>, CaseError> {
         rules: c.revision.rules,
         dtype: c.dtype,
         device: c.device,
-        data: Data { seed: c.data.seed, style: c.data.style, tensors },
+        data: Data { tensors, ..Data::drawn(c.data.seed, c.data.style) },
     };
     let revision = Revision { router: c.revision.router, size1: c.revision.size1 };
     let subject = RouterSpec { dims: c.dims, router: c.router, layout: c.layout, revision, backward: c.backward };

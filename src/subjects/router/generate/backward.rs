@@ -36,7 +36,7 @@ pub(super) fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &RouterGen) -
     let (revision, rules) = revision(s, cfg, own);
     let dtype = s.weighted(&[(80, DType::F32), (20, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (10, Style::Saturated), (5, Style::SmallInt)]);
-    let data = Data { seed: s.u64() >> 11, style, tensors: None };
+    let data = Data::drawn(s.u64() >> 11, style);
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     Case { common, subject: RouterSpec { dims, router, layout, revision, backward: Some(spec) } }
 }

@@ -317,7 +317,7 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &RouterGen) -> Case<
         (6, Style::Large),
         (14, Style::SmallInt),
     ]);
-    let data = Data { seed: s.u64() >> 11, style, tensors: None };
+    let data = Data::drawn(s.u64() >> 11, style);
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     Case { common, subject: RouterSpec { dims, router, layout, revision, backward: None } }
 }
