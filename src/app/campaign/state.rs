@@ -228,6 +228,7 @@ impl State {
                 .map(|((m, l), (c, d))| GridCell { mesh: m.clone(), layout: l.clone(), cases: *c, diverging: *d })
                 .collect(),
             regression: None,
+            findings: Vec::new(),
             fidelity: None,
             timing,
         }
