@@ -15,6 +15,7 @@ use std::path::Path;
 use tabled::settings::Style;
 use tabled::Table;
 
+mod findings;
 mod html;
 mod junit;
 mod markdown;
