@@ -21,11 +21,11 @@ pub struct Args {
     /// Where to write the minimized case (default: standard output)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Most candidates to try
-    #[arg(long, default_value_t = 5000)]
+    /// Most candidates to try (as `nightly --shrink-tries`)
+    #[arg(long = "shrink-tries", alias = "max-tries", default_value_t = 5000)]
     pub max_tries: usize,
-    /// Longest time to spend
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    /// Longest time to spend (as `nightly --shrink-time`)
+    #[arg(long = "shrink-time", alias = "max-time", value_parser = parse_duration, default_value = "60s")]
     pub max_time: Duration,
     /// Device to run on (default: the case's)
     #[arg(long)]
