@@ -356,7 +356,8 @@ fn nightly_refuses_a_used_out_unless_forced_and_replay_takes_directories() {
     std::fs::write(out.join("cases/stale.json"), "{}").unwrap();
     assert!(matches!(night("2", true).status.code(), Some(0 | 1)));
     assert!(!out.join("cases/stale.json").exists(), "--force clears the earlier run");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["seed"], 2);
     let rep = run(&["replay", out.join("report.json").to_str().unwrap()]);
     assert_eq!(rep.status.code(), Some(2));

@@ -228,6 +228,24 @@ fn a_campaign_killed_with_sigkill_still_reports() {
     std::fs::remove_dir_all(&empty).ok();
 }
 
+/// The example's junit.xml: one test case per finding, and failures only for the new ones (no
+/// baseline, so nothing regressed); the known and expected ones pass and say so.
+#[test]
+fn the_example_junit_fails_only_new_findings() {
+    let junit = read(crate::root().join("reports/example/junit.xml"));
+    let r: Value = serde_json::from_str(&read(crate::root().join("reports/example/report.json"))).unwrap();
+    let findings = r["findings"].as_array().expect("report.json has its findings");
+    let new = findings.iter().filter(|f| f["status"] == "new").count();
+    assert!(new > 0 && new < findings.len());
+    assert_eq!(junit.matches("<testcase ").count(), findings.len());
+    assert_eq!(junit.matches("<failure ").count(), new);
+    for case in junit.split("<testcase ").skip(1) {
+        let failed = case.split("</testcase>").next().unwrap().contains("<failure ");
+        assert_eq!(failed, case.starts_with("classname=\"shardfuzz.new\""), "{}", &case[..case.len().min(200)]);
+    }
+    assert!(junit.contains("known upstream (https://github.com/") && junit.contains("expected limitation: "));
+}
+
 #[test]
 fn the_example_report_page_is_well_formed_and_its_links_resolve() {
     check_html(&crate::root().join("reports/example/report.html"));

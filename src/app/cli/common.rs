@@ -114,7 +114,10 @@ pub fn prepare_out(out: &std::path::Path, seed: u64, force: bool) -> anyhow::Res
         None => format!("{} file(s) that are not a campaign", entries.len()),
     };
     if !force {
-        anyhow::bail!("--out {} is not empty: it holds {what}; pass --force to clear it, or choose another directory", out.display());
+        anyhow::bail!(
+            "--out {} is not empty: it holds {what}; pass --force to clear it, or choose another directory",
+            out.display()
+        );
     }
     anyhow::ensure!(campaign, "--out {} holds {what}; --force clears only a campaign directory", out.display());
     for p in entries {

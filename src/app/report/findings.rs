@@ -46,7 +46,11 @@ impl Report {
         s.push_str(&format!("- {} bucket(s), {} case(s)\n", f.buckets.len(), f.cases));
         if let Some(b) = f.smallest_bucket(&self.buckets) {
             let (r, t, _) = b.minimized_size();
-            s.push_str(&format!("- smallest reproducer: [{r} rank(s), {t} token(s)]({}) `{}`\n", Self::link(b), b.signature));
+            s.push_str(&format!(
+                "- smallest reproducer: [{r} rank(s), {t} token(s)]({}) `{}`\n",
+                Self::link(b),
+                b.signature
+            ));
             s.push_str(&format!("- real PyTorch: {}\n", super::real::cell(b)));
         }
         if let Some(d) = f.draft(&self.buckets) {
@@ -80,7 +84,13 @@ impl Report {
                         Status::Expected => f.reason.clone(),
                         _ => f.smallest.as_deref().map_or("-".into(), |x| format!("`{x}`")),
                     };
-                    vec![f.status.name().to_string(), f.mechanism.replace('|', "\\|"), f.buckets.len().to_string(), f.cases.to_string(), why.replace('|', "\\|")]
+                    vec![
+                        f.status.name().to_string(),
+                        f.mechanism.replace('|', "\\|"),
+                        f.buckets.len().to_string(),
+                        f.cases.to_string(),
+                        why.replace('|', "\\|"),
+                    ]
                 })
                 .collect()
         };

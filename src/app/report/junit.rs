@@ -39,9 +39,8 @@ impl Report {
             s => s.name().to_string(),
         };
         let smallest = f.smallest_bucket(&self.buckets);
-        let repro = smallest.map_or(String::new(), |b| {
-            format!("; smallest reproducer {} ({})", Self::link(b), b.signature)
-        });
+        let repro =
+            smallest.map_or(String::new(), |b| format!("; smallest reproducer {} ({})", Self::link(b), b.signature));
         let text = format!(
             "{status}: {} bucket(s), {} case(s){repro}; signatures: {}",
             f.buckets.len(),

@@ -197,11 +197,13 @@ pub fn findings(buckets: &[Bucket], base: Option<Baseline>) -> Vec<Finding> {
         })
         .collect();
     out.extend(fixed(base.fixed));
-    out.sort_by(|a, b| (a.status, std::cmp::Reverse(a.buckets.len()), &a.mechanism).cmp(&(
-        b.status,
-        std::cmp::Reverse(b.buckets.len()),
-        &b.mechanism,
-    )));
+    out.sort_by(|a, b| {
+        (a.status, std::cmp::Reverse(a.buckets.len()), &a.mechanism).cmp(&(
+            b.status,
+            std::cmp::Reverse(b.buckets.len()),
+            &b.mechanism,
+        ))
+    });
     out
 }
 
@@ -263,8 +265,11 @@ impl Finding {
         };
         let real = b.real().map_or("not run on real PyTorch yet (`shardfuzz confirm`)".to_string(), |r| r.cell());
         let more = if self.buckets.len() > 1 {
-            format!("\n\nThe same mechanism shows in {} signatures ({} cases in all), e.g.:\n\n", self.buckets.len(), self.cases)
-                + &self.buckets.iter().take(6).map(|s| format!("- `{s}`\n")).collect::<String>()
+            format!(
+                "\n\nThe same mechanism shows in {} signatures ({} cases in all), e.g.:\n\n",
+                self.buckets.len(),
+                self.cases
+            ) + &self.buckets.iter().take(6).map(|s| format!("- `{s}`\n")).collect::<String>()
         } else {
             String::new()
         };

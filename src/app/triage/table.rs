@@ -54,7 +54,9 @@ impl Entry {
         match self.matches {
             Match::Known(_) => false,
             Match::Sig { class, program, key } => {
-                class.is_none_or(|c| c == s.class) && s.program.starts_with(program) && key.iter().any(|k| s.key.contains(k))
+                class.is_none_or(|c| c == s.class)
+                    && s.program.starts_with(program)
+                    && key.iter().any(|k| s.key.contains(k))
             }
         }
     }

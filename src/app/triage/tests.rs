@@ -31,12 +31,28 @@ const BACK: &str = "value:offsets:inplace_scatter:torch-2.13:inconsistent";
 
 fn campaign() -> Vec<Bucket> {
     vec![
-        bucket(NEW, "a gradient reduced once too often", &["router's dx reduced twice at the MoE input (tt-2416; new)"]),
+        bucket(
+            NEW,
+            "a gradient reduced once too often",
+            &["router's dx reduced twice at the MoE input (tt-2416; new)"],
+        ),
         bucket(KNOWN, "counts Replicate on a size-1 axis", &["size1=keep contract mismatch (#3762)"]),
-        bucket(KNOWN.replace("2.13", "2.14").as_str(), "counts Replicate on a size-1 axis", &["size1=keep contract mismatch (#3762)"]),
-        bucket(EXPECTED, "only one side raised", &["token split refuses T not divisible by TP (torchtitan ValueError)"]),
+        bucket(
+            KNOWN.replace("2.13", "2.14").as_str(),
+            "counts Replicate on a size-1 axis",
+            &["size1=keep contract mismatch (#3762)"],
+        ),
+        bucket(
+            EXPECTED,
+            "only one side raised",
+            &["token split refuses T not divisible by TP (torchtitan ValueError)"],
+        ),
         bucket(OPEN, "only one side raised: only the tt-clean program raised: view", &[]),
-        bucket(&OPEN.replace("tt-clean", "tt-3192"), "only one side raised: only the tt-3192 program raised: view", &[]),
+        bucket(
+            &OPEN.replace("tt-clean", "tt-3192"),
+            "only one side raised: only the tt-3192 program raised: view",
+            &[],
+        ),
         bucket(BACK, "sharded offsets differ", &[]),
     ]
 }
@@ -44,10 +60,14 @@ fn campaign() -> Vec<Bucket> {
 #[test]
 fn every_status_is_given_and_mechanisms_group_buckets() {
     let buckets = campaign();
-    let (still, back, gone) = (vec![OPEN.to_string()], vec![BACK.to_string()], vec![
-        "comm:group_mask:gone:torch-2.13:all_gather".to_string(),
-        "error:-:x:torch-2.13:RuntimeError:mixed_tensor@aten.gather.default".to_string(),
-    ]);
+    let (still, back, gone) = (
+        vec![OPEN.to_string()],
+        vec![BACK.to_string()],
+        vec![
+            "comm:group_mask:gone:torch-2.13:all_gather".to_string(),
+            "error:-:x:torch-2.13:RuntimeError:mixed_tensor@aten.gather.default".to_string(),
+        ],
+    );
     let f = findings(&buckets, Some(Baseline { still_failing: &still, regressed: &back, fixed: &gone }));
     assert_eq!(status_of(&f, NEW).status, Status::New);
     let known = status_of(&f, KNOWN);

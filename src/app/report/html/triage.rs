@@ -82,7 +82,13 @@ impl Report {
                 s.push_str(&format!("<ol class=\"findings\">\n{items}</ol>\n"));
             }
         }
-        let head = [("status", ""), ("mechanism", "what"), ("buckets", "n"), ("cases", "n"), ("issue, reason or smallest", "what")];
+        let head = [
+            ("status", ""),
+            ("mechanism", "what"),
+            ("buckets", "n"),
+            ("cases", "n"),
+            ("issue, reason or smallest", "what"),
+        ];
         for (id, title, st) in [
             ("open", "Open: seen in the baseline, not settled yet", &[Status::Open][..]),
             ("settled", "Known upstream and expected", &[Status::Known, Status::Expected][..]),
@@ -100,7 +106,9 @@ impl Report {
             .iter()
             .map(|st| format!("<li><span class=\"st st-{0}\">{0}</span> {1}</li>", st.name(), esc(st.meaning())))
             .collect();
-        s.push_str(&format!("<details class=\"legend-st\"><summary>What the statuses mean</summary><ul>{legend}</ul></details>\n"));
+        s.push_str(&format!(
+            "<details class=\"legend-st\"><summary>What the statuses mean</summary><ul>{legend}</ul></details>\n"
+        ));
         section("triage", &esc(&Self::triage_line(findings)), "", &s)
     }
 }
