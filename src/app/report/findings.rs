@@ -51,7 +51,9 @@ impl Report {
                 Self::link(b),
                 b.signature
             ));
-            s.push_str(&format!("- real PyTorch: {}\n", super::real::cell(b)));
+            if self.has_real() {
+                s.push_str(&format!("- real PyTorch: {}\n", super::real::cell(b)));
+            }
         }
         if let Some(d) = f.draft(&self.buckets) {
             s.push_str(&format!("- export: `{}`\n", d.export));

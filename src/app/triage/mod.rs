@@ -263,7 +263,8 @@ impl Finding {
             Some(s) => format!("torchrun --nproc-per-node {ranks} {s}"),
             None => format!("{export}\ntorchrun --nproc-per-node {ranks} {}.py", b.signature.slug()),
         };
-        let real = b.real().map_or("not run on real PyTorch yet (`shardfuzz confirm`)".to_string(), |r| r.cell());
+        // Said only when the campaign confirmed it (`nightly --confirm`, `shardfuzz confirm`).
+        let real = b.real().map_or(String::new(), |r| format!("\n\n**On real PyTorch**: {}.", r.cell()));
         let more = if self.buckets.len() > 1 {
             format!(
                 "\n\nThe same mechanism shows in {} signatures ({} cases in all), e.g.:\n\n",
@@ -275,7 +276,7 @@ impl Finding {
         };
         let body = format!(
             "**What happens**: {}.\n\n**Smallest reproducer** ({ranks} rank(s), {tokens} token(s)), signature `{}`:\n\n```\n{}\n```\n\n\
-             **Run it** (CPU, gloo, torch only):\n\n```sh\n{run}\n```\n\n**On real PyTorch**: {real}.{more}\n\nFound by shardfuzz (differential testing against an unsharded reference).\n",
+             **Run it** (CPU, gloo, torch only):\n\n```sh\n{run}\n```{real}{more}\n\nFound by shardfuzz (differential testing against an unsharded reference).\n",
             self.mechanism.trim_end_matches('.'),
             b.signature,
             b.detail.trim()

@@ -15,7 +15,9 @@ impl Report {
         if let Some(b) = f.smallest_bucket(&self.buckets) {
             let (r, t, _) = b.minimized_size();
             let real = crate::report::real::cell(b);
-            meta.push_str(&format!(" &middot; real PyTorch: <b>{}</b>", esc(&real)));
+            if self.has_real() {
+                meta.push_str(&format!(" &middot; real PyTorch: <b>{}</b>", esc(&real)));
+            }
             act.push_str(&format!(
                 "smallest: {} <code class=\"sig\">{}</code>",
                 link(Self::link(b), &format!("{r} rank(s), {t} token(s)")),
