@@ -208,10 +208,12 @@ impl Report {
             }
         };
         Some(format!(
-            "## Regression against `{}`\n\n**New** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n\n",
+            "## Regression against `{}`\n\n**New** ({}):\n\n{}\n\n**Regressed** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n\n",
             r.baseline,
             r.new.len(),
             list(&r.new),
+            r.regressed.len(),
+            list(&r.regressed),
             r.fixed.len(),
             list(&r.fixed),
             r.still_failing.len(),

@@ -309,6 +309,45 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A report with one bucket per signature (the fields triage reads).
+    fn night(sigs: &[&str]) -> Report {
+        let buckets: Vec<serde_json::Value> = sigs
+            .iter()
+            .map(|s| {
+                serde_json::json!({"signature": s, "class": s.split(':').next().unwrap(), "count": 1, "first_index": 0,
+                    "smallest_index": 0, "smallest_size": [1, 1, 1, 1], "detail": "", "explanation": format!("x {s}"),
+                    "first_case": "cases/a.json", "repro": null, "shrink": null})
+            })
+            .collect();
+        // The example's fields, with these buckets.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/reports/example/report.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["buckets"] = buckets.into();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_fixed_one_night_and_back_later_is_a_regression() {
+        use crate::triage::{FailOn, Status};
+        let (a, b) = ("value:counts:p:torch-2.13:values", "shape:counts:p:torch-2.13:rank_dependent");
+        let mut n2 = night(&[b]);
+        n2.compare(&night(&[a, b]), "n1");
+        let st =
+            |r: &Report, s: &str| r.triage().into_iter().find(|f| f.buckets.iter().any(|x| x == s)).unwrap().status;
+        assert_eq!((st(&n2, a), st(&n2, b)), (Status::Fixed, Status::Open));
+        assert!(!n2.fails(&FailOn::default()));
+        let mut n3 = night(&[b]);
+        n3.compare(&n2, "n2");
+        assert_eq!(n3.regression.as_ref().unwrap().gone, vec![a.to_string()], "carried while it stays away");
+        let mut n4 = night(&[a, b]);
+        n4.compare(&n3, "n3");
+        assert_eq!(st(&n4, a), Status::Regression);
+        assert!(n4.regression.as_ref().unwrap().new.is_empty());
+        assert!(n4.fails(&FailOn::default()) && !n4.fails(&"new".parse().unwrap()));
+        let junit = n4.junit(&FailOn::default());
+        assert_eq!(junit.matches("<failure ").count(), 1, "{junit}");
+    }
+
     #[test]
     fn tie_stats_sum_cases_and_give_the_unchecked_share() {
         let mut t = TieStats::default();

@@ -236,7 +236,7 @@ impl Report {
         let body = format!(
             "{}{}{}{}",
             self.history_chart(),
-            list("New", &r.new, true),
+            list("New", &r.new, true) + &list("Regressed (fixed in an earlier night, back now)", &r.regressed, true),
             list("Fixed", &r.fixed, true),
             list("Still failing", &r.still_failing, false)
         );
