@@ -24,8 +24,8 @@ step() { # name, command...
 step doctor "$sf" doctor
 step cuda-tests "$here/tests" --ignored --test-threads 1 cuda
 step cross-device "$sf" run --cross-device --cases 3000 --seed 3 --device cuda
-step campaign "$sf" nightly --time 90s --seed 1 --device cuda --out "$out/campaign"
-step campaign-large "$sf" nightly --time 90s --seed 2 --device cuda --size large --jobs 1 --out "$out/campaign-large"
+step campaign "$sf" nightly --time 90s --seed 1 --device cuda --out "$out/campaign" --force
+step campaign-large "$sf" nightly --time 90s --seed 2 --device cuda --size large --jobs 1 --out "$out/campaign-large" --force
 step bench "$sf" bench --device cuda --out "$out/bench"
 
 echo

@@ -315,3 +315,70 @@ fn a_panic_inside_a_case_is_a_crash_verdict_and_the_run_goes_on() {
     assert!(matches!(run(&["replay", "--once", kept[0].to_str().unwrap()]).status.code(), Some(0 | 1)));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A closed pipe ends `run` quietly: no panic, the usual SIGPIPE status (or 0).
+#[test]
+fn run_into_a_closed_pipe_ends_without_a_panic() {
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' run --cases 5000 --device cpu | head -3 >/dev/null; echo \"status ${{PIPESTATUS[0]}}\"",
+            env!("CARGO_BIN_EXE_shardfuzz")
+        ))
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(matches!(out.trim(), "status 141" | "status 0"), "{out} {err}");
+}
+
+/// `nightly` twice into one --out: the second run is refused with one line and exit 2; with
+/// --force the directory holds only the second run. `replay` takes the campaign directory and
+/// says a report is not a case.
+#[test]
+fn nightly_refuses_a_used_out_unless_forced_and_replay_takes_directories() {
+    let out = std::env::temp_dir().join(format!("shardfuzz-cli-out-{}", std::process::id()));
+    std::fs::remove_dir_all(&out).ok();
+    let o = out.to_str().unwrap();
+    let night = |seed: &str, force: bool| {
+        let mut args = vec!["nightly", "--cases", "12", "--seed", seed, "--jobs", "1", "--device", "cpu"];
+        args.extend(["--no-shrink", "--out", o]);
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+    assert!(matches!(night("1", false).status.code(), Some(0 | 1)));
+    let again = night("1", false);
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(stderr(&again).lines().count(), 1, "one line: {}", stderr(&again));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    std::fs::write(out.join("cases/stale.json"), "{}").unwrap();
+    assert!(matches!(night("2", true).status.code(), Some(0 | 1)));
+    assert!(!out.join("cases/stale.json").exists(), "--force clears the earlier run");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["seed"], 2);
+    let rep = run(&["replay", out.join("report.json").to_str().unwrap()]);
+    assert_eq!(rep.status.code(), Some(2));
+    assert!(stderr(&rep).contains("is a campaign report, not a case"), "{}", stderr(&rep));
+    let dir = run(&["replay", "--once", o]);
+    assert!(matches!(dir.status.code(), Some(0 | 1)), "{}", stderr(&dir));
+    std::fs::remove_dir_all(&out).ok();
+}
+
+/// The same flag names across subcommands; the old names still work (hidden).
+#[test]
+fn old_flag_names_stay_as_hidden_aliases() {
+    let dir = std::env::temp_dir().join(format!("shardfuzz-cli-gen-{}", std::process::id()));
+    for flag in ["--cases", "--count"] {
+        let o = run(&["gen", "--seed", "1", flag, "2", "--device", "cpu", "--out", dir.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{flag}: {}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).ok();
+    let help = String::from_utf8_lossy(&run(&["shrink", "--help"]).stdout).into_owned();
+    assert!(help.contains("--shrink-tries") && !help.contains("--max-tries"), "{help}");
+    let help = String::from_utf8_lossy(&run(&["bench", "--help"]).stdout).into_owned();
+    assert!(help.contains("--size ") && !help.contains("--sizes"), "{help}");
+}

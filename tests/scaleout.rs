@@ -228,6 +228,24 @@ fn a_campaign_killed_with_sigkill_still_reports() {
     std::fs::remove_dir_all(&empty).ok();
 }
 
+/// The example's junit.xml: one test case per finding, and failures only for the new ones (no
+/// baseline, so nothing regressed); the known and expected ones pass and say so.
+#[test]
+fn the_example_junit_fails_only_new_findings() {
+    let junit = read(crate::root().join("reports/example/junit.xml"));
+    let r: Value = serde_json::from_str(&read(crate::root().join("reports/example/report.json"))).unwrap();
+    let findings = r["findings"].as_array().expect("report.json has its findings");
+    let new = findings.iter().filter(|f| f["status"] == "new").count();
+    assert!(new > 0 && new < findings.len());
+    assert_eq!(junit.matches("<testcase ").count(), findings.len());
+    assert_eq!(junit.matches("<failure ").count(), new);
+    for case in junit.split("<testcase ").skip(1) {
+        let failed = case.split("</testcase>").next().unwrap().contains("<failure ");
+        assert_eq!(failed, case.starts_with("classname=\"shardfuzz.new\""), "{}", &case[..case.len().min(200)]);
+    }
+    assert!(junit.contains("known upstream (https://github.com/") && junit.contains("expected limitation: "));
+}
+
 #[test]
 fn the_example_report_page_is_well_formed_and_its_links_resolve() {
     check_html(&crate::root().join("reports/example/report.html"));
@@ -306,10 +324,7 @@ fn the_deploy_examples_are_consistent_and_the_slurm_scripts_run() {
 /// filter, paging and the detail panel work on the example report.
 #[test]
 fn the_report_pages_script_sorts_filters_and_opens_a_bucket_in_chromium() {
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
-    else {
+    let Some(browser) = chromium() else {
         eprintln!("skipped: no chromium");
         return;
     };
@@ -318,12 +333,15 @@ fn the_report_pages_script_sorts_filters_and_opens_a_bucket_in_chromium() {
       var t=document.getElementById('bucket-table'),out=[];
       function rows(){return Array.prototype.filter.call(t.tBodies[0].rows,function(r){return !r.hidden;});}
       out.push(rows().length);
-      t.tHead.rows[0].cells[4].click();t.tHead.rows[0].cells[4].click();
-      var c=rows().map(function(r){return +r.cells[4].getAttribute('data-v');});
+      t.tHead.rows[0].cells[5].click();t.tHead.rows[0].cells[5].click();
+      var c=rows().map(function(r){return +r.cells[5].getAttribute('data-v');});
       out.push(c.every(function(x,i){return i===0||c[i-1]>=x;}));
       var f=document.getElementById('bucket-filter');f.value='view_of_sharded_dim';f.dispatchEvent(new Event('input'));
       out.push(rows().every(function(r){return r.textContent.indexOf('view_of_sharded_dim')>=0;})&&rows().length>0);
       f.value='';f.dispatchEvent(new Event('input'));
+      var sf=document.getElementById('status-filter');sf.value='known';sf.dispatchEvent(new Event('change'));
+      out.push(rows().length>0&&rows().every(function(r){return r.getAttribute('data-status')==='known';}));
+      sf.value='';sf.dispatchEvent(new Event('change'));
       rows()[3].click();
       out.push(!document.getElementById('panel').hidden&&document.querySelector('#panel pre:last-of-type').textContent.indexOf('shardfuzz.case/1')>=0);
       document.title='PROBE '+out.join(',');
@@ -341,7 +359,79 @@ fn the_report_pages_script_sorts_filters_and_opens_a_bucket_in_chromium() {
     let dom = String::from_utf8_lossy(&o.stdout);
     let title = dom.split("<title>").nth(1).and_then(|t| t.split("</title>").next()).unwrap_or("");
     let rows = read(crate::root().join("reports/example/report.json")).matches("\"first_case\"").count().min(300);
-    assert_eq!(title, format!("PROBE {rows},true,true,true"), "sorted, filtered, detail shown");
+    assert_eq!(title, format!("PROBE {rows},true,true,true,true"), "sorted, filtered (text, status), detail shown");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The first chromium on the PATH, if any.
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// The page's layout in a real browser at 1280 px on the full page height (every `<details>`
+/// opened, every bucket row shown), for each column set: with real-PyTorch results (the
+/// example), without them, and a merged report: no table column is narrower than the longest
+/// word of its header, and the first thing on the page is the triage. Skipped without Chromium.
+#[test]
+fn no_table_column_is_narrower_than_its_header_word_in_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped: no chromium");
+        return;
+    };
+    let example: Value = serde_json::from_str(&read(crate::root().join("reports/example/report.json"))).unwrap();
+    let mut plain = example.clone();
+    for b in plain["buckets"].as_array_mut().unwrap() {
+        b.as_object_mut().unwrap().remove("confirm");
+    }
+    plain.as_object_mut().unwrap().remove("fidelity");
+    let mut merged = example.clone();
+    merged["timing"]["parts"] = serde_json::json!([
+        {"shards": "0/2", "cases": 84917, "wall_s": 47.0, "cases_per_s": 1806.7},
+        {"shards": "1/2", "cases": 84916, "wall_s": 47.1, "cases_per_s": 1802.9}
+    ]);
+    let probe = r#"<script>window.addEventListener('load',function(){setTimeout(function(){
+      Array.prototype.forEach.call(document.querySelectorAll('details'),function(d){d.open=true;});
+      Array.prototype.forEach.call(document.querySelectorAll('tr[hidden]'),function(r){r.hidden=false;});
+      var ctx=document.createElement('canvas').getContext('2d'),bad=[],n=0;
+      Array.prototype.forEach.call(document.querySelectorAll('th'),function(th){
+        var cs=getComputedStyle(th);ctx.font=cs.fontWeight+' '+cs.fontSize+' '+cs.fontFamily;
+        var room=th.clientWidth-parseFloat(cs.paddingLeft)-parseFloat(cs.paddingRight);
+        th.textContent.split(/\s+/).forEach(function(w){
+          if(!w)return;n++;
+          var need=ctx.measureText(w).width;
+          if(need>room+1)bad.push(th.closest('table').id+':'+w+':'+Math.round(room)+'<'+Math.round(need));
+        });
+      });
+      var first=document.querySelector('section');
+      document.title='LAYOUT '+document.documentElement.scrollWidth+' '+(first?first.id:'-')+' '+n+' '+(bad.join('|')||'ok');
+    },0);});</script></body></html>"#;
+    let dir = tmp("layout");
+    for (name, report) in [("confirmed", example), ("plain", plain), ("merged", merged)] {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_shardfuzz")).arg("report").arg(&d).output().unwrap();
+        assert!(matches!(o.status.code(), Some(0 | 1)), "report: {}", String::from_utf8_lossy(&o.stderr));
+        let page = read(d.join("report.html"));
+        std::fs::write(d.join("probe.html"), page.replace("</body></html>", probe)).unwrap();
+        let o = Command::new(browser)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,20000"])
+            .args(["--virtual-time-budget=20000", "--dump-dom"])
+            .arg(format!("--user-data-dir={}", d.join("profile").display()))
+            .arg(format!("file://{}", d.join("probe.html").display()))
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&o.stdout);
+        let title = dom.split("<title>").nth(1).and_then(|t| t.split("</title>").next()).unwrap_or("").to_string();
+        let f: Vec<&str> = title.split(' ').collect();
+        assert!(f.len() >= 5 && f[0] == "LAYOUT", "{name}: no probe result: {title}");
+        assert!(f[1].parse::<u32>().unwrap() <= 1280, "{name}: the page scrolls sideways at 1280 px: {title}");
+        assert_eq!(f[2], "triage", "{name}: the page opens with the triage");
+        assert!(f[3].parse::<u32>().unwrap() > 20, "{name}: too few header words measured: {title}");
+        assert_eq!(f[4..].join(" "), "ok", "{name}: columns narrower than their header word");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -396,6 +486,10 @@ pub fn check_html(path: &Path) {
         if let Some(id) = l.strip_prefix('#') {
             assert!(ids.contains(id), "{}: link to missing #{id}", path.display());
         } else {
+            // Links to upstream issues are links, not fetches; nothing else leaves the page.
+            if l.starts_with("https://github.com/") {
+                continue;
+            }
             assert!(!l.contains("://"), "{}: a network link {l}", path.display());
             let file =
                 l.replace("%20", " ").replace("%23", "#").replace("%3F", "?").replace("%22", "\"").replace("%25", "%");

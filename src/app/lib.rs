@@ -20,4 +20,5 @@ pub mod export;
 pub mod replay;
 pub mod report;
 pub mod subjects;
+pub mod triage;
 pub mod worker;

@@ -21,6 +21,14 @@ pub fn parse(text: &str) -> Result<AnyCase, CaseError> {
             let c = v.get("case").ok_or_else(|| CaseError("outcome file without a `case`".into()))?;
             c.to_string()
         }
+        Some(f) if f.starts_with("shardfuzz.report") => {
+            return Err(CaseError(
+                "this is a campaign report, not a case: replay its directory (its repro/ reproducers) or a file in repro/ or cases/".into(),
+            ))
+        }
+        Some(f) if f.starts_with("shardfuzz.") && !f.starts_with("shardfuzz.case") => {
+            return Err(CaseError(format!("this is a {f} file, not a case (shardfuzz.case/1)")))
+        }
         _ => text.to_string(),
     };
     read_case(&case_text)

@@ -188,6 +188,7 @@ fn combine(parts: &[Part], m: &Manifest) -> Report {
             .map(|((mesh, layout), (cases, diverging))| GridCell { mesh, layout, cases, diverging })
             .collect(),
         regression: None,
+        findings: Vec::new(),
         fidelity: None,
         timing: timing(parts),
     }

@@ -221,17 +221,31 @@ fn coordinate(
             Some((_, Event::Died { job: Some(Work::Run(index)), death })) => on_death(cfg, state, bar, index, death)?,
             Some((_, Event::Died { .. })) | None => {}
         }
-        let left = sched
-            .deadline
-            .map(|d| format!("  {}s left", d.saturating_duration_since(Instant::now()).as_secs()))
-            .unwrap_or_default();
-        let phase = if sched.shrinking { "  (shrinking)" } else { "" };
-        bar.set_message(format!("{} buckets{phase}{left}", state.buckets.len()));
+        bar.set_message(progress_message(cfg, state, sched, bar));
         if sched.checkpointed.elapsed() >= CHECKPOINT {
             sched.checkpointed = Instant::now();
             recover::checkpoint(&cfg.out, &state.report(cfg, true, sched.start.elapsed().as_secs_f64()))?;
         }
     }
+}
+
+/// The progress line's message: buckets, the rate (whole cases per second), and with a time
+/// budget the cases so far and the time left (the bar itself counts the time down); while
+/// shrinking, the buckets still to shrink.
+fn progress_message(cfg: &Config, state: &State, sched: &Schedule, bar: &indicatif::ProgressBar) -> String {
+    let elapsed = sched.start.elapsed();
+    let n = state.cases_done();
+    let rate = n as f64 / elapsed.as_secs_f64().max(1e-3);
+    let mut msg = format!("{} bucket(s), {rate:.0} cases/s", state.buckets.len());
+    if let Some(d) = sched.deadline {
+        bar.set_position(elapsed.as_secs().min(cfg.time.map_or(0, |t| t.as_secs())));
+        let left = d.saturating_duration_since(Instant::now()).as_secs();
+        msg = format!("{n} cases, {msg}, {}m{:02}s left", left / 60, left % 60);
+    }
+    if sched.shrinking {
+        msg.push_str(&format!("; shrinking, {} bucket(s) to go", sched.shrink_queue.len()));
+    }
+    msg
 }
 
 fn on_reply(
@@ -325,7 +339,10 @@ fn record(
     for sig in state.record(&cfg.out, index, case, v)? {
         bar.println(format!("new bucket at case {index}: {sig}"));
     }
-    bar.inc(1);
+    // With a case count the bar counts cases; with a time budget it counts the time down.
+    if cfg.cases.is_some() {
+        bar.inc(1);
+    }
     Ok(())
 }
 
@@ -367,14 +384,20 @@ fn relative(path: &Path, from: &Path) -> String {
     out.join("/")
 }
 
+/// The campaign's progress bar: "i of N cases" with an ETA for `--cases`, a countdown of the
+/// time budget for `--time`.
 fn progress_bar(cfg: &Config) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(cfg.cases.map_or(0, |n| cfg.shard.len_below(n)));
+    let (len, template) = match (cfg.cases, cfg.time) {
+        (Some(n), _) => (cfg.shard.len_below(n), "{elapsed_precise} {bar:24} {pos} of {len} cases, ETA {eta}  {msg}"),
+        (None, Some(t)) => (t.as_secs().max(1), "{elapsed_precise} {bar:24} {msg}"),
+        (None, None) => (0, "{elapsed_precise} {msg}"),
+    };
+    let bar = indicatif::ProgressBar::new(len);
     if !cfg.progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} {bar:24} {pos} cases  {per_sec}  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }

@@ -131,6 +131,7 @@ fn empty(m: Option<Manifest>) -> Report {
         grads: GradTally::default(),
         grid: vec![],
         regression: None,
+        findings: Vec::new(),
         fidelity: None,
         timing: Timing::default(),
     }

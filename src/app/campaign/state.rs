@@ -43,6 +43,11 @@ pub fn known_names(sig: &Signature, case: &AnyCase) -> Vec<String> {
 }
 
 impl State {
+    /// Cases whose results have come in.
+    pub fn cases_done(&self) -> u64 {
+        self.cases
+    }
+
     pub fn new(cfg: &Config) -> State {
         let mut rules = cfg.gen.common.rule_sets().to_vec();
         rules.sort();
@@ -228,6 +233,7 @@ impl State {
                 .map(|((m, l), (c, d))| GridCell { mesh: m.clone(), layout: l.clone(), cases: *c, diverging: *d })
                 .collect(),
             regression: None,
+            findings: Vec::new(),
             fidelity: None,
             timing,
         }

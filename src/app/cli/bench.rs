@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub device: Vec<DeviceArg>,
     /// Size classes to measure (default: small and medium; large too on CUDA)
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long = "size", alias = "sizes", value_delimiter = ',')]
     pub sizes: Vec<SizeClass>,
     /// Cases per small-class measurement (medium runs a quarter, large 1/100, at least 5)
     #[arg(long, default_value_t = 2000)]
@@ -25,8 +25,8 @@ pub struct Args {
     /// Throughput runs per device and size; the median one is reported (shared machines are noisy)
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Seeds for the time-to-detect medians
-    #[arg(long, default_value_t = 5)]
+    /// How many seeds (0, 1, ...) the time-to-detect medians take
+    #[arg(long = "seed-count", alias = "seeds", default_value_t = 5)]
     pub seeds: u64,
     /// Longest search for the known bugs per seed
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
@@ -34,8 +34,9 @@ pub struct Args {
     /// Longest shrink per bug
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub shrink_time: Duration,
-    /// Where bench.md and bench.json go
-    #[arg(long, default_value = "reports/bench")]
+    /// Where bench.md and bench.json go (the default is untracked; the committed figures in
+    /// reports/bench/ are refreshed by passing --out reports/bench)
+    #[arg(long, default_value = "target/shardfuzz-bench")]
     pub out: PathBuf,
 }
 

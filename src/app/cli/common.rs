@@ -64,6 +64,69 @@ impl GenArgs {
     }
 }
 
+/// The case files named on a command line: files as they are; a directory gives its `.json`
+/// files, sorted, and a campaign directory (one with a report.json) the reproducers in its
+/// `repro/` (else its first cases in `cases/`).
+pub fn case_files(args: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    const NOT_CASES: [&str; 4] = ["report.json", "campaign.json", "checkpoint.json", "bench.json"];
+    let mut out = Vec::new();
+    for p in args {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let dir = match ["repro", "cases"].iter().map(|d| p.join(d)).find(|d| d.is_dir()) {
+            Some(d) if p.join("report.json").is_file() => d,
+            _ => p.clone(),
+        };
+        let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "json"))
+            .filter(|f| !f.file_name().is_some_and(|n| NOT_CASES.iter().any(|x| n == *x)))
+            .collect();
+        v.sort();
+        anyhow::ensure!(!v.is_empty(), "{}: no case files (.json) in this directory", dir.display());
+        out.extend(v);
+    }
+    Ok(out)
+}
+
+/// Makes `out` ready for a campaign: created when missing; an empty directory is used as it
+/// is; a directory with files in it is refused (one line, exit 2) unless `force`, which clears
+/// it, and only when it holds a campaign (a `campaign.json` or `report.json`), so `--force` never
+/// empties a directory shardfuzz did not write.
+pub fn prepare_out(out: &std::path::Path, seed: u64, force: bool) -> anyhow::Result<()> {
+    let entries: Vec<std::path::PathBuf> = match std::fs::read_dir(out) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("--out {}: {e}", out.display()),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let manifest = crate::campaign::shard::Manifest::load(out).ok();
+    let campaign = manifest.is_some() || out.join("report.json").is_file();
+    let what = match &manifest {
+        Some(m) if m.seed == seed => format!("an earlier campaign of seed {seed}"),
+        Some(m) => format!("a campaign of seed {}", m.seed),
+        None if campaign => "an earlier campaign's report".to_string(),
+        None => format!("{} file(s) that are not a campaign", entries.len()),
+    };
+    if !force {
+        anyhow::bail!(
+            "--out {} is not empty: it holds {what}; pass --force to clear it, or choose another directory",
+            out.display()
+        );
+    }
+    anyhow::ensure!(campaign, "--out {} holds {what}; --force clears only a campaign directory", out.display());
+    for p in entries {
+        let r = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|e| anyhow::anyhow!("--force: {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Parses `90s`, `30m`, `2h`, `1h30m` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("bad duration '{s}' (examples: 90s, 30m, 2h, 1h30m)");

@@ -28,10 +28,10 @@ pub struct Args {
     /// JSON lines
     #[arg(long)]
     pub json: bool,
-    /// Seconds one case may take on real PyTorch before its worker is killed (the case is then
-    /// `not run`)
-    #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    /// How long one case may take on real PyTorch before its worker is killed (the case is then
+    /// `not run`; e.g. 300s, 5m, plain seconds too)
+    #[arg(long = "confirm-timeout", alias = "timeout", value_parser = super::common::parse_duration, default_value = "300s")]
+    pub timeout: Duration,
     /// Test hook: the worker hangs or crashes on the N-th run (hang@N, crash@N; from 0)
     #[arg(long, hide = true, value_parser = parse_fault)]
     pub inject_fault: Option<(String, usize)>,
@@ -47,37 +47,18 @@ fn parse_fault(s: &str) -> Result<(String, usize), String> {
 }
 
 /// The case files named: files as given, directories' *.json files in name order.
-fn files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in args {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "json"))
-                .collect();
-            v.sort();
-            anyhow::ensure!(!v.is_empty(), "{}: no .json files in this directory", p.display());
-            out.extend(v);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
-}
-
 fn name(p: &Path) -> String {
     p.display().to_string()
 }
 
 pub fn run(a: Args) -> CliResult {
+    anyhow::ensure!(!a.timeout.is_zero(), "--confirm-timeout must be at least 1 second");
     // Every file is read before anything runs: bad input fails fast, with one line.
     let mut cases: Vec<(PathBuf, AnyCase)> = Vec::new();
-    for f in files(&a.files)? {
+    for f in super::common::case_files(&a.files)? {
         let case = replay::load(&f)?;
         cases.push((f, case));
     }
-    anyhow::ensure!(a.timeout > 0, "--timeout must be at least 1 second");
     let jobs: Vec<(usize, Release)> = cases
         .iter()
         .enumerate()
@@ -86,7 +67,7 @@ pub fn run(a: Args) -> CliResult {
             rels.into_iter().map(move |r| (i, r))
         })
         .collect();
-    let mut confirmer = Confirmer::new(Duration::from_secs(a.timeout));
+    let mut confirmer = Confirmer::new(a.timeout);
     let mut releases: Vec<&Release> = jobs.iter().map(|(_, r)| r).collect();
     releases.sort();
     releases.dedup();

@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How many cases to write
-    #[arg(long, default_value_t = 100)]
+    #[arg(long = "cases", alias = "count", default_value_t = 100)]
     pub count: u64,
     /// Index of the first case (`run` prints the index of each case it reports)
     #[arg(long, default_value_t = 0)]

@@ -71,8 +71,33 @@ pub enum Command {
 /// An error worth exit status 2, printed as `shardfuzz: <message>`.
 pub type CliResult = anyhow::Result<ExitCode>;
 
+/// Commands that print for a reader and start no subprocess end quietly when their reader goes
+/// away (`shardfuzz run | head`): the default SIGPIPE action, the usual exit status 141 of a
+/// closed pipe, instead of a panic in `println!`. Commands that talk to workers over pipes keep
+/// Rust's default (a write error they handle).
+fn quiet_on_closed_pipe(cmd: &Command) {
+    let prints = matches!(
+        cmd,
+        Command::Doctor(_)
+            | Command::Replay(_)
+            | Command::Gen(_)
+            | Command::Run(_)
+            | Command::Shrink(_)
+            | Command::Report(_)
+            | Command::Import(_)
+            | Command::Export(_)
+    );
+    if prints {
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    quiet_on_closed_pipe(&cli.cmd);
     if let Some(n) = cli.max_elements {
         harness::limits::set(harness::limits::Limits::per_tensor(n));
     }

@@ -28,16 +28,24 @@ pub struct Args {
     /// Worker processes (default: one per CPU core)
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Directory for report.md, report.json, junit.xml, report.html, cases/ and repro/
+    /// Directory for report.md, report.json, junit.xml, report.html, cases/ and repro/; must be
+    /// new or empty (see --force)
     #[arg(long)]
     pub out: PathBuf,
+    /// Clear --out first when it holds an earlier campaign (refused otherwise)
+    #[arg(long)]
+    pub force: bool,
+    /// Findings of which statuses fail: junit.xml's failures and the exit status 1 (comma list of
+    /// new, regressed, open, known, expected; any; none)
+    #[arg(long, value_name = "STATUSES", default_value = "new,regressed")]
+    pub fail_on: crate::triage::FailOn,
     /// Devices, comma-separated (auto, cpu, cuda, cuda:N); cases alternate between them
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub device: Vec<DeviceArg>,
     #[command(flatten)]
     pub draw: Draw,
     /// A case running longer than this is killed and kept as a `timeout` reproducer
-    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    #[arg(long, value_parser = parse_duration, default_value = "20s", alias = "case-timeout")]
     pub per_case_timeout: Duration,
     /// Longest shrink of one bucket
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
@@ -64,15 +72,17 @@ pub struct Args {
     /// releases (e.g. --confirm 2.13.0,2.14.0). Venvs as for `confirm`
     #[arg(long, value_name = "VERSIONS", num_args = 0..=1, value_delimiter = ',')]
     pub confirm: Option<Vec<Release>>,
-    /// Seconds one reproducer may take on real PyTorch (`--confirm`) before it is `not run`
-    #[arg(long, default_value_t = 300, value_name = "S")]
-    pub confirm_timeout: u64,
+    /// How long one reproducer may take on real PyTorch (`--confirm`) before it is `not run`
+    /// (e.g. 300s, 5m; plain seconds too)
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
+    pub confirm_timeout: Duration,
     /// Test hook: make a worker abort, segfault or hang on case N (abort@N, segv@N, hang@N)
     #[arg(long, hide = true)]
     pub inject_fault: Option<Fault>,
 }
 
 pub fn run(a: Args) -> CliResult {
+    let started = std::time::Instant::now();
     let mut devices = Vec::new();
     for d in &a.device {
         let dev = device::resolve(*d).map_err(anyhow::Error::msg)?;
@@ -80,7 +90,8 @@ pub fn run(a: Args) -> CliResult {
             devices.push(dev);
         }
     }
-    anyhow::ensure!(a.confirm_timeout > 0, "--confirm-timeout must be at least 1 second");
+    anyhow::ensure!(!a.confirm_timeout.is_zero(), "--confirm-timeout must be at least 1 second");
+    super::common::prepare_out(&a.out, a.seed, a.force)?;
     let shard = a.shard.unwrap_or(Shard::WHOLE);
     if shard.count > 1 && a.corpus.is_some() {
         anyhow::bail!("--corpus with --shard: shards would overwrite each other's reproducers; pass --corpus to `shardfuzz merge`");
@@ -111,17 +122,20 @@ pub fn run(a: Args) -> CliResult {
     let mut report = campaign::run(&cfg)?;
     // An interrupted campaign reports at once; its buckets stay unconfirmed.
     if let (Some(releases), false) = (&a.confirm, report.interrupted) {
-        confirm(&mut report, &a.out, releases, a.confirm_timeout, cfg.progress)?;
+        confirm(&mut report, &a.out, releases, a.confirm_timeout.as_secs().max(1), cfg.progress)?;
     }
     if let (Some(b), Some(dir)) = (&baseline, &a.baseline) {
         report.compare(b, &dir.display().to_string());
     }
-    if a.confirm.is_some() || baseline.is_some() {
-        report.write(&a.out)?;
+    if a.confirm.is_some() || baseline.is_some() || a.fail_on != crate::triage::FailOn::default() {
+        report.write_with(&a.out, &a.fail_on)?;
     }
     let part = if shard.count > 1 { format!(" (shard {shard})") } else { String::new() };
+    let total = started.elapsed().as_secs_f64();
+    let confirm_s = total - report.timing.wall_s;
+    let confirming = if a.confirm.is_some() { format!(", {confirm_s:.0}s confirming") } else { String::new() };
     eprintln!(
-        "shardfuzz: {} cases{part} in {:.0}s ({:.0}/s), {} diverging, {} bucket(s){}; report in {}",
+        "shardfuzz: {} cases{part} in {total:.0}s (campaign {:.0}s at {:.0} cases/s{confirming}), {} diverging, {} bucket(s){}; report in {}",
         report.cases,
         report.timing.wall_s,
         report.timing.cases_per_s,
@@ -133,7 +147,9 @@ pub fn run(a: Args) -> CliResult {
     if let Some(f) = report.measure_fidelity() {
         eprintln!("shardfuzz: {}", f.line());
     }
-    Ok(if report.buckets.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    eprintln!("shardfuzz: {}", Report::triage_line(&report.triage()));
+    // Exit 1 only for findings that need a person (--fail-on), as junit.xml fails them.
+    Ok(if report.fails(&a.fail_on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Confirms every bucket's reproducer on real PyTorch (the report is written by the caller).
@@ -145,9 +161,15 @@ fn confirm(
     progress: bool,
 ) -> anyhow::Result<()> {
     let mut confirmer = Confirmer::new(Duration::from_secs(timeout));
+    let start = std::time::Instant::now();
     buckets::confirm_report(report, out, releases, &mut confirmer, Engine::Auto, |i, n| {
         if progress {
-            eprint!("\r\x1b[K[{}/{n}] confirming on real PyTorch", i + 1);
+            // An estimate from the buckets done so far.
+            let eta = match i {
+                0 => String::new(),
+                _ => format!(", ETA {:.0}s", start.elapsed().as_secs_f64() / i as f64 * (n - i) as f64),
+            };
+            eprint!("\r\x1b[Kconfirming on real PyTorch: bucket {} of {n}{eta}", i + 1);
         }
     });
     if progress {

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Case files (shardfuzz.case/1) or outcome files (shardfuzz.outcome/1, their `case` is used)
+    /// Case files (shardfuzz.case/1) or outcome files (shardfuzz.outcome/1, their `case` is
+    /// used), or directories of them (a campaign directory: its minimized reproducers)
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Print one outcome (shardfuzz.outcome/1) per file as JSON lines instead of a summary
@@ -27,7 +28,8 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     // Every file is read and every device resolved before anything runs: bad input fails fast.
     let mut loaded = Vec::new();
-    for f in &a.files {
+    let files = super::common::case_files(&a.files)?;
+    for f in &files {
         let case = replay::load(f)?;
         let dev = device::resolve(a.device.unwrap_or(case.device.arg()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;

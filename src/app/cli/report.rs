@@ -14,6 +14,9 @@ pub struct Args {
     /// An earlier campaign directory: adds new, fixed and still-failing buckets
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Findings of which statuses fail: junit.xml's failures and the exit status 1 (as nightly's)
+    #[arg(long, value_name = "STATUSES", default_value = "new,regressed")]
+    pub fail_on: crate::triage::FailOn,
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -23,7 +26,7 @@ pub fn run(a: Args) -> CliResult {
         let base = recover::load(b)?;
         r.compare(&base, &b.display().to_string());
     }
-    r.write(&a.dir)?;
+    r.write_with(&a.dir, &a.fail_on)?;
     print!("{}", r.markdown());
     if recovered {
         eprintln!(
@@ -31,5 +34,5 @@ pub fn run(a: Args) -> CliResult {
             a.dir.display()
         );
     }
-    Ok(if r.buckets.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.fails(&a.fail_on) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

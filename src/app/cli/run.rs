@@ -17,7 +17,7 @@ pub struct Args {
     /// Seed of the case stream
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Number of cases to run
+    /// Number of cases to run (default 1000 when --time is not given either)
     #[arg(long, conflicts_with = "time")]
     pub cases: Option<u64>,
     /// Time budget instead of a case count (e.g. 30s, 5m)
@@ -39,6 +39,9 @@ pub struct Args {
     #[command(flatten)]
     pub gen: GenArgs,
 }
+
+/// Cases `run` runs without --cases or --time.
+const DEFAULT_CASES: u64 = 1000;
 
 /// Case `n`, checked; a panic or an error inside the tool is a `crash` verdict, and the case is
 /// written to disk.
@@ -76,7 +79,10 @@ pub fn run(a: Args) -> CliResult {
         !a.cross_device || dev != dtensor::device::Dev::Cpu,
         "--cross-device compares CPU with CUDA, and --device resolved to cpu (no CUDA device here)"
     );
-    let limit = a.cases.unwrap_or(if a.time.is_some() { u64::MAX } else { 1000 });
+    let limit = a.cases.unwrap_or(if a.time.is_some() { u64::MAX } else { DEFAULT_CASES });
+    if a.cases.is_none() && a.time.is_none() {
+        eprintln!("shardfuzz: running {DEFAULT_CASES} cases (the default budget; --cases N or --time T sets it)");
+    }
     if let Some(dir) = &a.save {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("--save {}: {e}", dir.display()))?;
     }

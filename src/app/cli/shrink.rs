@@ -21,11 +21,11 @@ pub struct Args {
     /// Where to write the minimized case (default: standard output)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Most candidates to try
-    #[arg(long, default_value_t = 5000)]
+    /// Most candidates to try (as `nightly --shrink-tries`)
+    #[arg(long = "shrink-tries", alias = "max-tries", default_value_t = 5000)]
     pub max_tries: usize,
-    /// Longest time to spend
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    /// Longest time to spend (as `nightly --shrink-time`)
+    #[arg(long = "shrink-time", alias = "max-time", value_parser = parse_duration, default_value = "60s")]
     pub max_time: Duration,
     /// Device to run on (default: the case's)
     #[arg(long)]
@@ -51,7 +51,25 @@ pub fn run(a: Args) -> CliResult {
     };
     let case = checked.case;
     let budget = Budget { max_tries: a.max_tries, max_time: a.max_time };
-    let s = shrink::shrink(&case, budget, worker::keeps(&case, dev, &sig));
+    let mut keeps = worker::keeps(&case, dev, &sig);
+    let (mut tried, mut kept, start) = (0usize, 0usize, std::time::Instant::now());
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Progress on a terminal: candidates tried of the budget, and the time left of it.
+    let s = shrink::shrink(&case, budget, |c| {
+        let keep = keeps(c);
+        (tried, kept) = (tried + 1, kept + usize::from(keep));
+        if tty {
+            let left = a.max_time.saturating_sub(start.elapsed()).as_secs();
+            eprint!(
+                "\r\x1b[Kshrinking: {tried} of at most {} candidates tried, {kept} kept, {left}s left",
+                a.max_tries
+            );
+        }
+        keep
+    });
+    if tty {
+        eprint!("\r\x1b[K");
+    }
     let text = s.case.to_json() + "\n";
     match &a.out {
         Some(out) => {

@@ -1,48 +1,66 @@
-//! `junit.xml`: one test suite per revision x rule set row, one failing test case per bucket,
-//! so CI systems show each divergence class as a failed test.
+//! `junit.xml`: one test case per finding (a mechanism, crate::triage), so a CI job is red only
+//! when something needs a person: by default new and regressed findings fail; known upstream
+//! bugs, expected limitations, open and fixed findings are passed test cases that say their
+//! status (`--fail-on` changes the rule, for junit.xml and the exit status alike).
 
 use super::{xml, Report};
-use crate::bucket::Bucket;
+use crate::triage::{FailOn, Finding, Status};
 
 impl Report {
-    pub fn junit(&self) -> String {
-        let failures = self.buckets.len();
+    pub fn junit(&self, fail: &FailOn) -> String {
+        let findings = self.triage();
+        let failures = findings.iter().filter(|f| fail.fails(f.status)).count();
+        let tests = findings.len().max(1);
         let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        s.push_str(&format!("<testsuites name=\"shardfuzz\" tests=\"{tests}\" failures=\"{failures}\">\n"));
         s.push_str(&format!(
-            "<testsuites name=\"shardfuzz\" tests=\"{}\" failures=\"{failures}\">\n",
-            self.rows.len() + failures
+            "  <testsuite name=\"shardfuzz findings\" tests=\"{tests}\" failures=\"{failures}\">\n    <properties><property name=\"fail-on\" value=\"{}\"/><property name=\"cases\" value=\"{}\"/><property name=\"buckets\" value=\"{}\"/></properties>\n",
+            fail.0.iter().map(|x| x.name()).collect::<Vec<_>>().join(","),
+            self.cases,
+            self.buckets.len()
         ));
-        for r in &self.rows {
-            let (router, rules) = (xml(&r.program), xml(r.rules.name()));
-            let bs: Vec<&Bucket> = self
-                .buckets
-                .iter()
-                .filter(|b| b.signature.program == r.program && b.signature.rules == r.rules)
-                .collect();
+        if findings.is_empty() {
             s.push_str(&format!(
-                "  <testsuite name=\"{router}/{rules}\" tests=\"{}\" failures=\"{}\">\n",
-                bs.len().max(1),
-                bs.len()
+                "    <testcase classname=\"shardfuzz\" name=\"no divergence in {} cases\"/>\n",
+                self.cases
             ));
-            if bs.is_empty() {
-                s.push_str(&format!(
-                    "    <testcase classname=\"{router}.{rules}\" name=\"no divergence in {} cases\"/>\n",
-                    r.cases
-                ));
-            }
-            for b in bs {
-                s.push_str(&format!(
-                    "    <testcase classname=\"{router}.{rules}\" name=\"{}\">\n      <failure message=\"{}\">{} case(s); reproducer {}; {}</failure>\n    </testcase>\n",
-                    xml(&b.signature.to_string()),
-                    xml(&b.explanation),
-                    b.count,
-                    xml(b.repro.as_deref().unwrap_or(&b.first_case)),
-                    xml(&b.detail)
-                ));
-            }
-            s.push_str("  </testsuite>\n");
         }
-        s.push_str("</testsuites>\n");
+        for f in &findings {
+            s.push_str(&self.junit_case(f, fail.fails(f.status)));
+        }
+        s.push_str("  </testsuite>\n</testsuites>\n");
         s
+    }
+
+    fn junit_case(&self, f: &Finding, fails: bool) -> String {
+        let status = match f.status {
+            Status::Known => format!("known upstream ({})", f.link),
+            Status::Expected => format!("expected limitation: {}", f.reason),
+            s => s.name().to_string(),
+        };
+        let smallest = f.smallest_bucket(&self.buckets);
+        let repro =
+            smallest.map_or(String::new(), |b| format!("; smallest reproducer {} ({})", Self::link(b), b.signature));
+        let text = format!(
+            "{status}: {} bucket(s), {} case(s){repro}; signatures: {}",
+            f.buckets.len(),
+            f.cases,
+            f.buckets.join(", ")
+        );
+        let name = xml(&format!("[{}] {}", f.status.name(), f.mechanism));
+        let class = format!("shardfuzz.{}", f.status.name());
+        if fails {
+            format!(
+                "    <testcase classname=\"{class}\" name=\"{name}\">\n      <failure message=\"{} finding: {}\">{}</failure>\n    </testcase>\n",
+                f.status.name(),
+                xml(&f.mechanism),
+                xml(&text)
+            )
+        } else {
+            format!(
+                "    <testcase classname=\"{class}\" name=\"{name}\">\n      <system-out>{}</system-out>\n    </testcase>\n",
+                xml(&text)
+            )
+        }
     }
 }

@@ -1,19 +1,10 @@
-//! `report.md`: the summary, the comparison table, the known upstream bugs, the buckets, the
-//! near-ties and where the time went, one function per section.
+//! `report.md`: the triage first (findings.rs), then the summary, the comparison table,
+//! the buckets, the near-ties and where the time went, one function per section.
 
 use super::{md_table, Report};
 use crate::bucket::Bucket;
 use harness::oracle::Class;
 use harness::timing::PHASES;
-
-/// What a report says of one known upstream bug.
-pub(super) struct KnownStatus<'a> {
-    pub name: &'a str,
-    pub first: Option<u64>,
-    /// (ranks, tokens, bucket) of the smallest minimized reproducer.
-    pub best: Option<(usize, usize, &'a Bucket)>,
-    pub hits: Vec<&'a Bucket>,
-}
 
 impl Report {
     pub fn markdown(&self) -> String {
@@ -31,11 +22,12 @@ impl Report {
                 c.of
             ));
         }
+        let findings = self.triage();
         let sections = [
+            self.md_triage(&findings),
             self.md_summary(),
             self.md_comparison(),
-            self.md_known(),
-            self.md_buckets(),
+            self.md_buckets(&Self::bucket_status(&findings, self.buckets.len())),
             self.md_ties(),
             self.md_grads(),
         ];
@@ -121,54 +113,18 @@ impl Report {
         )
     }
 
-    /// Per known upstream bug: its buckets, first case and smallest minimized reproducer.
-    pub(super) fn known_status(&self) -> Vec<KnownStatus<'_>> {
-        self.known_bugs
-            .iter()
-            .map(|k| {
-                let hits: Vec<&Bucket> = self.buckets.iter().filter(|b| b.known.iter().any(|n| n == k)).collect();
-                let first = hits.iter().map(|b| b.first_index).min();
-                // The smallest minimized reproducer among the matching buckets.
-                let best = hits
-                    .iter()
-                    .filter_map(|b| b.shrink.as_ref().map(|x| (x.ranks, x.tokens, x.experts * x.model, *b)))
-                    .min_by_key(|t| (t.0, t.1, t.2))
-                    .map(|(r, t, _, b)| (r, t, b));
-                KnownStatus { name: k, first, best, hits }
-            })
-            .collect()
+    /// How many of the subjects' known upstream bugs some bucket is an instance of.
+    pub(super) fn known_found(&self) -> usize {
+        self.known_bugs.iter().filter(|k| self.buckets.iter().any(|b| b.known.contains(k))).count()
     }
 
-    fn md_known(&self) -> String {
-        let rows: Vec<Vec<String>> = self
-            .known_status()
-            .iter()
-            .map(|k| {
-                vec![
-                    k.name.to_string(),
-                    if k.hits.is_empty() { "not found".into() } else { format!("found ({} bucket(s))", k.hits.len()) },
-                    k.first.map_or("-".into(), |i| i.to_string()),
-                    match k.best {
-                        Some((r, t, b)) => format!("[{r} rank(s), {t} token(s)]({})", Self::link(b)),
-                        None => k.hits.first().map_or("-".into(), |b| format!("[first]({})", b.first_case)),
-                    },
-                ]
-            })
-            .collect();
-        format!(
-            "## Known upstream bugs\n\n\
-             Upstream bugs this harness knows by their mechanism (docs/design.md); a bucket counts when its first case is an instance.\n\n\
-             {}\n\n",
-            md_table(&["bug", "status", "first case", "smallest reproducer"], &rows)
-        )
-    }
-
-    fn md_buckets(&self) -> String {
+    fn md_buckets(&self, status: &[crate::triage::Status]) -> String {
         let real = self.has_real();
         let rows: Vec<Vec<String>> = self
             .buckets
             .iter()
-            .map(|b| {
+            .zip(status)
+            .map(|(b, st)| {
                 let min = match &b.shrink {
                     Some(x) => format!("{}r {}t {}e {}d", x.ranks, x.tokens, x.experts, x.model),
                     None => "-".into(),
@@ -180,8 +136,14 @@ impl Report {
                 if let Some(py) = b.script() {
                     file.push_str(&format!(" [.py]({py})"));
                 }
-                let mut row =
-                    vec![format!("`{}`", b.signature), b.count.to_string(), b.first_index.to_string(), min, file];
+                let mut row = vec![
+                    format!("`{}`", b.signature),
+                    st.name().to_string(),
+                    b.count.to_string(),
+                    b.first_index.to_string(),
+                    min,
+                    file,
+                ];
                 if real {
                     row.push(super::real::cell(b).replace('|', "\\|"));
                 }
@@ -189,7 +151,7 @@ impl Report {
                 row
             })
             .collect();
-        let mut header = vec!["signature", "cases", "first", "minimized", "file"];
+        let mut header = vec!["signature", "status", "cases", "first", "minimized", "file"];
         if real {
             header.push("real PyTorch");
         }
@@ -246,10 +208,12 @@ impl Report {
             }
         };
         Some(format!(
-            "## Regression against `{}`\n\n**New** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n\n",
+            "## Regression against `{}`\n\n**New** ({}):\n\n{}\n\n**Regressed** ({}):\n\n{}\n\n**Fixed** ({}):\n\n{}\n\n**Still failing** ({}):\n\n{}\n\n",
             r.baseline,
             r.new.len(),
             list(&r.new),
+            r.regressed.len(),
+            list(&r.regressed),
             r.fixed.len(),
             list(&r.fixed),
             r.still_failing.len(),

@@ -15,6 +15,7 @@ use std::path::Path;
 use tabled::settings::Style;
 use tabled::Table;
 
+mod findings;
 mod html;
 mod junit;
 mod markdown;
@@ -142,6 +143,13 @@ pub struct Regression {
     pub new: Vec<String>,
     pub fixed: Vec<String>,
     pub still_failing: Vec<String>,
+    /// Buckets of this campaign that an earlier night had fixed (in `fixed` or `gone`): back now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regressed: Vec<String>,
+    /// Buckets fixed in an earlier night and not seen since (carried from night to night, so a
+    /// bucket that comes back later is a regression).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
     /// Earlier nights, oldest first: the baseline's own history, then the baseline.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Night>,
@@ -186,6 +194,10 @@ pub struct Report {
     pub grid: Vec<GridCell>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression: Option<Regression>,
+    /// The findings (buckets grouped by mechanism, each with its status); recomputed on every
+    /// write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<crate::triage::Finding>,
     /// Confirmed buckets of all buckets (`nightly --confirm`); recomputed on every write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<real::Fidelity>,
@@ -219,23 +231,52 @@ impl Report {
         });
         let drop = history.len().saturating_sub(HISTORY);
         history.drain(..drop);
+        // Fixed in some earlier night: the baseline's fixed buckets and those it carried.
+        let mut earlier: std::collections::BTreeSet<String> = Default::default();
+        if let Some(r) = &baseline.regression {
+            earlier.extend(r.fixed.iter().chain(&r.gone).cloned());
+        }
+        let regressed: Vec<String> = now.intersection(&earlier).cloned().collect();
         self.regression = Some(Regression {
             baseline: name.into(),
-            new: now.difference(&before).map(|s| s.to_string()).collect(),
-            fixed: before.difference(&now).map(|s| s.to_string()).collect(),
-            still_failing: now.intersection(&before).map(|s| s.to_string()).collect(),
+            new: now.difference(&before).filter(|s| !earlier.contains(*s)).cloned().collect(),
+            fixed: before.difference(&now).cloned().collect(),
+            still_failing: now.intersection(&before).cloned().collect(),
+            regressed,
+            gone: earlier.difference(&now).filter(|s| !before.contains(*s)).cloned().collect(),
             history,
         });
     }
 
+    /// The findings: buckets grouped by mechanism, each with its status (crate::triage).
+    pub fn triage(&self) -> Vec<crate::triage::Finding> {
+        let base = self.regression.as_ref().map(|r| crate::triage::Baseline {
+            still_failing: &r.still_failing,
+            regressed: &r.regressed,
+            fixed: &r.fixed,
+        });
+        crate::triage::findings(&self.buckets, base)
+    }
+
+    /// Whether any finding fails CI under `fail` (junit.xml and `nightly`'s exit status).
+    pub fn fails(&self, fail: &crate::triage::FailOn) -> bool {
+        self.triage().iter().any(|f| fail.fails(f.status))
+    }
+
     /// Writes report.json, report.md, junit.xml and report.html into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        self.write_with(dir, &crate::triage::FailOn::default())
+    }
+
+    /// [`Report::write`], with junit.xml failing the findings of the statuses in `fail`.
+    pub fn write_with(&self, dir: &Path, fail: &crate::triage::FailOn) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         let mut data = self.clone();
         data.fidelity = self.measure_fidelity();
+        data.findings = self.triage();
         write_atomic(&dir.join("report.json"), &(serde_json::to_string_pretty(&data)? + "\n"))?;
         write_atomic(&dir.join("report.md"), &self.markdown())?;
-        write_atomic(&dir.join("junit.xml"), &self.junit())?;
+        write_atomic(&dir.join("junit.xml"), &self.junit(fail))?;
         write_atomic(&dir.join("report.html"), &self.html(dir))?;
         Ok(())
     }
@@ -267,6 +308,45 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report with one bucket per signature (the fields triage reads).
+    fn night(sigs: &[&str]) -> Report {
+        let buckets: Vec<serde_json::Value> = sigs
+            .iter()
+            .map(|s| {
+                serde_json::json!({"signature": s, "class": s.split(':').next().unwrap(), "count": 1, "first_index": 0,
+                    "smallest_index": 0, "smallest_size": [1, 1, 1, 1], "detail": "", "explanation": format!("x {s}"),
+                    "first_case": "cases/a.json", "repro": null, "shrink": null})
+            })
+            .collect();
+        // The example's fields, with these buckets.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/reports/example/report.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["buckets"] = buckets.into();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_fixed_one_night_and_back_later_is_a_regression() {
+        use crate::triage::{FailOn, Status};
+        let (a, b) = ("value:counts:p:torch-2.13:values", "shape:counts:p:torch-2.13:rank_dependent");
+        let mut n2 = night(&[b]);
+        n2.compare(&night(&[a, b]), "n1");
+        let st =
+            |r: &Report, s: &str| r.triage().into_iter().find(|f| f.buckets.iter().any(|x| x == s)).unwrap().status;
+        assert_eq!((st(&n2, a), st(&n2, b)), (Status::Fixed, Status::Open));
+        assert!(!n2.fails(&FailOn::default()));
+        let mut n3 = night(&[b]);
+        n3.compare(&n2, "n2");
+        assert_eq!(n3.regression.as_ref().unwrap().gone, vec![a.to_string()], "carried while it stays away");
+        let mut n4 = night(&[a, b]);
+        n4.compare(&n3, "n3");
+        assert_eq!(st(&n4, a), Status::Regression);
+        assert!(n4.regression.as_ref().unwrap().new.is_empty());
+        assert!(n4.fails(&FailOn::default()) && !n4.fails(&"new".parse().unwrap()));
+        let junit = n4.junit(&FailOn::default());
+        assert_eq!(junit.matches("<failure ").count(), 1, "{junit}");
+    }
 
     #[test]
     fn tie_stats_sum_cases_and_give_the_unchecked_share() {

@@ -23,13 +23,22 @@ tbody tr:nth-child(even){background:#fafafa}
 code{font:12px/1.35 ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace}
 table.compact{font-size:12.5px}table.compact th{font-size:12px}
 table.summary td,table.summary th{white-space:nowrap}
-table.buckets{table-layout:fixed}
-table.buckets td{overflow-wrap:anywhere}
+table.buckets td{overflow-wrap:normal}
+table.buckets td.sig,table.buckets td.what{overflow-wrap:anywhere}
+table.buckets th.sig{min-width:220px}table.buckets th.what{min-width:200px}
 table.buckets tr.bucket{cursor:pointer}table.buckets tr.bucket:hover{background:#eef4ff}
-table.buckets th.sig{width:26%}table.buckets th.cls{width:6%}table.buckets th.prog{width:13%}
-table.buckets th.rules{width:7%}table.buckets th.cnt{width:5.25%}table.buckets th.min{width:8%}
-table.buckets th.file{width:4.5%}table.buckets th.what{width:25%}
-table.buckets td:nth-child(3),table.buckets td:nth-child(4){overflow-wrap:normal}
+th{overflow-wrap:normal;word-break:normal;hyphens:none}
+.st{display:inline-block;border-radius:3px;padding:0 5px;font-size:11.5px;font-weight:600;white-space:nowrap}
+.st-new{background:#c62828;color:#fff}.st-regression{background:#6a1b9a;color:#fff}.st-open{background:#ef6c00;color:#fff}
+.st-known{background:#e3e8f0;color:#33415c}.st-expected{background:#eceff1;color:#555}.st-fixed{background:#e6f4ea;color:#1e6b34}
+#triage h2{font-size:21px;border-top:0;margin-top:12px}
+ol.findings{list-style:none;padding:0;margin:4px 0 10px}
+li.finding{border:1px solid #e2c4c4;border-left:4px solid #c62828;border-radius:4px;padding:5px 10px;margin:0 0 6px;background:#fffafa}
+li.finding .line{font-size:14.5px}li.finding .meta{color:#555;font-size:12.5px;margin-left:6px}
+li.finding .act{font-size:12.5px;color:#333;margin-top:1px;overflow-wrap:anywhere}
+li.finding details.draft summary{font-size:12.5px;margin:2px 0 0}
+li.finding pre{background:#f6f8fa;border:1px solid #e3e3e3;padding:8px;font:12px/1.4 ui-monospace,"DejaVu Sans Mono",monospace;white-space:pre-wrap;overflow-wrap:anywhere;max-height:360px;overflow:auto}
+details.settled,details.legend-st{margin:4px 0}details.legend-st ul{margin:4px 0;padding-left:18px;font-size:13px}
 .tag{display:inline-block;background:#fde7e7;color:#8a1111;border-radius:3px;padding:0 4px;font-size:11.5px;margin-top:2px}
 .tools{margin:4px 0}.tools input{font:inherit;padding:3px 6px}
 svg.chart{display:block;max-width:100%;height:auto;margin:4px 0}
@@ -79,13 +88,14 @@ pub const JS: &str = r#"
   });
   // The bucket table shows one page of the rows that pass the filter, in the current order.
   var filter=document.getElementById('bucket-filter'),table=document.getElementById('bucket-table');
+  var sfilter=document.getElementById('status-filter');
   var more=document.getElementById('bucket-more'),limit=table?+table.getAttribute('data-page'):0,texts=null;
   function page(){
     if(!table)return;
-    var q=filter.value.trim().toLowerCase(),shown=0,matched=0,rows=table.tBodies[0].rows;
+    var q=filter.value.trim().toLowerCase(),st=sfilter?sfilter.value:'',shown=0,matched=0,rows=table.tBodies[0].rows;
     if(q&&!texts){texts={};Array.prototype.forEach.call(rows,function(r){texts[r.id]=r.textContent.toLowerCase();});}
     Array.prototype.forEach.call(rows,function(r){
-      var ok=!q||texts[r.id].indexOf(q)>=0;
+      var ok=(!q||texts[r.id].indexOf(q)>=0)&&(!st||r.getAttribute('data-status')===st);
       if(ok){matched++;r.hidden=shown>=limit;if(!r.hidden)shown++;}else r.hidden=true;
     });
     document.getElementById('bucket-count').textContent=matched+' bucket(s)'+(shown<matched?', the first '+shown+' shown':'');
@@ -93,6 +103,7 @@ pub const JS: &str = r#"
   }
   if(table){
     filter.addEventListener('input',function(){limit=+table.getAttribute('data-page');page();});
+    if(sfilter)sfilter.addEventListener('change',function(){limit=+table.getAttribute('data-page');page();});
     more.addEventListener('click',function(){limit=Infinity;page();});
     table.addEventListener('sorted',page);
   }

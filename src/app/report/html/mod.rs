@@ -1,4 +1,5 @@
-//! `report.html`: one self-contained page (nothing fetched at view time). The tables of report.md
+//! `report.html`: one self-contained page (nothing fetched at view time). The triage first (what
+//! needs a look), then the tables of report.md
 //! as HTML tables, sortable by any column; charts sized for a 1280-pixel screen (inline SVG);
 //! each bucket's detail (error text, minimized dims, the case itself) one click away. Rendered
 //! from the report and the case files it links, so the same data gives the same bytes.
@@ -11,6 +12,7 @@ mod assets;
 mod charts;
 mod detail;
 mod tables;
+mod triage;
 
 use super::{xml as esc, Report};
 use std::path::Path;
@@ -24,12 +26,14 @@ impl Report {
         s.push_str(&format!("<title>shardfuzz report: {} cases, {} buckets</title>\n", self.cases, self.buckets.len()));
         s.push_str(&format!("<style>{}</style>\n</head><body>\n", assets::CSS));
         s.push_str(&self.html_header());
+        // The triage leads: what needs a person comes first, the numbers and charts after it.
+        let findings = self.triage();
         let sections = [
+            self.html_triage(&findings),
             self.html_summary(),
-            self.html_charts(),
             self.html_comparison(),
-            self.html_known(),
-            self.html_buckets(),
+            self.html_buckets(&Report::bucket_status(&findings, self.buckets.len())),
+            self.html_charts(),
             self.html_regression(),
             self.html_ties_and_grads(),
             self.html_grid(),
@@ -67,11 +71,11 @@ impl Report {
             ));
         }
         let mut nav = vec![
+            ("triage", "Triage"),
             ("summary", "Summary"),
-            ("charts", "Charts"),
             ("comparison", "Comparison"),
-            ("known", "Known bugs"),
             ("buckets", "Buckets"),
+            ("charts", "Charts"),
         ];
         if self.regression.is_some() {
             nav.push(("regression", "Regression"));

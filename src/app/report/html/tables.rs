@@ -12,7 +12,7 @@ const PAGE: usize = 300;
 
 impl Report {
     pub(super) fn html_summary(&self) -> String {
-        let known = self.known_status().iter().filter(|k| !k.hits.is_empty()).count();
+        let known = self.known_found();
         let head = [
             ("cases", "n"),
             ("diverging cases", "n"),
@@ -132,36 +132,11 @@ impl Report {
         )
     }
 
-    pub(super) fn html_known(&self) -> String {
-        let mut body = String::new();
-        for k in self.known_status() {
-            let status = if k.hits.is_empty() {
-                "<td class=\"muted\">not found</td>".to_string()
-            } else {
-                format!("<td class=\"found\">found ({} bucket(s))</td>", k.hits.len())
-            };
-            let first = k.first.map_or("<td class=\"n\" data-v=\"-1\">-</td>".into(), num);
-            let best = match k.best {
-                Some((r, t, b)) => format!("<td>{}</td>", link(Self::link(b), &format!("{r} rank(s), {t} token(s)"))),
-                None => {
-                    k.hits.first().map_or("<td>-</td>".into(), |b| format!("<td>{}</td>", link(&b.first_case, "first")))
-                }
-            };
-            body.push_str(&format!("<tr>{}{status}{first}{best}</tr>\n", text(k.name)));
-        }
-        let head = [("bug", ""), ("status", ""), ("first case", "n"), ("smallest reproducer", "")];
-        section(
-            "known",
-            "Known upstream bugs",
-            "Upstream bugs this harness knows by their mechanism (docs/design.md); a bucket counts when its first case is an instance.",
-            &table("known-table", "", &head, &body),
-        )
-    }
-
-    pub(super) fn html_buckets(&self) -> String {
+    pub(super) fn html_buckets(&self, status: &[crate::triage::Status]) -> String {
         let real = self.has_real();
         let mut body = String::with_capacity(self.buckets.len() * 700);
         for (i, b) in self.buckets.iter().enumerate() {
+            let st = status[i].name();
             let (min, key) = match &b.shrink {
                 Some(x) => (
                     format!("{}r {}t {}e {}d", x.ranks, x.tokens, x.experts, x.model),
@@ -176,7 +151,7 @@ impl Report {
             if let Some(py) = b.script() {
                 file = format!("{file} {}", link(py, ".py"));
             }
-            let real_cell = if real { text(&super::super::real::cell(b)) } else { String::new() };
+            let real_cell = if real { text(&crate::report::real::cell(b)) } else { String::new() };
             let known = if b.known.is_empty() {
                 String::new()
             } else {
@@ -186,9 +161,10 @@ impl Report {
             // opens fast with thousands of buckets; the script pages, sorts and filters them.
             let hidden = if i >= PAGE { " hidden" } else { "" };
             body.push_str(&format!(
-                "<tr id=\"b-{i}\" data-i=\"{i}\" class=\"bucket\"{hidden}><td><code>{}</code></td>{}<td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td>{real_cell}<td>{}{known}</td></tr>\n",
+                "<tr id=\"b-{i}\" data-i=\"{i}\" data-status=\"{st}\" class=\"bucket\"{hidden}><td class=\"sig\"><code>{}</code></td>{}<td data-v=\"{}\"><span class=\"st st-{st}\">{st}</span></td><td><code>{}</code> <small>{}</small></td>{}{}{}<td class=\"n\" data-v=\"{key:e}\">{min}</td><td>{file}</td>{real_cell}<td class=\"what\">{}{known}</td></tr>\n",
                 esc(&b.signature.to_string()),
                 text(b.class.name()),
+                status[i] as u8,
                 esc(&b.signature.program),
                 self.kind_of(&b.signature.program),
                 code(b.signature.rules.name()),
@@ -200,6 +176,7 @@ impl Report {
         let mut head = vec![
             ("signature", "sig"),
             ("class", "cls"),
+            ("status", "st"),
             ("program", "prog"),
             ("rules", "rules"),
             ("cases", "n cnt"),
@@ -214,7 +191,12 @@ impl Report {
         let shown = self.buckets.len().min(PAGE);
         let filter = format!(
             "<p class=\"tools\"><input id=\"bucket-filter\" type=\"search\" placeholder=\"filter buckets (signature, class, program, text)\" size=\"48\"> \
+             <select id=\"status-filter\" title=\"show the buckets of one status\"><option value=\"\">every status</option>{}</select> \
              <span id=\"bucket-count\">{} bucket(s){}</span> &middot; click a row for its detail</p>\n",
+            crate::triage::Status::ALL
+                .iter()
+                .map(|s| format!("<option value=\"{0}\">{0}</option>", s.name()))
+                .collect::<String>(),
             self.buckets.len(),
             if shown < self.buckets.len() { format!(", the first {shown} shown") } else { String::new() }
         );
@@ -254,7 +236,7 @@ impl Report {
         let body = format!(
             "{}{}{}{}",
             self.history_chart(),
-            list("New", &r.new, true),
+            list("New", &r.new, true) + &list("Regressed (fixed in an earlier night, back now)", &r.regressed, true),
             list("Fixed", &r.fixed, true),
             list("Still failing", &r.still_failing, false)
         );
