@@ -1,10 +1,12 @@
 //! Random MoE cases: a dense mesh (dp, cp, tp) of at most 16 ranks (4 for the small class),
 //! parallel settings, dims, router options, coefficient, backward, drawn per the case contract.
-//! Only what the sharded side models is drawn: the partial_dtensor backend at tt-0.3.0 (the
-//! spmd_types backend is not modelled yet). Configurations torchtitan rejects are drawn now and
-//! then on purpose: their verdict is the error.
+//! Only what the sharded side models is drawn: the partial_dtensor backend at every modelled
+//! revision (the spmd_types backend is not modelled yet). Configurations torchtitan rejects are
+//! drawn now and then on purpose: their verdict is the error. Each revision's sequence check
+//! decides which lengths are usual; the revisions before 565cb810c also get the unchecked uneven
+//! lengths of eval and direct module use more often (their uneven-length combine bugs live there).
 
-use crate::revision::{Backend, MoeRev};
+use crate::revision::{Backend, MoeRev, SeqCheck};
 use crate::spec::{Dims, Groups, MoeSpec, Parallel, RouterOpts, MESH_NAMES};
 use dtensor::DType;
 use harness::case::{Case, Common, Data, MeshSpec, Style};
@@ -56,6 +58,9 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
         1
     };
     let sp = s.chance(60);
+    let revision = s.pick(&own.revisions());
+    let old = revision.seq_check() == SeqCheck::Old;
+    let trainer_checks = s.chance(if old { 70 } else { 90 });
     let parallel = Parallel { dp_replicate, ep, sp };
     // Dims: D and the local F multiples of 8 (bf16 grouped GEMM rows), now and then not.
     let model = if s.chance(5) { 12 } else { s.pick(&[8, 16]) };
@@ -63,8 +68,15 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let hidden = if s.chance(5) { 8 * f_mult + 4 } else { 8 * f_mult * s.range(1, 2) };
     let experts = if ep > 1 && s.chance(90) { ep * s.range(1, 8usize.div_ceil(ep).max(1)) } else { s.range(2, 8) };
     let top_k = if s.chance(3) { experts + 1 } else { s.range(1, experts.min(3)) };
-    let seq_unit = (if sp { tp } else { 1 }) * (if cp > 1 { 2 * cp } else { 1 });
-    let seq = if s.chance(85) { seq_unit * s.range(1, (16 / seq_unit).max(1)) } else { s.range(1, 16) };
+    let seq_unit = match old {
+        true => tp * cp * 2,
+        false => (if sp { tp } else { 1 }) * (if cp > 1 { 2 * cp } else { 1 }),
+    };
+    let seq = if s.chance(if old && !trainer_checks { 40 } else { 85 }) {
+        seq_unit * s.range(1, (16 / seq_unit).max(1))
+    } else {
+        s.range(1, 16)
+    };
     let batch = dp * s.range(1, 2);
     let shared_hidden = s.chance(50).then(|| 8 * tp);
     let dims = Dims { batch, seq, model, hidden, experts, top_k, shared_hidden };
@@ -86,11 +98,9 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
         BackwardMix::On => s.chance(70),
         BackwardMix::Only => true,
     };
-    let revision = s.pick(&own.revisions());
     let rules = s.pick(cfg.rule_sets());
     let dtype = s.weighted(&[(70, DType::F32), (30, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (15, Style::SmallInt)]);
-    let trainer_checks = s.chance(90);
     let data = Data { seed: s.u64() >> 11, style, tensors: None };
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };

@@ -4,10 +4,12 @@
 //! backend a case names (docs/moe-layer.md). Its case spec follows the contract with the
 //! real-torchtitan recorder, so recorded outcomes replay against the model.
 
+pub mod combine;
 pub mod error;
 pub mod generate;
 pub mod inputs;
 pub mod kernels;
+pub mod known;
 pub mod reference;
 pub mod revision;
 pub mod run;
@@ -19,5 +21,7 @@ pub mod subject;
 pub use revision::{Backend, MoeRev};
 pub use spec::MoeSpec;
 
+#[cfg(test)]
+mod revision_tests;
 #[cfg(test)]
 mod tests;

@@ -131,19 +131,11 @@ impl Subject for MoeSpec {
     }
 
     fn known_bugs(&self) -> Vec<&'static str> {
-        vec![X_GRAD_ONE_ROW]
+        crate::known::Known::ALL.iter().map(|k| k.name()).collect()
     }
 
     fn known(&self, c: &Common, sig: &Signature) -> Vec<&'static str> {
-        let (dp, _, tp) = MoeSpec::axes(c);
-        let one_row = (0..dp).any(|d| crate::sharded::chunk(self.dims.batch, dp, d).1 == 1);
-        let class = crate::sharded::drops_routed_x_grad(self, tp, 1) && one_row;
-        let x_grad = sig.class == harness::oracle::Class::Value && sig.output.as_deref() == Some("x_grad");
-        if class && x_grad {
-            vec![X_GRAD_ONE_ROW]
-        } else {
-            Vec::new()
-        }
+        crate::known::Known::of(sig, c, self).into_iter().map(crate::known::Known::name).collect()
     }
 
     fn explain(&self, v: &Verdict) -> String {
