@@ -60,7 +60,7 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let sp = s.chance(60);
     let revision = s.pick(&own.revisions());
     let old = revision.seq_check() == SeqCheck::Old;
-    let trainer_checks = s.chance(if old { 70 } else { 90 });
+    let trainer_checks = s.chance(if old { 50 } else { 90 });
     let parallel = Parallel { dp_replicate, ep, sp };
     // Dims: D and the local F multiples of 8 (bf16 grouped GEMM rows), now and then not.
     let model = if s.chance(5) { 12 } else { s.pick(&[8, 16]) };

@@ -82,6 +82,10 @@ fn uneven_lengths_before_the_local_combine() {
     assert!(e.contains("out of bounds"), "{e}");
     let j = verdicts(&c);
     let sigs: Vec<String> = j.verdicts.iter().map(|v| v.signature(&c).to_string()).collect();
+    // A signature reads back as itself (campaigns send them to their shrink workers as text).
+    for (v, text) in j.verdicts.iter().zip(&sigs) {
+        assert_eq!(text.parse::<harness::Signature>().unwrap(), v.signature(&c));
+    }
     assert_eq!(known(&c, &j), [crate::known::Known::UnevenIndex3604.name()], "{sigs:?}");
     let c = case(MoeRev::Tt3662, 2, 2, false, 2, 3, false, false);
     let j = verdicts(&c);

@@ -25,9 +25,10 @@ pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
 /// The `subject.kind` of MoE cases.
 pub const KIND: &str = "moe";
 
-/// The program name of a revision on a backend (unique across subjects: `moe:` first).
+/// The program name of a revision on a backend (unique across subjects: `moe/` first; no `:`,
+/// which separates a signature's fields).
 pub fn program_name(rev: MoeRev, backend: crate::Backend) -> String {
-    format!("moe:{rev}/{backend}")
+    format!("moe/{rev}/{backend}")
 }
 
 fn row(rev: MoeRev, backend: crate::Backend) -> Program {
