@@ -10,6 +10,9 @@ use harness::case::Common;
 use harness::oracle::Class;
 use harness::Signature;
 
+/// The recorded upstream problem the 0.3.0 model carries (docs/moe-subject.md).
+pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Known {
     /// tt-pre3604: the EP combine offsets a rank's rows by its flat row count, ignoring the
@@ -46,7 +49,7 @@ impl Known {
             }
             Known::UnevenRows3662 => "tokens without routed output at uneven L (tt-3662; no upstream report)",
             Known::NoInGrad4054 => "experts' input gradients unreduced without EP (#4054, tt-3654)",
-            Known::XGradOneRow => crate::subject::X_GRAD_ONE_ROW,
+            Known::XGradOneRow => X_GRAD_ONE_ROW,
         }
     }
 
@@ -65,7 +68,7 @@ impl Known {
         let rows = |n: usize| (0..dp).any(|d| chunk(s.dims.batch, dp, d).1 >= n);
         let uneven = (0..cp).any(|i| !chunk(s.dims.seq, cp, i).1.is_multiple_of(tp));
         let ep_on = s.parallel.ep > 1 && tp > 1 && s.backend == Backend::PartialDtensor;
-        let at = |rev: MoeRev| p.program == crate::subject::program_name(rev, s.backend);
+        let at = |rev: MoeRev| p.program == rev.program(s.backend);
         let value = p.class == Class::Value;
         match self {
             Known::CombineOffset3604 => at(MoeRev::TtPre3604) && ep_on && rows(2) && value,

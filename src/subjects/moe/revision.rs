@@ -80,6 +80,12 @@ impl MoeRev {
         !matches!(self, MoeRev::TtHead | MoeRev::Tt3386 | MoeRev::TtPre4154)
     }
 
+    /// The program name of this revision on `backend` (unique across subjects: `moe/` first;
+    /// no `:`, which separates a signature's fields).
+    pub fn program(self, backend: Backend) -> String {
+        format!("moe/{self}/{backend}")
+    }
+
     /// The EP combine of this revision.
     pub fn combine(self) -> Combine {
         match self {

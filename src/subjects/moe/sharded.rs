@@ -1,6 +1,7 @@
-//! The sharded run: torchtitan 0.3.0's MoE layer on every rank of the dense mesh (dp, cp, tp),
-//! each rank running the layer's per-rank tensor code ([`kernels`]) on its own pieces, with the
-//! collectives of the partial_dtensor backend between them (docs/moe-layer.md):
+//! The sharded run: torchtitan's MoE layer (0.3.0, and the older revisions as the few facts of
+//! [`crate::revision`]) on every rank of the dense mesh (dp, cp, tp), each rank running the
+//! layer's per-rank tensor code ([`kernels`]) on its own pieces, with the collectives of the
+//! partial_dtensor backend between them (docs/moe-layer.md, docs/moe-revisions.md §3.11):
 //!
 //! - EP off: the MoE entry gathers the sequence over tp (SP on) or keeps the block (SP off); the
 //!   router runs on the whole block, replicated over tp; the experts and the shared experts are
@@ -9,7 +10,10 @@
 //! - EP on: the router runs on this rank's tp chunk of the sequence; rows travel to the rank that
 //!   owns their expert (an uneven all-to-all on the sparse mesh's ep axis), are permuted to expert
 //!   order, run through the local experts and travel back; the routed output is sequence-sharded,
-//!   zero-filled to a partial sum when SP is off.
+//!   zero-filled to a partial sum when SP is off. Before #3996 the combine writes into a token
+//!   buffer of the whole tp group instead ([`crate::combine`]), a partial sum over tp.
+//! - Without EP at `tt-3654` each tp rank routes its own copy of x: the gradients of x and the
+//!   gate stay per-rank shares, as the Replicate label on them leaves them.
 //!
 //! All ranks live in one process, so one libtorch autograd graph spans them: a collective is the
 //! tensor op that moves the data (a sum, a concatenation, a row selection), and its backward is

@@ -20,7 +20,7 @@ use tch::{Device, Tensor};
 
 /// The recorded upstream problem the model carries: under the DTensor backends with EP off, SP
 /// on, tp > 1 and one batch row per rank, x's gradient lacks the routed experts' part.
-pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
+pub const X_GRAD_ONE_ROW: &str = crate::known::X_GRAD_ONE_ROW;
 
 /// The `subject.kind` of MoE cases.
 pub const KIND: &str = "moe";
@@ -28,7 +28,7 @@ pub const KIND: &str = "moe";
 /// The program name of a revision on a backend (unique across subjects: `moe/` first; no `:`,
 /// which separates a signature's fields).
 pub fn program_name(rev: MoeRev, backend: crate::Backend) -> String {
-    format!("moe/{rev}/{backend}")
+    rev.program(backend)
 }
 
 fn row(rev: MoeRev, backend: crate::Backend) -> Program {
