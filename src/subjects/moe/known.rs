@@ -18,8 +18,9 @@ pub enum Known {
     /// tt-pre3604: the EP combine offsets a rank's rows by its flat row count, ignoring the
     /// batch, so with two or more batch rows per rank routed rows land at other tokens.
     CombineOffset3604,
-    /// tt-3604: the batch-aware offset with L not a multiple of tp writes past the token
-    /// buffer (index out of bounds). No upstream report.
+    /// tt-3604: the batch-aware offset with L not a multiple of tp and two or more batch rows
+    /// writes past the token buffer (index out of bounds) or, where it stays inside, puts rows at
+    /// other tokens. No upstream report.
     UnevenIndex3604,
     /// tt-3662 (per-row virtual padding): with L not a multiple of tp and two or more batch rows
     /// some tokens get no routed output. No upstream report.
@@ -45,7 +46,7 @@ impl Known {
         match self {
             Known::CombineOffset3604 => "EP combine offset ignores the batch (#3604, tt-pre3604)",
             Known::UnevenIndex3604 => {
-                "batch-aware combine index out of range at uneven L (tt-3604; no upstream report)"
+                "batch-aware combine out of range or misplaced at uneven L (tt-3604; no upstream report)"
             }
             Known::UnevenRows3662 => "tokens without routed output at uneven L (tt-3662; no upstream report)",
             Known::NoInGrad4054 => "experts' input gradients unreduced without EP (#4054, tt-3654)",
@@ -73,7 +74,8 @@ impl Known {
         match self {
             Known::CombineOffset3604 => at(MoeRev::TtPre3604) && ep_on && rows(2) && value,
             Known::UnevenIndex3604 => {
-                at(MoeRev::Tt3604) && ep_on && uneven && p.class == Class::Error && p.key.contains("out_of_bounds")
+                let oob = p.class == Class::Error && p.key.contains("out_of_bounds");
+                at(MoeRev::Tt3604) && ep_on && uneven && rows(2) && (oob || value)
             }
             Known::UnevenRows3662 => at(MoeRev::Tt3662) && ep_on && uneven && rows(2) && value,
             Known::NoInGrad4054 => {
