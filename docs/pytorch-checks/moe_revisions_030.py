@@ -19,7 +19,9 @@ EP TP     degrees (world size = 2 in the runs quoted; dp_shard = world / TP)
 SP        sp | nosp (with sp every rank is given its torch.chunk of the sequence)
 B L       batch and sequence length of the MoE input (B, L, D)
 
-Set NOSHARED=1 to build the layer without shared experts. gloo's list all_to_all rejects unequal
+Set NOSHARED=1 to build the layer without shared experts, ZERO_SHARED=1 to keep them with a zero
+w2 (same weights otherwise: x.grad is then the routed experts' and router's part alone), and
+XGRAD=1 to print the whole local x.grad. gloo's list all_to_all rejects unequal
 chunks, so spmd_types' collectives are routed through all_to_all_single (spmd_types._dist.set_dist).
 Grouped GEMM needs dims that are multiples of 8 (bf16 strides), hence D = 8, F = 16.
 """
@@ -137,6 +139,9 @@ def local(t):
 
 try:
     moe.parallelize(pd)
+    if os.environ.get("ZERO_SHARED"):
+        with torch.no_grad():
+            moe.shared_experts.w2.weight.zero_()
     torch.manual_seed(1)
     x = torch.randn(B, L, D)
     if sp:
@@ -153,6 +158,8 @@ try:
         f"gate_grad_norm={local(moe.router.gate.weight.grad).norm().item():.6f} "
         f"w1_grad_norm={local(moe.routed_experts.inner_experts.w1_EFD.grad).norm().item():.6f}"
     )
+    if os.environ.get("XGRAD"):
+        line += f" xgrad={[round(v, 4) for v in x.grad.flatten().tolist()]}"
     if mode.startswith("hook"):
         counts = local(moe.tokens_per_expert_E).clone()
 

@@ -32,7 +32,7 @@ impl Kind {
     pub fn known_bugs(self) -> Vec<&'static str> {
         match self {
             Kind::Router => router::known::Known::ALL.iter().map(|k| k.name()).collect(),
-            Kind::Moe => Vec::new(),
+            Kind::Moe => moe::known::Known::ALL.iter().map(|k| k.name()).collect(),
         }
     }
 }

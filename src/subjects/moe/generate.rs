@@ -1,10 +1,13 @@
 //! Random MoE cases: a dense mesh (dp, cp, tp) of at most 16 ranks (4 for the small class),
 //! parallel settings, dims, router options, coefficient, backward, drawn per the case contract.
-//! Only what the sharded side models is drawn: the spmd_types backend (upstream's default, most
-//! cases) and the partial_dtensor backend at tt-0.3.0. Configurations torchtitan rejects are
-//! drawn now and then on purpose: their verdict is the error.
+//! Only what the sharded side models is drawn: the partial_dtensor backend at every modelled
+//! revision, and the spmd_types backend (upstream's default, most cases where it is modelled) at
+//! the revisions that model it. Configurations torchtitan rejects are drawn now and then on
+//! purpose: their verdict is the error. Each revision's sequence check decides which lengths are
+//! usual; the revisions before 565cb810c also get the unchecked uneven lengths of eval and direct
+//! module use more often (their uneven-length combine bugs live there).
 
-use crate::revision::{Backend, MoeRev};
+use crate::revision::{Backend, MoeRev, SeqCheck};
 use crate::spec::{Dims, Groups, MoeSpec, Parallel, RouterOpts, MESH_NAMES};
 use dtensor::DType;
 use harness::case::{Case, Common, Data, MeshSpec, Style};
@@ -65,6 +68,9 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
         1
     };
     let sp = s.chance(60);
+    let revision = s.pick(&own.revisions());
+    let old = revision.seq_check() == SeqCheck::Old;
+    let trainer_checks = s.chance(if old { 50 } else { 90 });
     let parallel = Parallel { dp_replicate, ep, sp };
     // Dims: D and the local F multiples of 8 (bf16 grouped GEMM rows), now and then not.
     let model = if s.chance(5) { 12 } else { s.pick(&[8, 16]) };
@@ -72,8 +78,15 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let hidden = if s.chance(5) { 8 * f_mult + 4 } else { 8 * f_mult * s.range(1, 2) };
     let experts = if ep > 1 && s.chance(90) { ep * s.range(1, 8usize.div_ceil(ep).max(1)) } else { s.range(2, 8) };
     let top_k = if s.chance(3) { experts + 1 } else { s.range(1, experts.min(3)) };
-    let seq_unit = (if sp { tp } else { 1 }) * (if cp > 1 { 2 * cp } else { 1 });
-    let seq = if s.chance(85) { seq_unit * s.range(1, (16 / seq_unit).max(1)) } else { s.range(1, 16) };
+    let seq_unit = match old {
+        true => tp * cp * 2,
+        false => (if sp { tp } else { 1 }) * (if cp > 1 { 2 * cp } else { 1 }),
+    };
+    let seq = if s.chance(if old && !trainer_checks { 40 } else { 85 }) {
+        seq_unit * s.range(1, (16 / seq_unit).max(1))
+    } else {
+        s.range(1, 16)
+    };
     let batch = dp * s.range(1, 2);
     let shared_hidden = s.chance(50).then(|| 8 * tp);
     let dims = Dims { batch, seq, model, hidden, experts, top_k, shared_hidden };
@@ -95,12 +108,11 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
         BackwardMix::On => s.chance(70),
         BackwardMix::Only => true,
     };
-    let revision = s.pick(&own.revisions());
     let rules = s.pick(cfg.rule_sets());
     let dtype = s.weighted(&[(70, DType::F32), (30, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (15, Style::SmallInt)]);
-    let trainer_checks = s.chance(90);
-    let backend = s.weighted(&BACKENDS);
+    let backend =
+        if revision.models_backend(Backend::SpmdTypes) { s.weighted(&BACKENDS) } else { Backend::PartialDtensor };
     let typecheck = backend == Backend::SpmdTypes && s.chance(30);
     let data = Data::drawn(s.u64() >> 11, style);
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };

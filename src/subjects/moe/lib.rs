@@ -4,6 +4,7 @@
 //! backend a case names (docs/moe-layer.md). Its case spec follows the contract with the
 //! real-torchtitan recorder, so recorded outcomes replay against the model.
 
+pub mod combine;
 pub mod crosscheck;
 pub mod error;
 pub mod export;
@@ -11,6 +12,7 @@ pub mod full_dtensor;
 pub mod generate;
 pub mod inputs;
 pub mod kernels;
+pub mod known;
 pub mod reference;
 pub mod revision;
 pub mod run;
@@ -24,5 +26,7 @@ pub mod subject;
 pub use revision::{Backend, MoeRev};
 pub use spec::MoeSpec;
 
+#[cfg(test)]
+mod revision_tests;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Which torchtitan MoE code a case runs (`subject.revision`) and through which SPMD backend
-//! (`subject.backend`). Revision names follow docs/moe-revisions.md; only `tt-0.3.0` is modelled
-//! so far, the others are reserved names a case may carry (they run as "not modelled yet").
+//! (`subject.backend`). Revision names follow docs/moe-revisions.md. A revision is a handful of
+//! facts the sharded run reads ([`MoeRev::combine`], [`MoeRev::reduces_expert_input_grads`],
+//! [`MoeRev::seq_check`]); revisions not modelled yet run as "not modelled yet".
 
 names::named_enum! {
     /// A torchtitan revision of the MoE layer.
@@ -45,10 +46,76 @@ names::named_enum! {
     }
 }
 
+/// How the all-to-all dispatcher's combine places a rank's routed rows (EP on, tp > 1), as a
+/// revision's code does it (docs/moe-revisions.md §2). Rank r of n holds c_r sequence positions of
+/// each of its B batch rows, numbered locally i = b·c_r + l.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// `tt-pre3604`: m = ceil(B·L/n) rows per rank, a buffer of m·n rows, row i at i + m·r; the
+    /// buffer is Partial over tp and its first B·L rows are the (B, L) tokens.
+    RankOffset,
+    /// `tt-3604`: as `RankOffset` with s = m div B and row i at (i div s)·s·n + r·s + (i mod s).
+    BatchAware,
+    /// `tt-3662` to `tt-4054`: Lp = n·ceil(L/n), s = Lp/n, a buffer of B·Lp rows, row i at
+    /// (i div s)·Lp + r·s + (i mod s), viewed (B, Lp) and cut to (B, L).
+    RowPadded,
+    /// `tt-3996` on: each rank scatters into its own tokens; the routed output is sequence-sharded.
+    Local,
+}
+
+/// The sequence-length checks before the layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// Until 565cb810c: the trainer refuses L not divisible by tp (SP on, tp > 1), then the
+    /// model's parallelize asserts L divisible by tp·2·cp, always.
+    Old,
+    /// From 565cb810c on: L divisible by (tp if SP)·(2·cp if cp > 1).
+    Current,
+}
+
 impl MoeRev {
-    /// Whether the sharded side models this revision (the reference is the same for all).
+    /// Whether the sharded side models this revision on the DTensor backend (the reference is the
+    /// same for all). `tt-pre4154` differs from `tt-4154` only on spmd_types.
     pub fn modelled(self) -> bool {
-        self == MoeRev::Tt030
+        !matches!(self, MoeRev::TtHead | MoeRev::Tt3386 | MoeRev::TtPre4154)
+    }
+
+    /// Whether the model runs this revision on `backend`: the DTensor backend (partial_dtensor,
+    /// "default" before 5ab3a0fd1) at every modelled revision; spmd_types and full_dtensor only
+    /// where their code was recorded or is the same (0.3.0, and tt-4154, whose MoE files 0.3.0
+    /// ships unchanged).
+    pub fn models_backend(self, backend: Backend) -> bool {
+        backend == Backend::PartialDtensor || matches!(self, MoeRev::Tt030 | MoeRev::Tt4154)
+    }
+
+    /// The program name of this revision on `backend` (unique across subjects: `moe/` first;
+    /// no `:`, which separates a signature's fields).
+    pub fn program(self, backend: Backend) -> String {
+        format!("moe/{self}/{backend}")
+    }
+
+    /// The EP combine of this revision.
+    pub fn combine(self) -> Combine {
+        match self {
+            MoeRev::Tt3386 | MoeRev::TtPre3604 => Combine::RankOffset,
+            MoeRev::Tt3604 => Combine::BatchAware,
+            MoeRev::Tt3662 | MoeRev::Tt3654 | MoeRev::Tt4054 => Combine::RowPadded,
+            _ => Combine::Local,
+        }
+    }
+
+    /// Whether the routed experts' local_map labels the input gradients of x and the scores as
+    /// partial over tp when EP is off (false: labelled Replicate, never summed; #4054).
+    pub fn reduces_expert_input_grads(self) -> bool {
+        self != MoeRev::Tt3654
+    }
+
+    /// The sequence checks of this revision's trainer and parallelize.
+    pub fn seq_check(self) -> SeqCheck {
+        match self {
+            MoeRev::Tt3386 | MoeRev::TtPre3604 | MoeRev::Tt3604 | MoeRev::Tt3662 => SeqCheck::Old,
+            _ => SeqCheck::Current,
+        }
     }
 }
 

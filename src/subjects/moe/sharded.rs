@@ -1,6 +1,7 @@
-//! The sharded run: torchtitan 0.3.0's MoE layer on every rank of the dense mesh (dp, cp, tp),
-//! each rank running the layer's per-rank tensor code ([`kernels`]) on its own pieces, with the
-//! collectives of the partial_dtensor backend between them (docs/moe-layer.md):
+//! The sharded run: torchtitan's MoE layer (0.3.0, and the older revisions as the few facts of
+//! [`crate::revision`]) on every rank of the dense mesh (dp, cp, tp), each rank running the
+//! layer's per-rank tensor code ([`kernels`]) on its own pieces, with the collectives of the
+//! partial_dtensor backend between them (docs/moe-layer.md, docs/moe-revisions.md §3.11):
 //!
 //! - EP off: the MoE entry gathers the sequence over tp (SP on) or keeps the block (SP off); the
 //!   router runs on the whole block, replicated over tp; the experts and the shared experts are
@@ -9,7 +10,10 @@
 //! - EP on: the router runs on this rank's tp chunk of the sequence; rows travel to the rank that
 //!   owns their expert (an uneven all-to-all on the sparse mesh's ep axis), are permuted to expert
 //!   order, run through the local experts and travel back; the routed output is sequence-sharded,
-//!   zero-filled to a partial sum when SP is off.
+//!   zero-filled to a partial sum when SP is off. Before #3996 the combine writes into a token
+//!   buffer of the whole tp group instead ([`crate::combine`]), a partial sum over tp.
+//! - Without EP at `tt-3654` each tp rank routes its own copy of x: the gradients of x and the
+//!   gate stay per-rank shares, as the Replicate label on them leaves them.
 //!
 //! All ranks live in one process, so one libtorch autograd graph spans them: a collective is the
 //! tensor op that moves the data (a sum, a concatenation, a row selection), and its backward is
@@ -22,10 +26,11 @@
 //! and revisions, and EP on with a tp chunk of the sequence that is empty or uneven (the real
 //! layer fails there in several ways, docs/moe-layer.md §4.4).
 
+use crate::combine::{self as buffer_combine, Geometry};
 use crate::error::{Fail, Stage};
 use crate::kernels;
 use crate::reference::grad_of;
-use crate::revision::Backend;
+use crate::revision::{Backend, Combine, SeqCheck};
 use crate::spec::MoeSpec;
 use dtensor::DTensor;
 use harness::case::Common;
@@ -57,16 +62,8 @@ fn narrow(t: &Tensor, dim: i64, (start, size): (usize, usize)) -> Tensor {
 pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     let (dp, cp, tp) = MoeSpec::axes(c);
     let d = &sp.dims;
-    let div = sp.seq_divisor(c);
-    if sp.trainer_checks && !d.seq.is_multiple_of(div) {
-        return Err(Fail::new(
-            Stage::Config,
-            "ValueError",
-            format!(
-                "Training sequence length ({}) must be divisible by {div} for the configured sequence/context parallelism.",
-                d.seq
-            ),
-        ));
+    if sp.trainer_checks {
+        seq_checks(sp, c)?;
     }
     if sp.load_balance_coeff.is_some_and(|k| k <= 0.0) {
         return Err(Fail::new(Stage::Config, "AssertionError", ""));
@@ -86,7 +83,7 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
             ),
         ));
     }
-    if !sp.backend.modelled() || !sp.revision.modelled() {
+    if !sp.backend.modelled() || !sp.revision.modelled() || !sp.revision.models_backend(sp.backend) {
         return Err(Fail::not_modelled(format!("the {} backend at {} is not modelled yet", sp.backend, sp.revision)));
     }
     let lens: Vec<usize> = (0..cp).map(|ci| chunk(d.seq, cp, ci).1).collect();
@@ -95,7 +92,9 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     }
     crate::full_dtensor::hangs_at_router(sp)?;
     let spmd_exit = sp.backend == Backend::SpmdTypes && !p.sp;
-    if p.ep > 1 && !spmd_exit && lens.iter().any(|&l| l < tp || l % tp != 0) {
+    // The buffer combines of tt-pre3604 .. tt-3662 take uneven chunks (SP off, none empty).
+    let buffered = sp.revision.seq_check() == SeqCheck::Old && !p.sp && lens.iter().all(|&l| l >= tp);
+    if p.ep > 1 && !spmd_exit && !buffered && lens.iter().any(|&l| l < tp || l % tp != 0) {
         // The gate boundary's Replicate -> Shard(1) meets an empty or uneven chunk.
         return Err(Fail::not_modelled("EP on with an empty or uneven tp chunk of the sequence"));
     }
@@ -125,6 +124,12 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     }
     crate::full_dtensor::not_modelled(sp, dp, cp, tp)?;
     let local_batch_one = (0..dp).any(|di| chunk(d.batch, dp, di).1 == 1);
+    let one_row_class = p.ep == 1 && p.sp && tp > 1 && local_batch_one && sp.backend == Backend::PartialDtensor;
+    if sp.backward && one_row_class && sp.revision.combine() != Combine::Local {
+        return Err(Fail::not_modelled(
+            "x's gradient with EP off, SP on and one batch row per rank is recorded at tt-0.3.0 only",
+        ));
+    }
     if sp.backward
         && drops_routed_x_grad(sp, tp, 1)
         && local_batch_one
@@ -147,6 +152,41 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
         crate::spmd_backend::at_exit(sp, tp, &lens)?;
     }
     Ok(cfg)
+}
+
+/// The sequence checks of the case's revision, in the order the real run meets them.
+fn seq_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
+    let (_, cp, tp) = MoeSpec::axes(c);
+    let l = sp.dims.seq;
+    match sp.revision.seq_check() {
+        SeqCheck::Current => {
+            let div = sp.seq_divisor(c);
+            if !l.is_multiple_of(div) {
+                return Err(Fail::new(
+                    Stage::Config,
+                    "ValueError",
+                    format!("Training sequence length ({l}) must be divisible by {div} for the configured sequence/context parallelism."),
+                ));
+            }
+        }
+        SeqCheck::Old => {
+            if sp.parallel.sp && tp > 1 && !l.is_multiple_of(tp) {
+                return Err(Fail::new(
+                    Stage::Config,
+                    "ValueError",
+                    format!("Training sequence length ({l}) must be divisible by sequence parallel degree ({tp})."),
+                ));
+            }
+            if !l.is_multiple_of(tp * cp * 2) {
+                return Err(Fail::new(
+                    Stage::Parallelize,
+                    "AssertionError",
+                    format!("Sequence length {l} must be divisible by the product of TP degree ({tp}) and 2 * CP degree ({cp})."),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One (dp, cp) block: its batch and sequence ranges, its x leaf.
@@ -180,6 +220,19 @@ struct Prog<'a> {
     ys: Vec<Option<Tensor>>,
     tokens: Vec<Option<Tensor>>,
     losses: Vec<Tensor>,
+    /// Per rank, the x leaf of its own router and experts when their input gradients stay on
+    /// the rank (EP off at `tt-3654`): the rank's share of x's gradient.
+    x_shares: Vec<Option<Tensor>>,
+}
+
+/// The routing of one block on one copy of its x: what the experts and the combine need.
+struct Chain {
+    gate: Tensor,
+    counts: Tensor,
+    tok: Tensor,
+    ss: Tensor,
+    rows: Tensor,
+    x_td: Tensor,
 }
 
 /// Runs the sharded layer; outputs named as the reference's, as DTensors.
@@ -202,8 +255,19 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, 
         .collect();
     let n = dp * cp * tp;
     let none = || (0..n).map(|_| None).collect::<Vec<_>>();
-    let mut p =
-        Prog { sp, inputs, cfg, tp, bias, blocks, params: Vec::new(), ys: none(), tokens: none(), losses: Vec::new() };
+    let mut p = Prog {
+        sp,
+        inputs,
+        cfg,
+        tp,
+        bias,
+        blocks,
+        params: Vec::new(),
+        ys: none(),
+        tokens: none(),
+        losses: Vec::new(),
+        x_shares: none(),
+    };
     if sp.parallel.ep == 1 {
         for bi in 0..p.blocks.len() {
             p.tensor_parallel_block(bi)?;
@@ -263,34 +327,54 @@ impl Prog<'_> {
         Some(out)
     }
 
-    /// EP off: block `bi` routed once (replicated over tp), experts sharded on F over tp.
-    fn tensor_parallel_block(&mut self, bi: usize) -> Result<(), Fail> {
-        let (d, tp) = (self.sp.dims, self.tp);
+    /// Block `bi`'s router on `x` with a fresh gate leaf, its counts, its rows in expert order.
+    fn chain(&self, bi: usize, x: &Tensor) -> Result<Chain, Fail> {
+        let d = self.sp.dims;
         let gate = self.leaf("gate", 0, None);
         let b = &self.blocks[bi];
         let (bl, ll, dm, k) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64, d.top_k as i64);
-        let routed = kernels::route(&self.cfg, &b.x, &gate, self.bias.as_ref())?;
+        let routed = kernels::route(&self.cfg, x, &gate, self.bias.as_ref())?;
         let counts = kernels::counts(&routed.ids, d.experts);
-        let x_td = b.x.reshape([bl * ll, dm]);
+        let x_td = x.reshape([bl * ll, dm]);
         // Recorded (0.3.0, partial_dtensor, EP off, SP on, tp > 1, one batch row per rank):
         // x's gradient leaves out the routed experts' part.
-        let xr = if drops_routed_x_grad(self.sp, tp, b.rows.1) { x_td.detach() } else { x_td.shallow_clone() };
+        let xr = if drops_routed_x_grad(self.sp, self.tp, b.rows.1) { x_td.detach() } else { x_td.shallow_clone() };
         let scores = routed.topk_scores.reshape([bl * ll, k]);
         let (tok, ss, rows) = kernels::reorder(&xr, &scores, &routed.ids.reshape([bl * ll, k]), d.top_k);
-        let sizes = Vec::<i64>::try_from(&counts).expect("int counts");
-        let (mut routed_parts, mut shared_parts) = (Vec::new(), Vec::new());
+        Ok(Chain { gate, counts, tok, ss, rows, x_td })
+    }
+
+    /// EP off: block `bi` routed once (replicated over tp), experts sharded on F over tp. Where
+    /// the revision leaves the experts' input gradients unreduced, every tp rank routes its own
+    /// copy of x, so each keeps only its own share of the gradients of x and of the gate.
+    fn tensor_parallel_block(&mut self, bi: usize) -> Result<(), Fail> {
+        let (d, tp) = (self.sp.dims, self.tp);
+        let own = !self.sp.revision.reduces_expert_input_grads() && self.sp.backward && tp > 1;
+        let b = &self.blocks[bi];
+        let (bl, ll, dm) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64);
+        let (mut routed_parts, mut shared_parts, mut chain) = (Vec::new(), Vec::new(), None);
         for t in 0..tp {
             let r = bi * tp + t;
-            self.put("gate", r, gate.shallow_clone());
+            if own || chain.is_none() {
+                let x = self.blocks[bi].x.shallow_clone();
+                let x = if own { x.detach().set_requires_grad(true) } else { x };
+                chain = Some(self.chain(bi, &x)?);
+                if own {
+                    self.x_shares[r] = Some(x);
+                }
+            }
+            let ch = chain.as_ref().expect("a chain");
+            let sizes = Vec::<i64>::try_from(&ch.counts).expect("int counts");
+            self.put("gate", r, ch.gate.shallow_clone());
             let f = Some(chunk(d.hidden, tp, t));
             let (w1, w2, w3) = (self.leaf("w1", 1, f), self.leaf("w2", 2, f), self.leaf("w3", 1, f));
-            let y = kernels::experts(&rows, &sizes, &w1, &w2, &w3)?;
-            routed_parts.push(kernels::combine(&y, &ss, &tok, &x_td).reshape([bl, ll, dm]));
+            let y = kernels::experts(&ch.rows, &sizes, &w1, &w2, &w3)?;
+            routed_parts.push(kernels::combine(&y, &ch.ss, &ch.tok, &ch.x_td).reshape([bl, ll, dm]));
             self.put("w1", r, w1);
             self.put("w2", r, w2);
             self.put("w3", r, w3);
             shared_parts.extend(self.shared_out(bi, t));
-            self.tokens[r] = Some(counts.to_kind(Kind::Float));
+            self.tokens[r] = Some(ch.counts.to_kind(Kind::Float));
         }
         if self.sp.parallel.sp {
             // Routed exit and shared w2 each reduce-scatter P -> S(1); the sum is sharded.
@@ -351,11 +435,21 @@ impl Prog<'_> {
     fn expert_parallel(&mut self, _c: &Common) -> Result<(), Fail> {
         let srcs = self.dispatch()?;
         let (outs, at) = self.local_experts(&srcs)?;
-        let routed = self.combine(&srcs, &outs, &at);
+        let routed = self.combine(&srcs, &outs, &at)?;
         let tp = self.tp;
+        let local = self.sp.revision.combine() == Combine::Local;
         for bi in 0..self.blocks.len() {
             let shared: Vec<Tensor> = (0..tp).filter_map(|t| self.shared_out(bi, t)).collect();
-            if self.sp.parallel.sp {
+            if !local {
+                // A token buffer per rank, Partial over tp: reduce-scattered (SP) or all-reduced.
+                let parts: Vec<Tensor> = (0..tp).map(|t| routed[bi * tp + t].shallow_clone()).collect();
+                if self.sp.parallel.sp {
+                    let total = sum(&parts);
+                    self.sequence_parallel_exit(bi, |_| total.shallow_clone(), &shared, true);
+                } else {
+                    self.all_reduce_exit(bi, parts, &shared);
+                }
+            } else if self.sp.parallel.sp {
                 self.sequence_parallel_exit(bi, |t| routed[bi * tp + t].shallow_clone(), &shared, false);
             } else {
                 // Routed S(1) -> P by zero-fill, + shared P, then the exit all-reduce.
@@ -426,8 +520,10 @@ impl Prog<'_> {
         Ok((outs, at))
     }
 
-    /// The rows back to their sources (expert order), combined at their own tokens.
-    fn combine(&self, srcs: &[Src], outs: &[Tensor], at: &[Vec<(i64, i64)>]) -> Vec<Tensor> {
+    /// The rows back to their sources (expert order), combined at their own tokens (the local
+    /// combine: the rank's (B, c_r) chunk) or into the revision's token buffer (its (B, L) block,
+    /// a partial sum over tp).
+    fn combine(&self, srcs: &[Src], outs: &[Tensor], at: &[Vec<(i64, i64)>]) -> Result<Vec<Tensor>, Fail> {
         let d = self.sp.dims;
         let (ep, e) = (self.sp.parallel.ep, d.experts / self.sp.parallel.ep);
         srcs.iter()
@@ -442,7 +538,12 @@ impl Prog<'_> {
                     .collect();
                 let back = Tensor::cat(&pieces, 0);
                 let (bl, lr) = src.shape;
-                kernels::combine(&back, &src.ss, &src.tok, &src.x_td).reshape([bl, lr, d.model as i64])
+                let seq = self.blocks[r / self.tp].seq.1;
+                let g = Geometry { batch: bl as usize, seq, n: self.tp, r: r % self.tp, c_r: lr as usize };
+                match buffer_combine::buffer(self.sp.revision.combine(), g) {
+                    Some(buf) => buffer_combine::into_buffer(&buf, &back, &src.ss, &src.tok, bl as usize, seq),
+                    None => Ok(kernels::combine(&back, &src.ss, &src.tok, &src.x_td).reshape([bl, lr, d.model as i64])),
+                }
             })
             .collect()
     }
@@ -458,19 +559,35 @@ impl Prog<'_> {
         Tensor::cat(&[before, routed.shallow_clone(), after], 1)
     }
 
+    /// Rank r's gradient of its block's x. With per-rank shares (EP off at `tt-3654`), the
+    /// experts' and router's share is Replicate-labelled: alone it is the rank's whole gradient;
+    /// beside the shared experts' Partial gradient DTensor's add turns it to Partial by dividing
+    /// it by n, so every rank gets the shared part plus the mean of the shares.
+    fn x_grad(&self, bi: usize, r: usize) -> Tensor {
+        let b = &self.blocks[bi];
+        let Some(own) = &self.x_shares[r] else { return grad_of(&b.x) };
+        if self.sp.dims.shared_hidden.is_none() {
+            return grad_of(own);
+        }
+        let shares: Vec<Tensor> =
+            (0..self.tp).filter_map(|t| self.x_shares[bi * self.tp + t].as_ref().map(grad_of)).collect();
+        grad_of(&b.x) + sum(&shares) / self.tp as f64
+    }
+
     /// Every output as a DTensor on the dense mesh (the expert weights' gradients under EP on
     /// the sparse mesh), placements as the layer leaves them.
-    fn outputs(self, c: &Common, mesh: &Arc<Mesh>) -> Result<Named<DTensor>, Fail> {
+    fn outputs(mut self, c: &Common, mesh: &Arc<Mesh>) -> Result<Named<DTensor>, Fail> {
         let (sp, tp, n) = (self.sp, self.tp, self.ys.len());
         let mut out = Named::default();
         let y_ps = if sp.parallel.sp { [s(0), s(1), s(1)] } else { [s(0), s(1), R] };
-        let y: Vec<Tensor> = self.ys.into_iter().map(|t| t.expect("every rank's y").detach()).collect();
+        let y: Vec<Tensor> =
+            std::mem::take(&mut self.ys).into_iter().map(|t| t.expect("every rank's y").detach()).collect();
         out.push("y", dt(y, mesh, &y_ps)?);
         if sp.backward {
             let xg: Vec<Tensor> = (0..n)
                 .map(|r| {
                     let b = &self.blocks[r / tp];
-                    let g = grad_of(&b.x);
+                    let g = self.x_grad(r / tp, r);
                     if sp.parallel.sp {
                         narrow(&g, 1, chunk(b.seq.1, tp, r % tp))
                     } else {
@@ -518,7 +635,12 @@ impl Prog<'_> {
 /// SP off, or EP on, the gradient is complete). Where in torchtitan or DTensor the part is lost
 /// is not established yet (docs/moe-layer.md).
 pub fn drops_routed_x_grad(sp: &MoeSpec, tp: usize, local_batch: usize) -> bool {
-    sp.backend != Backend::SpmdTypes && sp.parallel.ep == 1 && sp.parallel.sp && tp > 1 && local_batch == 1
+    sp.revision.combine() == Combine::Local
+        && sp.backend != Backend::SpmdTypes
+        && sp.parallel.ep == 1
+        && sp.parallel.sp
+        && tp > 1
+        && local_batch == 1
 }
 
 /// Σ in rank order.

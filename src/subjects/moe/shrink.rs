@@ -13,6 +13,15 @@ fn redrawn(mut c: MCase) -> MCase {
     c
 }
 
+fn tp_of(c: &MCase) -> usize {
+    MoeSpec::axes(c).2
+}
+
+/// The largest ep above 1 and below the case's that divides `dense` and the expert count.
+fn smaller_ep(s: &MoeSpec, dense: usize) -> Option<usize> {
+    (2..s.parallel.ep).rev().find(|&e| dense.is_multiple_of(e) && s.dims.experts.is_multiple_of(e))
+}
+
 /// Candidates, simplest first, each differing from `c` in one respect.
 pub fn candidates(c: &MCase) -> Vec<MCase> {
     let mut out = Vec::new();
@@ -28,7 +37,17 @@ pub fn candidates(c: &MCase) -> Vec<MCase> {
             let (dp, cp, tp) = MoeSpec::axes(&n);
             let dense = (dp / n.subject.parallel.dp_replicate) * cp * tp;
             if !dense.is_multiple_of(n.subject.parallel.ep) {
-                n.subject.parallel.ep = 1;
+                // Keep EP on where the smaller mesh allows it (the EP bugs need it).
+                n.subject.parallel.ep = smaller_ep(&n.subject, dense).unwrap_or(1);
+            }
+            if axis == 2 && v > 1 {
+                // The same positions per tp rank on fewer ranks (an uneven length stays uneven).
+                let seq = (s.dims.seq * v).div_ceil(tp_of(c));
+                if seq != s.dims.seq {
+                    let mut m = n.clone();
+                    m.subject.dims.seq = seq;
+                    out.push(redrawn(m));
+                }
             }
             out.push(n);
         }
@@ -37,6 +56,12 @@ pub fn candidates(c: &MCase) -> Vec<MCase> {
         let mut n = c.clone();
         n.subject.parallel.ep = 1;
         out.push(n);
+        let (dp, cp, tp) = MoeSpec::axes(c);
+        if let Some(ep) = smaller_ep(s, (dp / s.parallel.dp_replicate) * cp * tp) {
+            let mut n = c.clone();
+            n.subject.parallel.ep = ep;
+            out.push(n);
+        }
     }
     if s.parallel.dp_replicate > 1 {
         let mut n = c.clone();
@@ -57,7 +82,10 @@ pub fn candidates(c: &MCase) -> Vec<MCase> {
     for v in smaller(d.batch, 1) {
         out.push(dim(&|x| x.batch = v));
     }
-    for v in smaller(d.seq, 1) {
+    let mut seqs = smaller(d.seq, 1);
+    // One tp round shorter: the same remainder modulo tp.
+    seqs.extend(d.seq.checked_sub(tp_of(c)).filter(|&v| v > 0 && !seqs.contains(&v)));
+    for v in seqs {
         out.push(dim(&|x| x.seq = v));
     }
     for v in smaller(d.experts, 1) {

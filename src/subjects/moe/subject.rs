@@ -20,14 +20,15 @@ use tch::{Device, Tensor};
 
 /// The recorded upstream problem the model carries: under the DTensor backends with EP off, SP
 /// on, tp > 1 and one batch row per rank, x's gradient lacks the routed experts' part.
-pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
+pub const X_GRAD_ONE_ROW: &str = crate::known::X_GRAD_ONE_ROW;
 
 /// The `subject.kind` of MoE cases.
 pub const KIND: &str = "moe";
 
-/// The program name of a revision on a backend (unique across subjects: `moe:` first).
+/// The program name of a revision on a backend (unique across subjects: `moe/` first; no `:`,
+/// which separates a signature's fields).
 pub fn program_name(rev: MoeRev, backend: crate::Backend) -> String {
-    format!("moe:{rev}/{backend}")
+    rev.program(backend)
 }
 
 fn row(rev: MoeRev, backend: crate::Backend) -> Program {
@@ -132,19 +133,11 @@ impl Subject for MoeSpec {
     }
 
     fn known_bugs(&self) -> Vec<&'static str> {
-        vec![X_GRAD_ONE_ROW]
+        crate::known::Known::ALL.iter().map(|k| k.name()).collect()
     }
 
     fn known(&self, c: &Common, sig: &Signature) -> Vec<&'static str> {
-        let (dp, _, tp) = MoeSpec::axes(c);
-        let one_row = (0..dp).any(|d| crate::sharded::chunk(self.dims.batch, dp, d).1 == 1);
-        let class = crate::sharded::drops_routed_x_grad(self, tp, 1) && one_row;
-        let x_grad = sig.class == harness::oracle::Class::Value && sig.output.as_deref() == Some("x_grad");
-        if class && x_grad {
-            vec![X_GRAD_ONE_ROW]
-        } else {
-            Vec::new()
-        }
+        crate::known::Known::of(sig, c, self).into_iter().map(crate::known::Known::name).collect()
     }
 
     fn explain(&self, v: &Verdict) -> String {

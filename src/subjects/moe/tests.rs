@@ -85,8 +85,8 @@ fn generated(n: u64) -> Vec<Case<MoeSpec>> {
         .collect()
 }
 
-/// On generated cases the sharded layer agrees with the reference wherever it runs, except x's
-/// gradient in the class where the real layer loses part of it (modelled on purpose).
+/// On generated cases the sharded layer agrees with the reference wherever it runs, except for
+/// the known upstream bugs of the revisions (modelled on purpose).
 #[test]
 fn generated_cases_are_valid_and_both_sides_agree() {
     let (mut ran, mut raised, mut skipped) = (0, 0, 0);
@@ -98,9 +98,8 @@ fn generated_cases_are_valid_and_both_sides_agree() {
             (Ok(r), Ok(s)) => {
                 let mut j = Judgement::default();
                 crate::run::values(&c.subject, &c, r, s, &mut j);
-                let (dp, _, tp) = MoeSpec::axes(&c);
-                let drop = sharded::drops_routed_x_grad(&c.subject, tp, c.subject.dims.batch.div_ceil(dp));
-                j.verdicts.retain(|v| !(drop && v.output.as_deref() == Some("x_grad")));
+                // Known upstream bugs the model carries on purpose (known.rs).
+                j.verdicts.retain(|v| c.subject.known(&c, &v.signature(&c)).is_empty());
                 assert!(j.verdicts.is_empty(), "{:?}\n{}", j.verdicts, c.to_json());
                 ran += 1;
             }

@@ -1,0 +1,102 @@
+//! Where the EP combine of each revision writes a rank's routed rows (docs/moe-revisions.md §2):
+//! the token buffer's size and the global row of each local row, for the revisions before the
+//! local combine of #3996. The buffer is Partial over tp: the routed output of a token is the sum
+//! of whatever rows the tp ranks wrote at its position.
+
+use crate::error::{Fail, Stage};
+use crate::revision::Combine;
+use tch::{Kind, Tensor};
+
+/// One rank's view of the combine: B batch rows, the block's L positions, n tp ranks, rank r
+/// holding `c_r` positions of each row (its local row i = b·c_r + l).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub seq: usize,
+    pub n: usize,
+    pub r: usize,
+    pub c_r: usize,
+}
+
+/// A buffer combine: its rows, the global row of each local row, and how its rows become the
+/// (B, L) tokens (`padded`: viewed (B, Lp) with Lp = rows / B and cut to L; else the first B·L
+/// rows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub rows: usize,
+    pub at: Vec<i64>,
+    pub padded: bool,
+}
+
+/// The buffer of revision combine `k` for geometry `g`; `None` for the local combine.
+pub fn buffer(k: Combine, g: Geometry) -> Option<Buffer> {
+    let Geometry { batch: b, seq: l, n, r, c_r } = g;
+    let local = b * c_r;
+    let m = (b * l).div_ceil(n);
+    let (rows, padded, place): (usize, bool, Box<dyn Fn(usize) -> usize>) = match k {
+        Combine::Local => return None,
+        Combine::RankOffset => (m * n, false, Box::new(move |i| i + m * r)),
+        Combine::BatchAware => {
+            let s = m / b;
+            (m * n, false, Box::new(move |i| (i / s) * s * n + r * s + i % s))
+        }
+        Combine::RowPadded => {
+            let lp = n * l.div_ceil(n);
+            let s = lp / n;
+            (b * lp, true, Box::new(move |i| (i / s) * lp + r * s + i % s))
+        }
+    };
+    Some(Buffer { rows, at: (0..local).map(|i| place(i) as i64).collect(), padded })
+}
+
+/// The combine into a buffer: each routed row scaled in float32 by its score and cast back (as
+/// [`crate::kernels::combine`]), then `zeros(rows, D).scatter_add(0, at[token], rows)`; the
+/// buffer made (B, L, D). Out-of-range rows raise as torch does.
+pub fn into_buffer(
+    buf: &Buffer,
+    y: &Tensor,
+    scores_sorted: &Tensor,
+    tok: &Tensor,
+    batch: usize,
+    seq: usize,
+) -> Result<Tensor, Fail> {
+    let d = y.size()[1];
+    let scaled = (y.to_kind(Kind::Float) * scores_sorted.to_kind(Kind::Float).reshape([-1, 1])).to_kind(y.kind());
+    let at = Tensor::from_slice(&buf.at).to_device(y.device());
+    let idx = at.index_select(0, tok).reshape([-1, 1]).expand([-1, d], false);
+    let zeros = Tensor::zeros([buf.rows as i64, d], (y.kind(), y.device()));
+    let out = zeros.f_scatter_add(0, &idx, &scaled).map_err(|e| {
+        // Python shows libtorch's message without tch's prefix.
+        let f = Fail::torch(Stage::Forward, e);
+        let text = f.message.trim_start_matches("Internal torch error: ").to_string();
+        Fail::new(f.stage, f.kind, text)
+    })?;
+    let (b, l) = (batch as i64, seq as i64);
+    Ok(if buf.padded {
+        out.reshape([b, buf.rows as i64 / b.max(1), d]).narrow(1, 0, l)
+    } else {
+        out.narrow(0, 0, b * l).reshape([b, l, d])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(k: Combine, b: usize, l: usize, r: usize, c_r: usize) -> Vec<i64> {
+        buffer(k, Geometry { batch: b, seq: l, n: 2, r, c_r }).unwrap().at
+    }
+
+    #[test]
+    fn the_offsets_of_the_revision_table() {
+        // B = 2, L = 4, n = 2: rank 1 holds (0,2), (0,3), (1,2), (1,3).
+        assert_eq!(at(Combine::RankOffset, 2, 4, 1, 2), [4, 5, 6, 7]);
+        assert_eq!(at(Combine::BatchAware, 2, 4, 1, 2), [2, 3, 6, 7]);
+        assert_eq!(at(Combine::RowPadded, 2, 4, 1, 2), [2, 3, 6, 7]);
+        // B = 2, L = 3: rank 0 holds (0,0), (0,1), (1,0), (1,1); rank 1 (0,2), (1,2).
+        assert_eq!(at(Combine::RankOffset, 2, 3, 1, 1), [3, 4]);
+        assert_eq!(at(Combine::BatchAware, 2, 3, 0, 2), [0, 2, 4, 6]);
+        assert_eq!(at(Combine::RowPadded, 2, 3, 1, 1), [2, 3]);
+        assert!(buffer(Combine::Local, Geometry { batch: 1, seq: 1, n: 1, r: 0, c_r: 1 }).is_none());
+    }
+}

@@ -1,0 +1,100 @@
+//! The MoE layer's known upstream bugs, each a family of signatures recognised by its mechanism
+//! (revision, configuration, which output diverges and how), as the router subject does it, so
+//! reports can say which were found. docs/moe-revisions.md describes each revision's code.
+
+use crate::revision::Backend;
+use crate::sharded::{chunk, drops_routed_x_grad};
+use crate::spec::MoeSpec;
+use crate::MoeRev;
+use harness::case::Common;
+use harness::oracle::Class;
+use harness::Signature;
+
+/// The recorded upstream problem the 0.3.0 model carries (docs/moe-subject.md).
+pub const X_GRAD_ONE_ROW: &str = "moe-dtensor-x-grad-one-row";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// tt-pre3604: the EP combine offsets a rank's rows by its flat row count, ignoring the
+    /// batch, so with two or more batch rows per rank routed rows land at other tokens.
+    CombineOffset3604,
+    /// tt-3604: the batch-aware offset with L not a multiple of tp and two or more batch rows
+    /// writes past the token buffer (index out of bounds) or, where it stays inside, puts rows at
+    /// other tokens. No upstream report.
+    UnevenIndex3604,
+    /// tt-3662 (per-row virtual padding): with L not a multiple of tp and two or more batch rows
+    /// some tokens get no routed output. No upstream report.
+    UnevenRows3662,
+    /// tt-3654: EP off, the routed experts' local_map has no in_grad_placements, so the gradients
+    /// of x and the scores stay per-rank shares labelled Replicate.
+    NoInGrad4054,
+    /// tt-0.3.0 (recorded): DTensor backend, EP off, SP on, one batch row per rank: x's gradient
+    /// lacks the routed experts' part.
+    XGradOneRow,
+}
+
+impl Known {
+    pub const ALL: [Known; 5] = [
+        Known::CombineOffset3604,
+        Known::UnevenIndex3604,
+        Known::UnevenRows3662,
+        Known::NoInGrad4054,
+        Known::XGradOneRow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Known::CombineOffset3604 => "EP combine offset ignores the batch (#3604, tt-pre3604)",
+            Known::UnevenIndex3604 => {
+                "batch-aware combine out of range or misplaced at uneven L (tt-3604; no upstream report)"
+            }
+            Known::UnevenRows3662 => "tokens without routed output at uneven L (tt-3662; no upstream report)",
+            Known::NoInGrad4054 => "experts' input gradients unreduced without EP (#4054, tt-3654)",
+            Known::XGradOneRow => X_GRAD_ONE_ROW,
+        }
+    }
+
+    /// The upstream pull request that fixed it, if any.
+    pub fn upstream(self) -> Option<&'static str> {
+        match self {
+            Known::CombineOffset3604 => Some("https://github.com/pytorch/torchtitan/pull/3604"),
+            Known::NoInGrad4054 => Some("https://github.com/pytorch/torchtitan/pull/4054"),
+            _ => None,
+        }
+    }
+
+    /// True when a divergence with signature `p` on case (`c`, `s`) is an instance of this bug.
+    pub fn matches(self, p: &Signature, c: &Common, s: &MoeSpec) -> bool {
+        let (dp, cp, tp) = MoeSpec::axes(c);
+        let rows = |n: usize| (0..dp).any(|d| chunk(s.dims.batch, dp, d).1 >= n);
+        let uneven = (0..cp).any(|i| !chunk(s.dims.seq, cp, i).1.is_multiple_of(tp));
+        let ep_on = s.parallel.ep > 1 && tp > 1 && s.backend == Backend::PartialDtensor;
+        let at = |rev: MoeRev| p.program == rev.program(s.backend);
+        let value = p.class == Class::Value;
+        match self {
+            Known::CombineOffset3604 => at(MoeRev::TtPre3604) && ep_on && rows(2) && value,
+            Known::UnevenIndex3604 => {
+                let oob = p.class == Class::Error && p.key.contains("out_of_bounds");
+                at(MoeRev::Tt3604) && ep_on && uneven && rows(2) && (oob || value)
+            }
+            Known::UnevenRows3662 => at(MoeRev::Tt3662) && ep_on && uneven && rows(2) && value,
+            Known::NoInGrad4054 => {
+                at(MoeRev::Tt3654)
+                    && s.parallel.ep == 1
+                    && tp > 1
+                    && s.backward
+                    && value
+                    && matches!(p.output.as_deref(), Some("x_grad" | "grad.gate"))
+            }
+            Known::XGradOneRow => {
+                let one_row = (0..dp).any(|d| chunk(s.dims.batch, dp, d).1 == 1);
+                drops_routed_x_grad(s, tp, 1) && one_row && value && p.output.as_deref() == Some("x_grad")
+            }
+        }
+    }
+
+    /// The known bugs a divergence is an instance of.
+    pub fn of(p: &Signature, c: &Common, s: &MoeSpec) -> Vec<Known> {
+        Known::ALL.into_iter().filter(|k| k.matches(p, c, s)).collect()
+    }
+}
