@@ -282,6 +282,14 @@ pub struct GenConfig {
 }
 
 impl GenConfig {
+    /// The default settings drawing one subject only: the mapping from bytes to cases of that
+    /// subject's fuzz target (`router_diff`, `moe_diff`) and of `import --subject`.
+    pub fn of_subject(kind: Kind) -> Self {
+        let mut c = GenConfig::default();
+        c.subjects.subjects = vec![kind];
+        c
+    }
+
     /// Case `index` of a run seeded `seed`.
     pub fn nth(&self, seed: u64, index: u64) -> AnyCase {
         harness::stream::nth::<AnySpec>(seed, index, &self.common, &self.subjects)
