@@ -282,6 +282,14 @@ pub struct GenConfig {
 }
 
 impl GenConfig {
+    /// The default settings drawing one subject only: the mapping from bytes to cases of that
+    /// subject's fuzz target (`router_diff`, `moe_diff`) and of `import --subject`.
+    pub fn of_subject(kind: Kind) -> Self {
+        let mut c = GenConfig::default();
+        c.subjects.subjects = vec![kind];
+        c
+    }
+
     /// Case `index` of a run seeded `seed`.
     pub fn nth(&self, seed: u64, index: u64) -> AnyCase {
         harness::stream::nth::<AnySpec>(seed, index, &self.common, &self.subjects)
@@ -298,13 +306,31 @@ impl GenConfig {
     }
 }
 
+/// A `--subject` value: one subject's name, or `all` of them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubjectSel(pub Vec<Kind>);
+
+impl std::str::FromStr for SubjectSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "all" {
+            return Ok(SubjectSel(Kind::ALL.to_vec()));
+        }
+        s.parse::<Kind>().map(|k| SubjectSel(vec![k])).map_err(|_| {
+            let names: Vec<String> = Kind::ALL.iter().map(|k| k.to_string()).collect();
+            format!("unknown subject `{s}` (expected {} or all)", names.join(", "))
+        })
+    }
+}
+
 /// The command-line flags that choose subjects and each subject's generator settings
 /// (flattened into every command that draws cases).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SubjectArgs {
-    /// Subjects to draw cases of (comma-separated: router, moe)
-    #[arg(long, value_delimiter = ',', default_value = "router")]
-    pub subject: Vec<Kind>,
+    /// Subjects to draw cases of, in turn (comma-separated: router, moe, all). Default: router;
+    /// nightly: all
+    #[arg(long, value_delimiter = ',')]
+    pub subject: Vec<SubjectSel>,
     /// Router revisions to draw from (comma-separated; default all)
     #[arg(long, value_delimiter = ',')]
     pub router: Vec<router::RouterRev>,
@@ -321,9 +347,17 @@ pub struct SubjectArgs {
 }
 
 impl SubjectArgs {
-    pub fn gen(&self) -> AnyGen {
-        let mut subjects = self.subject.clone();
-        subjects.dedup();
+    /// The generator settings; `default` are the subjects drawn when `--subject` is not given.
+    pub fn gen(&self, default: &[Kind]) -> AnyGen {
+        let mut subjects: Vec<Kind> = Vec::new();
+        for k in self.subject.iter().flat_map(|s| s.0.iter()) {
+            if !subjects.contains(k) {
+                subjects.push(*k);
+            }
+        }
+        if subjects.is_empty() {
+            subjects = default.to_vec();
+        }
         let router = router::generate::RouterGen {
             routers: self.router.clone(),
             boundaries: self.boundary.clone(),

@@ -7,7 +7,7 @@
 //! least the unsharded math), i.e. twice the reference phase. Everything above it is the price
 //! of the simulation, the float64 shadow, the oracles and generation.
 
-use crate::subjects::{AnyCase, GenConfig};
+use crate::subjects::{AnyCase, GenConfig, Kind};
 use crate::worker::Inflight;
 use dtensor::device::Dev;
 use harness::error::{Error, Result};
@@ -24,6 +24,7 @@ pub use render::{Bench, Machine};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Throughput {
+    pub subject: String,
     pub device: String,
     pub size: String,
     /// `off` (forward cases) or `only` (every case also runs a boundary revision's backward).
@@ -46,6 +47,7 @@ pub struct Throughput {
 /// What one throughput measurement runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Mix {
+    pub subject: Kind,
     pub dev: Dev,
     pub size: SizeClass,
     pub backward: BackwardMix,
@@ -53,8 +55,8 @@ pub struct Mix {
 
 /// Runs `cases` generated cases (seed `seed`) and times every phase.
 pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) -> Result<Throughput> {
-    let Mix { dev, size, backward } = mix;
-    let mut cfg = GenConfig::default();
+    let Mix { subject, dev, size, backward } = mix;
+    let mut cfg = GenConfig::of_subject(subject);
     (cfg.common.size, cfg.common.device, cfg.common.backward) = (size, dev, backward);
     let path = scratch.join("inflight.json");
     let mut inflight = Inflight::create(&path).map_err(Error::io(&path))?;
@@ -74,6 +76,7 @@ pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) ->
     let n = cases.max(1) as f64;
     let floor_us = 2.0 * phases.reference_us as f64 / n;
     Ok(Throughput {
+        subject: subject.to_string(),
         device: dev.to_string(),
         size: size.name().into(),
         backward: backward.name().into(),
@@ -99,16 +102,17 @@ pub struct Detection {
     pub first: Vec<Option<(AnyCase, Signature)>>,
 }
 
-/// The known bugs the default generator's subjects know, in report order.
-pub fn known_bugs() -> Vec<&'static str> {
-    GenConfig::default().subjects.subjects.iter().flat_map(|k| k.known_bugs()).collect()
+/// The known bugs of these subjects, in report order.
+pub fn known_bugs(subjects: &[Kind]) -> Vec<&'static str> {
+    subjects.iter().flat_map(|k| k.known_bugs()).collect()
 }
 
-/// Runs the default generator from `seed` until every known bug is seen or `limit` passes.
-pub fn detect(dev: Dev, seed: u64, limit: Duration) -> Result<Detection> {
-    let mut cfg = GenConfig::default();
+/// Runs the default generator of one subject from `seed` until every known bug of it is seen
+/// or `limit` passes.
+pub fn detect(subject: Kind, dev: Dev, seed: u64, limit: Duration) -> Result<Detection> {
+    let mut cfg = GenConfig::of_subject(subject);
     cfg.common.device = dev;
-    let bugs = known_bugs();
+    let bugs = known_bugs(&[subject]);
     let mut d = Detection { seed, found: vec![None; bugs.len()], first: vec![None; bugs.len()] };
     let start = Instant::now();
     let mut i = 0u64;
@@ -207,6 +211,8 @@ pub struct DetectRow {
 /// What `shardfuzz bench` measures.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// Subjects measured, each with its own default generator.
+    pub subjects: Vec<Kind>,
     pub devices: Vec<Dev>,
     /// Size classes per device (empty: small and medium, plus large on CUDA).
     pub sizes: Vec<SizeClass>,
@@ -224,32 +230,44 @@ pub fn measure(s: &Settings) -> Result<Bench> {
     let mut b =
         Bench { format: "shardfuzz.bench/1", machine: machine(), throughput: vec![], detect: vec![], shrink: vec![] };
     for &dev in &s.devices {
-        for size in sizes_for(s, dev) {
-            for backward in [BackwardMix::Off, BackwardMix::Only] {
-                b.throughput.push(median_throughput(s, Mix { dev, size, backward })?);
+        for &subject in &s.subjects {
+            for size in sizes_for(s, dev) {
+                for backward in [BackwardMix::Off, BackwardMix::Only] {
+                    b.throughput.push(median_throughput(s, Mix { subject, dev, size, backward })?);
+                }
             }
-        }
-        let mut runs: Vec<Detection> = Vec::new();
-        for seed in 1..=s.seeds {
-            eprintln!("bench: {dev}: time to detect, seed {seed}/{}", s.seeds);
-            runs.push(detect(dev, seed, s.detect_limit)?);
-        }
-        for (k, known) in known_bugs().into_iter().enumerate() {
-            let per_seed = runs.iter().map(|d| d.found[k]).collect();
-            b.detect.push(DetectRow {
-                device: dev.to_string(),
-                bug: known.into(),
-                median_s: median_found(&runs, k),
-                per_seed,
-            });
-            if let Some((case, sig)) = runs.iter().find_map(|d| d.first[k].clone()) {
-                eprintln!("bench: {dev}: shrinking {known}");
-                let budget = shrink::Budget { max_tries: 5000, max_time: s.shrink_time };
-                b.shrink.push(shrink_timing(dev, known, &case, &sig, budget));
-            }
+            detect_and_shrink(s, subject, dev, &mut b)?;
         }
     }
     Ok(b)
+}
+
+/// Time to detect each known bug of `subject` over the seeds, and the shrink of its first case.
+fn detect_and_shrink(s: &Settings, subject: Kind, dev: Dev, b: &mut Bench) -> Result<()> {
+    let bugs = known_bugs(&[subject]);
+    if bugs.is_empty() {
+        return Ok(());
+    }
+    let mut runs: Vec<Detection> = Vec::new();
+    for seed in 1..=s.seeds {
+        eprintln!("bench: {dev}: {subject}: time to detect, seed {seed}/{}", s.seeds);
+        runs.push(detect(subject, dev, seed, s.detect_limit)?);
+    }
+    for (k, known) in bugs.into_iter().enumerate() {
+        let per_seed = runs.iter().map(|d| d.found[k]).collect();
+        b.detect.push(DetectRow {
+            device: dev.to_string(),
+            bug: known.into(),
+            median_s: median_found(&runs, k),
+            per_seed,
+        });
+        if let Some((case, sig)) = runs.iter().find_map(|d| d.first[k].clone()) {
+            eprintln!("bench: {dev}: shrinking {known}");
+            let budget = shrink::Budget { max_tries: 5000, max_time: s.shrink_time };
+            b.shrink.push(shrink_timing(dev, known, &case, &sig, budget));
+        }
+    }
+    Ok(())
 }
 
 fn sizes_for(s: &Settings, dev: Dev) -> Vec<SizeClass> {
@@ -268,7 +286,7 @@ fn median_throughput(s: &Settings, mix: Mix) -> Result<Throughput> {
         SizeClass::Medium => (s.cases / 4).max(5),
         SizeClass::Large => (s.cases / 100).max(5),
     };
-    let what = format!("{} {} backward={}", mix.dev, mix.size, mix.backward);
+    let what = format!("{} {} {} backward={}", mix.subject, mix.dev, mix.size, mix.backward);
     eprintln!("bench: {what}: {n} cases");
     throughput(mix, n.min(20), 999, &s.scratch)?;
     let mut runs = Vec::new();

@@ -47,21 +47,21 @@ impl Bench {
             .iter()
             .map(|t| {
                 let mean = |us: u64| format!("{:.0}", us as f64 / t.cases.max(1) as f64);
-                let mut row =
-                    vec![t.device.clone(), t.size.clone(), t.backward.clone(), format!("{} x {}", t.cases, t.runs)];
+                let mut row = vec![t.subject.clone(), t.device.clone(), t.size.clone(), t.backward.clone()];
+                row.push(format!("{} x {}", t.cases, t.runs));
                 row.push(format!("{:.0}", t.cases_per_s));
                 row.extend(PHASES.iter().map(|(_, f)| mean(f(&t.phases_us))));
                 row.extend([mean(t.io_us), format!("{:.0}", t.floor_us), format!("{:.1}x", t.over_floor)]);
                 row
             })
             .collect();
-        let mut header = vec!["device", "size", "backward", "cases x runs", "cases/s"];
+        let mut header = vec!["subject", "device", "size", "backward", "cases x runs", "cases/s"];
         header.extend(PHASES.iter().map(|(n, _)| *n));
         header.extend(["I/O", "floor", "time/floor"]);
         format!(
             "## Cases per second and where a case's time goes (mean µs per case)\n\n\
              Each row is the median of `runs` runs of the same cases. floor = 2 x reference: libtorch computing the \
-             router once unsharded and once for the sharded side.\n\n{}\n\n",
+             subject's program once unsharded and once for the sharded side.\n\n{}\n\n",
             md_table(&header, &rows)
         )
     }
@@ -75,11 +75,11 @@ impl Bench {
             .iter()
             .filter(|t| t.backward == "off")
             .filter_map(|f| {
-                let b = self
-                    .throughput
-                    .iter()
-                    .find(|b| b.backward == "only" && b.device == f.device && b.size == f.size)?;
+                let b = self.throughput.iter().find(|b| {
+                    b.backward == "only" && b.subject == f.subject && b.device == f.device && b.size == f.size
+                })?;
                 Some(vec![
+                    f.subject.clone(),
                     f.device.clone(),
                     f.size.clone(),
                     format!("{:.0}", per_case(f)),
@@ -92,12 +92,41 @@ impl Bench {
         if rows.is_empty() {
             return String::new();
         }
-        let header = ["device", "size", "forward case µs", "backward case µs", "of which backward µs", "cost"];
+        let header =
+            ["subject", "device", "size", "forward case µs", "backward case µs", "of which backward µs", "cost"];
         format!(
-            "## The backward pass's cost\n\nA backward case runs the forward router, a boundary revision's forward and \
-             backward on the simulated DTensor, and the float64 reference gradients.\n\n{}\n\n",
-            md_table(&header, &rows)
+            "## The backward pass's cost\n\nA router backward case runs the forward router, a boundary revision's \
+             forward and backward on the simulated DTensor, and the float64 reference gradients; a MoE-layer backward \
+             case the layer's backward on both sides.\n\n{}\n\n{}",
+            md_table(&header, &rows),
+            self.md_moe_cost()
         )
+    }
+
+    /// Per device and size: a MoE-layer case's time over a router backward case's.
+    fn md_moe_cost(&self) -> String {
+        let per_case = |t: &super::Throughput| 1e6 / t.cases_per_s.max(1e-9);
+        let find = |subject: &str, t: &super::Throughput| {
+            self.throughput
+                .iter()
+                .find(|r| r.subject == subject && r.backward == "only" && r.device == t.device && r.size == t.size)
+        };
+        let rows: Vec<Vec<String>> = self
+            .throughput
+            .iter()
+            .filter(|t| t.subject == "moe" && t.backward == "only")
+            .filter_map(|m| {
+                let r = find("router", m)?;
+                let (m_us, r_us) = (per_case(m), per_case(r));
+                let cost = format!("{:.2}x", m_us / r_us);
+                Some(vec![m.device.clone(), m.size.clone(), format!("{r_us:.0}"), format!("{m_us:.0}"), cost])
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let header = ["device", "size", "router backward case µs", "MoE backward case µs", "MoE / router"];
+        format!("A MoE-layer backward case against a router backward case:\n\n{}\n\n", md_table(&header, &rows))
     }
 
     fn md_detect(&self) -> String {

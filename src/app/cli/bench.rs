@@ -13,6 +13,9 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Subjects to measure, comma-separated (router, moe), each with its default generator
+    #[arg(long, value_delimiter = ',', default_value = "router,moe")]
+    pub subject: Vec<crate::subjects::Kind>,
     /// Devices to measure, comma-separated (auto, cpu, cuda, cuda:N)
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub device: Vec<DeviceArg>,
@@ -56,7 +59,10 @@ pub fn run(a: Args) -> CliResult {
     anyhow::ensure!(a.seeds > 0, "--seeds must be at least 1");
     let scratch = a.out.join("scratch");
     std::fs::create_dir_all(&scratch).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let mut subjects = a.subject.clone();
+    subjects.dedup();
     let settings = Settings {
+        subjects,
         devices,
         sizes: a.sizes,
         cases: a.cases,

@@ -1,6 +1,6 @@
 //! Flags shared by the commands that run cases, and their parsing into harness settings.
 
-use crate::subjects::{GenConfig, SubjectArgs};
+use crate::subjects::{GenConfig, Kind, SubjectArgs};
 use dtensor::device::{self, Dev, DeviceArg};
 use dtensor::RuleSet;
 use harness::generate::{BackwardMix, GenCommon, ShapeMix, SizeClass};
@@ -37,8 +37,8 @@ pub struct Draw {
 }
 
 impl Draw {
-    /// The generator settings, for cases on `device`.
-    pub fn config(&self, device: Dev) -> GenConfig {
+    /// The generator settings, for cases on `device`; `subjects` unless `--subject` names others.
+    pub fn config(&self, device: Dev, subjects: &[Kind]) -> GenConfig {
         if self.size == SizeClass::Large {
             harness::limits::raise(harness::limits::Limits::LARGE);
         }
@@ -50,7 +50,7 @@ impl Draw {
             shapes: self.shapes,
             backward: self.backward,
         };
-        GenConfig { common, subjects: self.subjects.gen() }
+        GenConfig { common, subjects: self.subjects.gen(subjects) }
     }
 }
 
@@ -59,8 +59,9 @@ impl GenArgs {
         device::resolve(self.device).map_err(anyhow::Error::msg)
     }
 
+    /// The generator settings of `run` and `gen`: the router unless `--subject` says otherwise.
     pub fn config(&self, dev: Dev) -> GenConfig {
-        self.draw.config(dev)
+        self.draw.config(dev, &[Kind::Router])
     }
 }
 

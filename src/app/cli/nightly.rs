@@ -108,7 +108,7 @@ pub fn run(a: Args) -> CliResult {
         jobs,
         out: a.out.clone(),
         corpus: a.corpus.clone(),
-        gen: a.draw.config(devices[0]),
+        gen: a.draw.config(devices[0], crate::subjects::Kind::ALL),
         devices,
         per_case_timeout: a.per_case_timeout,
         shrink: Budget { max_tries: a.shrink_tries, max_time: a.shrink_time },
