@@ -107,8 +107,18 @@ fn program(c: &AnyChecked, rb: &RealBackward) -> Option<Result<GradRun, DTensorE
         Some(t) => Some(local(t, DType::I64)?),
         None => ours.choice.as_ref().map(|t| t.shallow_clone()),
     };
-    let comms = rb.comms.iter().map(|c| real::comm_record(c, "grad")).collect();
-    Some(Ok(GradRun { grads, comms, choice }))
+    let mut comms: Vec<_> = rb.comms.iter().map(|c| real::comm_record(c, "grad")).collect();
+    if comms.is_empty() {
+        // Counted, not listed (the backward recorder): on the 1-D meshes of backward cases every
+        // collective runs on mesh dim 0; bytes unknown.
+        for (op, n) in rb.comm_counts.iter().flatten() {
+            let c = real::RealComm { op: op.clone(), mesh_dim: Some(0), tensor: None, bytes: None };
+            comms.extend((0..*n).map(|_| real::comm_record(&c, "grad")));
+        }
+    }
+    // Our derivation judges the real run as it judges ours.
+    let expected = ours.expected.clone();
+    Some(Ok(GradRun { grads, comms, choice, expected }))
 }
 
 /// The real run (with our run's extra), when the recording has every rank's locals and
