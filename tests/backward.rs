@@ -253,7 +253,8 @@ fn derivation_vs_real(real: &Value) -> Vec<String> {
         let mut theirs: Vec<String> = listed
             .iter()
             .map(|c| {
-                let (op, dim, bytes) = (c["op"].as_str().unwrap(), c["mesh_dim"].as_u64().unwrap(), c["bytes"].as_u64().unwrap());
+                let (op, dim, bytes) =
+                    (c["op"].as_str().unwrap(), c["mesh_dim"].as_u64().unwrap(), c["bytes"].as_u64().unwrap());
                 if e.comms.iter().any(|d| d.op == "all_to_all") && op == "all_gather" {
                     format!("all_gather@{dim}")
                 } else {

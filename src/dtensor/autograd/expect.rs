@@ -28,7 +28,7 @@ use crate::meta::{DType, Meta};
 use crate::op::Op;
 use crate::rules::{self, Arg};
 use crate::RuleSet;
-use placement::plan::{plan_for, Footprint};
+use placement::plan::{plan_for, Collective, Footprint};
 use placement::{layout, normalize_all, Mesh, Placement};
 use std::collections::BTreeMap;
 
@@ -82,7 +82,9 @@ pub fn expected(tape: &Tape, rules: RuleSet, seeds: &[(Id, Option<Vec<Placement>
     for step in &tape.steps {
         match step {
             Step::Op { outs, .. } => outs.iter().for_each(|&o| made[o] = true),
-            Step::Redistribute { out, .. } | Step::ToLocal { out, .. } | Step::FromLocal { out, .. } => made[*out] = true,
+            Step::Redistribute { out, .. } | Step::ToLocal { out, .. } | Step::FromLocal { out, .. } => {
+                made[*out] = true
+            }
         }
     }
     let mut out = BTreeMap::new();
@@ -122,14 +124,19 @@ impl Walk<'_> {
         }
         let t = Footprint { shape: &a.meta.shape, itemsize: a.meta.dtype.itemsize() };
         let mut now = a.placements.clone();
+        let most_of = |ps: &[Placement]| {
+            let shapes = layout::local_shapes(&a.meta.shape, self.mesh, ps);
+            shapes.iter().map(|l| l.iter().product::<usize>()).max().unwrap_or(0)
+        };
         for s in plan_for(self.mesh, &a.placements, &to, t, self.rules.plan())? {
+            let before = most_of(&now);
             now[s.mesh_dim] = s.to;
             if s.collective.communicates() {
-                let most = layout::local_shapes(&a.meta.shape, self.mesh, &now)
-                    .iter()
-                    .map(|l| l.iter().product::<usize>())
-                    .max()
-                    .unwrap_or(0);
+                // A rank receives every piece padded to the largest (DTensor pads uneven gathers).
+                let most = match s.collective {
+                    Collective::AllGather => self.mesh.dim_size(s.mesh_dim) * before,
+                    _ => most_of(&now),
+                };
                 let bytes = most * a.meta.dtype.itemsize();
                 let op = s.collective.name().to_string();
                 self.comms.push(CommRecord { op, mesh_dim: s.mesh_dim, tensor: self.label.clone(), bytes });
