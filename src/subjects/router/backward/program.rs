@@ -35,8 +35,11 @@ pub struct ProgramRun {
     /// The backward derived on placements apart from the autograd that ran it
     /// (`dtensor::autograd::expect`): each gradient's placements by name and the collectives;
     /// `None` where the derivation itself raised.
-    pub expected: Option<(Vec<(&'static str, Vec<Placement>)>, Vec<CommRecord>)>,
+    pub expected: Option<Derived>,
 }
+
+/// The derived backward: placements by gradient name, and the collectives.
+pub type Derived = (Vec<(&'static str, Vec<Placement>)>, Vec<CommRecord>);
 
 /// The leaves and the fixed parts of one program.
 struct Prog<'a> {
