@@ -107,3 +107,33 @@ fn a_layout_mistake_everywhere_is_a_local_layout_verdict() {
     assert!(!clean.contains("local_layout"), "{clean}");
     std::fs::remove_file(&case).ok();
 }
+
+/// `shrink` runs every check through the panic guard: a case whose signature is a crash (a
+/// panic inside the model, planted with `addmm-panics` on a gate with a bias) shrinks like any
+/// other, to a smaller case that still crashes, and exits 0 with it.
+#[test]
+fn shrink_of_a_crash_case_exits_with_a_shrunk_case() {
+    let gen = router::generate::RouterGen::default();
+    let c: crate::RouterCase = (0..200)
+        .map(|i| harness::stream::nth(5, i, &Default::default(), &gen))
+        .find(|c: &crate::RouterCase| c.subject.router.gate_bias && c.ranks() >= 2)
+        .expect("a case with a gate bias");
+    let case = std::env::temp_dir().join(format!("shardfuzz-mutant-{}-crash.json", std::process::id()));
+    std::fs::write(&case, c.to_json()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shardfuzz"))
+        .args(["shrink", "--max-time", "20s", case.to_str().unwrap()])
+        .env("SHARDFUZZ_PLANT", "addmm-panics")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&case).ok();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "exit {:?}: {err}", o.status.code());
+    assert!(err.lines().any(|l| l.starts_with("crash:-:") && l.ends_with(":panic")), "{err}");
+    let shrunk: crate::RouterCase = harness::Case::from_json(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    assert!(shrunk.subject.router.gate_bias, "the crash needs the bias");
+    assert!(shrink_size(&shrunk) < shrink_size(&c), "{}", shrunk.to_json());
+}
+
+fn shrink_size(c: &crate::RouterCase) -> (usize, usize) {
+    (c.ranks(), c.subject.dims.batch * c.subject.dims.seq * c.subject.dims.model)
+}

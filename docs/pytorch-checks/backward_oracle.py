@@ -53,7 +53,8 @@ ValueError("Uneven split of tokens of is not supported yet. Requires EP degree d
 
 Outcome line: {"format": "shardfuzz.outcome/1", "case", "pytorch": {version, git, engine: "gloo"},
 "backward": {ok, error, loss_class, grads: {"gate.weight", "gate.bias"?, "x": {placements, shape, dtype,
-locals: [{shape, values}] per rank, reduced}}, reference: {name: {shape, dtype, values}}, comm_counts}}.
+locals: [{shape, values}] per rank, reduced}}, reference: {name: {shape, dtype, values}}, comm_counts, comms: [{op,
+mesh_dim, bytes}] in issue order, bytes the largest result over the ranks}}.
 Floats are JSON numbers that read back bit-exact in the tensor's dtype; NaN/inf are "NaN", "Infinity", "-Infinity".
 """
 
@@ -439,6 +440,31 @@ def worker(argv):
                 self.lines.append(f"{func}({', '.join(desc(a) for a in args)}{kw}) -> {desc(out)}")
             return out
 
+    FUNCOL = {"all_gather_into_tensor": "all_gather", "reduce_scatter_tensor": "reduce_scatter",
+              "all_reduce": "all_reduce", "all_to_all_single": "all_to_all"}
+
+    class CollectiveLog(TorchDispatchMode):
+        """One record per functional collective the backward issues underneath DTensor: {op, mesh_dim, bytes},
+        bytes being the size of this rank's result (the driver keeps the largest over ranks, as shardfuzz logs it).
+        Backward meshes are 1-D, so every collective runs on mesh dim 0."""
+
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if any(t is DTensor or issubclass(t, DTensor) for t in types):
+                return NotImplemented
+            out = func(*args, **kwargs)
+            packet = getattr(func, "_overloadpacket", None)
+            ns = getattr(packet, "_qualified_op_name", "").split("::")[0]
+            name = getattr(packet, "__name__", "")
+            if ns in ("_c10d_functional", "c10d_functional") and name in FUNCOL and isinstance(out, torch.Tensor):
+                self.records.append({"op": FUNCOL[name], "mesh_dim": 0,
+                                     "bytes": int(out.numel() * out.element_size())})
+            return out
+
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
     torch_meta = {"version": torch.__version__, "git": torch.version.git_version, "engine": "gloo"}
 
@@ -649,6 +675,7 @@ def worker(argv):
             else:
                 loss = program(case, x_in, W, b, eb, Vr)
             cm = CommDebugMode()
+            clog = CollectiveLog()
             dmb = None
             if args.trace_dir:
                 from torch.utils._debug_mode import DebugMode
@@ -659,10 +686,11 @@ def worker(argv):
                     with cm, dmb, plb:
                         loss.backward()
                 else:
-                    with cm:
+                    with cm, clog:
                         loss.backward()
             finally:
                 status["comms"] = {str(k): int(v) for k, v in cm.get_comm_counts().items() if v}
+                status["collectives"] = clog.records
                 if dmb is not None:
                     trace["backward"] = dmb.debug_string()
                     trace["backward_placements"] = "\n".join(plb.lines)
@@ -707,6 +735,9 @@ def worker(argv):
                "comm_counts": all_status[0]["comms"]}
         if any(s["comms"] != all_status[0]["comms"] for s in all_status):
             out["rank_comm_counts"] = [s["comms"] for s in all_status]
+        logs = [s.get("collectives", []) for s in all_status]
+        if all(len(lg) == len(logs[0]) and all(a["op"] == b["op"] for a, b in zip(lg, logs[0])) for lg in logs):
+            out["comms"] = [dict(c, bytes=max(lg[i]["bytes"] for lg in logs)) for i, c in enumerate(logs[0])]
         if not all_ok:
             first = next(s for s in all_status if not s["ok"])
             out["error"] = {"kind": first["error"]["kind"], "message": first["error"]["message"]}

@@ -18,7 +18,8 @@ pub struct CommRecord {
     pub mesh_dim: usize,
     /// The router value being computed when the collective ran (e.g. `routing_map`).
     pub tensor: String,
-    /// Bytes one rank receives (the largest over ranks).
+    /// Bytes one rank receives (the largest over ranks; an all_gather pads every piece to the
+    /// largest first, as DTensor does for uneven shards).
     #[serde(default)]
     pub bytes: usize,
 }

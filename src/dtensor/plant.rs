@@ -44,6 +44,28 @@ pub const MUTANTS: &[Mutant] = &[
         caught_as: &["grad", "replica"],
     },
     Mutant {
+        name: "partial-grad-all-reduced",
+        breaks: "redistribute's backward all-reduces a Partial gradient to Replicate where the forward source is a Shard \
+                 (DTensor reduce-scatters it to that Shard): the values still reduce right",
+        caught_as: &["grad_placement", "comm"],
+    },
+    Mutant {
+        name: "grad-wrong-shard-dim",
+        breaks: "redistribute's backward sends a gradient whose forward source is S(d) to S(d+1): the values still reduce right",
+        caught_as: &["grad_placement"],
+    },
+    Mutant {
+        name: "bwd-comm-wrong-axis",
+        breaks: "the collectives of a boundary's backward (redistribute, from_local) are logged against the mesh axis after \
+                 the one they ran on, as a model that mixes up the TP axis and its neighbour would",
+        caught_as: &["comm"],
+    },
+    Mutant {
+        name: "addmm-panics",
+        breaks: "the simulated addmm (the gate with a bias) panics: a crash inside the model",
+        caught_as: &["crash"],
+    },
+    Mutant {
         name: "chunk-array-split",
         breaks: "every shard layout spreads the remainder like np.array_split (7 over 3: 3, 2, 2) instead of torch.chunk \
                  (3, 3, 1); used everywhere at once, so values still gather back (placement::layout::chunk reads it)",

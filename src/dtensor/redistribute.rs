@@ -83,10 +83,16 @@ fn run(
     let mut locals: Vec<Tensor> = dt.locals.iter().map(|t| t.shallow_clone()).collect();
     let mut mask = dt.mask.clone();
     for t in &steps {
+        let most_before = locals.iter().map(|l| l.numel()).max().unwrap_or(0);
         locals = apply(dt, t, &locals, &mut mask, rules)?;
         if let Some((log, label)) = log.as_mut() {
             if t.collective.communicates() {
-                let bytes = locals.iter().map(|l| l.numel() * dt.dtype.itemsize()).max().unwrap_or(0);
+                // What a rank receives: an all_gather pads every piece to the largest one first.
+                let most = match t.collective {
+                    Collective::AllGather => dt.mesh.dim_size(t.mesh_dim) * most_before,
+                    _ => locals.iter().map(|l| l.numel()).max().unwrap_or(0),
+                };
+                let bytes = most * dt.dtype.itemsize();
                 log.push(CommRecord {
                     op: t.collective.name().into(),
                     mesh_dim: t.mesh_dim,

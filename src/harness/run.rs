@@ -80,6 +80,26 @@ pub struct GradRun {
     /// The discrete choice the program's forward made (a router's expert ids), for subjects
     /// whose gradients are comparable only where both sides chose alike.
     pub choice: Option<Tensor>,
+    /// What the backward must give, derived apart from the autograd that ran it (`None`: the
+    /// subject derives nothing, and the gradient oracles fall back on its allowed placements).
+    pub expected: Option<GradExpect>,
+}
+
+/// A subject's derivation of its backward: the placements each compared gradient must have and
+/// the collectives the backward must issue (kind, mesh axis, bytes one rank receives; bytes 0
+/// where unknown). The gradient and comm oracles hold the program to it exactly.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GradExpect {
+    pub placements: Vec<(String, Vec<Placement>)>,
+    pub comms: Vec<CommRecord>,
+    /// Where the derivation comes from, for verdict details.
+    pub source: String,
+}
+
+impl GradExpect {
+    pub fn placements_of(&self, name: &str) -> Option<&[Placement]> {
+        self.placements.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_slice())
+    }
 }
 
 /// One run of a case.

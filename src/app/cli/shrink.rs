@@ -6,7 +6,7 @@ use crate::{replay, worker};
 use dtensor::device::{self, DeviceArg};
 use harness::shrink::{self, Budget};
 use harness::subject::Subject;
-use harness::{check, Options, Signature};
+use harness::{check_guarded, Options, Signature};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,8 +35,18 @@ pub struct Args {
 pub fn run(a: Args) -> CliResult {
     let case = replay::load(&a.file)?;
     let dev = device::resolve(a.device.unwrap_or(case.device.arg())).map_err(anyhow::Error::msg)?;
-    let checked = check(&case, dev, Options::default())?;
-    let sigs = checked.signatures();
+    // The first check goes through the panic guard too: a case whose signature is a crash
+    // (a panic or an error inside the model) shrinks like any other.
+    let (case, sigs) = match check_guarded(&case, dev, Options::default()) {
+        Ok(checked) => {
+            let sigs = checked.signatures();
+            (checked.case, sigs)
+        }
+        Err(crashed) => {
+            let sig = crashed.signature();
+            (crashed.case, vec![sig])
+        }
+    };
     let sig = match a.signature {
         Some(s) if sigs.contains(&s) => s,
         Some(s) => {
@@ -49,7 +59,6 @@ pub fn run(a: Args) -> CliResult {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("{} shows no divergence: nothing to shrink", a.file.display()))?,
     };
-    let case = checked.case;
     let budget = Budget { max_tries: a.max_tries, max_time: a.max_time };
     let mut keeps = worker::keeps(&case, dev, &sig);
     let (mut tried, mut kept, start) = (0usize, 0usize, std::time::Instant::now());

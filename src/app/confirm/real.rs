@@ -45,6 +45,9 @@ pub struct RealComm {
     pub mesh_dim: Option<usize>,
     #[serde(default)]
     pub tensor: Option<String>,
+    /// Bytes one rank receives (the largest over ranks), where the recorder measured them.
+    #[serde(default)]
+    pub bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -176,13 +179,13 @@ pub fn comm_name(op: &str) -> String {
     .to_string()
 }
 
-/// A recorded collective as ours are recorded (`bytes` unknown).
+/// A recorded collective as ours are recorded (`bytes` 0 where unknown).
 pub fn comm_record(c: &RealComm, default_tensor: &str) -> CommRecord {
     CommRecord {
         op: comm_name(&c.op),
         mesh_dim: c.mesh_dim.unwrap_or(0),
         tensor: c.tensor.clone().unwrap_or_else(|| default_tensor.to_string()),
-        bytes: 0,
+        bytes: c.bytes.unwrap_or(0),
     }
 }
 

@@ -95,13 +95,17 @@ impl Tape {
                     .zip(&gd.placements)
                     .map(|(s, c)| if s.is_partial() && !c.is_partial() { Placement::Replicate } else { *s })
                     .collect();
+                let target = planted_target(target, gd);
+                let mark = ctx.comms.len();
                 let moved = redistribute(ctx, gd, &target)?;
+                planted_axis(ctx, mark);
                 let what = format!("{} -> {}", short_list(&gd.placements), short_list(&target));
                 self.pass(ctx, grads, *x, g, Val::D(moved), Site { name: site.clone(), what })?;
             }
             Step::ToLocal { x, out, grad, site } => {
                 let Some(g) = grads[*out].take() else { return Ok(()) };
                 let fwd = self.vals[*x].dtensor();
+                let grad = grad.clone().filter(|_| !crate::plant::active("to-local-default-label"));
                 let label = grad.clone().unwrap_or_else(|| normalized(&fwd.placements));
                 let locals = g.val.locals().iter().map(|t| t.shallow_clone()).collect();
                 let d = DTensor::from_local(locals, &self.mesh, &label, Some(fwd.shape.clone()))?;
@@ -115,7 +119,9 @@ impl Tape {
                 let target = grad.clone().unwrap_or_else(|| normalized(&self.vals[*out].dtensor().placements));
                 let gd = g.val.dtensor();
                 let what = format!("from_local {} -> {}", short_list(&gd.placements), short_list(&target));
+                let mark = ctx.comms.len();
                 let moved = if gd.placements == target { gd.clone() } else { redistribute(ctx, gd, &target)? };
+                planted_axis(ctx, mark);
                 let locals = moved.locals.iter().map(|t| t.shallow_clone()).collect();
                 self.pass(ctx, grads, *x, g, Val::L(locals), Site { name: site.clone(), what })?;
             }
@@ -143,6 +149,31 @@ impl Tape {
         };
         grads[id] = Some(merged);
         Ok(())
+    }
+}
+
+/// Planted bugs in the backward of `redistribute` (src/dtensor/plant.rs): a Partial gradient
+/// all-reduced to Replicate where its source is a Shard (`partial-grad-all-reduced`), or a Shard
+/// source's gradient sent to the next tensor dim (`grad-wrong-shard-dim`).
+fn planted_target(target: Vec<Placement>, g: &DTensor) -> Vec<Placement> {
+    use crate::plant::active;
+    let ndim = g.shape.len() as i64;
+    target
+        .into_iter()
+        .zip(&g.placements)
+        .map(|(t, c)| match t {
+            Placement::Shard(_) if c.is_partial() && active("partial-grad-all-reduced") => Placement::Replicate,
+            Placement::Shard(d) if d + 1 < ndim && active("grad-wrong-shard-dim") => Placement::Shard(d + 1),
+            t => t,
+        })
+        .collect()
+}
+
+/// Planted bug `bwd-comm-wrong-axis`: the collectives a boundary's backward issued since `mark`
+/// go on record against the mesh axis after the one they ran on.
+fn planted_axis(ctx: &mut Ctx, mark: usize) {
+    if crate::plant::active("bwd-comm-wrong-axis") {
+        ctx.comms[mark..].iter_mut().for_each(|c| c.mesh_dim += 1);
     }
 }
 

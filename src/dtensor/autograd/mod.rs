@@ -16,6 +16,7 @@
 //! real ranks.
 
 mod engine;
+pub mod expect;
 mod formulas;
 
 pub use engine::{Grad, Site};
@@ -188,7 +189,6 @@ impl Tape {
 
     /// `x.to_local(grad_placements=grad)`.
     pub fn to_local(&mut self, x: Id, grad: Option<Vec<Placement>>, site: &str) -> Id {
-        let grad = grad.filter(|_| !super::plant::active("to-local-default-label"));
         let locals = self.vals[x].dtensor().locals.iter().map(|t| t.shallow_clone()).collect();
         let id = self.push(Val::L(locals), self.needs_grad[x]);
         self.record(x, Step::ToLocal { x, out: id, grad, site: site.into() });

@@ -9,7 +9,8 @@
 //!   it is 1/n of the reference on n ranks), `reduced_twice` (n times the reference: reduced once
 //!   too often) or `wrong`;
 //! - `replica`: a Replicate-labelled gradient whose locals differ across the ranks (bitwise);
-//! - `grad_placement`: a gradient placement its subject does not allow for that tensor.
+//! - `grad_placement`: a gradient placement other than the one the subject derived for it
+//!   ([`GradCheck::expected`], exact), or, where it derives none, one it does not allow.
 //!
 //! Each key names the boundary sites the gradient crossed, from the loss to the tensor, so a
 //! bucket is one path through one boundary revision.
@@ -31,7 +32,11 @@ pub struct GradCheck<'a> {
     pub reference: Option<&'a Tensor>,
     /// How far the reduced gradient may be from the reference.
     pub tol: f64,
-    /// Whether the gradient may have placement `p` on some mesh dim.
+    /// The placements the subject derived for this gradient, apart from the autograd that
+    /// produced it; when given, the gradient must have exactly these.
+    pub expected: Option<&'a [Placement]>,
+    /// Where no placements are derived: whether the gradient may have placement `p` on some
+    /// mesh dim.
     pub allowed: &'a dyn Fn(&Placement) -> bool,
     /// The allowed placements in words, for the verdict.
     pub allowed_text: &'a str,
@@ -83,8 +88,31 @@ fn route(sites: &[Site]) -> String {
     parts.join("; ")
 }
 
+/// Only the placement verdicts: for gradients whose values are not compared (a near-tie),
+/// whose placements still follow from the program alone.
+pub fn check_placements(checks: &[GradCheck], j: &mut Judgement) {
+    checks.iter().for_each(|c| placement(c, j));
+}
+
 fn placement(c: &GradCheck, j: &mut Judgement) {
     let d = c.grad;
+    if let Some(want) = c.expected {
+        let ndim = d.shape.len();
+        let norm = |ps: &[Placement]| placement::normalize_all(ps, ndim).ok();
+        if norm(want) == norm(&d.placements) && norm(want).is_some() {
+            return;
+        }
+        let key = format!("{}->{}@{}", short_list(want), short_list(&d.placements), path(c.sites));
+        let detail = format!(
+            "{}.grad is {} where DTensor's autograd gives {} ({})",
+            c.name,
+            short_list(&d.placements),
+            short_list(want),
+            route(c.sites)
+        );
+        push(j, Class::GradPlacement, c.name, key, json!(want), json!(d.placements), detail);
+        return;
+    }
     if d.placements.iter().all(|p| (c.allowed)(p)) {
         return;
     }

@@ -30,6 +30,7 @@ pub fn judge<S: Subject>(case: &Case<S>, run: &Run, extra: &S::Extra) -> Judgeme
         placement::check(run, s, &mut j);
     }
     comm::check(run, &mut j);
+    comm::check_backward(run, &mut j);
     case.subject.judge(case, run, extra, &mut j);
     j
 }

@@ -38,15 +38,16 @@ pub fn grads(s: &RouterSpec, run: &Run, x: &Extra, j: &mut Judgement) {
         }
         _ => return,
     };
-    if !decided(s, x) {
+    let compared = if !decided(s, x) {
         j.grads.near_tie = 1;
-        return;
-    }
-    if !same_choice(p.choice.as_ref(), bx.ref_ids.as_ref()) {
+        false
+    } else if !same_choice(p.choice.as_ref(), bx.ref_ids.as_ref()) {
         j.grads.forward_differs = 1;
-        return;
-    }
-    j.grads.checked = 1;
+        false
+    } else {
+        j.grads.checked = 1;
+        true
+    };
     let fwd = spec.moe_input();
     // An activation's gradient may be sharded like its forward, or on tokens; every gradient
     // may be Replicate or a pending sum.
@@ -64,11 +65,17 @@ pub fn grads(s: &RouterSpec, run: &Run, x: &Extra, j: &mut Judgement) {
             sites: &g.sites,
             reference: tol.and(r.get(name)),
             tol: tol.unwrap_or(0.0),
+            expected: p.expected.as_ref().and_then(|e| e.placements_of(name)),
             allowed: if x_like { &activation } else { &param },
             allowed_text: "R, P(sum) or the forward placement",
         });
     }
-    grad::check(&checks, j);
+    // Placements follow from the program alone: judged on near-ties too.
+    if compared {
+        grad::check(&checks, j);
+    } else {
+        grad::check_placements(&checks, j);
+    }
 }
 
 /// Every token's choice was decided by more than the rounding bound (experts and groups).

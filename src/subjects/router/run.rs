@@ -13,7 +13,7 @@ use crate::{sharded, RouterConfig, RouterOutputs};
 use dtensor::{Ctx, DTensor, DTensorError};
 use harness::case::{CaseError, Common};
 use harness::run::Inputs;
-use harness::run::{BackwardRun, Contract, GradRun, Named, Promise, Run};
+use harness::run::{BackwardRun, Contract, GradExpect, GradRun, Named, Promise, Run};
 use harness::timing::{timed, Phases};
 use placement::Mesh;
 use std::sync::Arc;
@@ -131,7 +131,14 @@ fn backward_run(
         Ok(r) => backward::reference::grads(cfg, &inputs.x, &w, &r.topk_ids, spec.loss_seed, &abs),
         Err(e) => Err(e.clone()),
     };
-    let program = prog.map(|p: ProgramRun| GradRun { grads: named(p.grads), comms: p.comms, choice: Some(p.ids) });
+    let program = prog.map(|p: ProgramRun| {
+        let expected = p.expected.map(|(ps, comms)| GradExpect {
+            placements: ps.into_iter().map(|(n, p)| (n.to_string(), p)).collect(),
+            comms,
+            source: format!("DTensor's autograd rules ({}, {})", spec.boundary, c.rules),
+        });
+        GradRun { grads: named(p.grads), comms: p.comms, choice: Some(p.ids), expected }
+    });
     let (reference, ref_ids, terms, logits) = match refs {
         Ok(RefGrads { grads, terms, logits, ids }) => (Ok(named(grads)), Some(ids), named(terms), named(logits)),
         Err(e) => (Err(e), None, Named::default(), Named::default()),

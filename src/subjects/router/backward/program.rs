@@ -6,7 +6,7 @@ use super::loss::{self, LossClass, UNEVEN_SPLIT};
 use super::{BackwardSpec, Boundary};
 use crate::body::{self, Recorded, Site};
 use crate::RouterConfig;
-use dtensor::autograd::{Grad, Id, Tape, Val};
+use dtensor::autograd::{expect, Grad, Id, Tape, Val};
 use dtensor::redistribute::redistribute;
 use dtensor::{CommRecord, Ctx, DTensor, DTensorError, Op, Result, RuleSet};
 use placement::{layout, Mesh, Placement, ReduceOp};
@@ -32,7 +32,14 @@ pub struct ProgramRun {
     pub ids: Tensor,
     pub class: LossClass,
     pub comms: Vec<CommRecord>,
+    /// The backward derived on placements apart from the autograd that ran it
+    /// (`dtensor::autograd::expect`): each gradient's placements by name and the collectives;
+    /// `None` where the derivation itself raised.
+    pub expected: Option<Derived>,
 }
+
+/// The derived backward: placements by gradient name, and the collectives.
+pub type Derived = (Vec<(&'static str, Vec<Placement>)>, Vec<CommRecord>);
 
 /// The leaves and the fixed parts of one program.
 struct Prog<'a> {
@@ -217,8 +224,12 @@ impl Prog<'_> {
         let mut out = vec![("gate.weight", self.w)];
         out.extend(self.b.map(|b| ("gate.bias", b)));
         out.push(("x", self.x));
+        let expected = expect::expected(&self.tape, self.ctx.rules, &[(ts, None)]).ok().map(|e| {
+            let ps = out.iter().filter_map(|&(name, id)| e.grads.get(&id).cloned().flatten().map(|p| (name, p)));
+            (ps.collect(), e.comms)
+        });
         let grads = out.into_iter().filter_map(|(name, id)| grads.remove(&id).map(|g| (name, g))).collect();
-        Ok(ProgramRun { grads, ids: full_ids, class, comms: bctx.comms })
+        Ok(ProgramRun { grads, ids: full_ids, class, comms: bctx.comms, expected })
     }
 }
 
