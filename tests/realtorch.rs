@@ -186,6 +186,7 @@ fn nightly_confirm_reports_each_bucket_on_real_pytorch() {
     let out = tmp("nightly");
     let o = shardfuzz()
         .args(["nightly", "--cases", "40", "--seed", "1", "--jobs", "2", "--device", "cpu", "--confirm", "2.11.0"])
+        .args(["--subject", "router"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -225,7 +226,7 @@ fn nightly_confirm_reports_each_bucket_on_real_pytorch() {
 fn without_confirm_the_report_has_no_real_pytorch_column() {
     let out = tmp("plain");
     let o = shardfuzz()
-        .args(["nightly", "--cases", "12", "--seed", "1", "--jobs", "1", "--device", "cpu"])
+        .args(["nightly", "--cases", "12", "--seed", "1", "--jobs", "1", "--device", "cpu", "--subject", "router"])
         .arg("--out")
         .arg(&out)
         .output()

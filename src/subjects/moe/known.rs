@@ -29,17 +29,23 @@ pub enum Known {
     /// of x and the scores stay per-rank shares labelled Replicate.
     NoInGrad4054,
     /// tt-0.3.0 (recorded): DTensor backend, EP off, SP on, one batch row per rank: x's gradient
-    /// lacks the routed experts' part.
+    /// lacks the routed experts' part (local_map waits an async collective's input without
+    /// autograd; docs/upstream/pt_local_map_async_input_grad.md).
     XGradOneRow,
+    /// The force-load-balance debug override under tp > 1 on the DTensor backends: the override's
+    /// plain index tensor meets the DTensor scores in a gather (docs/upstream/
+    /// tt_force_load_balance_dtensor.md).
+    ForceLoadBalanceTp,
 }
 
 impl Known {
-    pub const ALL: [Known; 5] = [
+    pub const ALL: [Known; 6] = [
         Known::CombineOffset3604,
         Known::UnevenIndex3604,
         Known::UnevenRows3662,
         Known::NoInGrad4054,
         Known::XGradOneRow,
+        Known::ForceLoadBalanceTp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +57,7 @@ impl Known {
             Known::UnevenRows3662 => "tokens without routed output at uneven L (tt-3662; no upstream report)",
             Known::NoInGrad4054 => "experts' input gradients unreduced without EP (#4054, tt-3654)",
             Known::XGradOneRow => X_GRAD_ONE_ROW,
+            Known::ForceLoadBalanceTp => "force-load-balance override under TP: mixed Tensor and DTensor (torchtitan)",
         }
     }
 
@@ -89,6 +96,11 @@ impl Known {
             Known::XGradOneRow => {
                 let one_row = (0..dp).any(|d| chunk(s.dims.batch, dp, d).1 == 1);
                 drops_routed_x_grad(s, tp, 1) && one_row && value && p.output.as_deref() == Some("x_grad")
+            }
+            Known::ForceLoadBalanceTp => {
+                let dtensor = s.backend != Backend::SpmdTypes;
+                let mixed = p.class == Class::Error && p.key.contains("got_mixed");
+                s.router.force_load_balance && tp > 1 && dtensor && mixed
             }
         }
     }

@@ -68,13 +68,17 @@ pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
 /// The bound an output's elements are compared within: relative to the output's largest
 /// magnitude, at bf16's scale whatever the case dtype (the grouped GEMMs round every product to
 /// bf16, and a sharded run rounds partial sums over F where the reference rounds one), looser
-/// for bf16 cases; counts exactly; the expert bias to float32 rounding.
+/// for bf16 cases; counts exactly; the expert bias to float32 rounding. The gate's gradient gets
+/// the bf16 bound in every case: it sums bf16-rounded expert outputs over every token, and those
+/// terms cancel, so its largest element can be several times smaller than the rounding of its
+/// terms (2000-case runs showed float32 cases 1.1 to 2.3 times past the float32 bound on both
+/// backends).
 pub fn bound(c: &Common, name: &str, reference: &Tensor) -> Bound {
     let scale = reference.abs().max().double_value(&[]);
     match name {
         "tokens_per_expert" => Bound::Exact,
         "expert_bias" => Bound::Abs(1e-7),
-        _ if c.dtype == DType::BF16 => Bound::Abs(4e-2 * scale + 1e-4),
+        _ if c.dtype == DType::BF16 || name == "grad.gate" => Bound::Abs(4e-2 * scale + 1e-4),
         _ => Bound::Abs(1e-2 * scale + 1e-5),
     }
 }
@@ -87,8 +91,14 @@ pub fn noise_only(s: &MoeSpec, name: &str) -> bool {
     name == "grad.gate" && s.router.route_norm && s.dims.top_k == 1
 }
 
-/// The value oracle: every sharded output, gathered, against the reference.
+/// The value oracle: every sharded output, gathered, against the reference. Not with the
+/// force-load-balance debug override: it hands each rank's own tokens to the experts round robin,
+/// so a sharded run routes differently from the one-rank reference by design (an expected
+/// limitation; its errors and shapes are still compared).
 pub fn values(s: &MoeSpec, c: &Common, base: &Named<Tensor>, other: &Named<DTensor>, j: &mut Judgement) {
+    if s.router.force_load_balance {
+        return;
+    }
     for (name, d) in other.iter() {
         let Some(r) = base.get(name) else { continue };
         if noise_only(s, name) {
