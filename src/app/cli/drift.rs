@@ -31,6 +31,10 @@ pub struct Args {
     /// Fact-check scripts run at once
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: u64,
+    /// Subjects of the fresh cases (router, moe, all). MoE cases confirm on the real torchtitan
+    /// module, 15-40 s each
+    #[arg(long, default_value = "router")]
+    pub subject: crate::subjects::SubjectSel,
 }
 
 fn parse_version(s: &str) -> Result<String, String> {
@@ -60,6 +64,8 @@ pub fn run(a: Args) -> CliResult {
     cmd.arg(root.join("scripts/drift")).env("SHARDFUZZ_BIN", &me);
     cmd.args(["--torch", &a.torch, "--cases", &a.cases.to_string(), "--seed", &a.seed.to_string()]);
     cmd.args(["--jobs", &a.jobs.to_string()]);
+    let subjects: Vec<String> = a.subject.0.iter().map(|k| k.to_string()).collect();
+    cmd.args(["--subject", &subjects.join(",")]);
     if let Some(r) = &a.rules {
         cmd.args(["--rules", r]);
     }
