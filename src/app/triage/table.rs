@@ -179,6 +179,39 @@ pub const ENTRIES: &[Entry] = &[
         matches: Match::Sig { class: Some(Class::Comm), program: "inplace_scatter", key: &["all_gather"] },
         standing: Standing::Expected("only on what-if layouts (bias sharded on experts) torchtitan does not use"),
     },
+    // The MoE layer (subject `moe`, programs `moe/<revision>/<backend>`).
+    Entry {
+        mechanism: "the EP combine offsets a rank's rows ignoring the batch: routed rows land at other tokens",
+        matches: Match::Known("EP combine offset ignores the batch (#3604, tt-pre3604)"),
+        standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/3604"),
+    },
+    Entry {
+        mechanism: "without EP the experts' input gradients are not reduced (tt-3654)",
+        matches: Match::Known("experts' input gradients unreduced without EP (#4054, tt-3654)"),
+        standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/4054"),
+    },
+    Entry {
+        mechanism: "a configuration torchtitan refuses: the trainer's sequence checks, a mesh ep does not divide, \
+                    the old parallelize assertion, spmd_types' torch.chunk shard of a short dim",
+        matches: Match::Sig {
+            class: Some(Class::Error),
+            program: "moe/",
+            key: &[
+                "training_sequence_length_must_be",
+                "the_product_of_mesh_sizes_is",
+                "sequence_length_must_be_divisible",
+                "tuple_index_out_of_range",
+            ],
+        },
+        standing: Standing::Expected(
+            "torchtitan raises on purpose (a refusal, not a wrong result); recorded on the real package",
+        ),
+    },
+    Entry {
+        mechanism: "the force-load-balance debug override under TP: a plain index tensor meets DTensor scores",
+        matches: Match::Known("force-load-balance override under TP: mixed Tensor and DTensor (torchtitan)"),
+        standing: Standing::Expected("a debug override, never on in training (report: docs/upstream/tt_force_load_balance_dtensor.md)"),
+    },
 ];
 
 /// The first entry that settles a bucket.
