@@ -25,7 +25,8 @@ pub struct Args {
     /// Seed of the fresh cases
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Output directory (default reports/drift-VERSION; replaced)
+    /// Output directory (default reports/drift-VERSION in the checkout); an earlier drift run there is
+    /// replaced, a directory holding other files refused
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Fact-check scripts run at once
