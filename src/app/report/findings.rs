@@ -82,7 +82,8 @@ impl Report {
                 .filter(|f| st.contains(&f.status))
                 .map(|f| {
                     let why = match f.status {
-                        Status::Known => format!("[upstream]({})", f.link),
+                        Status::Known if f.link.starts_with("http") => format!("[upstream]({})", f.link),
+                        Status::Known => f.link.clone(),
                         Status::Expected => f.reason.clone(),
                         _ => f.smallest.as_deref().map_or("-".into(), |x| format!("`{x}`")),
                     };

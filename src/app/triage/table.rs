@@ -212,6 +212,37 @@ pub const ENTRIES: &[Entry] = &[
         matches: Match::Known("force-load-balance override under TP: mixed Tensor and DTensor (torchtitan)"),
         standing: Standing::Expected("a debug override, never on in training (report: docs/upstream/tt_force_load_balance_dtensor.md)"),
     },
+    Entry {
+        mechanism: "DTensor backends, EP off, SP on, one batch row per rank: local_map waits an async all-gather \
+                    without autograd, so x's gradient lacks the routed experts' part",
+        matches: Match::Known("moe-dtensor-x-grad-one-row"),
+        standing: Standing::Upstream(
+            "no upstream issue (nearest: pytorch#151240); report: docs/upstream/pt_local_map_async_input_grad.md",
+        ),
+    },
+    Entry {
+        mechanism: "num_experts not divisible by ep: the dispatcher's (ep, -1) view of the counts fails",
+        matches: Match::Known("experts not divisible by ep: the dispatcher's count view fails (unchecked before #4258)"),
+        standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/4258"),
+    },
+    Entry {
+        mechanism: "spmd_types, EP on, SP off, L not a multiple of tp, shared experts: the routed output's \
+                    zero-fill is tp*ceil(L/tp) long and the add with the shared output fails",
+        matches: Match::Known(
+            "spmd_types, EP on, SP off, L not a multiple of tp: routed and shared outputs differ in length (no upstream report)",
+        ),
+        standing: Standing::Upstream("no upstream issue (related: torchtitan#3622, the L < tp decode case); docs/findings.md"),
+    },
+    Entry {
+        mechanism: "tt-3604's batch-aware combine at uneven L: rows past the token buffer or at other tokens",
+        matches: Match::Known("batch-aware combine out of range or misplaced at uneven L (tt-3604; no upstream report)"),
+        standing: Standing::Upstream("no upstream issue; replaced by #3662's per-row padding (docs/moe-revisions.md 3.3)"),
+    },
+    Entry {
+        mechanism: "tt-3662's per-row padding at uneven L: some tokens get no routed output",
+        matches: Match::Known("tokens without routed output at uneven L (tt-3662; no upstream report)"),
+        standing: Standing::Upstream("no upstream issue; gone with #3996's local-shard combine (docs/moe-revisions.md 3.3)"),
+    },
 ];
 
 /// The first entry that settles a bucket.

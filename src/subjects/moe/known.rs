@@ -36,16 +36,27 @@ pub enum Known {
     /// plain index tensor meets the DTensor scores in a gather (docs/upstream/
     /// tt_force_load_balance_dtensor.md).
     ForceLoadBalanceTp,
+    /// Up to 0.3.0 (before #4258): nothing checks that ep divides the number of experts, so the
+    /// dispatcher's count exchange fails reshaping the E counts to (ep, -1) (confirmed on
+    /// torchtitan 0.3.0; #4258 adds the check at configuration time).
+    ExpertsNotDivisibleByEp,
+    /// spmd_types, EP on, SP off, with shared experts and a sequence block tp does not divide:
+    /// the routed output's zero-filled S(1) -> P is tp·ceil(L/tp) long, the shared experts'
+    /// output L, and the add raises torch's size error. The trainer checks L only with SP on,
+    /// so an odd training.seq_len reaches it (confirmed on torchtitan 0.3.0; no upstream report).
+    SpmdUnevenEpExit,
 }
 
 impl Known {
-    pub const ALL: [Known; 6] = [
+    pub const ALL: [Known; 8] = [
         Known::CombineOffset3604,
         Known::UnevenIndex3604,
         Known::UnevenRows3662,
         Known::NoInGrad4054,
         Known::XGradOneRow,
         Known::ForceLoadBalanceTp,
+        Known::ExpertsNotDivisibleByEp,
+        Known::SpmdUnevenEpExit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +69,12 @@ impl Known {
             Known::NoInGrad4054 => "experts' input gradients unreduced without EP (#4054, tt-3654)",
             Known::XGradOneRow => X_GRAD_ONE_ROW,
             Known::ForceLoadBalanceTp => "force-load-balance override under TP: mixed Tensor and DTensor (torchtitan)",
+            Known::ExpertsNotDivisibleByEp => {
+                "experts not divisible by ep: the dispatcher's count view fails (unchecked before #4258)"
+            }
+            Known::SpmdUnevenEpExit => {
+                "spmd_types, EP on, SP off, L not a multiple of tp: routed and shared outputs differ in length (no upstream report)"
+            }
         }
     }
 
@@ -66,6 +83,7 @@ impl Known {
         match self {
             Known::CombineOffset3604 => Some("https://github.com/pytorch/torchtitan/pull/3604"),
             Known::NoInGrad4054 => Some("https://github.com/pytorch/torchtitan/pull/4054"),
+            Known::ExpertsNotDivisibleByEp => Some("https://github.com/pytorch/torchtitan/pull/4258"),
             _ => None,
         }
     }
@@ -101,6 +119,16 @@ impl Known {
                 let dtensor = s.backend != Backend::SpmdTypes;
                 let mixed = p.class == Class::Error && p.key.contains("got_mixed");
                 s.router.force_load_balance && tp > 1 && dtensor && mixed
+            }
+            Known::ExpertsNotDivisibleByEp => {
+                let view = p.class == Class::Error && p.key.contains("shape_is_invalid_for_input");
+                view && s.parallel.ep > 1 && !s.dims.experts.is_multiple_of(s.parallel.ep)
+            }
+            Known::SpmdUnevenEpExit => {
+                let size = p.class == Class::Error && p.key.contains("the_size_of_tensor_a");
+                let par = s.parallel;
+                let spmd = s.backend == Backend::SpmdTypes;
+                size && spmd && par.ep > 1 && !par.sp && tp > 1 && uneven && s.dims.shared_hidden.is_some()
             }
         }
     }

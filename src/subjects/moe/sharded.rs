@@ -582,7 +582,12 @@ impl Prog<'_> {
         let y_ps = if sp.parallel.sp { [s(0), s(1), s(1)] } else { [s(0), s(1), R] };
         let y: Vec<Tensor> =
             std::mem::take(&mut self.ys).into_iter().map(|t| t.expect("every rank's y").detach()).collect();
-        out.push("y", dt(y, mesh, &y_ps)?);
+        // The real layer's y and x.grad are per-rank plain tensors (spmd_types) or DTensors on tp
+        // and ep only (the DTensor backends): over dp and cp nothing infers a global shape from
+        // the local one, so an uneven cp chunk (trainer_checks off) is no shape verdict. The
+        // global shape is the assembled one.
+        let whole = Some(vec![sp.dims.batch, sp.dims.seq, sp.dims.model]);
+        out.push("y", dt_shaped(y, mesh, &y_ps, whole.clone())?);
         if sp.backward {
             let xg: Vec<Tensor> = (0..n)
                 .map(|r| {
@@ -595,7 +600,7 @@ impl Prog<'_> {
                     }
                 })
                 .collect();
-            out.push("x_grad", dt(xg, mesh, &y_ps)?);
+            out.push("x_grad", dt_shaped(xg, mesh, &y_ps, whole)?);
             let ep_on = sp.parallel.ep > 1;
             let sparse = Arc::new(sparse_mesh(sp, c)?);
             for (name, leaves) in &self.params {
@@ -656,7 +661,16 @@ fn loss(y: &Tensor, g: &Tensor) -> Tensor {
 }
 
 fn dt(locals: Vec<Tensor>, mesh: &Arc<Mesh>, ps: &[Placement]) -> Result<DTensor, Fail> {
-    DTensor::from_local(locals, mesh, ps, None).map_err(|e| Fail::new(Stage::Forward, "RuntimeError", e.to_string()))
+    dt_shaped(locals, mesh, ps, None)
+}
+
+fn dt_shaped(
+    locals: Vec<Tensor>,
+    mesh: &Arc<Mesh>,
+    ps: &[Placement],
+    shape: Option<Vec<usize>>,
+) -> Result<DTensor, Fail> {
+    DTensor::from_local(locals, mesh, ps, shape).map_err(|e| Fail::new(Stage::Forward, "RuntimeError", e.to_string()))
 }
 
 /// The sparse mesh (dp_replicate, efsdp, ep), row-major over the same ranks.

@@ -51,7 +51,8 @@ impl Report {
         for f in findings.iter().filter(|f| statuses.contains(&f.status)) {
             n += 1;
             let why = match f.status {
-                Status::Known => format!("<a href=\"{0}\">{0}</a>", esc(&f.link)),
+                Status::Known if f.link.starts_with("http") => format!("<a href=\"{0}\">{0}</a>", esc(&f.link)),
+                Status::Known => esc(&f.link),
                 Status::Expected => esc(&f.reason),
                 _ => f.smallest.as_deref().map_or("-".into(), |s| format!("<code>{}</code>", esc(s))),
             };
