@@ -67,7 +67,10 @@ fn check_line(line: &str, t: &mut Tally, id: &str, backend: &str) {
         _ => {}
     }
     match &c.sharded {
-        Verdict::NotModelled(_) | Verdict::NotCompared(_) => t.not_modelled += 1,
+        Verdict::NotModelled(why) | Verdict::NotCompared(why) => {
+            t.not_modelled += 1;
+            eprintln!("{id}: not modelled: {why}");
+        }
         Verdict::AgreeRan(_) => {
             t.agree_ok += 1;
             if case.subject.backend == moe::Backend::SpmdTypes {
