@@ -140,7 +140,8 @@ fn experts_per_expert(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &
     if start < total {
         pieces.push(Tensor::zeros([total - start, d], (Kind::BFloat16, x.device())));
     }
-    let out = if pieces.is_empty() { Tensor::zeros([0, d], (Kind::BFloat16, x.device())) } else { Tensor::cat(&pieces, 0) };
+    let out =
+        if pieces.is_empty() { Tensor::zeros([0, d], (Kind::BFloat16, x.device())) } else { Tensor::cat(&pieces, 0) };
     out.to_kind(x.kind())
 }
 
