@@ -88,34 +88,46 @@ pub fn reorder(x_td: &Tensor, scores_tk: &Tensor, ids_tk: &Tensor, k: usize) -> 
 /// `sizes[i]` rows for local expert i: bf16 inputs and weights, bf16 products (float32
 /// accumulation rounded once), silu and the product in bf16, the result cast to x's dtype.
 /// Rows past the last group (never on the standard path) come out zero.
+///
+/// Few libtorch calls, as the per-op cost dominates at these sizes: each weight is cast (bf16,
+/// then float32) and transposed once for all experts, the rows likewise, and the elementwise
+/// steps run once on all experts' rows; only the products are per expert. Every value, and
+/// every gradient, is the same bit for bit as one call chain per expert (the test
+/// `experts_batched_casts_are_bitwise_the_per_expert_chain`): casts and bf16 products are
+/// exact per element, bf16 silu and its backward take no path that depends on the
+/// tensor's length, and the two GEMMs on the rows each cast their own float32 copy, so the
+/// rows' gradient rounds each GEMM's part to bf16 and adds them in bf16, as per expert.
 pub fn experts(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor) -> Result<Tensor, Fail> {
     let (d, f) = (w1.size()[2], w1.size()[1]);
     if d % 8 != 0 || f % 8 != 0 {
         return Err(Fail::new(Stage::Forward, "RuntimeError", "strides should be multiple of 16 bytes"));
     }
-    let bf = |t: &Tensor| t.to_kind(Kind::BFloat16);
-    let gmm =
-        |a: &Tensor, b_t: &Tensor| a.to_kind(Kind::Float).matmul(&b_t.to_kind(Kind::Float)).to_kind(Kind::BFloat16);
-    let xb = bf(x);
-    let mut pieces = Vec::new();
-    let mut start = 0i64;
-    for (i, &n) in sizes.iter().enumerate() {
-        if n == 0 {
-            continue;
-        }
-        let rows = xb.narrow(0, start, n);
-        let i = i as i64;
-        let h1 = gmm(&rows, &bf(&w1.get(i)).tr()).silu();
-        let h = h1 * gmm(&rows, &bf(&w3.get(i)).tr());
-        pieces.push(gmm(&h, &bf(&w2.get(i)).tr()));
-        start += n;
-    }
     let total = x.size()[0];
-    if start < total {
-        pieces.push(Tensor::zeros([total - start, d], (Kind::BFloat16, x.device())));
+    let used: i64 = sizes.iter().sum();
+    let mut split = sizes.to_vec();
+    if used < total {
+        split.push(total - used);
     }
-    let out =
-        if pieces.is_empty() { Tensor::zeros([0, d], (Kind::BFloat16, x.device())) } else { Tensor::cat(&pieces, 0) };
+    let xb = x.to_kind(Kind::BFloat16);
+    let rows1 = xb.to_kind(Kind::Float).split_with_sizes(split.as_slice(), 0);
+    let rows3 = xb.to_kind(Kind::Float).split_with_sizes(split.as_slice(), 0);
+    let wt = |w: &Tensor| w.to_kind(Kind::BFloat16).to_kind(Kind::Float).transpose(1, 2).unbind(0);
+    let (w1t, w2t, w3t) = (wt(w1), wt(w2), wt(w3));
+    let groups: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] > 0).collect();
+    let mut out = if groups.is_empty() {
+        Tensor::zeros([0, d], (Kind::BFloat16, x.device()))
+    } else {
+        let h1: Vec<Tensor> = groups.iter().map(|&i| rows1[i].mm(&w1t[i])).collect();
+        let h3: Vec<Tensor> = groups.iter().map(|&i| rows3[i].mm(&w3t[i])).collect();
+        let h = Tensor::cat(&h1, 0).to_kind(Kind::BFloat16).silu() * Tensor::cat(&h3, 0).to_kind(Kind::BFloat16);
+        let lens: Vec<i64> = groups.iter().map(|&i| sizes[i]).collect();
+        let hf = h.to_kind(Kind::Float).split_with_sizes(lens.as_slice(), 0);
+        let y: Vec<Tensor> = groups.iter().zip(&hf).map(|(&i, h)| h.mm(&w2t[i])).collect();
+        Tensor::cat(&y, 0).to_kind(Kind::BFloat16)
+    };
+    if used < total {
+        out = Tensor::cat(&[out, Tensor::zeros([total - used, d], (Kind::BFloat16, x.device()))], 0);
+    }
     Ok(out.to_kind(x.kind()))
 }
 

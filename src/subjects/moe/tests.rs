@@ -117,3 +117,73 @@ fn shrink_candidates_are_valid() {
         }
     }
 }
+
+/// The grouped experts as one call chain per expert (what `kernels::experts` computed before
+/// it batched its casts): the bitwise yardstick of the batched version.
+fn experts_per_expert(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor) -> Tensor {
+    let d = w1.size()[2];
+    let bf = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    let gmm = |a: &Tensor, b: &Tensor| a.to_kind(Kind::Float).matmul(&b.to_kind(Kind::Float)).to_kind(Kind::BFloat16);
+    let xb = bf(x);
+    let (mut pieces, mut start) = (Vec::new(), 0i64);
+    for (i, &n) in sizes.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let rows = xb.narrow(0, start, n);
+        let i = i as i64;
+        let h = gmm(&rows, &bf(&w1.get(i)).tr()).silu() * gmm(&rows, &bf(&w3.get(i)).tr());
+        pieces.push(gmm(&h, &bf(&w2.get(i)).tr()));
+        start += n;
+    }
+    let total = x.size()[0];
+    if start < total {
+        pieces.push(Tensor::zeros([total - start, d], (Kind::BFloat16, x.device())));
+    }
+    let out =
+        if pieces.is_empty() { Tensor::zeros([0, d], (Kind::BFloat16, x.device())) } else { Tensor::cat(&pieces, 0) };
+    out.to_kind(x.kind())
+}
+
+/// Bit patterns (as int32 of the float32 value), so that -0 and +0 differ.
+fn bits(t: &Tensor) -> Tensor {
+    t.to_kind(Kind::Float).contiguous().view_dtype(Kind::Int)
+}
+
+#[test]
+fn experts_batched_casts_are_bitwise_the_per_expert_chain() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let pick = |r: &mut ChaCha8Rng, v: &[i64]| v[(r.next_u64() % v.len() as u64) as usize];
+    use rand::RngCore;
+    for trial in 0..300 {
+        let (e, d, f) = (pick(&mut rng, &[1, 2, 3, 5, 8]), pick(&mut rng, &[8, 16]), pick(&mut rng, &[8, 16, 32, 64]));
+        let sizes: Vec<i64> = (0..e).map(|_| pick(&mut rng, &[0, 0, 1, 2, 3, 7, 12])).collect();
+        let extra = pick(&mut rng, &[0, 0, 0, 2]);
+        let n: i64 = sizes.iter().sum::<i64>() + extra;
+        let kind = if trial % 3 == 0 { Kind::BFloat16 } else { Kind::Float };
+        tch::manual_seed(trial);
+        let leaf = |shape: &[i64]| (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.5).to_kind(kind);
+        let inputs = [leaf(&[n, d]), leaf(&[e, f, d]), leaf(&[e, d, f]), leaf(&[e, f, d])];
+        let g = leaf(&[n, d]);
+        let run = |batched: bool| {
+            let l: Vec<Tensor> = inputs.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+            let y = if batched {
+                kernels::experts(&l[0], &sizes, &l[1], &l[2], &l[3]).unwrap()
+            } else {
+                experts_per_expert(&l[0], &sizes, &l[1], &l[2], &l[3])
+            };
+            let tracked = y.requires_grad();
+            if tracked {
+                (&y * &g).sum(Kind::Float).backward();
+            }
+            let mut out = vec![y.detach(), Tensor::from(tracked as i64)];
+            out.extend(l.iter().map(crate::reference::grad_of));
+            out
+        };
+        let (a, b) = (run(true), run(false));
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(p.kind(), q.kind());
+            assert!(bits(p).equal(&bits(q)), "trial {trial}, output {i}, sizes {sizes:?}, extra {extra}");
+        }
+    }
+}
