@@ -136,7 +136,7 @@ fn replicas(name: &str, d: &DTensor, b: &Bound, j: &mut Judgement) {
                     Bound::Abs(t) => *t,
                     _ => 0.0,
                 };
-                t.size() != first.size() || (t - first).abs().max().double_value(&[]) > tol
+                t.size() != first.size() || (t.numel() > 0 && (t - first).abs().max().double_value(&[]) > tol)
             };
             if let Some(&other) = fiber[1..].iter().find(|&&r| differs(&d.locals[r])) {
                 let axis = d.mesh.names()[md].clone();
