@@ -74,7 +74,9 @@ pub fn into_buffer(
     })?;
     let (b, l) = (batch as i64, seq as i64);
     Ok(if buf.padded {
-        out.reshape([b, buf.rows as i64 / b.max(1), d]).narrow(1, 0, l)
+        // An empty batch block (a shrunk case with fewer rows than dp ranks) has no padded rows.
+        let lp = if b > 0 { buf.rows as i64 / b } else { l };
+        out.reshape([b, lp, d]).narrow(1, 0, l)
     } else {
         out.narrow(0, 0, b * l).reshape([b, l, d])
     })
@@ -122,6 +124,15 @@ mod tests {
         assert!(buffer(Combine::Local, Geometry { batch: 1, seq: 1, n: 1, r: 0, c_r: 1 }).is_none());
         // tt-3386: flat T = 6 over n = 2, rank 1 holds flat rows 3..6 (the geometry is (1, T)).
         assert_eq!(at(Combine::Flat, 1, 6, 1, 3), [3, 4, 5]);
+    }
+
+    #[test]
+    fn an_empty_batch_block_gives_an_empty_output() {
+        let buf = buffer(Combine::RowPadded, Geometry { batch: 0, seq: 1, n: 2, r: 0, c_r: 0 }).unwrap();
+        let y = Tensor::zeros([0, 8], (Kind::Float, tch::Device::Cpu));
+        let none = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
+        let out = into_buffer(&buf, &y, &none.to_kind(Kind::Float), &none, 0, 1).unwrap();
+        assert_eq!(out.size(), [0, 1, 8]);
     }
 
     #[test]
