@@ -186,6 +186,11 @@ pub const ENTRIES: &[Entry] = &[
         standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/3604"),
     },
     Entry {
+        mechanism: "spmd_types' load-balance hook leaves out the TP all-reduce: expert_bias differs across TP ranks (tt-pre4154)",
+        matches: Match::Known("expert_bias differs across TP ranks under spmd_types with EP (#4154, tt-pre4154)"),
+        standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/4154"),
+    },
+    Entry {
         mechanism: "without EP the experts' input gradients are not reduced (tt-3654)",
         matches: Match::Known("experts' input gradients unreduced without EP (#4054, tt-3654)"),
         standing: Standing::Upstream("https://github.com/pytorch/torchtitan/pull/4054"),

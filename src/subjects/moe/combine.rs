@@ -35,6 +35,7 @@ pub fn buffer(k: Combine, g: Geometry) -> Option<Buffer> {
     let m = (b * l).div_ceil(n);
     let (rows, padded, place): (usize, bool, Box<dyn Fn(usize) -> usize>) = match k {
         Combine::Local => return None,
+        Combine::Flat => (local * n, false, Box::new(move |i| i + local * r)),
         Combine::RankOffset => (m * n, false, Box::new(move |i| i + m * r)),
         Combine::BatchAware => {
             let s = m / b;
@@ -73,10 +74,33 @@ pub fn into_buffer(
     })?;
     let (b, l) = (batch as i64, seq as i64);
     Ok(if buf.padded {
-        out.reshape([b, buf.rows as i64 / b.max(1), d]).narrow(1, 0, l)
+        // An empty batch block (a shrunk case with fewer rows than dp ranks) has no padded rows.
+        let lp = if b > 0 { buf.rows as i64 / b } else { l };
+        out.reshape([b, lp, d]).narrow(1, 0, l)
     } else {
         out.narrow(0, 0, b * l).reshape([b, l, d])
     })
+}
+
+/// The flat combine's error at the MoE exit (`tt-3386`, EP on, tp = n > 1) for a (dp, cp) block
+/// of T = `batch`·`seq` tokens with n not dividing T: every rank's routed buffer has T_r·n ≠ T
+/// rows, a Partial DTensor whose global shape is its own local shape, so the add of the shared
+/// experts' (T, D) output (or, without them, the reshape to (B, L, D)) raises; rank 0's text,
+/// T_0 = ceil(T/n). Both texts checked on DTensor ops of torch 2.11.0 and 2.14.0 (2 gloo ranks).
+pub fn flat_exit(batch: usize, seq: usize, n: usize, d: usize, shared: bool) -> Result<(), Fail> {
+    let t = batch * seq;
+    if n <= 1 || t.is_multiple_of(n) {
+        return Ok(());
+    }
+    let rows = t.div_ceil(n) * n;
+    let text = if shared {
+        format!(
+            "Attempting to broadcast a dimension of length {t} at -2! Mismatching argument at index 1 had torch.Size([{t}, {d}]); but expected shape should be broadcastable to [{rows}, {d}]"
+        )
+    } else {
+        format!("shape '[{batch}, {seq}, {d}]' is invalid for input of size {}", rows * d)
+    };
+    Err(Fail::new(Stage::Forward, "RuntimeError", text))
 }
 
 #[cfg(test)]
@@ -98,5 +122,25 @@ mod tests {
         assert_eq!(at(Combine::BatchAware, 2, 3, 0, 2), [0, 2, 4, 6]);
         assert_eq!(at(Combine::RowPadded, 2, 3, 1, 1), [2, 3]);
         assert!(buffer(Combine::Local, Geometry { batch: 1, seq: 1, n: 1, r: 0, c_r: 1 }).is_none());
+        // tt-3386: flat T = 6 over n = 2, rank 1 holds flat rows 3..6 (the geometry is (1, T)).
+        assert_eq!(at(Combine::Flat, 1, 6, 1, 3), [3, 4, 5]);
+    }
+
+    #[test]
+    fn an_empty_batch_block_gives_an_empty_output() {
+        let buf = buffer(Combine::RowPadded, Geometry { batch: 0, seq: 1, n: 2, r: 0, c_r: 0 }).unwrap();
+        let y = Tensor::zeros([0, 8], (Kind::Float, tch::Device::Cpu));
+        let none = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
+        let out = into_buffer(&buf, &y, &none.to_kind(Kind::Float), &none, 0, 1).unwrap();
+        assert_eq!(out.size(), [0, 1, 8]);
+    }
+
+    #[test]
+    fn the_flat_exit_errors_at_uneven_t() {
+        assert!(flat_exit(2, 2, 2, 8, true).is_ok());
+        let e = flat_exit(1, 3, 2, 8, true).unwrap_err();
+        assert!(e.message.contains("length 3 at -2") && e.message.ends_with("broadcastable to [4, 8]"), "{e:?}");
+        let e = flat_exit(1, 3, 2, 8, false).unwrap_err();
+        assert_eq!(e.message, "shape '[1, 3, 8]' is invalid for input of size 32");
     }
 }

@@ -45,10 +45,18 @@ pub enum Known {
     /// output L, and the add raises torch's size error. The trainer checks L only with SP on,
     /// so an odd training.seq_len reaches it (confirmed on torchtitan 0.3.0; no upstream report).
     SpmdUnevenEpExit,
+    /// tt-pre4154: under spmd_types the load-balance hook reduces the counts over the loss mesh
+    /// only, so with EP on and tp >= 2 each tp rank updates `expert_bias` from its own tokens.
+    BiasTp4154,
+    /// tt-3386: EP splits the flattened tokens over tp and each rank's combine buffer has T_r·n
+    /// rows; with tp not dividing a block's T = B·L the buffers differ from T and the MoE exit
+    /// raises (a broadcast error against the shared experts' output, or the reshape). No
+    /// upstream report (#3423 and #3619 replaced the split).
+    UnevenFlat3386,
 }
 
 impl Known {
-    pub const ALL: [Known; 8] = [
+    pub const ALL: [Known; 10] = [
         Known::CombineOffset3604,
         Known::UnevenIndex3604,
         Known::UnevenRows3662,
@@ -57,6 +65,8 @@ impl Known {
         Known::ForceLoadBalanceTp,
         Known::ExpertsNotDivisibleByEp,
         Known::SpmdUnevenEpExit,
+        Known::BiasTp4154,
+        Known::UnevenFlat3386,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +85,10 @@ impl Known {
             Known::SpmdUnevenEpExit => {
                 "spmd_types, EP on, SP off, L not a multiple of tp: routed and shared outputs differ in length (no upstream report)"
             }
+            Known::BiasTp4154 => "expert_bias differs across TP ranks under spmd_types with EP (#4154, tt-pre4154)",
+            Known::UnevenFlat3386 => {
+                "flat EP combine buffer of the wrong size at uneven T (tt-3386; no upstream report)"
+            }
         }
     }
 
@@ -84,6 +98,7 @@ impl Known {
             Known::CombineOffset3604 => Some("https://github.com/pytorch/torchtitan/pull/3604"),
             Known::NoInGrad4054 => Some("https://github.com/pytorch/torchtitan/pull/4054"),
             Known::ExpertsNotDivisibleByEp => Some("https://github.com/pytorch/torchtitan/pull/4258"),
+            Known::BiasTp4154 => Some("https://github.com/pytorch/torchtitan/pull/4154"),
             _ => None,
         }
     }
@@ -129,6 +144,22 @@ impl Known {
                 let par = s.parallel;
                 let spmd = s.backend == Backend::SpmdTypes;
                 size && spmd && par.ep > 1 && !par.sp && tp > 1 && uneven && s.dims.shared_hidden.is_some()
+            }
+            Known::BiasTp4154 => {
+                let spmd = s.backend == Backend::SpmdTypes;
+                let bias =
+                    p.output.as_deref() == Some("expert_bias") && matches!(p.class, Class::Replica | Class::Value);
+                at(MoeRev::TtPre4154) && spmd && s.parallel.ep > 1 && tp >= 2 && bias
+            }
+            Known::UnevenFlat3386 => {
+                let t_uneven = (0..dp).any(|d| {
+                    let b = chunk(s.dims.batch, dp, d).1;
+                    (0..cp).any(|i| !(b * chunk(s.dims.seq, cp, i).1).is_multiple_of(tp))
+                });
+                let exit = p.class == Class::Error
+                    && (p.key.contains("broadcast") || p.key.contains("invalid_for_input"))
+                    && s.dims.experts.is_multiple_of(s.parallel.ep);
+                at(MoeRev::Tt3386) && ep_on && t_uneven && exit
             }
         }
     }

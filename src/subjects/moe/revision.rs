@@ -51,6 +51,11 @@ names::named_enum! {
 /// each of its B batch rows, numbered locally i = b·c_r + l.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Combine {
+    /// `tt-3386`: x is flattened to (B·L, D) at the MoE entry and EP splits the flat tokens over
+    /// tp (rank r holds T_r = chunk(T, n, r) rows); a buffer of T_r·n rows, row i at i + T_r·r,
+    /// Partial over tp. Only n | T reaches it (every rank's T_r·n = T); otherwise the
+    /// rank-dependent buffer fails at the MoE exit ([`crate::combine::flat_exit`]).
+    Flat,
     /// `tt-pre3604`: m = ceil(B·L/n) rows per rank, a buffer of m·n rows, row i at i + m·r; the
     /// buffer is Partial over tp and its first B·L rows are the (B, L) tokens.
     RankOffset,
@@ -75,17 +80,18 @@ pub enum SeqCheck {
 
 impl MoeRev {
     /// Whether the sharded side models this revision on the DTensor backend (the reference is the
-    /// same for all). `tt-pre4154` differs from `tt-4154` only on spmd_types.
+    /// same for all).
     pub fn modelled(self) -> bool {
-        !matches!(self, MoeRev::TtHead | MoeRev::Tt3386 | MoeRev::TtPre4154)
+        self != MoeRev::TtHead
     }
 
     /// Whether the model runs this revision on `backend`: the DTensor backend (partial_dtensor,
     /// "default" before 5ab3a0fd1) at every modelled revision; spmd_types and full_dtensor only
     /// where their code was recorded or is the same (0.3.0, and tt-4154, whose MoE files 0.3.0
-    /// ships unchanged).
+    /// ships unchanged; tt-pre4154, whose MoE code is tt-4154's and whose hook leaves out the
+    /// TP reduction under spmd_types only).
     pub fn models_backend(self, backend: Backend) -> bool {
-        backend == Backend::PartialDtensor || matches!(self, MoeRev::Tt030 | MoeRev::Tt4154)
+        backend == Backend::PartialDtensor || matches!(self, MoeRev::Tt030 | MoeRev::Tt4154 | MoeRev::TtPre4154)
     }
 
     /// The program name of this revision on `backend` (unique across subjects: `moe/` first;
@@ -97,7 +103,8 @@ impl MoeRev {
     /// The EP combine of this revision.
     pub fn combine(self) -> Combine {
         match self {
-            MoeRev::Tt3386 | MoeRev::TtPre3604 => Combine::RankOffset,
+            MoeRev::Tt3386 => Combine::Flat,
+            MoeRev::TtPre3604 => Combine::RankOffset,
             MoeRev::Tt3604 => Combine::BatchAware,
             MoeRev::Tt3662 | MoeRev::Tt3654 | MoeRev::Tt4054 => Combine::RowPadded,
             _ => Combine::Local,

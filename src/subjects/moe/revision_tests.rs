@@ -177,3 +177,65 @@ fn scan_unexplained_value_verdicts() {
         println!("{rev}: {n} cases; unexplained: {short:?}");
     }
 }
+
+/// A case on the spmd_types backend (mesh (1, 1, tp)) with the load-balance hook on.
+fn spmd_case(rev: MoeRev, tp: usize, ep: usize, sp: bool, l: usize, seed: u64) -> Case<MoeSpec> {
+    let mut c = case(rev, tp, ep, sp, 1, l, false, false);
+    c.subject.backend = crate::Backend::SpmdTypes;
+    c.subject.load_balance_coeff = Some(1e-3);
+    c.common.data.seed = Some(seed);
+    c
+}
+
+/// #4154: spmd_types, EP on, tp = 2: before the fix each tp rank's hook sees only its own counts,
+/// so `expert_bias` differs across the tp ranks (for some routings: sign() hides the rest);
+/// fixed by #4154; the DTensor backend and EP off agree at both revisions.
+#[test]
+fn pre4154_leaves_expert_bias_unreduced_over_tp() {
+    let bias = crate::known::Known::BiasTp4154.name();
+    let mut found = None;
+    for seed in 0..40 {
+        let bad = spmd_case(MoeRev::TtPre4154, 2, 2, true, 4, seed);
+        let j = verdicts(&bad);
+        if j.verdicts.is_empty() {
+            continue;
+        }
+        assert!(outputs(&j).iter().all(|o| o.ends_with(":expert_bias")), "{:?}", outputs(&j));
+        assert!(outputs(&j).iter().any(|o| o == "replica:expert_bias"), "{:?}", outputs(&j));
+        assert_eq!(known(&bad, &j), [bias]);
+        found = Some(seed);
+        let j = verdicts(&spmd_case(MoeRev::Tt4154, 2, 2, true, 4, seed));
+        assert!(j.verdicts.is_empty(), "tt-4154 seed {seed}: {:?}", outputs(&j));
+        let mut dt = spmd_case(MoeRev::TtPre4154, 2, 2, true, 4, seed);
+        dt.subject.backend = crate::Backend::PartialDtensor;
+        assert!(verdicts(&dt).verdicts.is_empty(), "partial_dtensor seed {seed}");
+        break;
+    }
+    assert!(found.is_some(), "no seed of 40 showed #4154");
+    for seed in 0..5 {
+        assert!(verdicts(&spmd_case(MoeRev::TtPre4154, 2, 1, true, 4, seed)).verdicts.is_empty(), "EP off");
+    }
+}
+
+/// tt-3386: EP on splits the flat B·L tokens over tp: right when tp divides T (also with B = 2,
+/// where the sequence split of later revisions differs), an exit error when it does not.
+#[test]
+fn tt3386_flat_split() {
+    for (b, l) in [(2, 2), (2, 3), (1, 4)] {
+        let j = verdicts(&case(MoeRev::Tt3386, 2, 2, false, b, l, true, true));
+        assert!(j.verdicts.is_empty(), "B={b} L={l}: {:?}", outputs(&j));
+    }
+    assert!(verdicts(&case(MoeRev::Tt3386, 2, 2, true, 1, 4, true, true)).verdicts.is_empty());
+    for shared in [true, false] {
+        let c = case(MoeRev::Tt3386, 2, 2, false, 1, 3, shared, false);
+        let (run, _) = harness::runner::run(&c, Device::Cpu).unwrap();
+        let e = run.sharded.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+        let want = if shared { "broadcastable to [4, 8]" } else { "invalid for input of size 32" };
+        assert!(e.contains(want), "{e}");
+        let j = verdicts(&c);
+        assert_eq!(known(&c, &j), [crate::known::Known::UnevenFlat3386.name()]);
+    }
+    // The same case at the later revisions: tt-pre3604's rank offset misplaces, tt-0.3.0 is not
+    // modelled at uneven EP chunks; at tt-3386 EP off is fine.
+    assert!(verdicts(&case(MoeRev::Tt3386, 2, 1, false, 1, 3, true, true)).verdicts.is_empty());
+}

@@ -7,7 +7,7 @@ use crate::{reference, sharded};
 use dtensor::{DTensor, DTensorError, DType};
 use harness::case::{CaseError, Common};
 use harness::oracle::value::{compare, Bound, Compare};
-use harness::oracle::Judgement;
+use harness::oracle::{Class, Judgement, Verdict};
 use harness::run::Inputs;
 use harness::run::{Contract, Named, Run};
 use harness::timing::{timed, Phases};
@@ -110,9 +110,52 @@ pub fn values(s: &MoeSpec, c: &Common, base: &Named<Tensor>, other: &Named<DTens
         if noise_only(s, name) {
             continue;
         }
+        let b = bound(c, name, r);
+        if !name.contains("grad") {
+            replicas(name, d, &b, j);
+        }
         let Ok(full) = d.full_tensor() else { continue };
-        let cmp = Compare { name, bound: bound(c, name, r), skip_rows: &[] };
+        let cmp = Compare { name, bound: b, skip_rows: &[] };
         compare(&cmp, r, &full, j);
+    }
+}
+
+/// Replica consistency of a forward or hook output: where `d` is labelled Replicate on a mesh
+/// dim, every rank of that dim must hold the same local (within the output's bound), else an
+/// optimizer step moves the ranks apart (torchtitan #4154's `expert_bias`). One verdict per
+/// output, keyed by the first mesh dim that differs. The gradients have their own oracle.
+fn replicas(name: &str, d: &DTensor, b: &Bound, j: &mut Judgement) {
+    for (md, p) in d.placements.iter().enumerate() {
+        if !p.is_replicate() {
+            continue;
+        }
+        for fiber in d.mesh.fibers(md) {
+            let first = &d.locals[fiber[0]];
+            let differs = |t: &Tensor| {
+                let tol = match b {
+                    Bound::Abs(t) => *t,
+                    _ => 0.0,
+                };
+                t.size() != first.size() || (t.numel() > 0 && (t - first).abs().max().double_value(&[]) > tol)
+            };
+            if let Some(&other) = fiber[1..].iter().find(|&&r| differs(&d.locals[r])) {
+                let axis = d.mesh.names()[md].clone();
+                let detail = format!(
+                    "{name} is labelled Replicate on {axis} but rank {other}'s local differs from rank {}'s",
+                    fiber[0]
+                );
+                j.verdicts.push(Verdict {
+                    class: Class::Replica,
+                    output: Some(name.into()),
+                    expected: serde_json::json!("equal locals"),
+                    actual: serde_json::json!(format!("rank {other} differs")),
+                    detail,
+                    key: format!("R@{axis}"),
+                    backward: false,
+                });
+                return;
+            }
+        }
     }
 }
 

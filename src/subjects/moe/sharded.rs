@@ -92,8 +92,10 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     }
     crate::full_dtensor::hangs_at_router(sp)?;
     let spmd_exit = sp.backend == Backend::SpmdTypes && !p.sp;
-    // The buffer combines of tt-pre3604 .. tt-3662 take uneven chunks (SP off, none empty).
-    let buffered = sp.revision.seq_check() == SeqCheck::Old && !p.sp && lens.iter().all(|&l| l >= tp);
+    // The buffer combines of tt-pre3604 .. tt-3662 take uneven chunks (SP off, none empty);
+    // tt-3386's flat split takes any length with SP off.
+    let flat = sp.revision.combine() == Combine::Flat;
+    let buffered = sp.revision.seq_check() == SeqCheck::Old && !p.sp && (flat || lens.iter().all(|&l| l >= tp));
     if p.ep > 1 && !spmd_exit && !buffered && lens.iter().any(|&l| l < tp || l % tp != 0) {
         // The gate boundary's Replicate -> Shard(1) meets an empty or uneven chunk.
         return Err(Fail::not_modelled("EP on with an empty or uneven tp chunk of the sequence"));
@@ -151,7 +153,31 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     if sp.backend == Backend::SpmdTypes {
         crate::spmd_backend::at_exit(sp, tp, &lens)?;
     }
+    if flat && p.ep > 1 {
+        flat_checks(sp, c, &lens)?;
+    }
     Ok(cfg)
+}
+
+/// `tt-3386` under EP: with SP on, x's flatten at the MoE entry keeps the sequence shard only
+/// for one batch row per rank (two or more: torch 2.11's view raises, 2.14's records a
+/// `_StridedShard`; not modelled); a (dp, cp) block whose T tp does not divide fails at the exit
+/// ([`buffer_combine::flat_exit`]).
+fn flat_checks(sp: &MoeSpec, c: &Common, lens: &[usize]) -> Result<(), Fail> {
+    let (dp, _, tp) = MoeSpec::axes(c);
+    let d = &sp.dims;
+    let rows: Vec<usize> = (0..dp).map(|di| chunk(d.batch, dp, di).1).collect();
+    if sp.parallel.sp && tp > 1 && rows.iter().any(|&b| b >= 2) {
+        return Err(Fail::not_modelled(
+            "tt-3386 with EP and SP on and two or more batch rows per rank (the flatten of a sequence-sharded x)",
+        ));
+    }
+    for &b in &rows {
+        for &l in lens {
+            buffer_combine::flat_exit(b, l, tp, d.model, d.shared_hidden.is_some())?;
+        }
+    }
+    Ok(())
 }
 
 /// The sequence checks of the case's revision, in the order the real run meets them.
@@ -467,9 +493,15 @@ impl Prog<'_> {
         let mut srcs = Vec::with_capacity(self.ys.len());
         for r in 0..self.ys.len() {
             let b = &self.blocks[r / tp];
-            let piece = chunk(b.seq.1, tp, r % tp);
-            let (bl, lr) = (b.rows.1 as i64, piece.1 as i64);
-            let xr = narrow(&b.x, 1, piece);
+            let (bl, lr, xr) = if self.sp.revision.combine() == Combine::Flat {
+                // tt-3386: the flat tokens of the block, split over tp; one (1, T_r) row.
+                let t = b.rows.1 * b.seq.1;
+                let piece = chunk(t, tp, r % tp);
+                (1, piece.1 as i64, narrow(&b.x.reshape([t as i64, dm]), 0, piece).unsqueeze(0))
+            } else {
+                let piece = chunk(b.seq.1, tp, r % tp);
+                (b.rows.1 as i64, piece.1 as i64, narrow(&b.x, 1, piece))
+            };
             let gate = self.leaf("gate", 0, None);
             let routed = kernels::route(&self.cfg, &xr, &gate, self.bias.as_ref())?;
             self.put("gate", r, gate);
@@ -538,10 +570,15 @@ impl Prog<'_> {
                     .collect();
                 let back = Tensor::cat(&pieces, 0);
                 let (bl, lr) = src.shape;
-                let seq = self.blocks[r / self.tp].seq.1;
+                let b = &self.blocks[r / self.tp];
+                // The flat split (tt-3386) sees its block as one row of B·L tokens.
+                let flat = self.sp.revision.combine() == Combine::Flat;
+                let seq = if flat { b.rows.1 * b.seq.1 } else { b.seq.1 };
                 let g = Geometry { batch: bl as usize, seq, n: self.tp, r: r % self.tp, c_r: lr as usize };
+                let block = [b.rows.1 as i64, b.seq.1 as i64, d.model as i64];
                 match buffer_combine::buffer(self.sp.revision.combine(), g) {
-                    Some(buf) => buffer_combine::into_buffer(&buf, &back, &src.ss, &src.tok, bl as usize, seq),
+                    Some(buf) => buffer_combine::into_buffer(&buf, &back, &src.ss, &src.tok, bl as usize, seq)
+                        .map(|t| t.reshape(block)),
                     None => Ok(kernels::combine(&back, &src.ss, &src.tok, &src.x_td).reshape([bl, lr, d.model as i64])),
                 }
             })

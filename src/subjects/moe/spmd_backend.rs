@@ -101,11 +101,12 @@ pub fn at_exit(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail> {
 /// The load-balance hook's reduction of the counts over the dense TP group (torchtitan #4154,
 /// "fix MoE routing bias TP reduce"): under EP each tp rank routes its own chunk of the sequence,
 /// so its counts are partial over tp and the hook must all-reduce them over tp before the loss
-/// mesh. At 0.3.0 every backend does so when EP is on and tp > 1. Revisions before #4154 differ
-/// on the spmd_types backend; this is the one place to switch that per revision.
+/// mesh. At 0.3.0 every backend does so when EP is on and tp > 1. Before #4154 (`tt-pre4154`)
+/// the spmd_types counts are a plain tensor and only the loss mesh is reduced; the DTensor
+/// backends reduce tp through `full_tensor()` / `redistribute` in every revision.
 pub fn hook_reduces_counts_over_tp(rev: MoeRev, backend: Backend, ep: usize, tp: usize) -> bool {
-    let _ = (rev, backend);
-    ep > 1 && tp > 1
+    let pre4154_spmd = rev == MoeRev::TtPre4154 && backend == Backend::SpmdTypes;
+    ep > 1 && tp > 1 && !pre4154_spmd
 }
 
 /// The counts each rank's hook step sees: its counts summed over the loss mesh (the ranks with
