@@ -87,8 +87,19 @@ impl Trap {
     }
 }
 
+/// A deliberate change to the layer's program, for tests of the checker on the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// EP off: the routed experts leave the offsets P on dp and cp (torchtitan retypes them
+    /// P -> V because the checker rejects a P next to the V tokens in the grouped GEMM).
+    KeepOffsetsPartial,
+    /// SP off: the MoE entry leaves x I on tp instead of converting it to R.
+    EntryKeepsInvariant,
+}
+
 /// The run's typed values and what the outputs need.
 pub struct Layer<'a> {
+    mutant: Option<Mutant>,
     sp: &'a MoeSpec,
     inputs: &'a Inputs,
     cfg: router::RouterConfig,
@@ -114,8 +125,14 @@ pub struct Ran {
 
 /// Runs the layer on the runtime; the outputs as the sharded run names them, and the runtime.
 pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Named<DTensor>, Ran), Fail> {
+    run_mutant(sp, c, inputs, None)
+}
+
+/// [`run`] with a [`Mutant`] program.
+pub fn run_mutant(sp: &MoeSpec, c: &Common, inputs: &Inputs, m: Option<Mutant>) -> Result<(Named<DTensor>, Ran), Fail> {
     let cfg = crate::sharded::checks(sp, c)?;
     let mut l = Layer::new(sp, c, inputs, cfg).map_err(fwd)?;
+    l.mutant = m;
     if sp.parallel.ep > 1 {
         l.expert_parallel(c)?;
     } else {
@@ -193,6 +210,7 @@ impl<'a> Layer<'a> {
             None => None,
         };
         Ok(Layer {
+            mutant: None,
             sp,
             inputs,
             cfg,
@@ -236,6 +254,10 @@ impl<'a> Layer<'a> {
     fn route(&mut self, x: &STensor, tp_sharded: bool) -> Result<(STensor, STensor, STensor), Fail> {
         let trap = Trap::default();
         let (cfg, k, e) = (self.cfg.clone(), self.sp.dims.top_k as i64, self.sp.dims.experts as i64);
+        if self.spmd.checking() {
+            // The router's first op: the gate's F.linear on x.
+            self.spmd.op_type(&NL("linear"), &[&x.ty, &self.gate.ty]).map_err(fwd)?;
+        }
         let mut ins = vec![x, &self.gate];
         ins.extend(self.bias.as_ref());
         let outs = self
@@ -270,6 +292,11 @@ impl<'a> Layer<'a> {
 
     /// The per-rank grouped experts on rows in expert order with per-expert sizes.
     fn experts(&mut self, rows: &STensor, sizes: &STensor, w: [&STensor; 3]) -> Result<STensor, Fail> {
+        // The first grouped GEMM's operands as torchtitan passes them (A, B_t, offs): the
+        // checker's message lists their types in this order.
+        if self.spmd.checking() {
+            self.spmd.op_type(&NL("_grouped_mm"), &[&rows.ty, &w[0].ty, &sizes.ty]).map_err(fwd)?;
+        }
         let trap = Trap::default();
         let out = self
             .spmd
@@ -304,12 +331,17 @@ impl<'a> Layer<'a> {
     fn tensor_parallel(&mut self) -> Result<(), Fail> {
         let (sp_on, d, tp) = (self.sp.parallel.sp, self.sp.dims, self.dims.2);
         let x = self.x.clone();
-        let xr = self.on_tp(&x, if sp_on { S(1) } else { I }, R)?;
+        let xr = match self.mutant {
+            Some(Mutant::EntryKeepsInvariant) => x.clone(),
+            _ => self.on_tp(&x, if sp_on { S(1) } else { I }, R)?,
+        };
         let (scores, ids, counts) = self.route(&xr, false)?;
         // The routed experts' local_map: offsets P -> V on dp and cp (torchtitan's mutate_type).
         let mut sizes = counts.clone();
         for a in ["dp", "cp"] {
-            self.spmd.mutate_type(&mut sizes, a, P, V).map_err(fwd)?;
+            if self.mutant != Some(Mutant::KeepOffsetsPartial) {
+                self.spmd.mutate_type(&mut sizes, a, P, V).map_err(fwd)?;
+            }
         }
         let k = d.top_k;
         let (dm, kk) = (d.model as i64, k as i64);
@@ -574,4 +606,85 @@ fn expert_major(recv: &Tensor) -> (Tensor, Tensor) {
 
 fn dt(locals: Vec<Tensor>, mesh: &Arc<Mesh>, ps: &[Placement]) -> Result<DTensor, Fail> {
     DTensor::from_local(locals, mesh, ps, None).map_err(|e| Fail::new(Stage::Forward, "RuntimeError", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harness::case::Case;
+    use tch::Device;
+
+    fn case(edit: &[(&str, &str)]) -> Case<MoeSpec> {
+        let mut text = crate::tests::CASE.replace("partial_dtensor", "spmd_types");
+        for (a, b) in edit {
+            text = text.replace(a, b);
+        }
+        Case::from_json(&text).expect("a case")
+    }
+
+    fn outcome(c: &Case<MoeSpec>, m: Option<Mutant>) -> Result<Vec<CommEntry>, Fail> {
+        let inputs = harness::data::inputs(c, Device::Cpu);
+        run_mutant(&c.subject, &c.common, &inputs, m).map(|(_, ran)| log_of(&ran))
+    }
+
+    const HIDDEN: (&str, &str) = ("\"hidden\": 8", "\"hidden\": 16");
+    const TYPECHECK: (&str, &str) = ("\"backward\": true", "\"backward\": true, \"typecheck\": true");
+
+    #[test]
+    fn the_layer_type_checks_and_logs_its_collectives() {
+        let c = case(&[TYPECHECK, ("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        let log = outcome(&c, None).expect("0.3.0's layer passes the checker");
+        let ops: Vec<String> = log.iter().map(|e| format!("{} {} {}", e.phase, e.op, e.axis)).collect();
+        assert_eq!(
+            ops,
+            [
+                "forward all_gather tp",
+                "forward reduce_scatter tp",
+                "forward reduce_scatter tp",
+                "backward all_gather tp",
+                "backward all_gather tp",
+                "backward reduce_scatter tp",
+                "hook all_reduce loss",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_partial_offset_next_to_varying_tokens_is_the_checkers_error() {
+        // EP off on dp = 2, tp = 2: without torchtitan's P -> V retyping of the offsets, the
+        // grouped GEMM sees A: V, B_t: R, offs: P on dp (the checker's first axis here).
+        let c = case(&[TYPECHECK, ("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        let e = outcome(&c, Some(Mutant::KeepOffsetsPartial)).unwrap_err();
+        assert_eq!((e.stage, e.kind), (Stage::Forward, "SpmdTypeError"));
+        assert_eq!(
+            e.message,
+            "Partial type on axis mesh_dp cannot combine with Varying. Reduce Partial first (all_reduce -> R, or \
+             reduce_scatter -> V). Found types: [V, R, P]\nAre you missing a collective or a reinterpret/convert \
+             call? e.g.,\n  all_reduce(tensor, mesh_dp, src=P, dst=R) on the Partial operand (all-reduce in forward, \
+             all-reduce in backward)"
+        );
+        // Without the checker the same program runs (the library checks nothing then).
+        let off = case(&[("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        assert!(outcome(&off, Some(Mutant::KeepOffsetsPartial)).is_ok());
+    }
+
+    #[test]
+    fn an_invariant_input_to_the_router_is_the_checkers_error() {
+        let c = case(&[TYPECHECK, ("\"ep\": 2", "\"ep\": 1"), ("\"sp\": true", "\"sp\": false"), HIDDEN]);
+        let e = outcome(&c, Some(Mutant::EntryKeepsInvariant)).unwrap_err();
+        assert_eq!(e.kind, "SpmdTypeError");
+        assert!(
+            e.message.starts_with("Invariant type on axis mesh_tp cannot mix with other types. Found types: [I, R]\nAre you missing"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn expert_parallel_runs_on_the_sparse_mesh() {
+        let c = case(&[TYPECHECK]);
+        let log = outcome(&c, None).expect("runs");
+        let ep: Vec<&str> = log.iter().filter(|e| e.axis == "ep").map(|e| e.phase).collect();
+        assert_eq!(ep, ["forward", "forward", "forward", "backward", "backward"]);
+    }
 }
