@@ -64,6 +64,7 @@ impl Spmd {
         let dst_rest: Vec<usize> =
             dst_axes.iter().copied().filter(|b| !x.ty.keys().any(|&a| layout(dst, *b) == layout(src_mesh, a))).collect();
         if src_rest.is_empty() {
+            self.alias(x)?;
             return Ok(STensor { ty: out, ..x.clone() });
         }
         if dst_rest.is_empty() {
@@ -80,7 +81,17 @@ impl Spmd {
         let src_sorted = sorted(src_mesh, src_rest.into_iter());
         let dst_sorted = sorted(dst, dst_rest.into_iter().map(|b| (b, None)));
         self.walk(&src_sorted, &dst_sorted, dst, &mut out)?;
+        self.alias(x)?;
         Ok(STensor { ty: out, ..x.clone() })
+    }
+
+    /// The library retags an alias of the tensor (`aten.alias`), an op the checker types as
+    /// nonlinear: a P on any axis is rejected there, after the mesh checks.
+    fn alias(&self, x: &STensor) -> Result<()> {
+        if self.checking {
+            self.op_type(&crate::ops::OpSpec::nonlinear("alias"), &[&x.ty])?;
+        }
+        Ok(())
     }
 
     /// The two-pointer walk over both sides' remaining axes (the library's `_walk_groups`).
@@ -170,13 +181,28 @@ impl Spmd {
 }
 
 impl Spmd {
-    /// The output boundary of `local_map` (and of a module's declared output layout): the
-    /// declared types stamped on the body's result, axis by axis (size-1 axes skipped).
+    /// The output boundary of `local_map`: the declared types asserted on the body's result,
+    /// axis by axis (size-1 axes skipped), as the library's `assert_type` refines: the same
+    /// type, or V declared P (a per-rank value declared a pending sum), else the mismatch.
     pub fn stamp(&self, x: &mut STensor, types: &[(&str, crate::types::Arg)]) -> Result<()> {
         for (name, t) in types {
             let a = self.mesh().axis(name)?;
-            if self.mesh().size(a) > 1 {
-                x.ty.insert(a, t.base());
+            if self.mesh().size(a) == 1 {
+                continue;
+            }
+            let want = t.base();
+            match x.ty.get(&a) {
+                Some(&cur) if self.checking && cur != want && !(cur == Ty::V && want == Ty::P) => {
+                    return Err(SpmdError::Type(format!(
+                        "SPMD type mismatch on axis {}: tensor has {}, expected {}",
+                        self.mesh().shown(a),
+                        cur.long(),
+                        want.long()
+                    )))
+                }
+                _ => {
+                    x.ty.insert(a, want);
+                }
             }
         }
         Ok(())
