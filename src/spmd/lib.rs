@@ -84,7 +84,12 @@ pub struct Spmd {
 
 impl Spmd {
     pub fn new(mesh: SpmdMesh) -> Spmd {
-        Spmd { comm: Comm { mesh, log: Vec::new(), in_backward: false }, tape: Tape::default(), grads: HashMap::new(), checking: true }
+        Spmd {
+            comm: Comm { mesh, log: Vec::new(), in_backward: false },
+            tape: Tape::default(),
+            grads: HashMap::new(),
+            checking: true,
+        }
     }
 
     pub fn mesh(&self) -> &SpmdMesh {

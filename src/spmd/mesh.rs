@@ -24,11 +24,18 @@ impl SpmdMesh {
         // An axis whose group is every rank is the default process group (recorded on a 1 x 1 x 2
         // mesh as on a one-dimensional one).
         let world: usize = shape.iter().product();
-        let display = names
-            .iter()
-            .zip(&shape)
-            .map(|(n, &s)| if axes.len() == 1 || (s == world && s > 1) { "default_pg".to_string() } else { format!("mesh_{n}") })
-            .collect();
+        let display =
+            names
+                .iter()
+                .zip(&shape)
+                .map(|(n, &s)| {
+                    if axes.len() == 1 || (s == world && s > 1) {
+                        "default_pg".to_string()
+                    } else {
+                        format!("mesh_{n}")
+                    }
+                })
+                .collect();
         Ok(SpmdMesh { mesh, display })
     }
 

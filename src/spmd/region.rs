@@ -61,8 +61,11 @@ impl Spmd {
                 None => src_rest.push((a, Some(t))),
             }
         }
-        let dst_rest: Vec<usize> =
-            dst_axes.iter().copied().filter(|b| !x.ty.keys().any(|&a| layout(dst, *b) == layout(src_mesh, a))).collect();
+        let dst_rest: Vec<usize> = dst_axes
+            .iter()
+            .copied()
+            .filter(|b| !x.ty.keys().any(|&a| layout(dst, *b) == layout(src_mesh, a)))
+            .collect();
         if src_rest.is_empty() {
             self.alias(x)?;
             return Ok(STensor { ty: out, ..x.clone() });
@@ -105,7 +108,8 @@ impl Spmd {
         let (mut i, mut j, mut sc, mut dc) = (0, 0, 1usize, 1usize);
         let (mut sg, mut dg): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut st: Option<Ty> = None;
-        let name = |m: &SpmdMesh, g: &[usize]| format!("{{{}}}", g.iter().map(|&a| m.shown(a)).collect::<Vec<_>>().join(", "));
+        let name =
+            |m: &SpmdMesh, g: &[usize]| format!("{{{}}}", g.iter().map(|&a| m.shown(a)).collect::<Vec<_>>().join(", "));
         while i < src.len() || j < dst.len() {
             if sc <= dc && i < src.len() {
                 let (a, size, _, t) = src[i];

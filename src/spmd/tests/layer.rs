@@ -50,7 +50,7 @@ fn layouts(ms: &[&SpmdMesh]) -> Vec<(String, String)> {
         .flat_map(|m| (0..m.ndim()).map(move |a| (m.shown(a).to_string(), format!("({},{})", m.size(a), m.stride(a)))))
         .collect();
     // Longest names first, so `mesh_dp_replicate` is replaced before `mesh_dp`.
-    v.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    v.sort_by_key(|a| std::cmp::Reverse(a.0.len()));
     v
 }
 
@@ -59,8 +59,12 @@ fn by_layout(text: &str, ms: &[&SpmdMesh]) -> String {
 }
 
 fn typed(s: &Spmd, types: &Value) -> STensor {
-    let pairs: Vec<(String, Arg)> =
-        types.as_object().expect("types").iter().map(|(k, v)| (k.clone(), Arg::T(ty(v.as_str().expect("a type"))))).collect();
+    let pairs: Vec<(String, Arg)> = types
+        .as_object()
+        .expect("types")
+        .iter()
+        .map(|(k, v)| (k.clone(), Arg::T(ty(v.as_str().expect("a type")))))
+        .collect();
     let refs: Vec<(&str, Arg)> = pairs.iter().map(|(k, a)| (k.as_str(), *a)).collect();
     let locals = (0..s.mesh().ranks()).map(|_| Tensor::zeros([4, 2], (tch::Kind::Float, tch::Device::Cpu))).collect();
     s.tensor(locals, &refs).expect("typed")
@@ -89,7 +93,9 @@ fn reinterpret_mesh_between_the_dense_and_the_sparse_mesh() {
         let ms = [&d, &sm];
         match (s.reinterpret_mesh(&x, &sm), l.get("out")) {
             (Ok(y), Some(out)) => assert_eq!(shown_type(&y.ty, &sm), recorded_type(out, &ms), "{l}"),
-            (Err(e), None) => assert_eq!(by_layout(e.message(), &ms), by_layout(l["error"].as_str().unwrap(), &ms), "{l}"),
+            (Err(e), None) => {
+                assert_eq!(by_layout(e.message(), &ms), by_layout(l["error"].as_str().unwrap(), &ms), "{l}")
+            }
             (got, _) => panic!("{l}: ours {:?}", got.map(|y| shown_type(&y.ty, &sm))),
         }
         n += 1;

@@ -264,12 +264,11 @@ impl<'a> Layer<'a> {
             .spmd
             .local_op(&NL("router"), &ins, |a| {
                 let r = kernels::route(&cfg, &a[0], &a[1], a.get(2));
-                let r = trap.keep(r.map(|r| vec![r.topk_scores, r.ids]), || {
+                trap.keep(r.map(|r| vec![r.topk_scores, r.ids]), || {
                     let s = a[0].size();
                     let z = || Tensor::zeros([s[0], s[1], k], (Kind::Float, a[0].device()));
                     vec![z(), z().to_kind(Kind::Int64)]
-                });
-                r
+                })
             })
             .map_err(fwd)?;
         trap.check()?;
@@ -319,8 +318,9 @@ impl<'a> Layer<'a> {
         let w1 = self.weight("shared_w1", 0, piece, &col, false).map_err(fwd)?;
         let w2 = self.weight("shared_w2", 1, piece, &[("dp", R), ("cp", R), ("tp", S(1))], false).map_err(fwd)?;
         let w3 = self.weight("shared_w3", 0, piece, &col, false).map_err(fwd)?;
-        let out =
-            self.spmd.local1(&NL("shared_experts"), &[x, &w1, &w2, &w3], |a| kernels::shared(&a[0], &a[1], &a[2], &a[3]));
+        let out = self
+            .spmd
+            .local1(&NL("shared_experts"), &[x, &w1, &w2, &w3], |a| kernels::shared(&a[0], &a[1], &a[2], &a[3]));
         let mut out = out.map_err(fwd)?;
         self.spmd.stamp(&mut out, &[("tp", P)]).map_err(fwd)?;
         Ok(Some(out))
@@ -381,9 +381,9 @@ impl<'a> Layer<'a> {
     /// them; SP off adds the partial sums and all-reduces P -> I.
     fn exit(&mut self, routed: STensor, shared: Option<STensor>) -> Result<(), Fail> {
         let y = if self.sp.parallel.sp {
-            let mut y = self.to_seq(&routed)?;
+            let mut y = self.seq_sharded(&routed)?;
             if let Some(s) = shared {
-                let s = self.to_seq(&s)?;
+                let s = self.seq_sharded(&s)?;
                 y = self.spmd.add(&y, &s).map_err(fwd)?;
             }
             y
@@ -399,7 +399,7 @@ impl<'a> Layer<'a> {
     }
 
     /// P -> S(1) on tp (a no-op when the value is already sequence-sharded).
-    fn to_seq(&mut self, v: &STensor) -> Result<STensor, Fail> {
+    fn seq_sharded(&mut self, v: &STensor) -> Result<STensor, Fail> {
         let a = self.spmd.mesh().axis("tp").map_err(fwd)?;
         match v.axis_type(a) {
             Some(spmd::Ty::P) => self.spmd.reduce_scatter(v, "tp", P, S(1), None).map_err(fwd),
@@ -458,7 +458,8 @@ impl<'a> Layer<'a> {
         }
         let sm = sparse_mesh(self.sp, c)?;
         let sizes = sm.shape().to_vec();
-        let sparse = SpmdMesh::new(&[("dp_replicate", sizes[0]), ("efsdp", sizes[1]), ("ep", sizes[2])]).map_err(fwd)?;
+        let sparse =
+            SpmdMesh::new(&[("dp_replicate", sizes[0]), ("efsdp", sizes[1]), ("ep", sizes[2])]).map_err(fwd)?;
         let cnt = self.spmd.reinterpret_mesh(&cnt, &sparse).map_err(fwd)?;
         let rows = self.spmd.reinterpret_mesh(rows, &sparse).map_err(fwd)?;
         self.spmd.set_mesh(sparse);
@@ -632,7 +633,13 @@ mod tests {
 
     #[test]
     fn the_layer_type_checks_and_logs_its_collectives() {
-        let c = case(&[TYPECHECK, ("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        let c = case(&[
+            TYPECHECK,
+            ("\"ep\": 2", "\"ep\": 1"),
+            ("[1, 1, 2]", "[2, 1, 2]"),
+            ("\"batch\": 1", "\"batch\": 2"),
+            HIDDEN,
+        ]);
         let log = outcome(&c, None).expect("0.3.0's layer passes the checker");
         let ops: Vec<String> = log.iter().map(|e| format!("{} {} {}", e.phase, e.op, e.axis)).collect();
         assert_eq!(
@@ -653,7 +660,13 @@ mod tests {
     fn a_partial_offset_next_to_varying_tokens_is_the_checkers_error() {
         // EP off on dp = 2, tp = 2: without torchtitan's P -> V retyping of the offsets, the
         // grouped GEMM sees A: V, B_t: R, offs: P on dp (the checker's first axis here).
-        let c = case(&[TYPECHECK, ("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        let c = case(&[
+            TYPECHECK,
+            ("\"ep\": 2", "\"ep\": 1"),
+            ("[1, 1, 2]", "[2, 1, 2]"),
+            ("\"batch\": 1", "\"batch\": 2"),
+            HIDDEN,
+        ]);
         let e = outcome(&c, Some(Mutant::KeepOffsetsPartial)).unwrap_err();
         assert_eq!((e.stage, e.kind), (Stage::Forward, "SpmdTypeError"));
         assert_eq!(
@@ -664,7 +677,8 @@ mod tests {
              all-reduce in backward)"
         );
         // Without the checker the same program runs (the library checks nothing then).
-        let off = case(&[("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
+        let off =
+            case(&[("\"ep\": 2", "\"ep\": 1"), ("[1, 1, 2]", "[2, 1, 2]"), ("\"batch\": 1", "\"batch\": 2"), HIDDEN]);
         assert!(outcome(&off, Some(Mutant::KeepOffsetsPartial)).is_ok());
     }
 
@@ -674,7 +688,9 @@ mod tests {
         let e = outcome(&c, Some(Mutant::EntryKeepsInvariant)).unwrap_err();
         assert_eq!(e.kind, "SpmdTypeError");
         assert!(
-            e.message.starts_with("Invariant type on axis mesh_tp cannot mix with other types. Found types: [I, R]\nAre you missing"),
+            e.message.starts_with(
+                "Invariant type on axis default_pg cannot mix with other types. Found types: [I, R]\nAre you missing"
+            ),
             "{}",
             e.message
         );

@@ -114,7 +114,7 @@ fn check_comms(case: &Case<MoeSpec>, real: &Value, t: &mut Tally, id: &str) {
         .unwrap_or_default();
     let same = ours.len() == real.len()
         && ours.iter().zip(&real).all(|(o, (phase, op, axes, bytes))| {
-            o.phase == phase && o.op == op && o.bytes == *bytes && axes.iter().any(|a| *a == o.axis)
+            o.phase == phase && o.op == op && o.bytes == *bytes && axes.contains(&o.axis)
         });
     if same {
         t.comms_agree += 1;
