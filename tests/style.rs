@@ -42,8 +42,9 @@ fn each_layer_depends_only_on_the_layers_below() {
         ("src/spmd", &["names", "placement"]),
         ("src/harness", &["names", "placement", "dtensor"]),
         ("src/subjects/router", &["names", "placement", "dtensor", "harness"]),
-        // The MoE layer reuses the router subject's routing math and config.
-        ("src/subjects/moe", &["names", "placement", "dtensor", "harness", "router"]),
+        // The MoE layer reuses the router subject's routing math and config; its spmd_types
+        // backend runs on the local-SPMD runtime.
+        ("src/subjects/moe", &["names", "placement", "dtensor", "spmd", "harness", "router"]),
     ];
     let ours = ["names", "placement", "dtensor", "spmd", "harness", "router", "moe", "shardfuzz"];
     for (dir, allowed) in layers {

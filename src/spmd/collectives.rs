@@ -84,6 +84,9 @@ impl Spmd {
         let mut ty = x.ty.clone();
         if self.mesh().size(axis) > 1 {
             match x.ty.get(&axis) {
+                _ if !self.checking => {
+                    ty.insert(axis, dst);
+                }
                 Some(cur) => {
                     if *cur != src && !(src == Ty::P && *cur == Ty::V) {
                         return Err(SpmdError::Type(format!(
@@ -106,9 +109,14 @@ impl Spmd {
         }
         let id = match x.id {
             Some(xid) => {
+                // The backward runs on the mesh the forward ran on, whatever mesh is current then.
+                let mesh = self.comm.mesh.clone();
                 let back: BackFn = Box::new(move |comm, g| {
                     let g = g[0].as_ref().expect("one output");
-                    Ok(vec![Some(bwd.run(comm, axis, g)?)])
+                    let current = std::mem::replace(&mut comm.mesh, mesh.clone());
+                    let r = bwd.run(comm, axis, g);
+                    comm.mesh = current;
+                    Ok(vec![Some(r?)])
                 });
                 Some(self.tape.record(vec![Some(xid)], 1, back)[0])
             }

@@ -16,6 +16,9 @@ pub struct CommRecord {
     pub axis: String,
     /// Bytes one rank receives into its output buffer (the largest over ranks).
     pub bytes: usize,
+    /// Bytes each rank hands to the collective (its input buffer), by global rank: what a
+    /// rank's own `c10d` call sees.
+    pub sent: Vec<usize>,
     /// Whether it ran in the backward pass.
     pub backward: bool,
 }
@@ -34,9 +37,10 @@ fn nbytes(t: &Tensor) -> usize {
 }
 
 impl Comm {
-    fn record(&mut self, op: &'static str, axis: usize, bytes: usize) {
+    fn record(&mut self, op: &'static str, axis: usize, bytes: usize, x: &[Tensor]) {
         let axis = self.mesh.name(axis).to_string();
-        self.log.push(CommRecord { op, axis, bytes, backward: self.in_backward });
+        let sent = x.iter().map(nbytes).collect();
+        self.log.push(CommRecord { op, axis, bytes, sent, backward: self.in_backward });
     }
 
     /// Applies `f` to every fiber of `axis` (the group's locals in axis order) and returns one
@@ -71,7 +75,7 @@ impl Comm {
             Ok(g.iter().map(|_| acc.copy()).collect())
         })?;
         if self.mesh.size(axis) > 1 {
-            self.record("all_reduce", axis, Self::max_bytes(&out));
+            self.record("all_reduce", axis, Self::max_bytes(&out), x);
         }
         Ok(out)
     }
@@ -82,7 +86,7 @@ impl Comm {
             let s = if g[0].dim() == 0 { Tensor::stack(g, 0) } else { Tensor::stack(g, dim) };
             Ok(g.iter().map(|_| s.copy()).collect())
         })?;
-        self.record("all_gather", axis, Self::max_bytes(&out));
+        self.record("all_gather", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -93,7 +97,7 @@ impl Comm {
             let s = Tensor::cat(g, dim);
             Ok(g.iter().map(|_| s.copy()).collect())
         })?;
-        self.record("all_gather", axis, Self::max_bytes(&out));
+        self.record("all_gather", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -111,7 +115,7 @@ impl Comm {
             let s = Tensor::cat(g, dim);
             Ok(g.iter().map(|_| s.copy()).collect())
         })?;
-        self.record("all_gather", axis, Self::max_bytes(&out));
+        self.record("all_gather", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -136,7 +140,7 @@ impl Comm {
             }
             Ok((0..g.len() as i64).map(|i| s.select(dim, i).contiguous()).collect())
         })?;
-        self.record("reduce_scatter", axis, Self::max_bytes(&out));
+        self.record("reduce_scatter", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -149,7 +153,7 @@ impl Comm {
             let k = s.size()[dim as usize] / n;
             Ok((0..g.len() as i64).map(|i| s.narrow(dim, i * k, k).contiguous()).collect())
         })?;
-        self.record("reduce_scatter", axis, Self::max_bytes(&out));
+        self.record("reduce_scatter", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -160,7 +164,7 @@ impl Comm {
             let parts = s.split_with_sizes(sizes, dim);
             Ok(parts.into_iter().map(|p| p.contiguous()).collect())
         })?;
-        self.record("reduce_scatter", axis, Self::max_bytes(&out));
+        self.record("reduce_scatter", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -190,7 +194,7 @@ impl Comm {
                 })
                 .collect())
         })?;
-        self.record("all_to_all", axis, Self::max_bytes(&out));
+        self.record("all_to_all", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -221,7 +225,7 @@ impl Comm {
                 })
                 .collect())
         })?;
-        self.record("all_to_all", axis, Self::max_bytes(&out));
+        self.record("all_to_all", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 
@@ -250,7 +254,7 @@ impl Comm {
             }
         }
         let out: Vec<Tensor> = out.into_iter().map(|t| t.expect("every rank is in one fiber")).collect();
-        self.record("all_to_all", axis, Self::max_bytes(&out));
+        self.record("all_to_all", axis, Self::max_bytes(&out), x);
         Ok(out)
     }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod infer;
 pub mod mesh;
 pub mod ops;
+pub mod region;
 mod tape;
 pub mod types;
 
@@ -75,15 +76,41 @@ pub struct Spmd {
     pub comm: Comm,
     tape: Tape,
     grads: HashMap<usize, Vec<Tensor>>,
+    /// Whether the checker runs (`typecheck()` active): off, no op or collective is rejected
+    /// for its types (types are still carried where they can be inferred), as the library
+    /// behaves outside a typecheck session.
+    pub(crate) checking: bool,
 }
 
 impl Spmd {
     pub fn new(mesh: SpmdMesh) -> Spmd {
-        Spmd { comm: Comm { mesh, log: Vec::new(), in_backward: false }, tape: Tape::default(), grads: HashMap::new() }
+        Spmd {
+            comm: Comm { mesh, log: Vec::new(), in_backward: false },
+            tape: Tape::default(),
+            grads: HashMap::new(),
+            checking: true,
+        }
     }
 
     pub fn mesh(&self) -> &SpmdMesh {
         &self.comm.mesh
+    }
+
+    /// Turns the checker on or off (on by default).
+    pub fn set_checking(&mut self, on: bool) {
+        self.checking = on;
+    }
+
+    pub fn checking(&self) -> bool {
+        self.checking
+    }
+
+    /// Makes `mesh` the current mesh (the library's `set_current_mesh`); returns the previous
+    /// one. Values keep the types they have: move one onto the new mesh with
+    /// [`Spmd::reinterpret_mesh`]. Backward collectives run on the mesh their forward ran on.
+    pub fn set_mesh(&mut self, mesh: SpmdMesh) -> SpmdMesh {
+        assert_eq!(mesh.ranks(), self.mesh().ranks(), "a mesh over the same ranks");
+        std::mem::replace(&mut self.comm.mesh, mesh)
     }
 
     /// The collectives run so far, forward and backward.

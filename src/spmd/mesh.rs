@@ -20,12 +20,22 @@ impl SpmdMesh {
     pub fn new(axes: &[(&str, usize)]) -> Result<SpmdMesh> {
         let shape: Vec<usize> = axes.iter().map(|a| a.1).collect();
         let names: Vec<String> = axes.iter().map(|a| a.0.to_string()).collect();
-        let mesh = Mesh::new(shape, names.clone()).map_err(|e| SpmdError::Value(format!("{e:?}")))?;
-        let display = if axes.len() == 1 {
-            vec!["default_pg".to_string()]
-        } else {
-            names.iter().map(|n| format!("mesh_{n}")).collect()
-        };
+        let mesh = Mesh::new(shape.clone(), names.clone()).map_err(|e| SpmdError::Value(format!("{e:?}")))?;
+        // An axis whose group is every rank is the default process group (recorded on a 1 x 1 x 2
+        // mesh as on a one-dimensional one).
+        let world: usize = shape.iter().product();
+        let display =
+            names
+                .iter()
+                .zip(&shape)
+                .map(|(n, &s)| {
+                    if axes.len() == 1 || (s == world && s > 1) {
+                        "default_pg".to_string()
+                    } else {
+                        format!("mesh_{n}")
+                    }
+                })
+                .collect();
         Ok(SpmdMesh { mesh, display })
     }
 

@@ -86,7 +86,10 @@ impl Spmd {
         f: impl Fn(&[Tensor]) -> Vec<Tensor>,
     ) -> Result<Vec<STensor>> {
         let tys: Vec<&LocalType> = inputs.iter().map(|x| &x.ty).collect();
-        let ty = self.op_type(spec, &tys)?;
+        let ty = match self.op_type(spec, &tys) {
+            Err(_) if !self.checking => LocalType::new(),
+            t => t?,
+        };
         let track: Vec<bool> = inputs.iter().map(|x| x.id.is_some() && is_float(x.kind())).collect();
         let ranks = self.mesh().ranks();
         if !track.iter().any(|t| *t) {

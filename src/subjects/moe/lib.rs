@@ -20,7 +20,7 @@ pub mod sharded;
 pub mod shrink;
 pub mod spec;
 pub mod spmd_backend;
-pub mod spmd_comms;
+pub mod spmd_layer;
 pub mod subject;
 
 pub use revision::{Backend, MoeRev};

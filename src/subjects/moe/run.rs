@@ -27,7 +27,11 @@ pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), Cas
     let mesh = Arc::new(c.mesh()?);
     let mut p = Phases::default();
     let reference = timed(&mut p.reference_us, || reference::run(s, inputs).map_err(err));
-    let sharded = timed(&mut p.sharded_us, || sharded::run(s, c, inputs).map_err(err));
+    let sharded = timed(&mut p.sharded_us, || match s.backend {
+        // The spmd_types backend runs on the simulated local-SPMD runtime.
+        crate::Backend::SpmdTypes => crate::spmd_layer::run(s, c, inputs).map(|(out, _)| out).map_err(err),
+        _ => sharded::run(s, c, inputs).map_err(err),
+    });
     // A case the sharded side does not model is a skip, not a one-sided error.
     let reference = match &sharded {
         Err(e) if not_modelled(e) => Err(e.clone()),

@@ -1,28 +1,19 @@
-//! The spmd_types backend of torchtitan 0.3.0's MoE layer (the default backend upstream).
+//! The spmd_types backend of torchtitan 0.3.0's MoE layer (the default backend upstream): the
+//! errors met around its typed code, and the hook's reduction of the counts.
 //!
-//! Under spmd_types every tensor is a plain per-rank tensor carrying one local type per mesh
-//! axis; the layer's sharding config (the same `ShardingConfig`s the DTensor backends read) is
-//! applied by `spmd_redistribute_per_axis`, one single-axis `spmd.redistribute` per axis whose
-//! type changes, and by `spmd.local_map` around the routed experts. The tensor code inside is
-//! the same per-rank code as the DTensor backends' (router, routing-map counts, reorder, uneven
-//! all-to-all on the sparse mesh's ep axis, grouped GEMMs, combine), so for a program the
-//! library accepts the values are those of the shared per-rank program in sharded.rs; what this
-//! backend changes is:
+//! The layer itself runs on the simulated local-SPMD runtime ([`crate::spmd_layer`]): typed
+//! per-rank values, every conversion and collective through the runtime (its comm log), the
+//! checker's errors under `typecheck`. What stays here is what the real run meets outside the
+//! typed values, or in the tensor code itself:
 //!
-//! - the errors: plain tensors (no DTensor dispatch), so `topk`'s range error and the
-//!   force-load-balance override are the plain-torch ones; the library's `torch.chunk` based
-//!   `shard` (`_replicate_to_varying`) raises `IndexError: tuple index out of range` when a
-//!   dim has fewer chunks than the axis has ranks (the expert weights' S(0) over ep at
-//!   parallelize, x's I -> S(1) over tp at the router's entry under EP);
-//!   an uneven tp chunk of the sequence under EP (SP off) makes the routed output's S(1) -> P
-//!   zero-fill longer than the block, which the shared experts' add rejects;
+//! - plain tensors (no DTensor dispatch), so `topk`'s range error and the force-load-balance
+//!   override are the plain-torch ones (in `sharded::checks`);
+//! - the library's `torch.chunk` based `shard` (`_replicate_to_varying`) raises `IndexError:
+//!   tuple index out of range` when a dim has fewer chunks than the axis has ranks (the expert
+//!   weights' S(0) over ep at parallelize, x's I -> S(1) over tp at the router's entry under
+//!   EP); an uneven tp chunk of the sequence under EP (SP off) makes the routed output's
+//!   S(1) -> P zero-fill longer than the block, which the shared experts' add rejects;
 //! - none of the DTensor backends' recorded problems (the routed x-gradient drop).
-//!
-//! Not done yet: the values do not run through the simulated local-SPMD runtime (`spmd`
-//! crate), so the per-axis types and the checker's errors under `typecheck` are not simulated;
-//! 0.3.0 passes the checker on every recorded case (19 with `typecheck` on), so no recorded
-//! verdict depends on them (docs/moe-subject.md). The collectives are modelled as a log
-//! (spmd_comms.rs).
 //!
 //! The load-balance hook's reduction of the counts ([`hook_reduces_counts_over_tp`]) is where
 //! torchtitan's #4154 lives (the spmd_types backend once left the TP reduction out).

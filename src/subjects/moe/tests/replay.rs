@@ -97,7 +97,7 @@ fn check_line(line: &str, t: &mut Tally, id: &str, backend: &str) {
 /// order and phase, with the same bytes, on a group the recorder names with the model's axis.
 fn check_comms(case: &Case<MoeSpec>, real: &Value, t: &mut Tally, id: &str) {
     let tensors = harness::data::inputs(case, Device::Cpu);
-    let ours = moe::spmd_comms::comm_log(&case.subject, &case.common, &tensors).expect("a log");
+    let ours = moe::spmd_layer::comm_log(&case.subject, &case.common, &tensors).expect("a log");
     let real: Vec<(String, String, Vec<String>, usize)> = real
         .as_array()
         .map(|v| {
@@ -117,7 +117,7 @@ fn check_comms(case: &Case<MoeSpec>, real: &Value, t: &mut Tally, id: &str) {
         .unwrap_or_default();
     let same = ours.len() == real.len()
         && ours.iter().zip(&real).all(|(o, (phase, op, axes, bytes))| {
-            o.phase == phase && o.op == op && o.bytes == *bytes && axes.iter().any(|a| a == o.axis)
+            o.phase == phase && o.op == op && o.bytes == *bytes && axes.contains(&o.axis)
         });
     if same {
         t.comms_agree += 1;
