@@ -20,6 +20,7 @@ use dtensor::DTensor;
 use harness::oracle::value::close;
 use harness::oracle::{Class, Judgement, Verdict};
 use harness::run::Run;
+use harness::timing::oracle;
 use placement::Placement;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -296,7 +297,7 @@ pub fn check(
     s: &RouterOutputs<DTensor>,
     j: &mut Judgement,
 ) {
-    let Some(full) = gather(s, j) else {
+    let Some(full) = oracle("values: gather", || gather(s, j)) else {
         j.verdicts.push(Verdict {
             class: Class::Value,
             output: None,
@@ -313,10 +314,10 @@ pub fn check(
     if !c.shapes() {
         return;
     }
-    c.scores();
+    oracle("values: scores", || c.scores());
     c.decide();
-    c.choices();
-    c.map_and_counts();
-    c.offsets();
+    oracle("values: choices", || c.choices());
+    oracle("values: map and counts", || c.map_and_counts());
+    oracle("values: offsets", || c.offsets());
     c.group_mask();
 }
