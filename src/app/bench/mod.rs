@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 mod render;
 pub mod soak;
+pub mod versus;
 
 pub use render::{Bench, Machine};
 

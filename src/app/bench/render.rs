@@ -80,6 +80,16 @@ impl Bench {
         if names.is_empty() {
             return String::new();
         }
+        // Each oracle, then its parts (a part finishes, and is first seen, before its oracle).
+        let top: Vec<&str> = names.iter().copied().filter(|n| !n.contains(": ")).collect();
+        let mut ordered: Vec<&str> = Vec::new();
+        for t in &top {
+            ordered.push(t);
+            ordered.extend(names.iter().copied().filter(|n| n.split_once(": ").is_some_and(|(o, _)| o == *t)));
+        }
+        let rest: Vec<&str> = names.iter().copied().filter(|n| !ordered.contains(n)).collect();
+        ordered.extend(rest);
+        let names = ordered;
         let cols: Vec<String> =
             self.throughput.iter().map(|t| format!("{} {} {} {}", t.subject, t.device, t.size, t.backward)).collect();
         let rows: Vec<Vec<String>> = names

@@ -30,6 +30,9 @@ pub struct SoakRow {
     /// Cases per second within this interval.
     pub cases_per_s: f64,
     pub rss_mib: f64,
+    /// Resident memory not backed by files (RSS less statm's `shared`): the heap. RSS also
+    /// counts libtorch's code pages, which grow as new kernels are first run.
+    pub anon_mib: f64,
     pub open_files: usize,
 }
 
@@ -54,15 +57,15 @@ pub struct SoakSettings {
     pub every: Duration,
 }
 
-/// Resident memory in MiB (`/proc/self/statm`'s second field, in pages).
-pub fn rss_mib() -> f64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .unwrap_or(0);
+/// Resident memory and its file-backed part in MiB (`/proc/self/statm`'s second and third
+/// fields, in pages).
+pub fn rss_mib() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let field = |i: usize| text.split_whitespace().nth(i).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
-    pages as f64 * page / (1024.0 * 1024.0)
+    let mib = |pages: u64| pages as f64 * page / (1024.0 * 1024.0);
+    (mib(field(1)), mib(field(2)))
 }
 
 /// Open file descriptors of this process (`/proc/self/fd`, less the one reading it).
@@ -100,16 +103,18 @@ pub fn soak(s: &SoakSettings, scratch: &Path) -> Result<Soak> {
         index += 1;
         let since = mark.elapsed();
         if since >= s.every || start.elapsed() >= s.duration {
+            let (rss, shared) = rss_mib();
             let row = SoakRow {
                 minute: start.elapsed().as_secs_f64() / 60.0,
                 cases: index,
                 cases_per_s: (index - at_mark) as f64 / since.as_secs_f64().max(1e-9),
-                rss_mib: rss_mib(),
+                rss_mib: rss,
+                anon_mib: rss - shared,
                 open_files: open_files(),
             };
             eprintln!(
-                "soak: {:.2} min: {} cases, {:.0} cases/s, RSS {:.1} MiB, {} open files",
-                row.minute, row.cases, row.cases_per_s, row.rss_mib, row.open_files
+                "soak: {:.2} min: {} cases, {:.0} cases/s, RSS {:.1} MiB (anonymous {:.1}), {} open files",
+                row.minute, row.cases, row.cases_per_s, row.rss_mib, row.anon_mib, row.open_files
             );
             rows.push(row);
             (mark, at_mark) = (Instant::now(), index);
@@ -147,15 +152,15 @@ fn keep_findings(
 }
 
 impl Soak {
-    /// RSS after the first row against the last row's: `(first, last, flat)`; `None` with
-    /// fewer than two rows.
-    pub fn memory(&self) -> Option<(f64, f64, bool)> {
+    /// A memory figure after the first row against the last row's: `(first, last, flat)`;
+    /// `None` with fewer than two rows.
+    pub fn memory(&self, of: fn(&SoakRow) -> f64) -> Option<(f64, f64, bool)> {
         let (first, last) = (self.rows.first()?, self.rows.last()?);
         if self.rows.len() < 2 {
             return None;
         }
-        let flat = last.rss_mib <= first.rss_mib * (1.0 + FLAT_WITHIN);
-        Some((first.rss_mib, last.rss_mib, flat))
+        let flat = of(last) <= of(first) * (1.0 + FLAT_WITHIN);
+        Some((of(first), of(last), flat))
     }
 
     /// The table and the verdict line.
@@ -169,22 +174,25 @@ impl Soak {
                     r.cases.to_string(),
                     format!("{:.0}", r.cases_per_s),
                     format!("{:.1}", r.rss_mib),
+                    format!("{:.1}", r.anon_mib),
                     r.open_files.to_string(),
                 ]
             })
             .collect();
-        let table = md_table(&["minute", "cases", "cases/s", "RSS MiB", "open files"], &rows);
-        let verdict = match self.memory() {
+        let header = ["minute", "cases", "cases/s", "RSS MiB", "anonymous MiB", "open files"];
+        let table = md_table(&header, &rows);
+        let verdict = |what: &str, of: fn(&SoakRow) -> f64| match self.memory(of) {
             Some((a, b, flat)) => format!(
-                "memory: RSS {a:.1} MiB after the first interval, {b:.1} MiB at the end ({:+.1}%): {}",
+                "memory: {what} {a:.1} MiB after the first interval, {b:.1} MiB at the end ({:+.1}%): {}\n",
                 (b / a.max(1e-9) - 1.0) * 100.0,
                 if flat { "flat (within 10%)" } else { "NOT flat (more than 10% up)" }
             ),
-            None => "memory: too short to judge (fewer than two intervals)".into(),
+            None => format!("memory: {what}: too short to judge (fewer than two intervals)\n"),
         };
+        let verdict = verdict("RSS", |r| r.rss_mib) + &verdict("anonymous", |r| r.anon_mib);
         let subjects = self.subjects.join(",");
         format!(
-            "soak: subjects {subjects}, device {}, seed {}, {} signature(s)\n\n{table}\n{verdict}\n",
+            "soak: subjects {subjects}, device {}, seed {}, {} signature(s)\n\n{table}\n{verdict}",
             self.device, self.seed, self.signatures
         )
     }

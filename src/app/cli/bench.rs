@@ -48,6 +48,14 @@ pub struct Args {
     /// Time between the soak's rows
     #[arg(long, value_parser = parse_duration, default_value = "1m")]
     pub soak_every: Duration,
+    /// Instead of the benchmark: time per case against real DTensor of this torch release
+    /// (X.Y.Z; LocalTensorMode in one process, from the venv `confirm` manages) on the same router
+    /// cases, start-up removed by timing 1 and N cases
+    #[arg(long, value_name = "RELEASE")]
+    pub versus_dtensor: Option<crate::confirm::Release>,
+    /// Cases --versus-dtensor times (each side runs them --repeat times; the fastest counts)
+    #[arg(long, default_value_t = 100)]
+    pub versus_cases: usize,
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -57,6 +65,9 @@ pub fn run(a: Args) -> CliResult {
         if !devices.contains(&dev) {
             devices.push(dev);
         }
+    }
+    if let Some(r) = &a.versus_dtensor {
+        return versus(&a, r.clone());
     }
     if let Some(d) = a.soak {
         return soak(&a, devices[0], d);
@@ -110,5 +121,17 @@ fn soak(a: &Args, dev: device::Dev, duration: Duration) -> CliResult {
     write_atomic(&a.out.join("soak.md"), &md)?;
     println!("{md}");
     eprintln!("soak: wrote {}/soak.md and soak.json", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--versus-dtensor`: the comparison on stdout and in --out/versus.md (and versus.json).
+fn versus(a: &Args, release: crate::confirm::Release) -> CliResult {
+    std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let settings = bench::versus::VersusSettings { release, cases: a.versus_cases, repeat: a.repeat, seed: 7 };
+    let v = bench::versus::versus(&settings, &a.out)?;
+    let md = v.markdown();
+    write_atomic(&a.out.join("versus.json"), &(serde_json::to_string_pretty(&v)? + "\n"))?;
+    write_atomic(&a.out.join("versus.md"), &md)?;
+    println!("{md}");
     Ok(ExitCode::SUCCESS)
 }
