@@ -86,12 +86,9 @@ pub fn held_ix(global: &[usize], mesh_shape: &[usize], placements: &[Placement],
             Placement::Shard(d) => idx[d as usize] = piece_ix(&idx[d as usize], n, k),
             Placement::StridedShard { dim, sf } => {
                 let cur = &idx[dim as usize];
-                let c = cur.len().div_ceil((sf as usize).max(1));
-                idx[dim as usize] = if cur.is_empty() {
-                    Vec::new()
-                } else {
-                    cur.chunks(c).flat_map(|pc| piece_ix(pc, n, k)).collect()
-                };
+                let c = cur.len().div_ceil(sf.max(1));
+                idx[dim as usize] =
+                    if cur.is_empty() { Vec::new() } else { cur.chunks(c).flat_map(|pc| piece_ix(pc, n, k)).collect() };
             }
             Placement::Replicate | Placement::Partial(_) | Placement::MaskPartial { .. } => {}
         }
