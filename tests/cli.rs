@@ -382,3 +382,36 @@ fn old_flag_names_stay_as_hidden_aliases() {
     let help = String::from_utf8_lossy(&run(&["bench", "--help"]).stdout).into_owned();
     assert!(help.contains("--size ") && !help.contains("--sizes"), "{help}");
 }
+
+/// `bench --soak` runs a short campaign and prints one row per interval and the memory verdicts.
+#[test]
+fn a_short_soak_prints_its_table() {
+    let out = std::env::temp_dir().join(format!("shardfuzz-cli-soak-{}", std::process::id()));
+    let o = run(&[
+        "bench",
+        "--soak",
+        "3s",
+        "--soak-every",
+        "1s",
+        "--subject",
+        "router",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let header = "| minute | cases | cases/s | RSS MiB | anonymous MiB | open files |";
+    assert!(text.contains(header), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| minute")).collect();
+    assert!((2..=4).contains(&rows.len()), "{text}");
+    for r in &rows {
+        let cells: Vec<&str> = r.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 6, "{r}");
+        assert!(cells.iter().all(|c| c.parse::<f64>().is_ok()), "{r}");
+    }
+    assert!(text.contains("memory: RSS ") && text.contains("memory: anonymous "), "{text}");
+    assert!(out.join("soak.md").exists() && !out.join("soak-scratch").exists());
+    std::fs::remove_dir_all(&out).ok();
+}

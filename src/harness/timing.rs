@@ -58,3 +58,39 @@ pub fn timed<T>(slot: &mut u64, f: impl FnOnce() -> T) -> T {
 pub fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }
+
+thread_local! {
+    /// Per-oracle summed microseconds, kept only while [`record_oracles`] asked for them.
+    static ORACLE_COSTS: std::cell::RefCell<Option<Vec<(&'static str, u64)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Starts (or with `false` stops) summing each oracle's time on this thread; see [`oracle`].
+pub fn record_oracles(on: bool) {
+    ORACLE_COSTS.with(|c| *c.borrow_mut() = on.then(Vec::new));
+}
+
+/// The summed time per oracle since [`record_oracles`], in first-seen order, and a fresh start.
+pub fn take_oracle_costs() -> Vec<(&'static str, u64)> {
+    ORACLE_COSTS.with(|c| c.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default())
+}
+
+/// Runs oracle `name`, adding its wall time to its sum while recording (the bench's per-oracle
+/// table); otherwise just runs it. Nested names are timed apart (a part of an oracle is named
+/// `oracle: part`, and its time is also in the oracle's).
+pub fn oracle<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    if ORACLE_COSTS.with(|c| c.borrow().is_none()) {
+        return f();
+    }
+    let t = Instant::now();
+    let r = f();
+    let us = micros(t.elapsed());
+    ORACLE_COSTS.with(|c| {
+        if let Some(v) = c.borrow_mut().as_mut() {
+            match v.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 += us,
+                None => v.push((name, us)),
+            }
+        }
+    });
+    r
+}

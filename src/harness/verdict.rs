@@ -96,6 +96,44 @@ pub struct Judgement {
     pub verdicts: Vec<Verdict>,
     pub near_ties: NearTies,
     pub grads: GradTally,
+    /// Outputs one oracle already gathered to a full tensor, for the next (not a result).
+    pub gathered: Gathered,
+}
+
+/// Full tensors by output name (`full_tensor()`'s value), computed once per case and shared
+/// between oracles. Not part of what the oracles say: every `Gathered` compares equal.
+#[derive(Default)]
+pub struct Gathered(Vec<(String, tch::Tensor)>);
+
+impl Gathered {
+    pub fn put(&mut self, name: &str, t: tch::Tensor) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.into(), t));
+    }
+
+    /// The full tensor of `name`, when an oracle gathered it.
+    pub fn get(&self, name: &str) -> Option<tch::Tensor> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone())
+    }
+}
+
+impl Clone for Gathered {
+    fn clone(&self) -> Self {
+        Gathered(self.0.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
+    }
+}
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "Gathered({names:?})")
+    }
+}
+
+impl PartialEq for Gathered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Judgement {

@@ -19,6 +19,8 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 mod render;
+pub mod soak;
+pub mod versus;
 
 pub use render::{Bench, Machine};
 
@@ -38,6 +40,8 @@ pub struct Throughput {
     pub phases_us: Phases,
     /// Summed time writing each case to disk before it runs, as a campaign worker does.
     pub io_us: u64,
+    /// Summed time per oracle (and per named part of one: `oracle: part`), first-seen order.
+    pub oracles_us: Vec<(String, u64)>,
     /// 2 x the mean reference time: see the module comment.
     pub floor_us: f64,
     /// Mean time per case over the floor.
@@ -61,6 +65,7 @@ pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) ->
     let path = scratch.join("inflight.json");
     let mut inflight = Inflight::create(&path).map_err(Error::io(&path))?;
     let (mut phases, mut io_us) = (Phases::default(), 0);
+    harness::timing::record_oracles(true);
     let start = Instant::now();
     for i in 0..cases {
         let case = timed(&mut phases.generate_us, || cfg.nth(seed, i));
@@ -73,6 +78,8 @@ pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) ->
         tch::Cuda::synchronize(n as i64);
     }
     let wall = start.elapsed();
+    let oracles_us = harness::timing::take_oracle_costs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    harness::timing::record_oracles(false);
     let n = cases.max(1) as f64;
     let floor_us = 2.0 * phases.reference_us as f64 / n;
     Ok(Throughput {
@@ -86,6 +93,7 @@ pub fn throughput(mix: Mix, cases: u64, seed: u64, scratch: &std::path::Path) ->
         cases_per_s: cases as f64 / wall.as_secs_f64().max(1e-9),
         phases_us: phases,
         io_us,
+        oracles_us,
         floor_us,
         over_floor: micros(wall) as f64 / n / floor_us.max(1e-9),
     })

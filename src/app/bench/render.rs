@@ -29,12 +29,13 @@ impl Bench {
         let gpus = if m.gpus.is_empty() { "none".into() } else { m.gpus.join(", ") };
         format!(
             "# shardfuzz bench\n\n\
-             Machine: {} ({} cores), GPUs: {gpus}, libtorch {}, {} intra-op thread(s): every figure is for one core.\n\n{}{}{}{}",
+             Machine: {} ({} cores), GPUs: {gpus}, libtorch {}, {} intra-op thread(s): every figure is for one core.\n\n{}{}{}{}{}",
             m.cpu,
             m.cores,
             m.libtorch,
             m.intra_op_threads,
             self.md_throughput(),
+            self.md_oracles(),
             self.md_backward(),
             self.md_detect(),
             self.md_shrink()
@@ -62,6 +63,52 @@ impl Bench {
             "## Cases per second and where a case's time goes (mean µs per case)\n\n\
              Each row is the median of `runs` runs of the same cases. floor = 2 x reference: libtorch computing the \
              subject's program once unsharded and once for the sharded side.\n\n{}\n\n",
+            md_table(&header, &rows)
+        )
+    }
+
+    /// Mean µs per case of each oracle (rows) in each throughput measurement (columns).
+    fn md_oracles(&self) -> String {
+        let mut names: Vec<&str> = Vec::new();
+        for t in &self.throughput {
+            for (n, _) in &t.oracles_us {
+                if !names.contains(&n.as_str()) {
+                    names.push(n);
+                }
+            }
+        }
+        if names.is_empty() {
+            return String::new();
+        }
+        // Each oracle, then its parts (a part finishes, and is first seen, before its oracle).
+        let top: Vec<&str> = names.iter().copied().filter(|n| !n.contains(": ")).collect();
+        let mut ordered: Vec<&str> = Vec::new();
+        for t in &top {
+            ordered.push(t);
+            ordered.extend(names.iter().copied().filter(|n| n.split_once(": ").is_some_and(|(o, _)| o == *t)));
+        }
+        let rest: Vec<&str> = names.iter().copied().filter(|n| !ordered.contains(n)).collect();
+        ordered.extend(rest);
+        let names = ordered;
+        let cols: Vec<String> =
+            self.throughput.iter().map(|t| format!("{} {} {} {}", t.subject, t.device, t.size, t.backward)).collect();
+        let rows: Vec<Vec<String>> = names
+            .iter()
+            .map(|name| {
+                let mut row = vec![name.to_string()];
+                row.extend(self.throughput.iter().map(|t| {
+                    let us = t.oracles_us.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
+                    format!("{:.1}", us as f64 / t.cases.max(1) as f64)
+                }));
+                row
+            })
+            .collect();
+        let mut header = vec!["oracle (mean µs per case)"];
+        header.extend(cols.iter().map(String::as_str));
+        format!(
+            "## What each oracle costs\n\nThe oracles phase above, oracle by oracle (same runs; `oracle: part` rows \
+             are parts of the row above them and are included in it). The value oracle is the subject's own \
+             comparison; `subject's own` holds the router's gradient checks.\n\n{}\n\n",
             md_table(&header, &rows)
         )
     }

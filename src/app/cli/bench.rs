@@ -41,6 +41,21 @@ pub struct Args {
     /// reports/bench/ are refreshed by passing --out reports/bench)
     #[arg(long, default_value = "target/shardfuzz-bench")]
     pub out: PathBuf,
+    /// Instead of the benchmark: a campaign in this process for this long (e.g. 30m), printing
+    /// cases/s, resident memory and open files every --soak-every, and whether memory stayed flat
+    #[arg(long, value_parser = parse_duration)]
+    pub soak: Option<Duration>,
+    /// Time between the soak's rows
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    pub soak_every: Duration,
+    /// Instead of the benchmark: time per case against real DTensor of this torch release
+    /// (X.Y.Z; LocalTensorMode in one process, from the venv `confirm` manages) on the same router
+    /// cases, start-up removed by timing 1 and N cases
+    #[arg(long, value_name = "RELEASE")]
+    pub versus_dtensor: Option<crate::confirm::Release>,
+    /// Cases --versus-dtensor times (each side runs them --repeat times; the fastest counts)
+    #[arg(long, default_value_t = 100)]
+    pub versus_cases: usize,
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -50,6 +65,12 @@ pub fn run(a: Args) -> CliResult {
         if !devices.contains(&dev) {
             devices.push(dev);
         }
+    }
+    if let Some(r) = &a.versus_dtensor {
+        return versus(&a, r.clone());
+    }
+    if let Some(d) = a.soak {
+        return soak(&a, devices[0], d);
     }
     anyhow::ensure!(a.cases > 0, "--cases must be at least 1");
     let cuda = devices.iter().any(|d| *d != device::Dev::Cpu);
@@ -79,5 +100,38 @@ pub fn run(a: Args) -> CliResult {
     write_atomic(&a.out.join("bench.md"), &md)?;
     println!("{md}");
     eprintln!("bench: wrote {}/bench.md and bench.json", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--soak`: the table on stdout and in --out/soak.md (and soak.json).
+fn soak(a: &Args, dev: device::Dev, duration: Duration) -> CliResult {
+    anyhow::ensure!(!a.soak_every.is_zero(), "--soak-every must be more than 0");
+    let scratch = a.out.join("soak-scratch");
+    std::fs::remove_dir_all(&scratch).ok();
+    std::fs::create_dir_all(&scratch).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let mut subjects = a.subject.clone();
+    subjects.dedup();
+    let settings = bench::soak::SoakSettings { subjects, dev, seed: 0, duration, every: a.soak_every };
+    let names: Vec<String> = settings.subjects.iter().map(ToString::to_string).collect();
+    eprintln!("soak: {} on {dev} for {duration:?}, a row every {:?}", names.join(","), a.soak_every);
+    let s = bench::soak::soak(&settings, &scratch)?;
+    std::fs::remove_dir_all(&scratch).ok();
+    let md = s.markdown();
+    write_atomic(&a.out.join("soak.json"), &(serde_json::to_string_pretty(&s)? + "\n"))?;
+    write_atomic(&a.out.join("soak.md"), &md)?;
+    println!("{md}");
+    eprintln!("soak: wrote {}/soak.md and soak.json", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--versus-dtensor`: the comparison on stdout and in --out/versus.md (and versus.json).
+fn versus(a: &Args, release: crate::confirm::Release) -> CliResult {
+    std::fs::create_dir_all(&a.out).map_err(|e| anyhow::anyhow!("--out {}: {e}", a.out.display()))?;
+    let settings = bench::versus::VersusSettings { release, cases: a.versus_cases, repeat: a.repeat, seed: 7 };
+    let v = bench::versus::versus(&settings, &a.out)?;
+    let md = v.markdown();
+    write_atomic(&a.out.join("versus.json"), &(serde_json::to_string_pretty(&v)? + "\n"))?;
+    write_atomic(&a.out.join("versus.md"), &md)?;
+    println!("{md}");
     Ok(ExitCode::SUCCESS)
 }

@@ -16,21 +16,22 @@ pub mod value;
 use crate::case::Case;
 use crate::run::Run;
 use crate::subject::Subject;
+use crate::timing::oracle;
 pub use crate::verdict::{Class, GradTally, Judgement, NearTies, Verdict};
 
 /// Runs every oracle but nondeterminism and device (which need a second run; see
 /// [`nondeterminism`], [`device`]).
 pub fn judge<S: Subject>(case: &Case<S>, run: &Run, extra: &S::Extra) -> Judgement {
     let mut j = Judgement::default();
-    error::check(run, &mut j);
+    oracle("error", || error::check(run, &mut j));
     if let (Ok(r), Ok(s)) = (&run.reference, &run.sharded) {
         // Shapes first: the value oracle leaves out what a shape verdict already explains.
-        shape::check(r, s, &mut j);
-        case.subject.values(case, run, extra, r, s, &mut j);
-        placement::check(run, s, &mut j);
+        oracle("shape and layout", || shape::check(r, s, &mut j));
+        oracle("values", || case.subject.values(case, run, extra, r, s, &mut j));
+        oracle("placement", || placement::check(run, s, &mut j));
     }
-    comm::check(run, &mut j);
-    comm::check_backward(run, &mut j);
-    case.subject.judge(case, run, extra, &mut j);
+    oracle("comm", || comm::check(run, &mut j));
+    oracle("comm (backward)", || comm::check_backward(run, &mut j));
+    oracle("subject's own", || case.subject.judge(case, run, extra, &mut j));
     j
 }

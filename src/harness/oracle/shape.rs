@@ -10,7 +10,7 @@ use serde_json::json;
 use tch::Tensor;
 
 pub fn check(r: &Named<Tensor>, s: &Named<DTensor>, j: &mut Judgement) {
-    super::layout::check(s, j);
+    crate::timing::oracle("shape and layout: layout", || super::layout::check(s, j));
     for (name, d) in s.iter() {
         let Some(rt) = r.get(name) else { continue };
         let truth = local::shape(rt);

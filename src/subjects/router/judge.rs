@@ -71,11 +71,13 @@ pub fn grads(s: &RouterSpec, run: &Run, x: &Extra, j: &mut Judgement) {
         });
     }
     // Placements follow from the program alone: judged on near-ties too.
-    if compared {
-        grad::check(&checks, j);
-    } else {
-        grad::check_placements(&checks, j);
-    }
+    harness::timing::oracle("subject's own: gradients", || {
+        if compared {
+            grad::check(&checks, j);
+        } else {
+            grad::check_placements(&checks, j);
+        }
+    });
 }
 
 /// Every token's choice was decided by more than the rounding bound (experts and groups).

@@ -20,6 +20,7 @@ use dtensor::DTensor;
 use harness::oracle::value::close;
 use harness::oracle::{Class, Judgement, Verdict};
 use harness::run::Run;
+use harness::timing::oracle;
 use placement::Placement;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -272,19 +273,20 @@ impl Compare<'_> {
 /// Gathers every sharded output to a full tensor. A group mask whose ranks disagree on its
 /// global shape (a `shape` verdict already says so) cannot be gathered and is left out.
 fn gather(s: &RouterOutputs<DTensor>, j: &Judgement) -> Option<RouterOutputs<Tensor>> {
-    let full = |d: &DTensor| d.full_tensor().ok();
+    // The layout oracle gathered the sharded outputs already (the same redistribution).
+    let full = |name: &str, d: &DTensor| j.gathered.get(name).or_else(|| d.full_tensor().ok());
     let explained = j.verdicts.iter().any(|v| v.class == Class::Shape && v.output.as_deref() == Some("group_mask"));
     let group_mask = match &s.group_mask {
-        Some(d) if explained => full(d),
-        Some(d) => Some(full(d)?),
+        Some(d) if explained => full("group_mask", d),
+        Some(d) => Some(full("group_mask", d)?),
         None => None,
     };
     Some(RouterOutputs {
-        topk_scores: full(&s.topk_scores)?,
-        topk_ids: full(&s.topk_ids)?,
-        scores: full(&s.scores)?,
-        routing_map: full(&s.routing_map)?,
-        counts: full(&s.counts)?,
+        topk_scores: full("topk_scores", &s.topk_scores)?,
+        topk_ids: full("topk_ids", &s.topk_ids)?,
+        scores: full("scores", &s.scores)?,
+        routing_map: full("routing_map", &s.routing_map)?,
+        counts: full("counts", &s.counts)?,
         group_mask,
     })
 }
@@ -296,7 +298,7 @@ pub fn check(
     s: &RouterOutputs<DTensor>,
     j: &mut Judgement,
 ) {
-    let Some(full) = gather(s, j) else {
+    let Some(full) = oracle("values: gather", || gather(s, j)) else {
         j.verdicts.push(Verdict {
             class: Class::Value,
             output: None,
@@ -313,10 +315,10 @@ pub fn check(
     if !c.shapes() {
         return;
     }
-    c.scores();
+    oracle("values: scores", || c.scores());
     c.decide();
-    c.choices();
-    c.map_and_counts();
-    c.offsets();
+    oracle("values: choices", || c.choices());
+    oracle("values: map and counts", || c.map_and_counts());
+    oracle("values: offsets", || c.offsets());
     c.group_mask();
 }
