@@ -248,6 +248,11 @@ pub const ENTRIES: &[Entry] = &[
         matches: Match::Known("tokens without routed output at uneven L (tt-3662; no upstream report)"),
         standing: Standing::Upstream("no upstream issue; gone with #3996's local-shard combine (docs/moe-revisions.md 3.3)"),
     },
+    Entry {
+        mechanism: "tt-3386's flat combine buffer: at T not divisible by tp every rank's buffer has the wrong size",
+        matches: Match::Known("flat EP combine buffer of the wrong size at uneven T (tt-3386; no upstream report)"),
+        standing: Standing::Upstream("no upstream issue; the later revisions' combine buffers replace it (docs/moe-revisions.md 3.1)"),
+    },
 ];
 
 /// The first entry that settles a bucket.

@@ -701,7 +701,7 @@ fn dt(locals: Vec<Tensor>, mesh: &Arc<Mesh>, ps: &[Placement]) -> Result<DTensor
     dt_shaped(locals, mesh, ps, None)
 }
 
-fn dt_shaped(
+pub(crate) fn dt_shaped(
     locals: Vec<Tensor>,
     mesh: &Arc<Mesh>,
     ps: &[Placement],

@@ -34,7 +34,7 @@
 
 use crate::error::{Fail, Stage};
 use crate::kernels;
-use crate::sharded::{chunk, sparse_mesh};
+use crate::sharded::{chunk, dt_shaped, sparse_mesh};
 use crate::spec::MoeSpec;
 use dtensor::DTensor;
 use harness::case::Common;
@@ -550,13 +550,16 @@ impl<'a> Layer<'a> {
         let mut out = Named::default();
         let y_ps = if sp.parallel.sp { [s(0), s(1), s(1)] } else { [s(0), s(1), r] };
         let y = self.y.as_ref().expect("a y").locals.iter().map(|t| t.detach()).collect();
-        out.push("y", dt(y, &mesh, &y_ps)?);
+        // y and x.grad are plain per-rank tensors: nothing infers their global shape from a
+        // local one, so an uneven cp chunk is no shape verdict (as on the DTensor backends).
+        let whole = Some(vec![sp.dims.batch, sp.dims.seq, sp.dims.model]);
+        out.push("y", dt_shaped(y, &mesh, &y_ps, whole.clone())?);
         if sp.backward {
             let grad = |v: &STensor| match self.spmd.grad(v) {
                 Some(g) => g.locals,
                 None => v.locals.iter().map(|t| t.zeros_like()).collect(),
             };
-            out.push("x_grad", dt(grad(&self.x), &mesh, &y_ps)?);
+            out.push("x_grad", dt_shaped(grad(&self.x), &mesh, &y_ps, whole)?);
             // The gate is R on every axis, so its gradient is P on every axis: each rank keeps
             // its own share (with EP off every tp rank routes the whole block, and the routed
             // experts' tp shards each give their part of the scores' gradient).
@@ -606,7 +609,7 @@ fn expert_major(recv: &Tensor) -> (Tensor, Tensor) {
 }
 
 fn dt(locals: Vec<Tensor>, mesh: &Arc<Mesh>, ps: &[Placement]) -> Result<DTensor, Fail> {
-    DTensor::from_local(locals, mesh, ps, None).map_err(|e| Fail::new(Stage::Forward, "RuntimeError", e.to_string()))
+    dt_shaped(locals, mesh, ps, None)
 }
 
 #[cfg(test)]
