@@ -66,7 +66,12 @@ pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
     let tokens = if s.parallel.ep > 1 { vec![p, p, p] } else { vec![p, p, r] };
     let mode = if s.parallel.sp { "SP" } else { "I" };
     vec![
-        Contract { output: "y".into(), placements: y, ndim: 3 - seq as usize, source: format!("MoE out_dst ({mode} layout)") },
+        Contract {
+            output: "y".into(),
+            placements: y,
+            ndim: 3 - seq as usize,
+            source: format!("MoE out_dst ({mode} layout)"),
+        },
         Contract {
             output: "tokens_per_expert".into(),
             placements: tokens,
