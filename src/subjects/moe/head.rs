@@ -71,7 +71,7 @@ pub fn fold_sharded(s: &MoeSpec, mut out: Named<DTensor>) -> Result<Named<DTenso
         let ps: Vec<Placement> = t
             .placements
             .iter()
-            .map(|p| if matches!(p, Placement::Shard(_)) { Placement::Shard(0) } else { p.clone() })
+            .map(|p| if matches!(p, Placement::Shard(_)) { Placement::Shard(0) } else { *p })
             .collect();
         let whole = Some(vec![d.batch * d.seq, d.model]);
         *t = DTensor::from_local(locals, &t.mesh, &ps, whole)

@@ -62,11 +62,7 @@ fn narrow(t: &Tensor, dim: i64, (start, size): (usize, usize)) -> Tensor {
 pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     let (dp, cp, tp) = MoeSpec::axes(c);
     let d = &sp.dims;
-    if sp.revision.folds_batch() {
-        crate::head::checks(sp, c)?;
-    } else if sp.trainer_checks {
-        seq_checks(sp, c)?;
-    }
+    seq_checks(sp, c)?;
     if sp.load_balance_coeff.is_some_and(|k| k <= 0.0) {
         return Err(Fail::new(Stage::Config, "AssertionError", ""));
     }
@@ -182,12 +178,19 @@ fn flat_checks(sp: &MoeSpec, c: &Common, lens: &[usize]) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The sequence checks of the case's revision, in the order the real run meets them.
+/// The sequence checks of the case's revision (with `trainer_checks`), in the order the real run
+/// meets them; from `tt-head` on, HEAD's checks ([`crate::head::checks`]).
 fn seq_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
+    if sp.revision.folds_batch() {
+        return crate::head::checks(sp, c);
+    }
+    if !sp.trainer_checks {
+        return Ok(());
+    }
     let (_, cp, tp) = MoeSpec::axes(c);
     let l = sp.dims.seq;
     match sp.revision.seq_check() {
-        // `crate::head::checks`, with HEAD's other checks before the layer.
+        // Not reached: `crate::head::checks` above.
         SeqCheck::Tokens => {}
         SeqCheck::Current => {
             let div = sp.seq_divisor(c);
