@@ -87,7 +87,8 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     } else {
         s.range(1, 16)
     };
-    let batch = dp * s.range(1, 2);
+    // From tt-head on the batch is folded into the tokens: seq tokens per dp rank.
+    let batch = if revision.folds_batch() { dp } else { dp * s.range(1, 2) };
     let shared_hidden = s.chance(50).then(|| 8 * tp);
     let dims = Dims { batch, seq, model, hidden, experts, top_k, shared_hidden };
     let groups = if s.chance(15) && experts >= 4 && experts % 2 == 0 {

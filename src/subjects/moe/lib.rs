@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod full_dtensor;
 pub mod generate;
+pub mod head;
 pub mod inputs;
 pub mod kernels;
 pub mod known;

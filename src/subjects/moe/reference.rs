@@ -53,6 +53,8 @@ pub fn layer_checks(s: &MoeSpec) -> Result<router::RouterConfig, Fail> {
 /// Runs the reference on the case's inputs.
 pub fn run(s: &MoeSpec, inputs: &Inputs) -> Result<Named<Tensor>, Fail> {
     let cfg = layer_checks(s)?;
+    let view = crate::head::blocks_view(s, inputs);
+    let inputs = &view;
     let d = &s.dims;
     let x = inputs.req("x").detach().set_requires_grad(s.backward);
     let p = Params::of(inputs, s.backward, |_, t| t.shallow_clone());

@@ -1,7 +1,8 @@
 //! Which torchtitan MoE code a case runs (`subject.revision`) and through which SPMD backend
 //! (`subject.backend`). Revision names follow docs/moe-revisions.md. A revision is a handful of
 //! facts the sharded run reads ([`MoeRev::combine`], [`MoeRev::reduces_expert_input_grads`],
-//! [`MoeRev::seq_check`]); revisions not modelled yet run as "not modelled yet".
+//! [`MoeRev::seq_check`], [`MoeRev::folds_batch`]); revisions not modelled yet run as "not
+//! modelled yet".
 
 names::named_enum! {
     /// A torchtitan revision of the MoE layer.
@@ -9,7 +10,8 @@ names::named_enum! {
         /// PyPI `torchtitan==0.3.0`: (B, L, D) activations, local combine, routing-map counts,
         /// the load-balance hook reduces tp (EP on, tp > 1) then the loss mesh.
         Tt030 = "tt-0.3.0",
-        /// torchtitan main of 2026-08-21: (T, D) activations.
+        /// torchtitan main of 2026-08-21 (b5bcd76): (T, D) activations (#4121), no full_dtensor
+        /// (#4217), the EP divisibility checks of #4258.
         TtHead = "tt-head",
         /// Flattened (T, D) MoE input, flat rank offsets in the EP combine.
         Tt3386 = "tt-3386",
@@ -76,22 +78,35 @@ pub enum SeqCheck {
     Old,
     /// From 565cb810c on: L divisible by (tp if SP)·(2·cp if cp > 1).
     Current,
+    /// From 73aed7f6c (#4121) on: the same divisor, on the tokens per microbatch per dp rank
+    /// (`crate::head::checks`).
+    Tokens,
 }
 
 impl MoeRev {
     /// Whether the sharded side models this revision on the DTensor backend (the reference is the
     /// same for all).
     pub fn modelled(self) -> bool {
-        self != MoeRev::TtHead
+        true
     }
 
     /// Whether the model runs this revision on `backend`: the DTensor backend (partial_dtensor,
     /// "default" before 5ab3a0fd1) at every modelled revision; spmd_types and full_dtensor only
     /// where their code was recorded or is the same (0.3.0, and tt-4154, whose MoE files 0.3.0
     /// ships unchanged; tt-pre4154, whose MoE code is tt-4154's and whose hook leaves out the
-    /// TP reduction under spmd_types only).
+    /// TP reduction under spmd_types only); `tt-head` on its two backends (full_dtensor was
+    /// removed by #4217: such a case is invalid, `MoeSpec::validate`).
     pub fn models_backend(self, backend: Backend) -> bool {
-        backend == Backend::PartialDtensor || matches!(self, MoeRev::Tt030 | MoeRev::Tt4154 | MoeRev::TtPre4154)
+        match self {
+            MoeRev::TtHead => backend != Backend::FullDtensor,
+            MoeRev::Tt030 | MoeRev::Tt4154 | MoeRev::TtPre4154 => true,
+            _ => backend == Backend::PartialDtensor,
+        }
+    }
+
+    /// Whether x is (T, D) with the batch folded into the tokens (#4121; `crate::head`).
+    pub fn folds_batch(self) -> bool {
+        self == MoeRev::TtHead
     }
 
     /// The program name of this revision on `backend` (unique across subjects: `moe/` first;
@@ -121,6 +136,7 @@ impl MoeRev {
     pub fn seq_check(self) -> SeqCheck {
         match self {
             MoeRev::Tt3386 | MoeRev::TtPre3604 | MoeRev::Tt3604 | MoeRev::Tt3662 => SeqCheck::Old,
+            MoeRev::TtHead => SeqCheck::Tokens,
             _ => SeqCheck::Current,
         }
     }

@@ -239,3 +239,138 @@ fn tt3386_flat_split() {
     // modelled at uneven EP chunks; at tt-3386 EP off is fine.
     assert!(verdicts(&case(MoeRev::Tt3386, 2, 1, false, 1, 3, true, true)).verdicts.is_empty());
 }
+
+/// A `tt-head` case: mesh (dp, cp, tp), x (dp·l, 8) (l tokens per dp rank), E = 4, K = 2,
+/// shared experts, load balancing on.
+fn head_case(
+    backend: crate::Backend,
+    mesh: [usize; 3],
+    ep: usize,
+    sp: bool,
+    l: usize,
+    backward: bool,
+) -> Case<MoeSpec> {
+    // Built at 0.3.0 (the text is validated on its (1, 1, tp) mesh), then moved to tt-head.
+    let mut c = case(MoeRev::Tt030, mesh[2], ep, sp, mesh[0], l, true, backward);
+    c.subject.revision = MoeRev::TtHead;
+    c.common.mesh.shape = mesh.to_vec();
+    c.subject.backend = backend;
+    c.subject.dims.experts = 4;
+    c.subject.dims.top_k = 2;
+    c.subject.load_balance_coeff = Some(1e-3);
+    c.subject.trainer_checks = true;
+    c
+}
+
+const HEAD_BACKENDS: [crate::Backend; 2] = [crate::Backend::SpmdTypes, crate::Backend::PartialDtensor];
+
+/// tt-head with an even token split agrees with the reference on both backends, with y and x's
+/// gradient as (T, D) sharded on dim 0 by dp, cp and (SP) tp.
+#[test]
+fn tt_head_even_tokens_agree() {
+    use placement::Placement::{Replicate as R, Shard as S};
+    let configs = [
+        ([1, 1, 2], 2, true),
+        ([1, 1, 2], 2, false),
+        ([2, 1, 2], 2, true),
+        ([2, 1, 2], 1, false),
+        ([1, 2, 2], 4, true),
+    ];
+    for backend in HEAD_BACKENDS {
+        for (mesh, ep, sp) in configs {
+            let l = if mesh[1] > 1 { 8 } else { 4 };
+            let c = head_case(backend, mesh, ep, sp, l, true);
+            let j = verdicts(&c);
+            assert!(j.verdicts.is_empty(), "{backend} {mesh:?} ep={ep} sp={sp}: {:?}", outputs(&j));
+            let (run, _) = harness::runner::run(&c, Device::Cpu).unwrap();
+            let reference = run.reference.as_ref().unwrap();
+            let sharded = run.sharded.as_ref().unwrap_or_else(|e| panic!("{backend} {mesh:?}: {e}"));
+            let t = (mesh[0] * l) as i64;
+            for name in ["y", "x_grad"] {
+                assert_eq!(reference.get(name).unwrap().size(), [t, 8], "{name}");
+                let d = sharded.get(name).unwrap();
+                assert_eq!(d.shape, [t as usize, 8], "{name}");
+                let want = if sp { [S(0), S(0), S(0)] } else { [S(0), S(0), R] };
+                assert_eq!(d.placements, want, "{name} {backend} {mesh:?} sp={sp}");
+            }
+        }
+    }
+}
+
+/// tt-head: the x-gradient drop recorded at 0.3.0 (EP off, SP on, one batch row per rank, a
+/// DTensor backend) is not claimed for (T, D): that class answers "not modelled".
+#[test]
+fn tt_head_one_row_class_not_modelled() {
+    let c = head_case(crate::Backend::PartialDtensor, [1, 1, 2], 1, true, 4, true);
+    let (run, _) = harness::runner::run(&c, Device::Cpu).unwrap();
+    assert!(run.sharded.is_err_and(|e| crate::run::not_modelled(&e)));
+    let c = head_case(crate::Backend::SpmdTypes, [1, 1, 2], 1, true, 4, true);
+    assert!(verdicts(&c).verdicts.is_empty());
+}
+
+/// tt-head's checks before the layer: ep must divide dp_shard·cp·tp, the tokens per dp rank
+/// the SP/CP divisor, the expert count ep; uneven T with EP on and SP off is 0.3.0's exit error
+/// on spmd_types (at dim 0) and not modelled on partial_dtensor (as at 0.3.0).
+#[test]
+fn tt_head_checks_and_uneven_tokens() {
+    let sharded_err = |c: &Case<MoeSpec>| {
+        c.validate().unwrap();
+        let (run, _) = harness::runner::run(c, Device::Cpu).unwrap();
+        run.sharded.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let c = head_case(crate::Backend::SpmdTypes, [1, 1, 2], 4, true, 4, false);
+    assert!(sharded_err(&c).contains("expert_parallel_degree (4) must divide dp_shard * cp * tp (2)"));
+    let c = head_case(crate::Backend::SpmdTypes, [1, 1, 2], 2, true, 3, false);
+    assert!(sharded_err(&c).contains("tokens per pipeline microbatch (3) must be divisible by 2"));
+    let mut c = head_case(crate::Backend::SpmdTypes, [1, 1, 2], 2, true, 4, false);
+    c.subject.dims.experts = 3;
+    assert!(sharded_err(&c).contains("num_experts (3) must be divisible by expert_parallel_degree (2)"));
+    let c = head_case(crate::Backend::SpmdTypes, [1, 1, 2], 2, false, 3, false);
+    let e = sharded_err(&c);
+    assert!(e.contains("size of tensor a (4) must match the size of tensor b (3) at non-singleton dimension 0"), "{e}");
+    let j = verdicts(&c);
+    assert_eq!(known(&c, &j), [crate::known::Known::SpmdUnevenEpExit.name()]);
+    let c = head_case(crate::Backend::PartialDtensor, [1, 1, 2], 2, false, 3, false);
+    let (run, _) = harness::runner::run(&c, Device::Cpu).unwrap();
+    assert!(run.sharded.is_err_and(|e| crate::run::not_modelled(&e)));
+}
+
+/// tt-head cases are invalid with batch ≠ dp or on full_dtensor; generation draws valid tt-head
+/// cases on both backends and shrinking keeps batch = dp.
+#[test]
+fn tt_head_validation_generation_shrink() {
+    use harness::generate::GenCommon;
+    use rand::SeedableRng;
+    let mut c = head_case(crate::Backend::SpmdTypes, [2, 1, 2], 2, true, 4, false);
+    c.subject.dims.batch = 4;
+    assert!(c.validate().unwrap_err().0.contains("batch must be mesh dp = 2"));
+    let mut c = head_case(crate::Backend::FullDtensor, [1, 1, 2], 2, true, 4, false);
+    assert!(c.validate().unwrap_err().0.contains("no full_dtensor"));
+    c.subject.backend = crate::Backend::PartialDtensor;
+    assert_eq!(c.subject.inputs(&c.common)[0].shape, [4, 8]);
+    let own = crate::generate::MoeGen { moe_revisions: vec![MoeRev::TtHead] };
+    let mut backends = std::collections::BTreeSet::new();
+    let mut ran = 0;
+    for i in 0..40u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9000 + i);
+        let c = MoeSpec::generate(&mut rng, &GenCommon::default(), &own);
+        assert_eq!(c.subject.revision, MoeRev::TtHead);
+        c.validate().unwrap();
+        assert_eq!(c.subject.dims.batch, c.mesh.shape[0]);
+        backends.insert(c.subject.backend);
+        for n in crate::shrink::candidates(&c) {
+            assert_eq!(n.subject.dims.batch, n.mesh.shape[0], "shrink of case {i}");
+        }
+        let j = verdicts(&c);
+        let unexplained: Vec<String> = j
+            .verdicts
+            .iter()
+            .filter(|v| v.class != harness::oracle::Class::Error && c.subject.known(&c, &v.signature(&c)).is_empty())
+            .map(|v| format!("{}:{}", v.class, v.output.as_deref().unwrap_or("-")))
+            .collect();
+        assert!(unexplained.is_empty(), "case {i}: {unexplained:?}");
+        ran += 1;
+    }
+    assert_eq!(ran, 40);
+    assert_eq!(backends.len(), 2, "{backends:?}");
+}

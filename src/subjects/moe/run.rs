@@ -3,7 +3,7 @@
 
 use crate::error::Fail;
 use crate::spec::MoeSpec;
-use crate::{reference, sharded};
+use crate::{head, reference, sharded};
 use dtensor::{DTensor, DTensorError, DType};
 use harness::case::{CaseError, Common};
 use harness::oracle::value::{compare, Bound, Compare};
@@ -26,11 +26,16 @@ fn err(f: Fail) -> DTensorError {
 pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), CaseError> {
     let mesh = Arc::new(c.mesh()?);
     let mut p = Phases::default();
-    let reference = timed(&mut p.reference_us, || reference::run(s, inputs).map_err(err));
-    let sharded = timed(&mut p.sharded_us, || match s.backend {
-        // The spmd_types backend runs on the simulated local-SPMD runtime.
-        crate::Backend::SpmdTypes => crate::spmd_layer::run(s, c, inputs).map(|(out, _)| out).map_err(err),
-        _ => sharded::run(s, c, inputs).map_err(err),
+    let reference =
+        timed(&mut p.reference_us, || reference::run(s, inputs).map(|o| head::fold_reference(s, o)).map_err(err));
+    let sharded = timed(&mut p.sharded_us, || {
+        match s.backend {
+            // The spmd_types backend runs on the simulated local-SPMD runtime.
+            crate::Backend::SpmdTypes => crate::spmd_layer::run(s, c, inputs).map(|(out, _)| out),
+            _ => sharded::run(s, c, inputs),
+        }
+        .and_then(|o| head::fold_sharded(s, o))
+        .map_err(err)
     });
     // A case the sharded side does not model is a skip, not a one-sided error.
     let reference = match &sharded {
@@ -51,15 +56,22 @@ pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), Cas
 }
 
 /// The layer's declared output layouts on the dense mesh (dp, cp, tp), as DTensor placements:
-/// y leaves as x came in (SP: the sequence sharded over tp); the token counts are partial over
-/// dp and cp, and over tp when EP is on.
+/// y leaves as x came in (SP: the sequence sharded over tp; from `tt-head` on the (T, D)
+/// tokens sharded by dp, cp and, with SP, tp); the token counts are partial over dp and cp, and
+/// over tp when EP is on.
 pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
     let (sh, r, p) = (Placement::Shard, Placement::Replicate, Placement::Partial(ReduceOp::Sum));
-    let y = if s.parallel.sp { vec![sh(0), sh(1), sh(1)] } else { vec![sh(0), sh(1), r] };
+    let seq = if s.revision.folds_batch() { 0 } else { 1 };
+    let y = if s.parallel.sp { vec![sh(0), sh(seq), sh(seq)] } else { vec![sh(0), sh(seq), r] };
     let tokens = if s.parallel.ep > 1 { vec![p, p, p] } else { vec![p, p, r] };
     let mode = if s.parallel.sp { "SP" } else { "I" };
     vec![
-        Contract { output: "y".into(), placements: y, ndim: 3, source: format!("MoE out_dst ({mode} layout)") },
+        Contract {
+            output: "y".into(),
+            placements: y,
+            ndim: 3 - seq as usize,
+            source: format!("MoE out_dst ({mode} layout)"),
+        },
         Contract {
             output: "tokens_per_expert".into(),
             placements: tokens,

@@ -62,9 +62,7 @@ fn narrow(t: &Tensor, dim: i64, (start, size): (usize, usize)) -> Tensor {
 pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     let (dp, cp, tp) = MoeSpec::axes(c);
     let d = &sp.dims;
-    if sp.trainer_checks {
-        seq_checks(sp, c)?;
-    }
+    seq_checks(sp, c)?;
     if sp.load_balance_coeff.is_some_and(|k| k <= 0.0) {
         return Err(Fail::new(Stage::Config, "AssertionError", ""));
     }
@@ -127,7 +125,7 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     crate::full_dtensor::not_modelled(sp, dp, cp, tp)?;
     let local_batch_one = (0..dp).any(|di| chunk(d.batch, dp, di).1 == 1);
     let one_row_class = p.ep == 1 && p.sp && tp > 1 && local_batch_one && sp.backend == Backend::PartialDtensor;
-    if sp.backward && one_row_class && sp.revision.combine() != Combine::Local {
+    if sp.backward && one_row_class && (sp.revision.combine() != Combine::Local || sp.revision.folds_batch()) {
         return Err(Fail::not_modelled(
             "x's gradient with EP off, SP on and one batch row per rank is recorded at tt-0.3.0 only",
         ));
@@ -180,11 +178,20 @@ fn flat_checks(sp: &MoeSpec, c: &Common, lens: &[usize]) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The sequence checks of the case's revision, in the order the real run meets them.
+/// The sequence checks of the case's revision (with `trainer_checks`), in the order the real run
+/// meets them; from `tt-head` on, HEAD's checks ([`crate::head::checks`]).
 fn seq_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
+    if sp.revision.folds_batch() {
+        return crate::head::checks(sp, c);
+    }
+    if !sp.trainer_checks {
+        return Ok(());
+    }
     let (_, cp, tp) = MoeSpec::axes(c);
     let l = sp.dims.seq;
     match sp.revision.seq_check() {
+        // Not reached: `crate::head::checks` above.
+        SeqCheck::Tokens => {}
         SeqCheck::Current => {
             let div = sp.seq_divisor(c);
             if !l.is_multiple_of(div) {
@@ -264,6 +271,8 @@ struct Chain {
 /// Runs the sharded layer; outputs named as the reference's, as DTensors.
 pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, Fail> {
     let cfg = checks(sp, c)?;
+    let view = crate::head::blocks_view(sp, inputs);
+    let inputs = &view;
     let (dp, cp, tp) = MoeSpec::axes(c);
     let mesh = Arc::new(c.mesh().map_err(|e| Fail::new(Stage::Mesh, "ValueError", e.0))?);
     let d = sp.dims;
@@ -675,9 +684,11 @@ impl Prog<'_> {
 /// (recorded on gloo ranks: x_grad equals the unsharded gradient without the routed experts'
 /// input gradient, to float rounding, in all 13 such recordings; with two batch rows per rank,
 /// SP off, or EP on, the gradient is complete). Where in torchtitan or DTensor the part is lost
-/// is not established yet (docs/moe-layer.md).
+/// is not established yet (docs/moe-layer.md). Not at `tt-head`: its (T, D) layer is not
+/// recorded, and [`checks`] answers "not modelled" for that class there.
 pub fn drops_routed_x_grad(sp: &MoeSpec, tp: usize, local_batch: usize) -> bool {
     sp.revision.combine() == Combine::Local
+        && !sp.revision.folds_batch()
         && sp.backend != Backend::SpmdTypes
         && sp.parallel.ep == 1
         && sp.parallel.sp

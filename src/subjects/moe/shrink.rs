@@ -24,6 +24,12 @@ fn smaller_ep(s: &MoeSpec, dense: usize) -> Option<usize> {
 
 /// Candidates, simplest first, each differing from `c` in one respect.
 pub fn candidates(c: &MCase) -> Vec<MCase> {
+    let mut out = each_candidate(c);
+    batch_follows_dp(c, &mut out);
+    out
+}
+
+fn each_candidate(c: &MCase) -> Vec<MCase> {
     let mut out = Vec::new();
     let s = &c.subject;
     // Mesh axes toward 1 (dp_replicate and ep kept valid).
@@ -122,4 +128,20 @@ pub fn candidates(c: &MCase) -> Vec<MCase> {
     }
     value_candidates(c, &mut out);
     out
+}
+
+/// From `tt-head` on a dp rank holds seq tokens and the batch is dp: no candidate shrinks the
+/// batch by itself, and one with a smaller dp gets batch = dp (its inputs re-drawn).
+fn batch_follows_dp(c: &MCase, out: &mut Vec<MCase>) {
+    if !c.subject.revision.folds_batch() {
+        return;
+    }
+    out.retain(|n| n.subject.dims.batch == c.subject.dims.batch);
+    for n in out.iter_mut() {
+        let dp = n.mesh.shape[0];
+        if n.subject.dims.batch != dp {
+            n.subject.dims.batch = dp;
+            n.data.tensors = None;
+        }
+    }
 }

@@ -31,7 +31,8 @@ pub struct Parallel {
     pub sp: bool,
 }
 
-/// Sizes: x is (batch, seq, model); routed experts' hidden dim `hidden`; shared experts' hidden
+/// Sizes: x is (batch, seq, model) (from `tt-head` on (batch·seq, model), with batch = dp:
+/// seq tokens per dp rank); routed experts' hidden dim `hidden`; shared experts' hidden
 /// dim `shared_hidden` (null: no shared experts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +189,9 @@ impl MoeSpec {
                 return err("subject.load_balance_coeff: must be finite (or null)");
             }
         }
+        if self.revision.folds_batch() {
+            self.validate_tokens(dp)?;
+        }
         if self.typecheck && self.backend != Backend::SpmdTypes {
             return err(format!("subject.typecheck: only the spmd_types backend type-checks, found {}", self.backend));
         }
@@ -202,15 +206,33 @@ impl MoeSpec {
         check_sizes(mesh.size(), &tensors).map_err(|e| CaseError(format!("subject.{e}")))
     }
 
+    /// `tt-head`: the batch is folded into the tokens and every dp rank holds `seq` of them, so
+    /// `batch` is dp; full_dtensor no longer exists (#4217).
+    fn validate_tokens(&self, dp: usize) -> Result<(), CaseError> {
+        if self.dims.batch != dp {
+            return err(format!(
+                "subject.dims.batch: at {} x is (T, D) with seq tokens per dp rank, so batch must be mesh dp = {dp}, found {}",
+                self.revision, self.dims.batch
+            ));
+        }
+        if self.backend == Backend::FullDtensor {
+            return err(format!("subject.backend: {} has no full_dtensor backend (removed by #4217)", self.revision));
+        }
+        Ok(())
+    }
+
     /// The inputs, in file order: x, grad_y (backward), gate, expert_bias (with a coefficient),
-    /// w1, w2, w3, the shared experts' weights (with shared experts).
+    /// w1, w2, w3, the shared experts' weights (with shared experts). x and grad_y are
+    /// (batch, seq, model), or (batch·seq, model) where the revision folds the batch.
     pub fn inputs(&self, c: &Common) -> Vec<InputSpec> {
         let d = &self.dims;
         let t = c.dtype;
         let i = |name, shape: Vec<usize>, dtype| InputSpec { name, shape, dtype };
-        let mut v = vec![i("x", vec![d.batch, d.seq, d.model], t)];
+        let tokens =
+            if self.revision.folds_batch() { vec![d.batch * d.seq, d.model] } else { vec![d.batch, d.seq, d.model] };
+        let mut v = vec![i("x", tokens.clone(), t)];
         if self.backward {
-            v.push(i("grad_y", vec![d.batch, d.seq, d.model], t));
+            v.push(i("grad_y", tokens, t));
         }
         v.push(i("gate", vec![d.experts, d.model], t));
         if self.load_balance_coeff.is_some() {

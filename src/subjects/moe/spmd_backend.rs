@@ -69,18 +69,19 @@ pub fn before_forward(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fai
 /// The spmd_types error at the layer's exit (after the router, dispatch and experts ran): under
 /// EP with SP off and an uneven tp chunk of the sequence, the routed output's S(1) -> P
 /// zero-fill is tp · ceil(L_block / tp) long and the shared experts' output L_block: rank 0's
-/// add raises torch's broadcast error.
+/// add raises torch's broadcast error (on the token dim 0 of (T, D) at `tt-head` **[inferred]**).
 pub fn at_exit(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail> {
     let p = sp.parallel;
     let Some(&l0) = lens.first() else { return Ok(()) };
     if p.ep > 1 && !p.sp && lens.iter().any(|&l| !l.is_multiple_of(tp)) && sp.dims.shared_hidden.is_some() {
         if !l0.is_multiple_of(tp) {
             let a = tp * l0.div_ceil(tp);
+            let dim = if sp.revision.folds_batch() { 0 } else { 1 };
             return Err(Fail::new(
                 Stage::Forward,
                 "RuntimeError",
                 format!(
-                    "The size of tensor a ({a}) must match the size of tensor b ({l0}) at non-singleton dimension 1"
+                    "The size of tensor a ({a}) must match the size of tensor b ({l0}) at non-singleton dimension {dim}"
                 ),
             ));
         }

@@ -131,7 +131,8 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Named<DTensor>,
 /// [`run`] with a [`Mutant`] program.
 pub fn run_mutant(sp: &MoeSpec, c: &Common, inputs: &Inputs, m: Option<Mutant>) -> Result<(Named<DTensor>, Ran), Fail> {
     let cfg = crate::sharded::checks(sp, c)?;
-    let mut l = Layer::new(sp, c, inputs, cfg).map_err(fwd)?;
+    let view = crate::head::blocks_view(sp, inputs);
+    let mut l = Layer::new(sp, c, &view, cfg).map_err(fwd)?;
     l.mutant = m;
     if sp.parallel.ep > 1 {
         l.expert_parallel(c)?;
