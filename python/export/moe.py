@@ -147,6 +147,12 @@ def rank_main():
 
 
 def main():
+    if CASE["subject"]["revision"] == "tt-head":
+        # HEAD folds the batch into (T, D) tokens; the bundled recorder builds 0.3.0's (B, L, D)
+        # layer, so its run and its comparison would not be this case's.
+        print("a tt-head case ((T, D) tokens): this script's recorder builds torchtitan 0.3.0's (B, L, D) "
+              "layer and cannot run it; replay it with `shardfuzz replay`", file=sys.stderr)
+        return 2
     unpack()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return rank_main()
