@@ -348,18 +348,9 @@ impl Walk<'_> {
             G::D(a) => a.meta.shape.clone(),
             G::Local => return Ok(G::Local),
         };
-        if from == shape {
-            return Ok(g);
-        }
-        let lead = from.len() - shape.len();
         let mut g = g;
-        if lead > 0 {
-            g = self.op(Op::Sum { dims: (0..lead as i64).collect(), keepdim: false }, &[&g])?;
-        }
-        let ones: Vec<i64> =
-            (0..shape.len()).filter(|&d| shape[d] == 1 && from[lead + d] != 1).map(|d| d as i64).collect();
-        if !ones.is_empty() {
-            g = self.op(Op::Sum { dims: ones, keepdim: true }, &[&g])?;
+        for op in super::sum_to_ops(&from, shape) {
+            g = self.op(op, &[&g])?;
         }
         Ok(g)
     }

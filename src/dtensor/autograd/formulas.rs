@@ -32,18 +32,9 @@ impl B<'_> {
     /// autograd's `sum_to` does for a broadcast operand.
     fn sum_to(&mut self, g: Val, shape: &[usize]) -> Result<Val> {
         let from = g.shape();
-        if from == shape {
-            return Ok(g);
-        }
-        let lead = from.len() - shape.len();
         let mut g = g;
-        if lead > 0 {
-            g = self.op(Op::Sum { dims: (0..lead as i64).collect(), keepdim: false }, &[&g])?;
-        }
-        let ones: Vec<i64> =
-            (0..shape.len()).filter(|&d| shape[d] == 1 && from[lead + d] != 1).map(|d| d as i64).collect();
-        if !ones.is_empty() {
-            g = self.op(Op::Sum { dims: ones, keepdim: true }, &[&g])?;
+        for op in super::sum_to_ops(&from, shape) {
+            g = self.op(op, &[&g])?;
         }
         Ok(g)
     }

@@ -217,3 +217,20 @@ impl Tape {
         }
     }
 }
+
+/// The sums that take a gradient of a broadcast result's shape `from` back to an operand's
+/// `shape`, as autograd's `sum_to` does: the leading dims away, then the dims the operand has
+/// as size 1 kept. Pure shape arithmetic, shared by the engine's formulas and the placement
+/// derivation (expect.rs), which must not run the formulas themselves.
+fn sum_to_ops(from: &[usize], shape: &[usize]) -> Vec<Op> {
+    let lead = from.len() - shape.len();
+    let mut ops = Vec::new();
+    if lead > 0 {
+        ops.push(Op::Sum { dims: (0..lead as i64).collect(), keepdim: false });
+    }
+    let ones: Vec<i64> = (0..shape.len()).filter(|&d| shape[d] == 1 && from[lead + d] != 1).map(|d| d as i64).collect();
+    if !ones.is_empty() {
+        ops.push(Op::Sum { dims: ones, keepdim: true });
+    }
+    ops
+}
