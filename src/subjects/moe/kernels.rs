@@ -47,20 +47,37 @@ pub fn route(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, expert_bias: Option<
         choice = grouped.masked_fill(&mask.unsqueeze(-1), f64::NEG_INFINITY).reshape([b, l, cfg.experts as i64]);
     }
     let (_, mut ids) = choice.f_topk(cfg.top_k as i64, -1, true, false).map_err(|e| Fail::torch(Stage::Forward, e))?;
-    let mut topk_scores = f(scores.f_gather(-1, &ids, false))?;
     if cfg.options.force_load_balance {
         let s = scores.size();
         let (b, l, k) = (s[0], s[1], cfg.top_k as i64);
         ids =
             Tensor::arange(b * l * k, (Kind::Int64, scores.device())).reshape([b, l, k]).remainder(cfg.experts as i64);
-        topk_scores = f(scores.f_gather(-1, &ids, false))?;
     }
-    if cfg.options.route_norm {
-        let den = topk_scores.sum_dim_intlist([-1i64].as_slice(), true, topk_scores.kind()) + 1e-20;
-        topk_scores = &topk_scores / den;
-    }
-    topk_scores = &topk_scores * cfg.options.route_scale;
+    let topk_scores = weights(cfg, &scores, &ids)?;
     Ok(Routed { topk_scores, ids, scores })
+}
+
+/// The router on x with the choice made already (`ids`, from an earlier run on the same
+/// input): the scores in x's dtype and their top-k weights at `ids`. The reference's exact
+/// shadow routes so, as float64 scores could order a near-tie otherwise.
+pub fn route_at(cfg: &RouterConfig, x: &Tensor, gate: &Tensor, ids: &Tensor) -> Result<Routed, Fail> {
+    let logits = x.f_matmul(&gate.to_kind(x.kind()).tr()).map_err(|e| Fail::torch(Stage::Forward, e))?;
+    let scores = match cfg.options.score_func {
+        ScoreFunc::Sigmoid => logits.sigmoid(),
+        ScoreFunc::Softmax => logits.softmax(-1, x.kind()),
+    };
+    let topk_scores = weights(cfg, &scores, ids)?;
+    Ok(Routed { topk_scores, ids: ids.shallow_clone(), scores })
+}
+
+/// The top-k weights: the scores at the chosen ids, normalised (route_norm) and scaled.
+fn weights(cfg: &RouterConfig, scores: &Tensor, ids: &Tensor) -> Result<Tensor, Fail> {
+    let mut w = scores.f_gather(-1, ids, false).map_err(|e| Fail::torch(Stage::Forward, e))?;
+    if cfg.options.route_norm {
+        let den = w.sum_dim_intlist([-1i64].as_slice(), true, w.kind()) + 1e-20;
+        w = &w / den;
+    }
+    Ok(&w * cfg.options.route_scale)
 }
 
 /// `zeros_like(scores, bool).scatter_(-1, ids, True).sum(dim=(0, 1))`: tokens per expert (E,)
@@ -98,6 +115,45 @@ pub fn reorder(x_td: &Tensor, scores_tk: &Tensor, ids_tk: &Tensor, k: usize) -> 
 /// tensor's length, and the two GEMMs on the rows each cast their own float32 copy, so the
 /// rows' gradient rounds each GEMM's part to bf16 and adds them in bf16, as per expert.
 pub fn experts(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor) -> Result<Tensor, Fail> {
+    experts_in(Precision::Upstream, x, sizes, w1, w2, w3)
+}
+
+/// How a kernel rounds: as upstream (bf16 operands and products, float32 accumulation), or
+/// not at all (float64 throughout: the reference's exact shadow, which measures how far
+/// upstream's rounding moves a case's outputs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Precision {
+    Upstream,
+    Exact,
+}
+
+impl Precision {
+    /// The kind operands and products are rounded to.
+    fn low(self) -> Kind {
+        match self {
+            Precision::Upstream => Kind::BFloat16,
+            Precision::Exact => Kind::Double,
+        }
+    }
+
+    /// The kind products accumulate and scale in.
+    pub fn acc(self) -> Kind {
+        match self {
+            Precision::Upstream => Kind::Float,
+            Precision::Exact => Kind::Double,
+        }
+    }
+}
+
+/// [`experts`] rounding as `p` says.
+pub fn experts_in(
+    p: Precision,
+    x: &Tensor,
+    sizes: &[i64],
+    w1: &Tensor,
+    w2: &Tensor,
+    w3: &Tensor,
+) -> Result<Tensor, Fail> {
     let (d, f) = (w1.size()[2], w1.size()[1]);
     if d % 8 != 0 || f % 8 != 0 {
         return Err(Fail::new(Stage::Forward, "RuntimeError", "strides should be multiple of 16 bytes"));
@@ -108,25 +164,26 @@ pub fn experts(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor)
     if used < total {
         split.push(total - used);
     }
-    let xb = x.to_kind(Kind::BFloat16);
-    let rows1 = xb.to_kind(Kind::Float).split_with_sizes(split.as_slice(), 0);
-    let rows3 = xb.to_kind(Kind::Float).split_with_sizes(split.as_slice(), 0);
-    let wt = |w: &Tensor| w.to_kind(Kind::BFloat16).to_kind(Kind::Float).transpose(1, 2).unbind(0);
+    let (low, acc) = (p.low(), p.acc());
+    let xb = x.to_kind(low);
+    let rows1 = xb.to_kind(acc).split_with_sizes(split.as_slice(), 0);
+    let rows3 = xb.to_kind(acc).split_with_sizes(split.as_slice(), 0);
+    let wt = |w: &Tensor| w.to_kind(low).to_kind(acc).transpose(1, 2).unbind(0);
     let (w1t, w2t, w3t) = (wt(w1), wt(w2), wt(w3));
     let groups: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] > 0).collect();
     let mut out = if groups.is_empty() {
-        Tensor::zeros([0, d], (Kind::BFloat16, x.device()))
+        Tensor::zeros([0, d], (low, x.device()))
     } else {
         let h1: Vec<Tensor> = groups.iter().map(|&i| rows1[i].mm(&w1t[i])).collect();
         let h3: Vec<Tensor> = groups.iter().map(|&i| rows3[i].mm(&w3t[i])).collect();
-        let h = Tensor::cat(&h1, 0).to_kind(Kind::BFloat16).silu() * Tensor::cat(&h3, 0).to_kind(Kind::BFloat16);
+        let h = Tensor::cat(&h1, 0).to_kind(low).silu() * Tensor::cat(&h3, 0).to_kind(low);
         let lens: Vec<i64> = groups.iter().map(|&i| sizes[i]).collect();
-        let hf = h.to_kind(Kind::Float).split_with_sizes(lens.as_slice(), 0);
+        let hf = h.to_kind(acc).split_with_sizes(lens.as_slice(), 0);
         let y: Vec<Tensor> = groups.iter().zip(&hf).map(|(&i, h)| h.mm(&w2t[i])).collect();
-        Tensor::cat(&y, 0).to_kind(Kind::BFloat16)
+        Tensor::cat(&y, 0).to_kind(low)
     };
     if used < total {
-        out = Tensor::cat(&[out, Tensor::zeros([total - used, d], (Kind::BFloat16, x.device()))], 0);
+        out = Tensor::cat(&[out, Tensor::zeros([total - used, d], (low, x.device()))], 0);
     }
     Ok(out.to_kind(x.kind()))
 }
@@ -134,8 +191,14 @@ pub fn experts(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor)
 /// The combine: each routed row scaled in float32 by its score and cast back, then
 /// `zeros_like(x).scatter_add(0, token_idx, rows)`.
 pub fn combine(y: &Tensor, scores_sorted: &Tensor, tok: &Tensor, x_td: &Tensor) -> Tensor {
+    combine_in(Precision::Upstream, y, scores_sorted, tok, x_td)
+}
+
+/// [`combine`], scaling in `p`'s accumulation kind.
+pub fn combine_in(p: Precision, y: &Tensor, scores_sorted: &Tensor, tok: &Tensor, x_td: &Tensor) -> Tensor {
     let d = x_td.size()[1];
-    let scaled = (y.to_kind(Kind::Float) * scores_sorted.to_kind(Kind::Float).reshape([-1, 1])).to_kind(y.kind());
+    let acc = p.acc();
+    let scaled = (y.to_kind(acc) * scores_sorted.to_kind(acc).reshape([-1, 1])).to_kind(y.kind());
     let idx = tok.reshape([-1, 1]).expand([-1, d], false);
     x_td.zeros_like().scatter_add(0, &idx, &scaled)
 }

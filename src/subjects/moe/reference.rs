@@ -3,10 +3,11 @@
 //! parameter, tokens_per_expert (after the forward) and expert_bias (after one hook step).
 
 use crate::error::{Fail, Stage};
-use crate::kernels;
+use crate::kernels::{self, Precision};
 use crate::spec::MoeSpec;
 use harness::run::Inputs;
 use harness::run::Named;
+use harness::tensor_data::Ordered;
 use tch::{Kind, Tensor};
 
 /// The layer's weights as leaves that need gradients (when the case runs backward).
@@ -52,35 +53,56 @@ pub fn layer_checks(s: &MoeSpec) -> Result<router::RouterConfig, Fail> {
 
 /// Runs the reference on the case's inputs.
 pub fn run(s: &MoeSpec, inputs: &Inputs) -> Result<Named<Tensor>, Fail> {
+    routed(s, inputs).map(|(out, _)| out)
+}
+
+/// The reference and the expert ids its router chose (B, L, K).
+pub fn routed(s: &MoeSpec, inputs: &Inputs) -> Result<(Named<Tensor>, Tensor), Fail> {
+    run_in(s, inputs, Precision::Upstream, None)
+}
+
+/// The reference's exact shadow: the same layer in float64 without upstream's bf16 casts,
+/// routed to `ids` (the reference's own choice), so that only rounding separates its outputs
+/// from the reference's. The value oracle sizes its bound from that distance where the
+/// outputs' own magnitude says too little (cancelling sums of large terms).
+pub fn exact(s: &MoeSpec, inputs: &Inputs, ids: &Tensor) -> Result<Named<Tensor>, Fail> {
+    let wide = Inputs(Ordered(inputs.0 .0.iter().map(|(n, t)| (n.clone(), t.to_kind(Kind::Double))).collect()));
+    run_in(s, &wide, Precision::Exact, Some(ids)).map(|(out, _)| out)
+}
+
+/// The layer forward (and backward) rounding as `p` says, routing by itself or to `ids`.
+fn run_in(s: &MoeSpec, inputs: &Inputs, p: Precision, ids: Option<&Tensor>) -> Result<(Named<Tensor>, Tensor), Fail> {
     let cfg = layer_checks(s)?;
     let view = crate::head::blocks_view(s, inputs);
     let inputs = &view;
     let d = &s.dims;
     let x = inputs.req("x").detach().set_requires_grad(s.backward);
-    let p = Params::of(inputs, s.backward, |_, t| t.shallow_clone());
+    let w = Params::of(inputs, s.backward, |_, t| t.shallow_clone());
     let bias = s.load_balance_coeff.map(|_| match inputs.get("expert_bias") {
         Some(b) => b.to_kind(Kind::Float),
         None => Tensor::zeros([d.experts as i64], (Kind::Float, x.device())),
     });
-    let r = kernels::route(&cfg, &x, &p.gate, bias.as_ref())?;
+    let r = match ids {
+        Some(ids) => kernels::route_at(&cfg, &x, &w.gate, ids)?,
+        None => kernels::route(&cfg, &x, &w.gate, bias.as_ref())?,
+    };
     let counts = kernels::counts(&r.ids, d.experts);
     let (b, l, dm, k) = (d.batch as i64, d.seq as i64, d.model as i64, d.top_k as i64);
     let x_td = x.reshape([b * l, dm]);
     let (tok, ss, rows) =
         kernels::reorder(&x_td, &r.topk_scores.reshape([b * l, k]), &r.ids.reshape([b * l, k]), d.top_k);
     let sizes = Vec::<i64>::try_from(&counts).expect("int counts");
-    let y_rows = kernels::experts(&rows, &sizes, &p.w1, &p.w2, &p.w3)?;
-    let mut y = kernels::combine(&y_rows, &ss, &tok, &x_td).reshape([b, l, dm]);
-    if let Some([a, bb, c]) = &p.shared {
+    let y_rows = kernels::experts_in(p, &rows, &sizes, &w.w1, &w.w2, &w.w3)?;
+    let mut y = kernels::combine_in(p, &y_rows, &ss, &tok, &x_td).reshape([b, l, dm]);
+    if let Some([a, bb, c]) = &w.shared {
         y = &y + kernels::shared(&x, a, bb, c);
     }
     let mut out = Named::default();
     out.push("y", y.detach());
     if s.backward {
-        let g = inputs.req("grad_y");
-        backward(&y, g);
+        backward(&y, inputs.req("grad_y"));
         out.push("x_grad", grad_of(&x));
-        for (name, t) in p.named() {
+        for (name, t) in w.named() {
             out.push(&format!("grad.{name}"), grad_of(t));
         }
     }
@@ -89,13 +111,15 @@ pub fn run(s: &MoeSpec, inputs: &Inputs) -> Result<Named<Tensor>, Fail> {
     if let (Some(coeff), Some(bias)) = (s.load_balance_coeff, &bias) {
         out.push("expert_bias", kernels::hook(bias, &tpe, coeff));
     }
-    Ok(out)
+    Ok((out, r.ids))
 }
 
 /// `y.backward(g)`: the gradient of `sum(y · g)` with respect to y is g, exactly.
 pub fn backward(y: &Tensor, g: &Tensor) {
     if y.requires_grad() {
-        (y * g).sum(Kind::Float).backward();
+        // Float64 for the exact shadow; float32 otherwise (the gradient of a sum is exact).
+        let kind = if y.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+        (y * g).sum(kind).backward();
     }
 }
 

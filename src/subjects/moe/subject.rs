@@ -71,12 +71,12 @@ impl Subject for MoeSpec {
         &self,
         c: &Common,
         _run: &Run,
-        _x: &Extra,
+        x: &Extra,
         base: &Named<Tensor>,
         other: &Named<DTensor>,
         j: &mut Judgement,
     ) {
-        crate::run::values(self, c, base, other, j);
+        crate::run::values(self, c, x, base, other, j);
     }
 
     fn judge(&self, _c: &Common, _run: &Run, _x: &Extra, _j: &mut Judgement) {}
