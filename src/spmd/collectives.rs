@@ -304,6 +304,17 @@ impl Spmd {
         self.convert_as("convert", x, axis, src, dst, expert_mode)
     }
 
+    /// `shard(x, axis, src=R|I, dst=S(d))`: the library's alias of `convert` to a shard (how
+    /// torchtitan materialises a parameter's local shard). Every rank keeps
+    /// `torch.chunk(x, n, d)[i]`: a dim with fewer chunks than the axis has ranks raises
+    /// `IndexError: tuple index out of range` on the ranks past the last chunk.
+    pub fn shard(&mut self, x: &STensor, axis: &str, src: Arg, dst: Arg) -> Result<STensor> {
+        if !dst.is_shard() {
+            return Err(SpmdError::Value(format!("shard dst must be S(i), got {}", dst.long())));
+        }
+        self.convert_as("convert", x, axis, src, dst, false)
+    }
+
     fn convert_as(&mut self, name: &str, x: &STensor, axis: &str, src: Arg, dst: Arg, expert: bool) -> Result<STensor> {
         let a = self.mesh().axis(axis)?;
         let nd = x.shape().len();

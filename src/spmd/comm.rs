@@ -277,7 +277,7 @@ impl Comm {
                     let c = x[r].chunk(n, dim);
                     c.get(i as usize)
                         .map(|t| t.contiguous())
-                        .ok_or_else(|| SpmdError::Runtime("IndexError: tuple index out of range".into()))
+                        .ok_or_else(|| SpmdError::Index("tuple index out of range".into()))
                 }
             })
             .collect()

@@ -11,17 +11,21 @@ pub enum SpmdError {
     /// `ValueError`: a collective or conversion called with arguments it does not support.
     #[error("ValueError: {0}")]
     Value(String),
-    /// A runtime failure of the computation itself (a torch error on a rank, an index out of
-    /// range as in the library's chunk selection).
+    /// A runtime failure of the computation itself: a torch error on a rank (the first line of
+    /// libtorch's message, as Python shows it), or a failure of the simulated data movement.
     #[error("RuntimeError: {0}")]
     Runtime(String),
+    /// `IndexError`: the library's `torch.chunk(...)[rank]` past the last chunk (`tuple index
+    /// out of range`) when a dim has fewer chunks than the axis has ranks.
+    #[error("IndexError: {0}")]
+    Index(String),
 }
 
 impl SpmdError {
     /// The message text alone.
     pub fn message(&self) -> &str {
         match self {
-            SpmdError::Type(m) | SpmdError::Value(m) | SpmdError::Runtime(m) => m,
+            SpmdError::Type(m) | SpmdError::Value(m) | SpmdError::Runtime(m) | SpmdError::Index(m) => m,
         }
     }
 
@@ -31,6 +35,23 @@ impl SpmdError {
             SpmdError::Type(_) => "SpmdTypeError",
             SpmdError::Value(_) => "ValueError",
             SpmdError::Runtime(_) => "RuntimeError",
+            SpmdError::Index(_) => "IndexError",
+        }
+    }
+
+    /// A libtorch error raised on a rank, as Python shows it: the first line of its message
+    /// (the rest is libtorch's C++ context), an `IndexError` for a dim out of range
+    /// (`TORCH_CHECK_INDEX`), a `RuntimeError` otherwise.
+    pub fn torch(e: tch::TchError) -> SpmdError {
+        let text = match e {
+            tch::TchError::Torch(m) => m,
+            e => e.to_string(),
+        };
+        let first = text.lines().next().unwrap_or("").to_string();
+        if first.starts_with("Dimension out of range") {
+            SpmdError::Index(first)
+        } else {
+            SpmdError::Runtime(first)
         }
     }
 }

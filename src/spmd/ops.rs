@@ -7,6 +7,10 @@
 //! mul/matmul/mm/einsum are MULTILINEAR; div is MULTILINEAR with the divisor a nonlinear
 //! argument; every other op (F.linear, sigmoid, softmax, silu, topk, argsort, scatter_add,
 //! indexing with `x[idx]`, masked_fill, dtype casts, zeros_like, ...) is NONLINEAR.
+//!
+//! The tensor code itself may fail on a rank (a shape mismatch in `add`, `topk` past the dim's
+//! size, a `view` to an impossible shape): the op then raises torch's error as Python shows it
+//! ([`SpmdError::torch`]), from the first failing rank in rank order, after the checker.
 
 use crate::error::{Result, SpmdError};
 use crate::infer::{infer_output, In, Linearity};
@@ -48,6 +52,11 @@ impl OpSpec {
     }
 }
 
+/// A libtorch result as the runtime's: torch's error on the rank ([`SpmdError::torch`]).
+pub fn torch<T>(r: std::result::Result<T, tch::TchError>) -> Result<T> {
+    r.map_err(SpmdError::torch)
+}
+
 fn is_float(k: Kind) -> bool {
     matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
 }
@@ -85,6 +94,18 @@ impl Spmd {
         inputs: &[&STensor],
         f: impl Fn(&[Tensor]) -> Vec<Tensor>,
     ) -> Result<Vec<STensor>> {
+        self.try_local_op(spec, inputs, |a| Ok(f(a)))
+    }
+
+    /// [`Spmd::local_op`] with a fallible `f` (a libtorch `f_*` op: [`torch`]): the checker's
+    /// error first, then the error of the first rank (in rank order) whose tensor code fails,
+    /// as torch raises it there.
+    pub fn try_local_op(
+        &mut self,
+        spec: &OpSpec,
+        inputs: &[&STensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>>,
+    ) -> Result<Vec<STensor>> {
         let tys: Vec<&LocalType> = inputs.iter().map(|x| &x.ty).collect();
         let ty = match self.op_type(spec, &tys) {
             Err(_) if !self.checking => LocalType::new(),
@@ -96,7 +117,7 @@ impl Spmd {
             let mut outs: Vec<Vec<Tensor>> = Vec::new();
             for r in 0..ranks {
                 let args: Vec<Tensor> = inputs.iter().map(|x| x.locals[r].shallow_clone()).collect();
-                let o = tch::no_grad(|| f(&args));
+                let o = tch::no_grad(|| f(&args))?;
                 if outs.is_empty() {
                     outs = (0..o.len()).map(|_| Vec::with_capacity(ranks)).collect();
                 }
@@ -115,7 +136,7 @@ impl Spmd {
                 .zip(&track)
                 .map(|(x, t)| if *t { x.locals[r].detach().set_requires_grad(true) } else { x.locals[r].detach() })
                 .collect();
-            let o = f(&args);
+            let o = f(&args)?;
             leaves.push(args);
             graphs.push(o);
         }
@@ -167,13 +188,23 @@ impl Spmd {
         Ok(self.local_op(spec, inputs, |a| vec![f(a)])?.swap_remove(0))
     }
 
+    /// A one-output rank-local op whose tensor code may fail (a libtorch `f_*` op).
+    pub fn try_local1(
+        &mut self,
+        spec: &OpSpec,
+        inputs: &[&STensor],
+        f: impl Fn(&[Tensor]) -> std::result::Result<Tensor, tch::TchError>,
+    ) -> Result<STensor> {
+        Ok(self.try_local_op(spec, inputs, |a| Ok(vec![torch(f(a))?]))?.swap_remove(0))
+    }
+
     // ---- LINEAR ----
 
     pub fn add(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::linear("add"), &[a, b], |x| &x[0] + &x[1])
+        self.try_local1(&OpSpec::linear("add"), &[a, b], |x| x[0].f_add(&x[1]))
     }
     pub fn sub(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::linear("sub"), &[a, b], |x| &x[0] - &x[1])
+        self.try_local1(&OpSpec::linear("sub"), &[a, b], |x| x[0].f_sub(&x[1]))
     }
     /// `a + s` with a Python number: a scalar operand of a linear op (affine next to P).
     pub fn add_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
@@ -197,42 +228,42 @@ impl Spmd {
         self.local1(&OpSpec::linear("cumsum"), &[a], move |x| x[0].cumsum(dim, kind))
     }
     pub fn cat(&mut self, xs: &[&STensor], dim: i64) -> Result<STensor> {
-        self.local1(&OpSpec::linear("cat"), xs, move |x| Tensor::cat(x, dim))
+        self.try_local1(&OpSpec::linear("cat"), xs, move |x| Tensor::f_cat(x, dim))
     }
     pub fn view(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
         let s = shape.to_vec();
-        self.local1(&OpSpec::linear("view"), &[a], move |x| x[0].view(s.as_slice()))
+        self.try_local1(&OpSpec::linear("view"), &[a], move |x| x[0].f_view(s.as_slice()))
     }
     pub fn reshape(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
         let s = shape.to_vec();
-        self.local1(&OpSpec::linear("reshape"), &[a], move |x| x[0].reshape(s.as_slice()))
+        self.try_local1(&OpSpec::linear("reshape"), &[a], move |x| x[0].f_reshape(s.as_slice()))
     }
     pub fn transpose(&mut self, a: &STensor, d0: i64, d1: i64) -> Result<STensor> {
-        self.local1(&OpSpec::linear("transpose"), &[a], move |x| x[0].transpose(d0, d1))
+        self.try_local1(&OpSpec::linear("transpose"), &[a], move |x| x[0].f_transpose(d0, d1))
     }
     pub fn expand(&mut self, a: &STensor, shape: &[i64]) -> Result<STensor> {
         let s = shape.to_vec();
-        self.local1(&OpSpec::linear("expand"), &[a], move |x| x[0].expand(s.as_slice(), false))
+        self.try_local1(&OpSpec::linear("expand"), &[a], move |x| x[0].f_expand(s.as_slice(), false))
     }
     /// `a.gather(dim, index)`: LINEAR over both tensor operands (the index too).
     pub fn gather(&mut self, a: &STensor, dim: i64, index: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::linear("gather"), &[a, index], move |x| x[0].gather(dim, &x[1], false))
+        self.try_local1(&OpSpec::linear("gather"), &[a, index], move |x| x[0].f_gather(dim, &x[1], false))
     }
     pub fn index_select(&mut self, a: &STensor, dim: i64, index: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::linear("index_select"), &[a, index], move |x| x[0].index_select(dim, &x[1]))
+        self.try_local1(&OpSpec::linear("index_select"), &[a, index], move |x| x[0].f_index_select(dim, &x[1]))
     }
 
     // ---- MULTILINEAR ----
 
     pub fn mul(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::multilinear("mul"), &[a, b], |x| &x[0] * &x[1])
+        self.try_local1(&OpSpec::multilinear("mul"), &[a, b], |x| x[0].f_mul(&x[1]))
     }
     /// `a * s`: the library does not count the number as an operand of mul.
     pub fn mul_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
         self.local1(&OpSpec::multilinear("mul"), &[a], move |x| &x[0] * s)
     }
     pub fn div(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::multilinear("div").with_nonlinear_arg(1), &[a, b], |x| &x[0] / &x[1])
+        self.try_local1(&OpSpec::multilinear("div").with_nonlinear_arg(1), &[a, b], |x| x[0].f_div(&x[1]))
     }
     pub fn div_scalar(&mut self, a: &STensor, s: f64) -> Result<STensor> {
         self.local1(&OpSpec::multilinear("div").with_scalar(), &[a], move |x| &x[0] / s)
@@ -244,17 +275,17 @@ impl Spmd {
         })
     }
     pub fn matmul(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::multilinear("matmul"), &[a, b], |x| x[0].matmul(&x[1]))
+        self.try_local1(&OpSpec::multilinear("matmul"), &[a, b], |x| x[0].f_matmul(&x[1]))
     }
     pub fn mm(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::multilinear("mm"), &[a, b], |x| x[0].mm(&x[1]))
+        self.try_local1(&OpSpec::multilinear("mm"), &[a, b], |x| x[0].f_mm(&x[1]))
     }
 
     // ---- NONLINEAR (every op the library does not list) ----
 
     /// `F.linear(x, w)` (= x @ w.T): not in the library's registry, so NONLINEAR.
     pub fn linear(&mut self, x: &STensor, w: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::nonlinear("linear"), &[x, w], |a| a[0].matmul(&a[1].tr()))
+        self.try_local1(&OpSpec::nonlinear("linear"), &[x, w], |a| a[0].f_matmul(&a[1].tr()))
     }
     pub fn sigmoid(&mut self, a: &STensor) -> Result<STensor> {
         self.local1(&OpSpec::nonlinear("sigmoid"), &[a], |x| x[0].sigmoid())
@@ -269,13 +300,13 @@ impl Spmd {
         self.local1(&OpSpec::nonlinear("exp"), &[a], |x| x[0].exp())
     }
     pub fn maximum(&mut self, a: &STensor, b: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::nonlinear("maximum"), &[a, b], |x| x[0].maximum(&x[1]))
+        self.try_local1(&OpSpec::nonlinear("maximum"), &[a, b], |x| x[0].f_maximum(&x[1]))
     }
     /// `torch.topk(a, k, dim, sorted=False)`: (values, indices), both typed alike.
     pub fn topk(&mut self, a: &STensor, k: i64, dim: i64) -> Result<(STensor, STensor)> {
-        let mut v = self.local_op(&OpSpec::nonlinear("topk"), &[a], move |x| {
-            let (vals, idx) = x[0].topk(k, dim, true, true);
-            vec![vals, idx]
+        let mut v = self.try_local_op(&OpSpec::nonlinear("topk"), &[a], move |x| {
+            let (vals, idx) = torch(x[0].f_topk(k, dim, true, true))?;
+            Ok(vec![vals, idx])
         })?;
         let idx = v.pop().expect("two outputs");
         Ok((v.pop().expect("two outputs"), idx))
@@ -286,14 +317,16 @@ impl Spmd {
     }
     /// `out.scatter_add(dim, index, src)` (torchtitan's deterministic_scatter_add).
     pub fn scatter_add(&mut self, out: &STensor, dim: i64, index: &STensor, src: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::nonlinear("scatter_add"), &[out, index, src], move |x| x[0].scatter_add(dim, &x[1], &x[2]))
+        self.try_local1(&OpSpec::nonlinear("scatter_add"), &[out, index, src], move |x| {
+            x[0].f_scatter_add(dim, &x[1], &x[2])
+        })
     }
     /// `a[idx]` on dim 0 (`__getitem__`: NONLINEAR).
     pub fn index_rows(&mut self, a: &STensor, idx: &STensor) -> Result<STensor> {
-        self.local1(&OpSpec::nonlinear("__getitem__"), &[a, idx], |x| x[0].index_select(0, &x[1]))
+        self.try_local1(&OpSpec::nonlinear("__getitem__"), &[a, idx], |x| x[0].f_index_select(0, &x[1]))
     }
     pub fn masked_fill(&mut self, a: &STensor, mask: &STensor, value: f64) -> Result<STensor> {
-        self.local1(&OpSpec::nonlinear("masked_fill"), &[a, mask], move |x| x[0].masked_fill(&x[1], value))
+        self.try_local1(&OpSpec::nonlinear("masked_fill"), &[a, mask], move |x| x[0].f_masked_fill(&x[1], value))
     }
     /// A dtype cast (`.bfloat16()`, `.float()`, `.to(kind)`): NONLINEAR.
     pub fn to_kind(&mut self, a: &STensor, kind: Kind) -> Result<STensor> {

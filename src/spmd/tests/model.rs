@@ -96,3 +96,47 @@ fn partial_values_are_rejected_by_nonlinear_ops_and_counts_can_be_retyped() {
         "mutate_type: expected current type PerMeshAxisLocalSpmdType.P on axis mesh_dp, got PerMeshAxisLocalSpmdType.V"
     );
 }
+
+#[test]
+fn shard_past_the_last_chunk_is_the_librarys_index_error() {
+    // torch.chunk(3 rows, 4) gives 3 pieces: rank 3's index is past the last one.
+    let mut s = mesh(&[("ep", 4)]);
+    let w = s.same_on_all(&rows(3, 2, 0.0), &[("ep", I)]).unwrap();
+    let e = s.shard(&w, "ep", I, spmd::S(0)).unwrap_err();
+    assert_eq!((e.kind(), e.message()), ("IndexError", "tuple index out of range"));
+    // Four rows: every rank keeps its own.
+    let w = s.same_on_all(&rows(4, 2, 0.0), &[("ep", I)]).unwrap();
+    let got = s.shard(&w, "ep", I, spmd::S(0)).unwrap();
+    assert_eq!(got.axis_type(0), Some(Ty::V));
+    assert!(got.locals[3].equal(&rows(4, 2, 0.0).narrow(0, 3, 1)));
+    assert!(s.comms().is_empty());
+    let e = s.shard(&w, "ep", I, V).unwrap_err();
+    assert_eq!(e, SpmdError::Value("shard dst must be S(i), got PerMeshAxisLocalSpmdType.V".into()));
+    // An empty dim chunks into as many empty pieces as asked (torch.chunk): no error.
+    let w = s.same_on_all(&rows(0, 2, 0.0), &[("ep", I)]).unwrap();
+    assert!(s.shard(&w, "ep", I, spmd::S(0)).is_ok());
+}
+
+#[test]
+fn rank_local_ops_raise_torchs_errors_from_the_first_failing_rank() {
+    let mut s = mesh(&[("tp", 2)]);
+    // topk past the dim's size: torch's text on plain tensors.
+    let x = s.tensor(vec![rows(2, 3, 0.0), rows(2, 3, 1.0)], &[("tp", V)]).unwrap();
+    let e = s.topk(&x, 4, -1).unwrap_err();
+    assert_eq!(e, SpmdError::Runtime("selected index k out of range".into()));
+    // A view to a shape the element count does not fit.
+    let c = s.tensor(vec![rows(1, 3, 0.0).reshape([3]), rows(1, 3, 1.0).reshape([3])], &[("tp", V)]).unwrap();
+    let e = s.view(&c, &[2, -1]).unwrap_err();
+    assert_eq!(e, SpmdError::Runtime("shape '[2, -1]' is invalid for input of size 3".into()));
+    // An add whose shapes differ on rank 1 only: rank 1's error (rank 0 ran).
+    let a = s.tensor(vec![rows(2, 3, 0.0).unsqueeze(0), rows(4, 3, 0.0).unsqueeze(0)], &[("tp", V)]).unwrap();
+    let b = s.tensor(vec![rows(2, 3, 1.0).unsqueeze(0), rows(3, 3, 1.0).unsqueeze(0)], &[("tp", V)]).unwrap();
+    let e = s.add(&a, &b).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.message()),
+        ("RuntimeError", "The size of tensor a (4) must match the size of tensor b (3) at non-singleton dimension 1")
+    );
+    // The checker's error comes first.
+    let p = s.tensor(vec![rows(2, 3, 0.0), rows(2, 3, 1.0)], &[("tp", P)]).unwrap();
+    assert_eq!(s.topk(&p, 4, -1).unwrap_err().kind(), "SpmdTypeError");
+}

@@ -60,8 +60,14 @@ fn narrow(t: &Tensor, dim: i64, (start, size): (usize, usize)) -> Tensor {
 /// The errors the case raises before the layer runs, in the order the real run meets them: the
 /// trainer's sequence check, the MoE constructor's assertion, the mesh, then the forward's own.
 pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
+    config_checks(sp, c)?;
+    forward_checks(sp, c)
+}
+
+/// The errors met before parallelize: the trainer's sequence check, the MoE constructor's
+/// assertion, the mesh; then the configurations not modelled at all.
+pub fn config_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
     let (dp, cp, tp) = MoeSpec::axes(c);
-    let d = &sp.dims;
     seq_checks(sp, c)?;
     if sp.load_balance_coeff.is_some_and(|k| k <= 0.0) {
         return Err(Fail::new(Stage::Config, "AssertionError", ""));
@@ -84,12 +90,20 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     if !sp.backend.modelled() || !sp.revision.modelled() || !sp.revision.models_backend(sp.backend) {
         return Err(Fail::not_modelled(format!("the {} backend at {} is not modelled yet", sp.backend, sp.revision)));
     }
+    Ok(())
+}
+
+/// The forward's errors met outside the layer's tensor code, in order, and the router's
+/// configuration. The spmd_types layer calls this after parallelize and the router's entry
+/// (its `IndexError`s come from the `spmd` runtime there), and its runtime raises topk's range
+/// error, the dispatcher's view error and the exit's size error itself.
+pub fn forward_checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
+    let (dp, cp, tp) = MoeSpec::axes(c);
+    let (d, p) = (&sp.dims, &sp.parallel);
     let lens: Vec<usize> = (0..cp).map(|ci| chunk(d.seq, cp, ci).1).collect();
-    if sp.backend == Backend::SpmdTypes {
-        crate::spmd_backend::before_forward(sp, tp, &lens)?;
-    }
+    let spmd = sp.backend == Backend::SpmdTypes;
     crate::full_dtensor::hangs_at_router(sp)?;
-    let spmd_exit = sp.backend == Backend::SpmdTypes && !p.sp;
+    let spmd_exit = spmd && !p.sp;
     // The buffer combines of tt-pre3604 .. tt-3662 take uneven chunks (SP off, none empty);
     // tt-3386's flat split takes any length with SP off.
     let flat = sp.revision.combine() == Combine::Flat;
@@ -108,13 +122,16 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
     if let Err(m) = clamped.router_config() {
         return Err(Fail::new(Stage::Forward, "ValueError", m));
     }
-    if d.top_k > d.experts {
-        // DTensor's topk words its range error itself; spmd_types runs plain tensors.
+    if d.top_k > d.experts && !spmd {
+        // DTensor's topk words its range error itself; partial_dtensor at tp = 1 runs plain
+        // tensors (spmd_types: the runtime's topk raises torch's error).
         let dtensor = crate::full_dtensor::router_on_dtensor(sp.backend, dp, cp, tp);
         let msg = if dtensor { "k not in range for dimension" } else { "selected index k out of range" };
         return Err(Fail::new(Stage::Forward, "RuntimeError", msg));
     }
-    let cfg = sp.router_config().map_err(|m| Fail::new(Stage::Forward, "ValueError", m))?;
+    let mut cfg = clamped.router_config().map_err(|m| Fail::new(Stage::Forward, "ValueError", m))?;
+    // The router runs with the case's K (past the experts only on spmd_types, whose topk raises).
+    cfg.top_k = d.top_k;
     if sp.router.force_load_balance && crate::full_dtensor::router_on_dtensor(sp.backend, dp, cp, tp) {
         return Err(Fail::new(
             Stage::Forward,
@@ -141,15 +158,13 @@ pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
         // a shape error. Its extent is not known yet.
         return Err(Fail::not_modelled("the backward's shape error with shared experts and one batch row per rank"));
     }
-    if p.ep > 1 && !d.experts.is_multiple_of(p.ep) {
+    if p.ep > 1 && !d.experts.is_multiple_of(p.ep) && !spmd {
+        // spmd_types: the dispatcher's view on the runtime raises torch's error.
         return Err(Fail::new(
             Stage::Forward,
             "RuntimeError",
             format!("shape '[{}, -1]' is invalid for input of size {}", p.ep, d.experts),
         ));
-    }
-    if sp.backend == Backend::SpmdTypes {
-        crate::spmd_backend::at_exit(sp, tp, &lens)?;
     }
     if flat && p.ep > 1 {
         flat_checks(sp, c, &lens)?;

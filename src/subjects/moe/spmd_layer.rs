@@ -41,7 +41,6 @@ use harness::case::Common;
 use harness::run::{Inputs, Named};
 use placement::{Mesh, Placement, ReduceOp};
 use spmd::{Arg, OpSpec, STensor, Spmd, SpmdError, SpmdMesh, I, P, R, S, V};
-use std::cell::RefCell;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -55,36 +54,25 @@ pub struct CommEntry {
     pub bytes: usize,
 }
 
-/// A runtime error as the run's failure (the checker's errors keep the library's class).
+/// A runtime error as the run's failure, with the class the runtime gives it (the checker's
+/// `SpmdTypeError`, the library's `ValueError`, torch's `RuntimeError` / `IndexError`).
 fn fail(stage: Stage) -> impl Fn(SpmdError) -> Fail {
-    move |e| match &e {
-        SpmdError::Type(m) => Fail::new(stage, "SpmdTypeError", m.clone()),
-        SpmdError::Value(m) => Fail::new(stage, "ValueError", m.clone()),
-        SpmdError::Runtime(m) => match m.strip_prefix("IndexError: ") {
-            Some(rest) => Fail::new(stage, "IndexError", rest.to_string()),
-            None => Fail::new(stage, "RuntimeError", m.clone()),
-        },
+    move |e| Fail::new(stage, e.kind(), e.message().to_string())
+}
+
+/// A shared kernel's error inside a runtime op, as the runtime raises torch's errors (the
+/// kernels keep tch's "Internal torch error: " in front of libtorch's text; Python shows none).
+fn kernel_err(f: Fail) -> SpmdError {
+    let text = f.message.strip_prefix("Internal torch error: ").unwrap_or(&f.message).to_string();
+    if f.kind == "IndexError" {
+        SpmdError::Index(text)
+    } else {
+        SpmdError::Runtime(text)
     }
 }
 
 fn fwd(e: SpmdError) -> Fail {
     fail(Stage::Forward)(e)
-}
-
-/// A kernel error met on some rank inside a local op (the first one).
-#[derive(Default)]
-struct Trap(RefCell<Option<Fail>>);
-
-impl Trap {
-    fn keep<T>(&self, r: Result<T, Fail>, dummy: impl FnOnce() -> T) -> T {
-        r.unwrap_or_else(|e| {
-            self.0.borrow_mut().get_or_insert(e);
-            dummy()
-        })
-    }
-    fn check(self) -> Result<(), Fail> {
-        self.0.into_inner().map_or(Ok(()), Err)
-    }
 }
 
 /// A deliberate change to the layer's program, for tests of the checker on the backend.
@@ -102,7 +90,8 @@ pub struct Layer<'a> {
     mutant: Option<Mutant>,
     sp: &'a MoeSpec,
     inputs: &'a Inputs,
-    cfg: router::RouterConfig,
+    /// The router's configuration, from the checks met after the router's entry.
+    cfg: Option<router::RouterConfig>,
     pub spmd: Spmd,
     dense: SpmdMesh,
     dims: (usize, usize, usize),
@@ -130,14 +119,15 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Named<DTensor>,
 
 /// [`run`] with a [`Mutant`] program.
 pub fn run_mutant(sp: &MoeSpec, c: &Common, inputs: &Inputs, m: Option<Mutant>) -> Result<(Named<DTensor>, Ran), Fail> {
-    let cfg = crate::sharded::checks(sp, c)?;
+    crate::sharded::config_checks(sp, c)?;
     let view = crate::head::blocks_view(sp, inputs);
-    let mut l = Layer::new(sp, c, &view, cfg).map_err(fwd)?;
+    let mut l = Layer::new(sp, c, &view).map_err(fwd)?;
     l.mutant = m;
+    l.parallelize(c)?;
     if sp.parallel.ep > 1 {
         l.expert_parallel(c)?;
     } else {
-        l.tensor_parallel()?;
+        l.tensor_parallel(c)?;
     }
     if sp.backward {
         let g = l.grad_y();
@@ -175,7 +165,7 @@ pub fn log_of(ran: &Ran) -> Vec<CommEntry> {
 }
 
 impl<'a> Layer<'a> {
-    fn new(sp: &'a MoeSpec, c: &Common, inputs: &'a Inputs, cfg: router::RouterConfig) -> spmd::Result<Layer<'a>> {
+    fn new(sp: &'a MoeSpec, c: &Common, inputs: &'a Inputs) -> spmd::Result<Layer<'a>> {
         let (dp, cp, tp) = MoeSpec::axes(c);
         let dense = SpmdMesh::new(&[("dp", dp), ("cp", cp), ("tp", tp)])?;
         let mut spmd = Spmd::new(dense.clone());
@@ -214,7 +204,7 @@ impl<'a> Layer<'a> {
             mutant: None,
             sp,
             inputs,
-            cfg,
+            cfg: None,
             spmd,
             dense,
             dims: (dp, cp, tp),
@@ -227,34 +217,79 @@ impl<'a> Layer<'a> {
         })
     }
 
-    /// A weight as one leaf over the ranks: rank r holds `piece(r)` of input `name` along
-    /// `dim` (all of it for None), typed `types`.
-    fn weight(
+    /// torchtitan's parallelize: every weight becomes its local shard with the library's
+    /// `shard` (I -> S(d), `torch.chunk`) on the axis that shards it, one parameter leaf per
+    /// rank: the routed experts on their hidden dims over tp (EP off) or on the expert dim over
+    /// ep on the sparse mesh (EP on), the shared experts on their hidden dim over tp. A dim with
+    /// fewer chunks than the axis has ranks is the runtime's `IndexError` at this stage.
+    fn parallelize(&mut self, c: &Common) -> Result<(), Fail> {
+        let dense = self.dense.clone();
+        if self.sp.parallel.ep > 1 {
+            let sizes = sparse_mesh(self.sp, c)?.shape().to_vec();
+            let sparse =
+                SpmdMesh::new(&[("dp_replicate", sizes[0]), ("efsdp", sizes[1]), ("ep", sizes[2])]).map_err(fwd)?;
+            self.spmd.set_mesh(sparse);
+            let rep = [("dp_replicate", R), ("efsdp", R)];
+            for name in ["routed_w1", "routed_w2", "routed_w3"] {
+                self.param(name, &rep, ("ep", 0), true)?;
+            }
+            self.spmd.set_mesh(dense);
+        } else {
+            let rep = [("dp", R), ("cp", R)];
+            for (name, dim) in [("routed_w1", 1), ("routed_w2", 2), ("routed_w3", 1)] {
+                self.param(name, &rep, ("tp", dim), false)?;
+            }
+        }
+        if self.sp.dims.shared_hidden.is_some() {
+            let rep = [("dp", R), ("cp", R)];
+            for (name, dim) in [("shared_w1", 0), ("shared_w2", 1), ("shared_w3", 0)] {
+                self.param(name, &rep, ("tp", dim), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One parameter: input `name`, typed `rep` and I on the sharding axis, sharded there to
+    /// S(dim) on the current mesh, then a leaf (the parameter is the local shard).
+    fn param(
         &mut self,
         name: &'static str,
-        dim: i64,
-        piece: impl Fn(usize) -> Option<(usize, usize)>,
-        types: &[(&str, Arg)],
+        rep: &[(&str, Arg)],
+        (axis, dim): (&str, i64),
         sparse: bool,
-    ) -> spmd::Result<STensor> {
+    ) -> Result<(), Fail> {
         let t = self.inputs.req(name.strip_prefix("routed_").unwrap_or(name));
-        let locals = (0..self.spmd.mesh().ranks())
-            .map(|r| match piece(r) {
-                Some((s, n)) => t.narrow(dim, s as i64, n as i64).detach(),
-                None => t.detach(),
-            })
-            .collect();
-        let w = self.spmd.tensor(locals, types)?;
+        let mut types = rep.to_vec();
+        types.push((axis, I));
+        let locals = (0..self.spmd.mesh().ranks()).map(|_| t.detach()).collect();
+        let full = self.spmd.tensor(locals, &types).map_err(fwd)?;
+        let w = self.spmd.shard(&full, axis, I, S(dim)).map_err(fail(Stage::Parallelize))?.detach();
         let w = if self.sp.backward { self.spmd.leaf(w) } else { w };
-        self.weights.push((name, w.clone(), sparse));
-        Ok(w)
+        self.weights.push((name, w, sparse));
+        Ok(())
+    }
+
+    /// A parameter by name.
+    fn w(&self, name: &str) -> STensor {
+        self.weights.iter().find(|(n, _, _)| *n == name).map(|(_, w, _)| w.clone()).expect("a parallelized weight")
+    }
+
+    /// The checks the real run meets after the router's entry (the entry's own `IndexError`
+    /// comes from the runtime first): the configurations the model leaves out, then
+    /// torchtitan's router-config errors ([`crate::sharded::forward_checks`]).
+    fn after_entry(&mut self, c: &Common) -> Result<(), Fail> {
+        let (_, cp, tp) = MoeSpec::axes(c);
+        let lens: Vec<usize> = (0..cp).map(|ci| chunk(self.sp.dims.seq, cp, ci).1).collect();
+        crate::spmd_backend::not_modelled(self.sp, tp, &lens)?;
+        self.cfg = Some(crate::sharded::forward_checks(self.sp, c)?);
+        Ok(())
     }
 
     /// The router on `x` (per rank), then the counts: the one-hot routing map summed over the
     /// token dims (P on the axes that shard them). Returns (scores, ids, counts).
     fn route(&mut self, x: &STensor, tp_sharded: bool) -> Result<(STensor, STensor, STensor), Fail> {
-        let trap = Trap::default();
-        let (cfg, k, e) = (self.cfg.clone(), self.sp.dims.top_k as i64, self.sp.dims.experts as i64);
+        let cfg = self.cfg.clone().expect("the checks after the entry ran");
+        let e = self.sp.dims.experts as i64;
         if self.spmd.checking() {
             // The router's first op: the gate's F.linear on x.
             self.spmd.op_type(&NL("linear"), &[&x.ty, &self.gate.ty]).map_err(fwd)?;
@@ -263,16 +298,11 @@ impl<'a> Layer<'a> {
         ins.extend(self.bias.as_ref());
         let outs = self
             .spmd
-            .local_op(&NL("router"), &ins, |a| {
-                let r = kernels::route(&cfg, &a[0], &a[1], a.get(2));
-                trap.keep(r.map(|r| vec![r.topk_scores, r.ids]), || {
-                    let s = a[0].size();
-                    let z = || Tensor::zeros([s[0], s[1], k], (Kind::Float, a[0].device()));
-                    vec![z(), z().to_kind(Kind::Int64)]
-                })
+            .try_local_op(&NL("router"), &ins, |a| {
+                let r = kernels::route(&cfg, &a[0], &a[1], a.get(2)).map_err(kernel_err)?;
+                Ok(vec![r.topk_scores, r.ids])
             })
             .map_err(fwd)?;
-        trap.check()?;
         let (scores, ids) = (outs[0].clone(), outs[1].clone());
         let map = self
             .spmd
@@ -297,28 +327,23 @@ impl<'a> Layer<'a> {
         if self.spmd.checking() {
             self.spmd.op_type(&NL("_grouped_mm"), &[&rows.ty, &w[0].ty, &sizes.ty]).map_err(fwd)?;
         }
-        let trap = Trap::default();
         let out = self
             .spmd
-            .local1(&NL("_grouped_mm"), &[rows, sizes, w[0], w[1], w[2]], |a| {
+            .try_local_op(&NL("_grouped_mm"), &[rows, sizes, w[0], w[1], w[2]], |a| {
                 let s = Vec::<i64>::try_from(&a[1].to_kind(Kind::Int64)).expect("int sizes");
-                trap.keep(kernels::experts(&a[0], &s, &a[2], &a[3], &a[4]), || a[0].zeros_like())
+                Ok(vec![kernels::experts(&a[0], &s, &a[2], &a[3], &a[4]).map_err(kernel_err)?])
             })
             .map_err(fwd)?;
-        trap.check()?;
-        Ok(out)
+        Ok(out.into_iter().next().expect("one output"))
     }
 
     /// The shared experts on `x` (R on tp), hidden dim sharded over tp: a partial sum on tp
     /// (the row-wise layer's declared output).
     fn shared(&mut self, x: &STensor) -> Result<Option<STensor>, Fail> {
-        let Some(h) = self.sp.dims.shared_hidden else { return Ok(None) };
-        let tp = self.dims.2;
-        let piece = move |r: usize| Some(chunk(h, tp, r % tp));
-        let col = [("dp", R), ("cp", R), ("tp", S(0))];
-        let w1 = self.weight("shared_w1", 0, piece, &col, false).map_err(fwd)?;
-        let w2 = self.weight("shared_w2", 1, piece, &[("dp", R), ("cp", R), ("tp", S(1))], false).map_err(fwd)?;
-        let w3 = self.weight("shared_w3", 0, piece, &col, false).map_err(fwd)?;
+        if self.sp.dims.shared_hidden.is_none() {
+            return Ok(None);
+        }
+        let (w1, w2, w3) = (self.w("shared_w1"), self.w("shared_w2"), self.w("shared_w3"));
         let out = self
             .spmd
             .local1(&NL("shared_experts"), &[x, &w1, &w2, &w3], |a| kernels::shared(&a[0], &a[1], &a[2], &a[3]));
@@ -329,13 +354,14 @@ impl<'a> Layer<'a> {
 
     /// EP off: the block replicated over tp through the router, the tp-sharded experts, the
     /// shared experts, and the exit.
-    fn tensor_parallel(&mut self) -> Result<(), Fail> {
-        let (sp_on, d, tp) = (self.sp.parallel.sp, self.sp.dims, self.dims.2);
+    fn tensor_parallel(&mut self, c: &Common) -> Result<(), Fail> {
+        let (sp_on, d) = (self.sp.parallel.sp, self.sp.dims);
         let x = self.x.clone();
         let xr = match self.mutant {
             Some(Mutant::EntryKeepsInvariant) => x.clone(),
             _ => self.on_tp(&x, if sp_on { S(1) } else { I }, R)?,
         };
+        self.after_entry(c)?;
         let (scores, ids, counts) = self.route(&xr, false)?;
         // The routed experts' local_map: offsets P -> V on dp and cp (torchtitan's mutate_type).
         let mut sizes = counts.clone();
@@ -346,11 +372,7 @@ impl<'a> Layer<'a> {
         }
         let k = d.top_k;
         let (dm, kk) = (d.model as i64, k as i64);
-        let f = move |r: usize| Some(chunk(d.hidden, tp, r % tp));
-        let cols = [("dp", R), ("cp", R), ("tp", S(1))];
-        let w1 = self.weight("routed_w1", 1, f, &cols, false).map_err(fwd)?;
-        let w2 = self.weight("routed_w2", 2, f, &[("dp", R), ("cp", R), ("tp", S(2))], false).map_err(fwd)?;
-        let w3 = self.weight("routed_w3", 1, f, &cols, false).map_err(fwd)?;
+        let (w1, w2, w3) = (self.w("routed_w1"), self.w("routed_w2"), self.w("routed_w3"));
         let re = self.spmd.local_op(&NL("reorder"), &[&xr, &scores, &ids], |a| {
             let s = a[0].size();
             let x_td = a[0].reshape([s[0] * s[1], dm]);
@@ -390,13 +412,33 @@ impl<'a> Layer<'a> {
             y
         } else {
             let sum = match shared {
-                Some(s) => self.spmd.add(&routed, &s).map_err(fwd)?,
+                Some(s) => self.add_outputs(&routed, &s)?,
                 None => routed,
             };
             self.spmd.all_reduce(&sum, "tp", P, I).map_err(fwd)?
         };
         self.y = Some(y);
         Ok(())
+    }
+
+    /// `routed + shared` (SP off), on (B, L, D) blocks, or on (T, D) tokens from `tt-head` on:
+    /// where the routed output's S(1) -> P zero-fill is longer than the block (EP on, an uneven
+    /// tp chunk) the add raises torch's size error on the rank, naming the token dim.
+    fn add_outputs(&mut self, routed: &STensor, shared: &STensor) -> Result<STensor, Fail> {
+        let (a, b) = (&routed.locals, &shared.locals);
+        if a[0].size() == b[0].size() && a.iter().zip(b).any(|(a, b)| a.size() != b.size()) {
+            // The recorder reports rank 0's outcome: rank 0 would go on into the exit's
+            // all-reduce while another rank raises here.
+            return Err(Fail::not_modelled("EP on, SP off, an uneven tp chunk past rank 0's block"));
+        }
+        if !self.sp.revision.folds_batch() {
+            return self.spmd.add(routed, shared).map_err(fwd);
+        }
+        let dm = self.sp.dims.model as i64;
+        let a = self.spmd.reshape(routed, &[-1, dm]).map_err(fwd)?;
+        let b = self.spmd.reshape(shared, &[-1, dm]).map_err(fwd)?;
+        let sum = self.spmd.add(&a, &b).map_err(fwd)?;
+        self.spmd.reshape(&sum, &[1, -1, dm]).map_err(fwd)
     }
 
     /// P -> S(1) on tp (a no-op when the value is already sequence-sharded).
@@ -423,6 +465,7 @@ impl<'a> Layer<'a> {
         let x = self.x.clone();
         let entry = if sp_on { S(1) } else { I };
         let xs = self.on_tp(&x, entry, S(1))?;
+        self.after_entry(c)?;
         let (scores, ids, counts) = self.route(&xs, true)?;
         let xs = self.on_tp(&x, entry, S(1))?;
         let (dm, k, kk) = (d.model as i64, d.top_k, d.top_k as i64);
@@ -482,11 +525,7 @@ impl<'a> Layer<'a> {
                 vec![a[0].index_select(0, &idx), sizes]
             })
             .map_err(fwd)?;
-        let mine = move |r: usize| Some(((r % ep) * e, e));
-        let ty = [("dp_replicate", R), ("efsdp", R), ("ep", S(0))];
-        let w1 = self.weight("routed_w1", 0, mine, &ty, true).map_err(fwd)?;
-        let w2 = self.weight("routed_w2", 0, mine, &ty, true).map_err(fwd)?;
-        let w3 = self.weight("routed_w3", 0, mine, &ty, true).map_err(fwd)?;
+        let (w1, w2, w3) = (self.w("routed_w1"), self.w("routed_w2"), self.w("routed_w3"));
         let out = self.experts(&perm[0], &perm[1], [&w1, &w2, &w3])?;
         let unperm = self
             .spmd
