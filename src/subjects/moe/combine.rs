@@ -66,12 +66,7 @@ pub fn into_buffer(
     let at = Tensor::from_slice(&buf.at).to_device(y.device());
     let idx = at.index_select(0, tok).reshape([-1, 1]).expand([-1, d], false);
     let zeros = Tensor::zeros([buf.rows as i64, d], (y.kind(), y.device()));
-    let out = zeros.f_scatter_add(0, &idx, &scaled).map_err(|e| {
-        // Python shows libtorch's message without tch's prefix.
-        let f = Fail::torch(Stage::Forward, e);
-        let text = f.message.trim_start_matches("Internal torch error: ").to_string();
-        Fail::new(f.stage, f.kind, text)
-    })?;
+    let out = zeros.f_scatter_add(0, &idx, &scaled).map_err(|e| Fail::torch(Stage::Forward, e))?;
     let (b, l) = (batch as i64, seq as i64);
     Ok(if buf.padded {
         // An empty batch block (a shrunk case with fewer rows than dp ranks) has no padded rows.

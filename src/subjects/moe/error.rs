@@ -49,10 +49,13 @@ impl Fail {
         Fail::new(Stage::Config, "NotModelled", message)
     }
 
+    /// A libtorch error as Python shows it: the first line without tch's prefix, as
+    /// RuntimeError or (dim wrapping) IndexError, read as the DTensor runtime reads them.
     pub fn torch(stage: Stage, e: tch::TchError) -> Fail {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("").to_string();
-        Fail::new(stage, "RuntimeError", first)
+        match dtensor::local::torch_err(e) {
+            DTensorError::Local { kind, message } => Fail::new(stage, kind, message),
+            other => Fail::new(stage, "RuntimeError", other.to_string()),
+        }
     }
 
     pub fn is_not_modelled(&self) -> bool {

@@ -60,10 +60,9 @@ fn fail(stage: Stage) -> impl Fn(SpmdError) -> Fail {
     move |e| Fail::new(stage, e.kind(), e.message().to_string())
 }
 
-/// A shared kernel's error inside a runtime op, as the runtime raises torch's errors (the
-/// kernels keep tch's "Internal torch error: " in front of libtorch's text; Python shows none).
+/// A shared kernel's error inside a runtime op, as the runtime raises torch's errors.
 fn kernel_err(f: Fail) -> SpmdError {
-    let text = f.message.strip_prefix("Internal torch error: ").unwrap_or(&f.message).to_string();
+    let text = f.message.clone();
     if f.kind == "IndexError" {
         SpmdError::Index(text)
     } else {
