@@ -402,13 +402,13 @@ fn a_short_soak_prints_its_table() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let header = "| minute | cases | cases/s | RSS MiB | anonymous MiB | open files |";
+    let header = "| minute | cases | cases/s | RSS MiB | anonymous MiB | heap used MiB | heap free MiB | open files |";
     assert!(text.contains(header), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| minute")).collect();
     assert!((2..=4).contains(&rows.len()), "{text}");
     for r in &rows {
         let cells: Vec<&str> = r.trim_matches('|').split('|').map(str::trim).collect();
-        assert_eq!(cells.len(), 6, "{r}");
+        assert_eq!(cells.len(), 8, "{r}");
         assert!(cells.iter().all(|c| c.parse::<f64>().is_ok()), "{r}");
     }
     assert!(text.contains("memory: RSS ") && text.contains("memory: anonymous "), "{text}");

@@ -17,6 +17,7 @@ pub mod campaign;
 pub mod cli;
 pub mod confirm;
 pub mod export;
+pub mod heap;
 pub mod replay;
 pub mod report;
 pub mod subjects;

@@ -33,6 +33,9 @@ pub struct SoakRow {
     /// Resident memory not backed by files (RSS less statm's `shared`): the heap. RSS also
     /// counts libtorch's code pages, which grow as new kernels are first run.
     pub anon_mib: f64,
+    /// The C allocator's live and freed-but-held memory (glibc's `mallinfo2`; 0 elsewhere).
+    pub heap_used_mib: f64,
+    pub heap_free_mib: f64,
     pub open_files: usize,
 }
 
@@ -104,17 +107,20 @@ pub fn soak(s: &SoakSettings, scratch: &Path) -> Result<Soak> {
         let since = mark.elapsed();
         if since >= s.every || start.elapsed() >= s.duration {
             let (rss, shared) = rss_mib();
+            let heap = crate::heap::stats().unwrap_or_default();
             let row = SoakRow {
                 minute: start.elapsed().as_secs_f64() / 60.0,
                 cases: index,
                 cases_per_s: (index - at_mark) as f64 / since.as_secs_f64().max(1e-9),
                 rss_mib: rss,
                 anon_mib: rss - shared,
+                heap_used_mib: heap.used_mib,
+                heap_free_mib: heap.free_mib,
                 open_files: open_files(),
             };
             eprintln!(
-                "soak: {:.2} min: {} cases, {:.0} cases/s, RSS {:.1} MiB (anonymous {:.1}), {} open files",
-                row.minute, row.cases, row.cases_per_s, row.rss_mib, row.anon_mib, row.open_files
+                "soak: {:.2} min: {} cases, {:.0} cases/s, RSS {:.1} MiB (anonymous {:.1}, heap used {:.1}, heap free {:.1}), {} open files",
+                row.minute, row.cases, row.cases_per_s, row.rss_mib, row.anon_mib, row.heap_used_mib, row.heap_free_mib, row.open_files
             );
             rows.push(row);
             (mark, at_mark) = (Instant::now(), index);
@@ -175,11 +181,14 @@ impl Soak {
                     format!("{:.0}", r.cases_per_s),
                     format!("{:.1}", r.rss_mib),
                     format!("{:.1}", r.anon_mib),
+                    format!("{:.1}", r.heap_used_mib),
+                    format!("{:.1}", r.heap_free_mib),
                     r.open_files.to_string(),
                 ]
             })
             .collect();
-        let header = ["minute", "cases", "cases/s", "RSS MiB", "anonymous MiB", "open files"];
+        let header =
+            ["minute", "cases", "cases/s", "RSS MiB", "anonymous MiB", "heap used MiB", "heap free MiB", "open files"];
         let table = md_table(&header, &rows);
         let verdict = |what: &str, of: fn(&SoakRow) -> f64| match self.memory(of) {
             Some((a, b, flat)) => format!(

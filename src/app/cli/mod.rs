@@ -96,6 +96,7 @@ fn quiet_on_closed_pipe(cmd: &Command) {
 }
 
 pub fn main() -> ExitCode {
+    crate::heap::bound_library_caches();
     let cli = Cli::parse();
     quiet_on_closed_pipe(&cli.cmd);
     if let Some(n) = cli.max_elements {
