@@ -38,6 +38,20 @@ pub fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&d| d as i64).collect()
 }
 
+extern "C" {
+    fn shardfuzz_skip_cpp_backtraces();
+}
+
+/// Stops libtorch from capturing a C++ backtrace for each error it throws. tch reads an error's
+/// full text, which symbolizes every frame of that backtrace (milliseconds per error, most of a
+/// case's time when its program raises); `torch_err` keeps only the first line, so the messages
+/// and error classes are unchanged. Called once per process, before the first program runs.
+pub fn skip_cpp_backtraces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the shim (backtrace.cpp) takes no arguments and only swaps libtorch's fetcher.
+    ONCE.call_once(|| unsafe { shardfuzz_skip_cpp_backtraces() });
+}
+
 /// Maps a libtorch error to the Python exception PyTorch would raise, keeping libtorch's first
 /// line (tch appends a C++ backtrace that no Python user sees).
 pub fn torch_err(e: tch::TchError) -> DTensorError {
