@@ -141,3 +141,25 @@ pub fn filled(value: f64, like: &Tensor, shape_of: &Tensor) -> Tensor {
 pub fn scalar(value: f64, like: &Tensor) -> Tensor {
     Tensor::from(value).to_kind(like.kind()).to_device(like.device())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With libtorch's C++ backtraces skipped, an error still reads as the Python user sees it:
+    /// the same first line and class, and nothing symbolized after it.
+    #[test]
+    fn skipped_backtraces_keep_the_message() {
+        let t = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let before = torch_err(t.f_view([4]).unwrap_err());
+        skip_cpp_backtraces();
+        let raw = t.f_view([4]).unwrap_err().to_string();
+        assert!(!raw.contains("frame #"), "a backtrace is still attached: {raw}");
+        let after = torch_err(t.f_view([4]).unwrap_err());
+        let DTensorError::Local { kind, message } = &after else { panic!("{after:?}") };
+        assert_eq!((*kind, message.as_str()), ("RuntimeError", "shape '[4]' is invalid for input of size 6"));
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        let e = torch_err(t.f_select(5, 0).unwrap_err());
+        assert!(matches!(e, DTensorError::Local { kind: "IndexError", .. }), "{e:?}");
+    }
+}
