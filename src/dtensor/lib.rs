@@ -36,6 +36,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(rules: RuleSet) -> Ctx {
+        local::skip_cpp_backtraces();
         Ctx { rules, comms: Vec::new(), label: String::new() }
     }
 

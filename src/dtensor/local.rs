@@ -38,6 +38,20 @@ pub fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&d| d as i64).collect()
 }
 
+extern "C" {
+    fn shardfuzz_skip_cpp_backtraces();
+}
+
+/// Stops libtorch from capturing a C++ backtrace for each error it throws. tch reads an error's
+/// full text, which symbolizes every frame of that backtrace (milliseconds per error, most of a
+/// case's time when its program raises); `torch_err` keeps only the first line, so the messages
+/// and error classes are unchanged. Called once per process, before the first program runs.
+pub fn skip_cpp_backtraces() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the shim (backtrace.cpp) takes no arguments and only swaps libtorch's fetcher.
+    ONCE.call_once(|| unsafe { shardfuzz_skip_cpp_backtraces() });
+}
+
 /// Maps a libtorch error to the Python exception PyTorch would raise, keeping libtorch's first
 /// line (tch appends a C++ backtrace that no Python user sees).
 pub fn torch_err(e: tch::TchError) -> DTensorError {
@@ -126,4 +140,26 @@ pub fn filled(value: f64, like: &Tensor, shape_of: &Tensor) -> Tensor {
 /// `value` as a 0-dim tensor of `like`'s dtype and device.
 pub fn scalar(value: f64, like: &Tensor) -> Tensor {
     Tensor::from(value).to_kind(like.kind()).to_device(like.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With libtorch's C++ backtraces skipped, an error still reads as the Python user sees it:
+    /// the same first line and class, and nothing symbolized after it.
+    #[test]
+    fn skipped_backtraces_keep_the_message() {
+        let t = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let before = torch_err(t.f_view([4]).unwrap_err());
+        skip_cpp_backtraces();
+        let raw = t.f_view([4]).unwrap_err().to_string();
+        assert!(!raw.contains("frame #"), "a backtrace is still attached: {raw}");
+        let after = torch_err(t.f_view([4]).unwrap_err());
+        let DTensorError::Local { kind, message } = &after else { panic!("{after:?}") };
+        assert_eq!((*kind, message.as_str()), ("RuntimeError", "shape '[4]' is invalid for input of size 6"));
+        assert_eq!(format!("{before:?}"), format!("{after:?}"));
+        let e = torch_err(t.f_select(5, 0).unwrap_err());
+        assert!(matches!(e, DTensorError::Local { kind: "IndexError", .. }), "{e:?}");
+    }
 }
