@@ -243,3 +243,73 @@ pub fn check(s: &MoeSpec, c: &Common, counts: &[Vec<i64>], log: &[CommRecord], j
     let want: Vec<CommRecord> = derive(s, c, counts).iter().map(Want::record).collect();
     harness::oracle::comm::check_log(&want, log, SOURCE, j);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spmd_layer::{run_mutant, Mutant};
+    use harness::case::Case;
+    use tch::Device;
+
+    fn case(edit: &[(&str, &str)]) -> Case<MoeSpec> {
+        // hidden 16: the grouped GEMM wants 16-byte strides in each tp shard.
+        let mut text = crate::tests::CASE.replace("partial_dtensor", "spmd_types").replace("\"hidden\": 8", "\"hidden\": 16");
+        for (a, b) in edit {
+            text = text.replace(a, b);
+        }
+        Case::from_json(&text).expect("a case")
+    }
+
+    /// The comm oracle's verdicts on a run of `c` (with a [`Mutant`] program).
+    fn keys(c: &Case<MoeSpec>, m: Option<Mutant>) -> Vec<String> {
+        let inputs = harness::data::inputs(c, Device::Cpu);
+        let (out, ran) = run_mutant(&c.subject, &c.common, &inputs, m).expect("runs");
+        let counts: Vec<Vec<i64>> = out
+            .get("tokens_per_expert")
+            .expect("counts")
+            .locals
+            .iter()
+            .map(|t| Vec::<f64>::try_from(&t.to_kind(Kind::Double)).expect("floats").iter().map(|x| *x as i64).collect())
+            .collect();
+        let mut j = Judgement::default();
+        check(&c.subject, &c.common, &counts, &records(&ran), &mut j);
+        j.verdicts.iter().map(|v| format!("{}:{}", v.class, v.key)).collect()
+    }
+
+    #[test]
+    fn the_layer_issues_what_its_config_derives() {
+        // EP on and off, SP on and off, with and without shared experts, dp = 2.
+        for ep in ["1", "2"] {
+            for sp in ["true", "false"] {
+                for shared in ["8", "null"] {
+                    let c = case(&[
+                        ("\"ep\": 2", &format!("\"ep\": {ep}")),
+                        ("\"sp\": true", &format!("\"sp\": {sp}")),
+                        ("\"shared_hidden\": 8", &format!("\"shared_hidden\": {shared}")),
+                        ("[1, 1, 2]", "[2, 1, 2]"),
+                        ("\"batch\": 1", "\"batch\": 2"),
+                    ]);
+                    assert_eq!(keys(&c, None), Vec::<String>::new(), "ep {ep} sp {sp} shared {shared}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_hook_without_the_tp_reduction_is_a_comm_verdict() {
+        // tt-pre4154 under spmd_types: EP on, tp = 2, the counts are partial over tp and the
+        // hook reduces only the loss mesh.
+        let c = case(&[("tt-0.3.0", "tt-pre4154")]);
+        assert_eq!(keys(&c, None), ["comm:hook:all_reduce@tp->-"]);
+        assert!(keys(&case(&[("tt-0.3.0", "tt-4154")]), None).is_empty());
+    }
+
+    #[test]
+    fn an_entry_without_its_conversion_is_a_comm_verdict() {
+        // SP off, EP off: leaving x I on tp skips the I -> R convert, whose backward is the
+        // all-reduce of x's gradient over tp (the checker is off, so the program runs).
+        let c = case(&[("\"ep\": 2", "\"ep\": 1"), ("\"sp\": true", "\"sp\": false")]);
+        assert!(keys(&c, None).is_empty());
+        assert_eq!(keys(&c, Some(Mutant::EntryKeepsInvariant)), ["comm:backward:all_reduce@tp->-"]);
+    }
+}
