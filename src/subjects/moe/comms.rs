@@ -226,7 +226,15 @@ fn exchanges(sh: &Shape, ep: usize, experts: usize, counts: &[Vec<i64>]) -> (Byt
 /// Each rank's routing counts as the run's `tokens_per_expert` output holds them.
 pub fn counts_of(run: &Run) -> Option<Vec<Vec<i64>>> {
     let t = run.sharded.as_ref().ok()?.get("tokens_per_expert")?;
-    Some(t.locals.iter().map(|l| Vec::<f64>::try_from(&l.to_kind(Kind::Double)).map_or_else(|_| Vec::new(), |v| v.iter().map(|x| x.round() as i64).collect())).collect())
+    Some(
+        t.locals
+            .iter()
+            .map(|l| {
+                Vec::<f64>::try_from(&l.to_kind(Kind::Double))
+                    .map_or_else(|_| Vec::new(), |v| v.iter().map(|x| x.round() as i64).collect())
+            })
+            .collect(),
+    )
 }
 
 /// The comm oracle: the run's log against [`derive`]'s (spmd_types runs that ran).
@@ -253,7 +261,8 @@ mod tests {
 
     fn case(edit: &[(&str, &str)]) -> Case<MoeSpec> {
         // hidden 16: the grouped GEMM wants 16-byte strides in each tp shard.
-        let mut text = crate::tests::CASE.replace("partial_dtensor", "spmd_types").replace("\"hidden\": 8", "\"hidden\": 16");
+        let mut text =
+            crate::tests::CASE.replace("partial_dtensor", "spmd_types").replace("\"hidden\": 8", "\"hidden\": 16");
         for (a, b) in edit {
             text = text.replace(a, b);
         }
@@ -269,7 +278,9 @@ mod tests {
             .expect("counts")
             .locals
             .iter()
-            .map(|t| Vec::<f64>::try_from(&t.to_kind(Kind::Double)).expect("floats").iter().map(|x| *x as i64).collect())
+            .map(|t| {
+                Vec::<f64>::try_from(&t.to_kind(Kind::Double)).expect("floats").iter().map(|x| *x as i64).collect()
+            })
             .collect();
         let mut j = Judgement::default();
         check(&c.subject, &c.common, &counts, &records(&ran), &mut j);

@@ -30,7 +30,8 @@ fn differs(want: &[Want], real: &Value, r: usize) -> Option<String> {
         return Some(format!("rank {r}: {} calls derived, {} recorded", ours.len(), real.len()));
     }
     for (i, (w, e)) in ours.iter().zip(&real).enumerate() {
-        let axes: Vec<&str> = e["axes"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let axes: Vec<&str> =
+            e["axes"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let same = e["phase"] == w.phase
             && e["op"] == w.op
             && axes.contains(&w.axis)
