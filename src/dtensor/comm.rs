@@ -22,6 +22,11 @@ pub struct CommRecord {
     /// largest first, as DTensor does for uneven shards).
     #[serde(default)]
     pub bytes: usize,
+    /// The named group it ran on, for a subject whose groups are not all dims of one mesh (the
+    /// MoE layer: `tp`, `ep` of the sparse mesh, `loss` = dp·cp flattened); `None` where
+    /// `mesh_dim` says it all (the router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axis: Option<String>,
 }
 
 /// Applies `f` to every fiber of mesh dim `md`: it gets the fiber's locals in coordinate order

@@ -98,6 +98,7 @@ fn run(
                     mesh_dim: t.mesh_dim,
                     tensor: label.to_string(),
                     bytes,
+                    axis: None,
                 });
             }
         }

@@ -186,6 +186,7 @@ pub fn comm_record(c: &RealComm, default_tensor: &str) -> CommRecord {
         mesh_dim: c.mesh_dim.unwrap_or(0),
         tensor: c.tensor.clone().unwrap_or_else(|| default_tensor.to_string()),
         bytes: c.bytes.unwrap_or(0),
+        axis: None,
     }
 }
 

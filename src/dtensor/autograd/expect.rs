@@ -139,7 +139,7 @@ impl Walk<'_> {
                 };
                 let bytes = most * a.meta.dtype.itemsize();
                 let op = s.collective.name().to_string();
-                self.comms.push(CommRecord { op, mesh_dim: s.mesh_dim, tensor: self.label.clone(), bytes });
+                self.comms.push(CommRecord { op, mesh_dim: s.mesh_dim, tensor: self.label.clone(), bytes, axis: None });
             }
         }
         Ok(Arg { placements: to, ..a.clone() })

@@ -46,7 +46,8 @@ pub enum Known {
     /// so an odd training.seq_len reaches it (confirmed on torchtitan 0.3.0; no upstream report).
     SpmdUnevenEpExit,
     /// tt-pre4154: under spmd_types the load-balance hook reduces the counts over the loss mesh
-    /// only, so with EP on and tp >= 2 each tp rank updates `expert_bias` from its own tokens.
+    /// only, so with EP on and tp >= 2 each tp rank updates `expert_bias` from its own tokens
+    /// (a replica or value verdict on `expert_bias`, and the comm oracle's missing tp all-reduce).
     BiasTp4154,
     /// tt-3386: EP splits the flattened tokens over tp and each rank's combine buffer has T_r·n
     /// rows; with tp not dividing a block's T = B·L the buffers differ from T and the MoE exit
@@ -149,7 +150,9 @@ impl Known {
                 let spmd = s.backend == Backend::SpmdTypes;
                 let bias =
                     p.output.as_deref() == Some("expert_bias") && matches!(p.class, Class::Replica | Class::Value);
-                at(MoeRev::TtPre4154) && spmd && s.parallel.ep > 1 && tp >= 2 && bias
+                // The comm oracle sees the cause: the hook's tp all-reduce missing.
+                let comm = p.class == Class::Comm && p.key == "hook:all_reduce@tp->-";
+                at(MoeRev::TtPre4154) && spmd && s.parallel.ep > 1 && tp >= 2 && (bias || comm)
             }
             Known::UnevenFlat3386 => {
                 let t_uneven = (0..dp).any(|d| {

@@ -5,6 +5,7 @@
 //! real-torchtitan recorder, so recorded outcomes replay against the model.
 
 pub mod combine;
+pub mod comms;
 pub mod crosscheck;
 pub mod error;
 pub mod export;

@@ -52,10 +52,15 @@ pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), Cas
         ids = Some(chosen);
         Ok(head::fold_reference(s, out))
     });
+    let mut comms = Vec::new();
     let sharded = timed(&mut p.sharded_us, || {
         match s.backend {
-            // The spmd_types backend runs on the simulated local-SPMD runtime.
-            crate::Backend::SpmdTypes => crate::spmd_layer::run(s, c, inputs).map(|(out, _)| out),
+            // The spmd_types backend runs on the simulated local-SPMD runtime, whose log is the
+            // run's comm log (the DTensor backends log none).
+            crate::Backend::SpmdTypes => crate::spmd_layer::run(s, c, inputs).map(|(out, ran)| {
+                comms = crate::comms::records(&ran);
+                out
+            }),
             _ => sharded::run(s, c, inputs),
         }
         .and_then(|o| head::fold_sharded(s, o))
@@ -72,7 +77,7 @@ pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), Cas
         mesh,
         reference,
         sharded,
-        comms: Vec::new(),
+        comms,
         backward: None,
         phases: p,
     };

@@ -79,7 +79,9 @@ impl Subject for MoeSpec {
         crate::run::values(self, c, x, base, other, j);
     }
 
-    fn judge(&self, _c: &Common, _run: &Run, _x: &Extra, _j: &mut Judgement) {}
+    fn judge(&self, c: &Common, run: &Run, _x: &Extra, j: &mut Judgement) {
+        crate::comms::judge(self, c, run, j);
+    }
 
     fn program(&self, _v: &Verdict) -> String {
         program_name(self.revision, self.backend)
