@@ -4,7 +4,7 @@
 //! reused after. `SHARDFUZZ_TORCHTITAN_0_3_0_TORCH_X_Y_Z` (dots as underscores) names another
 //! interpreter (a `python` executable or a venv directory) for that release.
 
-use super::venv::{cache_dir, ensure_managed, new_venv, python_in, torch_version, Managed, Source};
+use super::venv::{cache_dir, ensure_managed, is_release, new_venv, python_in, torch_version, Managed, Source};
 use super::Release;
 use std::path::{Path, PathBuf};
 
@@ -31,31 +31,6 @@ pub fn name(release: &Release) -> String {
 /// The variable that overrides the interpreter: `SHARDFUZZ_TORCHTITAN_0_3_0_TORCH_2_14_0`.
 pub fn env_var(release: &Release) -> String {
     format!("SHARDFUZZ_TORCHTITAN_{}_TORCH_{}", TORCHTITAN.replace('.', "_"), release.as_str().replace('.', "_"))
-}
-
-impl TitanVenv {
-    /// Holds the release, torchtitan 0.3.0 and spmd_types 0.2.3.
-    pub fn ready(&self) -> bool {
-        let (t, tt, st) = &self.installed;
-        t.as_deref().is_some_and(|v| v.split('+').next() == Some(self.release.as_str()))
-            && tt.as_deref() == Some(TORCHTITAN)
-            && st.as_deref() == Some(SPMD_TYPES)
-    }
-
-    /// One line for `doctor` and error messages.
-    pub fn describe(&self) -> String {
-        let from = self.source.from();
-        let (t, tt, st) = &self.installed;
-        let v = |n: &str, x: &Option<String>| format!("{n} {}", x.as_deref().unwrap_or("missing"));
-        let state = if self.ready() {
-            "ready".to_string()
-        } else if self.source == Source::Cache && t.is_none() {
-            "not installed (created on first use)".to_string()
-        } else {
-            format!("{}, {}, {}", v("torch", t), v("torchtitan", tt), v("spmd_types", st))
-        };
-        format!("{} ({from}; {state})", self.python.display())
-    }
 }
 
 /// A package's version from its `*.dist-info` folder in the venv's site-packages.
@@ -100,20 +75,31 @@ impl Managed for TitanVenv {
         locate(release)
     }
 
-    fn python(&self) -> &Path {
-        &self.python
+    fn at(&self) -> (&Path, &Source) {
+        (&self.python, &self.source)
     }
 
-    fn source(&self) -> &Source {
-        &self.source
-    }
-
+    /// Holds the release, torchtitan 0.3.0 and spmd_types 0.2.3.
     fn ready(&self) -> bool {
-        TitanVenv::ready(self)
+        let (t, tt, st) = &self.installed;
+        is_release(t.as_deref(), &self.release)
+            && tt.as_deref() == Some(TORCHTITAN)
+            && st.as_deref() == Some(SPMD_TYPES)
     }
 
+    /// One line for `doctor` and error messages.
     fn describe(&self) -> String {
-        TitanVenv::describe(self)
+        let from = self.source.from();
+        let (t, tt, st) = &self.installed;
+        let v = |n: &str, x: &Option<String>| format!("{n} {}", x.as_deref().unwrap_or("missing"));
+        let state = if self.ready() {
+            "ready".to_string()
+        } else if self.source == Source::Cache && t.is_none() {
+            "not installed (created on first use)".to_string()
+        } else {
+            format!("{}, {}, {}", v("torch", t), v("torchtitan", tt), v("spmd_types", st))
+        };
+        format!("{} ({from}; {state})", self.python.display())
     }
 
     /// torch's CPU wheel first (unless the venv holds the release), then torchtitan and
@@ -127,7 +113,7 @@ impl Managed for TitanVenv {
         );
         let pip = new_venv(dir)?;
         let torch = [format!("torch=={release}")];
-        let has_torch = torch_version(python).is_some_and(|v| v.split('+').next() == Some(release.as_str()));
+        let has_torch = is_release(torch_version(python).as_deref(), release);
         anyhow::ensure!(
             has_torch || pip(&torch, &["--index-url", "https://download.pytorch.org/whl/cpu"]) || pip(&torch, &[]),
             "pip install torch=={release} failed into {} (see pip's output above)",

@@ -32,8 +32,8 @@ impl Source {
 pub(super) trait Managed: Sized {
     /// Where the release's interpreter is (without creating anything).
     fn locate(release: &Release) -> Self;
-    fn python(&self) -> &Path;
-    fn source(&self) -> &Source;
+    /// Its interpreter and where that came from.
+    fn at(&self) -> (&Path, &Source);
     /// Holds everything it should.
     fn ready(&self) -> bool;
     fn describe(&self) -> String;
@@ -55,15 +55,15 @@ pub(super) fn ensure_managed<V: Managed>(release: &Release) -> anyhow::Result<V>
     if v.ready() {
         return Ok(v);
     }
-    if let Source::Env(var) = v.source() {
-        let python = v.python();
+    let (python, source) = v.at();
+    if let Source::Env(var) = source {
         anyhow::ensure!(python.exists(), "${var} points at {}, which does not exist", python.display());
         if v.unread_override() {
             return Ok(v);
         }
         anyhow::bail!("${var}: {}", v.describe());
     }
-    V::create(release, v.python())?;
+    V::create(release, python)?;
     let v = V::locate(release);
     anyhow::ensure!(v.ready(), "{}", v.unready());
     Ok(v)
@@ -99,7 +99,7 @@ pub struct Venv {
 impl Venv {
     /// Holds the release (the local version suffix such as `+cpu` aside).
     pub fn ready(&self) -> bool {
-        self.installed.as_deref().is_some_and(|v| v.split('+').next() == Some(self.release.as_str()))
+        is_release(self.installed.as_deref(), &self.release)
     }
 
     /// One line for `doctor`.
@@ -113,6 +113,11 @@ impl Venv {
         };
         format!("{} ({from}; {state})", self.python.display())
     }
+}
+
+/// Whether an installed torch `version` is `release` (a local suffix such as `+cpu` aside).
+pub(super) fn is_release(version: Option<&str>, release: &Release) -> bool {
+    version.is_some_and(|v| v.split('+').next() == Some(release.as_str()))
 }
 
 /// The cache directory of the managed venvs.
@@ -182,12 +187,8 @@ impl Managed for Venv {
         locate(release)
     }
 
-    fn python(&self) -> &Path {
-        &self.python
-    }
-
-    fn source(&self) -> &Source {
-        &self.source
+    fn at(&self) -> (&Path, &Source) {
+        (&self.python, &self.source)
     }
 
     fn ready(&self) -> bool {
