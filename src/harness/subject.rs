@@ -145,6 +145,26 @@ pub trait Subject: Clone + Debug + PartialEq + Send + Sync + Sized + 'static {
     fn worker_tables(&self, c: &Common) -> serde_json::Value;
 }
 
+/// The three [`Subject`] methods of a spec whose case files hold it tagged with one fixed kind
+/// (`kind`, `to_json` by [`tagged`], `from_json` by [`untagged`]), for use inside its
+/// `impl Subject`: `harness::tagged_subject!(KIND);`.
+#[macro_export]
+macro_rules! tagged_subject {
+    ($kind:expr) => {
+        fn kind(&self) -> &'static str {
+            $kind
+        }
+
+        fn to_json(&self) -> serde_json::Value {
+            $crate::subject::tagged($kind, self)
+        }
+
+        fn from_json(v: serde_json::Value) -> Result<Self, String> {
+            $crate::subject::untagged($kind, v)
+        }
+    };
+}
+
 /// The `subject` object of a case file: `{"kind": KIND, ...spec}`.
 pub fn tagged<T: Serialize>(kind: &str, spec: &T) -> serde_json::Value {
     let mut m = serde_json::Map::new();

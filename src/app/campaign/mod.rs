@@ -93,6 +93,26 @@ impl Config {
 /// How often the coordinator writes `checkpoint.json`: the counts a `kill -9` can lose.
 const CHECKPOINT: Duration = Duration::from_secs(3);
 
+/// The order buckets are shrunk in: round-robin over their mechanisms (as the report's findings
+/// group them), smallest case first within one, so that a shrink phase cut short by the deadline
+/// has shrunk every mechanism's smallest bucket before any mechanism's second (in signature order
+/// the value buckets came last and went unshrunk in a 2-minute campaign of both subjects).
+fn shrink_order(state: &State) -> Vec<Signature> {
+    let mut groups: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for (sig, b) in &state.buckets {
+        groups.entry(crate::triage::mechanism_of(b)).or_default().push((b.smallest_size, b.smallest_index, sig));
+    }
+    let mut ranked: Vec<_> = groups
+        .into_values()
+        .flat_map(|mut g| {
+            g.sort();
+            g.into_iter().enumerate().map(|(round, (size, index, sig))| (round, size, index, sig.clone()))
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(.., sig)| sig).collect()
+}
+
 /// Where the coordinator is in its schedule.
 struct Schedule {
     next: u64,
@@ -136,7 +156,7 @@ impl Schedule {
         if !self.shrinking && !self.cases_open() && !pool.running_cases() {
             self.shrinking = true;
             if !cfg.no_shrink && !interrupted() {
-                self.shrink_queue.extend(state.buckets.keys().cloned());
+                self.shrink_queue.extend(shrink_order(state));
             }
         }
     }

@@ -4,10 +4,9 @@
 //! reused after. `SHARDFUZZ_TORCHTITAN_0_3_0_TORCH_X_Y_Z` (dots as underscores) names another
 //! interpreter (a `python` executable or a venv directory) for that release.
 
-use super::venv::{cache_dir, torch_version, Source};
+use super::venv::{cache_dir, ensure_managed, is_release, new_venv, python_in, torch_version, Managed, Source};
 use super::Release;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The torchtitan release the MoE subject's real runs use (the one revision that is a package).
 pub const TORCHTITAN: &str = "0.3.0";
@@ -34,34 +33,6 @@ pub fn env_var(release: &Release) -> String {
     format!("SHARDFUZZ_TORCHTITAN_{}_TORCH_{}", TORCHTITAN.replace('.', "_"), release.as_str().replace('.', "_"))
 }
 
-impl TitanVenv {
-    /// Holds the release, torchtitan 0.3.0 and spmd_types 0.2.3.
-    pub fn ready(&self) -> bool {
-        let (t, tt, st) = &self.installed;
-        t.as_deref().is_some_and(|v| v.split('+').next() == Some(self.release.as_str()))
-            && tt.as_deref() == Some(TORCHTITAN)
-            && st.as_deref() == Some(SPMD_TYPES)
-    }
-
-    /// One line for `doctor` and error messages.
-    pub fn describe(&self) -> String {
-        let from = match &self.source {
-            Source::Env(var) => format!("from ${var}"),
-            Source::Cache => "managed".into(),
-        };
-        let (t, tt, st) = &self.installed;
-        let v = |n: &str, x: &Option<String>| format!("{n} {}", x.as_deref().unwrap_or("missing"));
-        let state = if self.ready() {
-            "ready".to_string()
-        } else if self.source == Source::Cache && t.is_none() {
-            "not installed (created on first use)".to_string()
-        } else {
-            format!("{}, {}, {}", v("torch", t), v("torchtitan", tt), v("spmd_types", st))
-        };
-        format!("{} ({from}; {state})", self.python.display())
-    }
-}
-
 /// A package's version from its `*.dist-info` folder in the venv's site-packages.
 fn dist_version(python: &Path, package: &str) -> Option<String> {
     let root = python.parent()?.parent()?;
@@ -86,8 +57,7 @@ fn dist_version(python: &Path, package: &str) -> Option<String> {
 pub fn locate(release: &Release) -> TitanVenv {
     let var = env_var(release);
     let (python, source) = match std::env::var_os(&var).filter(|p| !p.is_empty()) {
-        Some(p) if Path::new(&p).is_dir() => (Path::new(&p).join("bin/python"), Source::Env(var)),
-        Some(p) => (PathBuf::from(p), Source::Env(var)),
+        Some(p) => (python_in(Path::new(&p)), Source::Env(var)),
         None => (cache_dir().join(name(release)).join("bin/python"), Source::Cache),
     };
     let installed = (torch_version(&python), dist_version(&python, "torchtitan"), dist_version(&python, "spmd_types"));
@@ -97,53 +67,70 @@ pub fn locate(release: &Release) -> TitanVenv {
 /// The interpreter, creating the managed venv when it is missing or incomplete. pip's output
 /// goes to stderr; an override that does not hold the packages is an error, never replaced.
 pub fn ensure(release: &Release) -> anyhow::Result<TitanVenv> {
-    let v = locate(release);
-    if v.ready() {
-        return Ok(v);
-    }
-    if let Source::Env(var) = &v.source {
-        anyhow::ensure!(v.python.exists(), "${var} points at {}, which does not exist", v.python.display());
-        anyhow::bail!("${var}: {}", v.describe());
-    }
-    create(release, &v.python)?;
-    let v = locate(release);
-    anyhow::ensure!(v.ready(), "the new venv does not hold what it should: {}", v.describe());
-    Ok(v)
+    ensure_managed(release)
 }
 
-fn create(release: &Release, python: &Path) -> anyhow::Result<()> {
-    let dir = python.parent().and_then(Path::parent).expect("a venv's python is DIR/bin/python");
-    eprintln!(
-        "shardfuzz: creating {} with torch=={release}, torchtitan=={TORCHTITAN}, spmd_types=={SPMD_TYPES} \
-         (once; a few minutes)",
-        dir.display()
-    );
-    let base = std::env::var("SHARDFUZZ_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
-    anyhow::ensure!(
-        dir.join("bin/python").exists() || ok(Command::new(&base).arg("-m").arg("venv").arg(dir)),
-        "could not create a venv at {} with {base} -m venv",
-        dir.display()
-    );
-    let pip = |pkgs: &[String], extra: &[&str]| {
-        let mut c = Command::new(dir.join("bin/pip"));
-        c.args(["install", "--disable-pip-version-check", "-q"]).args(pkgs).args(extra);
-        ok(&mut c)
-    };
-    let torch = [format!("torch=={release}")];
-    let has_torch = torch_version(python).is_some_and(|v| v.split('+').next() == Some(release.as_str()));
-    anyhow::ensure!(
-        has_torch || pip(&torch, &["--index-url", "https://download.pytorch.org/whl/cpu"]) || pip(&torch, &[]),
-        "pip install torch=={release} failed into {} (see pip's output above)",
-        dir.display()
-    );
-    let titan = [format!("torchtitan=={TORCHTITAN}"), format!("spmd_types=={SPMD_TYPES}")];
-    anyhow::ensure!(
-        pip(&titan, &[]),
-        "pip install torchtitan=={TORCHTITAN} spmd_types=={SPMD_TYPES} failed into {} (see pip's output above)",
-        dir.display()
-    );
-    Ok(())
+impl Managed for TitanVenv {
+    fn locate(release: &Release) -> Self {
+        locate(release)
+    }
+
+    fn at(&self) -> (&Path, &Source) {
+        (&self.python, &self.source)
+    }
+
+    /// Holds the release, torchtitan 0.3.0 and spmd_types 0.2.3.
+    fn ready(&self) -> bool {
+        let (t, tt, st) = &self.installed;
+        is_release(t.as_deref(), &self.release)
+            && tt.as_deref() == Some(TORCHTITAN)
+            && st.as_deref() == Some(SPMD_TYPES)
+    }
+
+    /// One line for `doctor` and error messages.
+    fn describe(&self) -> String {
+        let from = self.source.from();
+        let (t, tt, st) = &self.installed;
+        let v = |n: &str, x: &Option<String>| format!("{n} {}", x.as_deref().unwrap_or("missing"));
+        let state = if self.ready() {
+            "ready".to_string()
+        } else if self.source == Source::Cache && t.is_none() {
+            "not installed (created on first use)".to_string()
+        } else {
+            format!("{}, {}, {}", v("torch", t), v("torchtitan", tt), v("spmd_types", st))
+        };
+        format!("{} ({from}; {state})", self.python.display())
+    }
+
+    /// torch's CPU wheel first (unless the venv holds the release), then torchtitan and
+    /// spmd_types from the registry.
+    fn create(release: &Release, python: &Path) -> anyhow::Result<()> {
+        let dir = python.parent().and_then(Path::parent).expect("a venv's python is DIR/bin/python");
+        eprintln!(
+            "shardfuzz: creating {} with torch=={release}, torchtitan=={TORCHTITAN}, spmd_types=={SPMD_TYPES} \
+             (once; a few minutes)",
+            dir.display()
+        );
+        let pip = new_venv(dir)?;
+        let torch = [format!("torch=={release}")];
+        let has_torch = is_release(torch_version(python).as_deref(), release);
+        anyhow::ensure!(
+            has_torch || pip(&torch, &["--index-url", "https://download.pytorch.org/whl/cpu"]) || pip(&torch, &[]),
+            "pip install torch=={release} failed into {} (see pip's output above)",
+            dir.display()
+        );
+        let titan = [format!("torchtitan=={TORCHTITAN}"), format!("spmd_types=={SPMD_TYPES}")];
+        anyhow::ensure!(
+            pip(&titan, &[]),
+            "pip install torchtitan=={TORCHTITAN} spmd_types=={SPMD_TYPES} failed into {} (see pip's output above)",
+            dir.display()
+        );
+        Ok(())
+    }
+
+    fn unready(&self) -> String {
+        format!("the new venv does not hold what it should: {}", self.describe())
+    }
 }
 
 #[cfg(test)]

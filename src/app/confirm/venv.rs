@@ -17,6 +17,75 @@ pub enum Source {
     Cache,
 }
 
+impl Source {
+    /// `from $VAR` or `managed`, for descriptions.
+    pub fn from(&self) -> String {
+        match self {
+            Source::Env(var) => format!("from ${var}"),
+            Source::Cache => "managed".into(),
+        }
+    }
+}
+
+/// What [`ensure_managed`] needs of a managed interpreter (the torch venvs here, the torchtitan
+/// ones in `moe_venv`).
+pub(super) trait Managed: Sized {
+    /// Where the release's interpreter is (without creating anything).
+    fn locate(release: &Release) -> Self;
+    /// Its interpreter and where that came from.
+    fn at(&self) -> (&Path, &Source);
+    /// Holds everything it should.
+    fn ready(&self) -> bool;
+    fn describe(&self) -> String;
+    /// Whether an override that is not ready is used anyway (nothing in it to read a version
+    /// from: the interpreter itself will say).
+    fn unread_override(&self) -> bool {
+        false
+    }
+    /// Creates the managed venv of `python` or installs what it lacks.
+    fn create(release: &Release, python: &Path) -> anyhow::Result<()>;
+    /// The error when the venv is still not ready after [`Managed::create`].
+    fn unready(&self) -> String;
+}
+
+/// The interpreter of `release`, creating the managed venv when it is missing or incomplete;
+/// an override that does not hold what it should is an error, never replaced.
+pub(super) fn ensure_managed<V: Managed>(release: &Release) -> anyhow::Result<V> {
+    let v = V::locate(release);
+    if v.ready() {
+        return Ok(v);
+    }
+    let (python, source) = v.at();
+    if let Source::Env(var) = source {
+        anyhow::ensure!(python.exists(), "${var} points at {}, which does not exist", python.display());
+        if v.unread_override() {
+            return Ok(v);
+        }
+        anyhow::bail!("${var}: {}", v.describe());
+    }
+    V::create(release, python)?;
+    let v = V::locate(release);
+    anyhow::ensure!(v.ready(), "{}", v.unready());
+    Ok(v)
+}
+
+/// The venv directory `dir` (made with `$SHARDFUZZ_PYTHON -m venv`, default python3, unless it
+/// exists), and a runner of its `pip install -q PKGS EXTRA` (true: pip succeeded).
+pub(super) fn new_venv(dir: &Path) -> anyhow::Result<impl Fn(&[String], &[&str]) -> bool + '_> {
+    let base = std::env::var("SHARDFUZZ_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+    anyhow::ensure!(
+        dir.join("bin/python").exists() || ok(Command::new(&base).arg("-m").arg("venv").arg(dir)),
+        "could not create a venv at {} with {base} -m venv",
+        dir.display()
+    );
+    Ok(move |pkgs: &[String], extra: &[&str]| {
+        let mut c = Command::new(dir.join("bin/pip"));
+        c.args(["install", "--disable-pip-version-check", "-q"]).args(pkgs).args(extra);
+        ok(&mut c)
+    })
+}
+
 /// A release's interpreter: where it is, where that came from, and what it holds.
 #[derive(Clone, Debug)]
 pub struct Venv {
@@ -30,15 +99,12 @@ pub struct Venv {
 impl Venv {
     /// Holds the release (the local version suffix such as `+cpu` aside).
     pub fn ready(&self) -> bool {
-        self.installed.as_deref().is_some_and(|v| v.split('+').next() == Some(self.release.as_str()))
+        is_release(self.installed.as_deref(), &self.release)
     }
 
     /// One line for `doctor`.
     pub fn describe(&self) -> String {
-        let from = match &self.source {
-            Source::Env(var) => format!("from ${var}"),
-            Source::Cache => "managed".into(),
-        };
+        let from = self.source.from();
         let state = match &self.installed {
             Some(v) if self.ready() => format!("torch {v}"),
             Some(v) => format!("holds torch {v}, not {}", self.release),
@@ -47,6 +113,11 @@ impl Venv {
         };
         format!("{} ({from}; {state})", self.python.display())
     }
+}
+
+/// Whether an installed torch `version` is `release` (a local suffix such as `+cpu` aside).
+pub(super) fn is_release(version: Option<&str>, release: &Release) -> bool {
+    version.is_some_and(|v| v.split('+').next() == Some(release.as_str()))
 }
 
 /// The cache directory of the managed venvs.
@@ -64,7 +135,7 @@ pub fn env_var(release: &Release) -> String {
 }
 
 /// A `python` executable, given it or the venv directory holding it.
-fn python_in(p: &Path) -> PathBuf {
+pub(super) fn python_in(p: &Path) -> PathBuf {
     if p.is_dir() {
         p.join("bin").join("python")
     } else {
@@ -108,45 +179,47 @@ pub fn torch_version(python: &Path) -> Option<String> {
 /// The interpreter of `release`, creating the managed venv when it is missing. Progress and pip's
 /// output go to stderr; an override that does not hold the release is an error, never replaced.
 pub fn ensure(release: &Release) -> anyhow::Result<Venv> {
-    let v = locate(release);
-    if v.ready() {
-        return Ok(v);
-    }
-    if let Source::Env(var) = &v.source {
-        anyhow::ensure!(v.python.exists(), "${var} points at {}, which does not exist", v.python.display());
-        if v.installed.is_some() {
-            anyhow::bail!("${var}: {}", v.describe());
-        }
-        // No version.py found (an unusual layout): let the interpreter itself say.
-        return Ok(v);
-    }
-    create(release, &v.python)?;
-    let v = locate(release);
-    anyhow::ensure!(v.ready(), "the new venv {} does not hold torch {release}", v.python.display());
-    Ok(v)
+    ensure_managed(release)
 }
 
-/// `python3 -m venv DIR && DIR/bin/pip install torch==X.Y.Z` (the default index, then PyTorch's
-/// CPU wheel index).
-fn create(release: &Release, python: &Path) -> anyhow::Result<()> {
-    let dir = python.parent().and_then(Path::parent).expect("a venv's python is DIR/bin/python");
-    eprintln!("shardfuzz: creating {} with torch=={release} (once; a few minutes, several GB)", dir.display());
-    let base = std::env::var("SHARDFUZZ_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
-    anyhow::ensure!(
-        dir.join("bin/python").exists() || ok(Command::new(&base).arg("-m").arg("venv").arg(dir)),
-        "could not create a venv at {} with {base} -m venv",
-        dir.display()
-    );
-    let pip = |extra: &[&str]| {
-        let mut c = Command::new(dir.join("bin/pip"));
-        c.args(["install", "--disable-pip-version-check", "-q", &format!("torch=={release}")]).args(extra);
-        ok(&mut c)
-    };
-    if pip(&[]) || pip(&["--index-url", "https://download.pytorch.org/whl/cpu"]) {
-        return Ok(());
+impl Managed for Venv {
+    fn locate(release: &Release) -> Self {
+        locate(release)
     }
-    anyhow::bail!("pip install torch=={release} failed into {} (see pip's output above)", dir.display())
+
+    fn at(&self) -> (&Path, &Source) {
+        (&self.python, &self.source)
+    }
+
+    fn ready(&self) -> bool {
+        Venv::ready(self)
+    }
+
+    fn describe(&self) -> String {
+        Venv::describe(self)
+    }
+
+    /// No version.py found (an unusual layout): let the interpreter itself say.
+    fn unread_override(&self) -> bool {
+        self.installed.is_none()
+    }
+
+    /// `python3 -m venv DIR && DIR/bin/pip install torch==X.Y.Z` (the default index, then
+    /// PyTorch's CPU wheel index).
+    fn create(release: &Release, python: &Path) -> anyhow::Result<()> {
+        let dir = python.parent().and_then(Path::parent).expect("a venv's python is DIR/bin/python");
+        eprintln!("shardfuzz: creating {} with torch=={release} (once; a few minutes, several GB)", dir.display());
+        let pip = new_venv(dir)?;
+        let torch = [format!("torch=={release}")];
+        if pip(&torch, &[]) || pip(&torch, &["--index-url", "https://download.pytorch.org/whl/cpu"]) {
+            return Ok(());
+        }
+        anyhow::bail!("pip install torch=={release} failed into {} (see pip's output above)", dir.display())
+    }
+
+    fn unready(&self) -> String {
+        format!("the new venv {} does not hold torch {}", self.python.display(), self.release)
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,11 @@ pub struct Finding {
     pub index: Vec<usize>,
 }
 
+/// The mechanism a bucket's finding will be grouped under (the key [`findings`] uses).
+pub fn mechanism_of(b: &Bucket) -> String {
+    mechanism(b, table::lookup(b))
+}
+
 /// The grouping key of a bucket: its table entry's mechanism, else the first known bug its
 /// subject named, else its explanation without the program's name.
 fn mechanism(b: &Bucket, entry: Option<&table::Entry>) -> String {

@@ -12,7 +12,7 @@ use harness::generate::{GenCommon, Source};
 use harness::oracle::{Judgement, Verdict};
 use harness::run::Inputs;
 use harness::run::{Named, Run};
-use harness::subject::{self, InputSpec, Model, Program, Size, Subject};
+use harness::subject::{InputSpec, Model, Program, Size, Subject};
 use harness::tensor_data::Tensors;
 use harness::Signature;
 use placement::Mesh;
@@ -39,17 +39,7 @@ impl Subject for MoeSpec {
     type Extra = Extra;
     type Gen = MoeGen;
 
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        subject::tagged(KIND, self)
-    }
-
-    fn from_json(v: serde_json::Value) -> Result<Self, String> {
-        subject::untagged(KIND, v)
-    }
+    harness::tagged_subject!(KIND);
 
     fn validate(&self, c: &Common, mesh: &Mesh) -> Result<(), CaseError> {
         MoeSpec::validate(self, c, mesh)

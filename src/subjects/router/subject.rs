@@ -14,7 +14,7 @@ use harness::generate::{BackwardMix, GenCommon, Source};
 use harness::oracle::{Judgement, Verdict};
 use harness::run::Inputs;
 use harness::run::{Named, Run};
-use harness::subject::{self, InputSpec, Model, Program, Size, Subject};
+use harness::subject::{InputSpec, Model, Program, Size, Subject};
 use harness::tensor_data::Tensors;
 use harness::Signature;
 use placement::Mesh;
@@ -37,17 +37,7 @@ impl Subject for RouterSpec {
     type Extra = Extra;
     type Gen = RouterGen;
 
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn to_json(&self) -> serde_json::Value {
-        subject::tagged(KIND, self)
-    }
-
-    fn from_json(v: serde_json::Value) -> Result<Self, String> {
-        subject::untagged(KIND, v)
-    }
+    harness::tagged_subject!(KIND);
 
     fn validate(&self, c: &Common, mesh: &Mesh) -> Result<(), CaseError> {
         RouterSpec::validate(self, c, mesh)
