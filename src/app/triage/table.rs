@@ -197,7 +197,8 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         mechanism: "a configuration torchtitan refuses: the trainer's sequence checks, a mesh ep does not divide, \
-                    the old parallelize assertion, spmd_types' torch.chunk shard of a short dim",
+                    the old parallelize assertion, spmd_types' torch.chunk shard of a short dim, HEAD's checks \
+                    (ep divides dp_shard*cp*tp, tokens per microbatch, experts divisible by ep)",
         matches: Match::Sig {
             class: Some(Class::Error),
             program: "moe/",
@@ -206,6 +207,9 @@ pub const ENTRIES: &[Entry] = &[
                 "the_product_of_mesh_sizes_is",
                 "sequence_length_must_be_divisible",
                 "tuple_index_out_of_range",
+                "expert_parallel_degree_must_divide",
+                "the_number_of_tokens_per",
+                "moe_num_experts_must_be_divisible",
             ],
         },
         standing: Standing::Expected(
