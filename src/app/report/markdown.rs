@@ -80,7 +80,7 @@ impl Report {
     }
 
     fn md_comparison(&self) -> String {
-        let mut header = vec!["router".to_string(), "rules".into(), "cases".into(), "diverging".into()];
+        let mut header = vec!["program".to_string(), "rules".into(), "cases".into(), "diverging".into()];
         header.extend(Class::ALL.iter().map(|c| c.name().to_string()));
         let rows: Vec<Vec<String>> = self
             .rows
@@ -106,7 +106,7 @@ impl Report {
             .collect();
         let hdr: Vec<&str> = header.iter().map(String::as_str).collect();
         format!(
-            "## Comparison: router revision x rule set\n\n\
+            "## Comparison: program x rule set\n\n\
              Diverging cases per verdict class; `[min]` links the smallest reproducer of that class in that row.\n\n\
              {}\n\n",
             md_table(&hdr, &rows)
