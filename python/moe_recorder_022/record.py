@@ -1,0 +1,212 @@
+"""Record torchtitan 0.2.2 MoE outcomes on 2 gloo CPU ranks (not yet replayed by the model: see docs/moe-revisions.md, "torchtitan 0.2.x").
+
+Run: ~/.cache/shardfuzz/venv-torchtitan-0.2.2-torch-2.14.0/bin/python python/moe_recorder_022/record.py OUT.jsonl
+Uses the package's own apply_moe_ep_tp (llama4 parallelize) with tp=2, ep in {1, 2} (ep borrows tp),
+sequence-parallel input Shard(1) as 0.2.2's plan demands. Two CPU shims (both stated in each record):
+  * torch.histc on integer ids -> histc of the float copy, cast back (CUDA behaviour; CPU has no Long histc)
+  * generate_permute_indices(use_cpu=True) (the package's own CPU path; default is a Triton kernel)
+"""
+import functools
+import json
+import os
+import random
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+_orig_histc = torch.histc
+
+
+def _histc(x, *a, **k):
+    if not x.dtype.is_floating_point:
+        return _orig_histc(x.float(), *a, **k).to(x.dtype)
+    return _orig_histc(x, *a, **k)
+
+
+torch.histc = _histc
+import torchtitan.models.moe.utils as mu  # noqa: E402
+from torchtitan.models.moe.kernels import generate_permute_indices  # noqa: E402
+
+mu.generate_permute_indices = functools.partial(generate_permute_indices, use_cpu=True)
+from torch.distributed.tensor import DTensor  # noqa: E402
+from torchtitan.models.llama4.infra.parallelize import apply_moe_ep_tp  # noqa: E402
+from torchtitan.models.moe.moe import MoE, MoEArgs  # noqa: E402
+
+NOTES = ["torch.histc shim: integer ids counted via float histc, cast back to int64 (CUDA behaviour)",
+         "generate_permute_indices called with use_cpu=True (package CPU path)",
+         "use_grouped_mm=False (for-loop experts, f32), score_before_experts from router field, no shared experts",
+         "no optimizer hook run: expert_bias not updated"]
+
+
+def tj(t):
+    if isinstance(t, DTensor):
+        t = t.full_tensor()
+    t = t.detach()
+    dt = {torch.float32: "f32", torch.int64: "i64"}.get(t.dtype, str(t.dtype))
+    vals = t.reshape(-1).tolist()
+    if dt == "f32":
+        vals = [float("%.9g" % v) for v in vals]
+    return {"shape": list(t.shape), "dtype": dt, "values": vals}
+
+
+def rnd(g, shape, scale=1.0):
+    return (torch.randn(shape, generator=g) * scale).to(torch.float32)
+
+
+def make_case(i, seed):
+    r = random.Random(seed)
+    B, L, D, H = r.choice([1, 2]), r.choice([2, 4]), 8, 16
+    if os.environ.get("LFORCE"):
+        L = int(os.environ["LFORCE"])
+    E = r.choice([2, 4])
+    K = r.choice([1, 2]) if E > 1 else 1
+    ep = r.choice([1, 2])
+    sbe = os.environ.get("SBE", "0") == "1"
+    g = torch.Generator().manual_seed(seed)
+    t = {"x": rnd(g, (B, L, D)), "gate": rnd(g, (E, D), 0.5), "w1": rnd(g, (E, H, D), 0.3),
+         "w2": rnd(g, (E, D, H), 0.3), "w3": rnd(g, (E, H, D), 0.3),
+         "expert_bias": torch.zeros(E), "grad_y": rnd(g, (B, L, D))}
+    router = {"score_func": r.choice(["softmax", "sigmoid"]), "route_norm": r.choice([True, False]),
+              "route_scale": 1.0, "groups": None, "force_load_balance": False,
+              "score_before_experts": sbe}
+    case = {"format": "shardfuzz.case/2", "mesh": {"shape": [1, 1, 2], "names": ["dp", "cp", "tp"]},
+            "rules": "torch-2.14", "dtype": "f32", "device": "cpu",
+            "data": {"seed": seed, "style": "normal", "tensors": {k: tj(v) for k, v in t.items()}},
+            "subject": {"kind": "moe", "revision": "tt-0.2.2", "backend": "dtensor_hooks",
+                        "parallel": {"dp_replicate": 1, "ep": ep, "sp": True},
+                        "dims": {"batch": B, "seq": L, "model": D, "hidden": H, "experts": E, "top_k": K,
+                                 "shared_hidden": None},
+                        "router": router, "load_balance_coeff": 0.001, "backward": True}}
+    return case, t
+
+
+def build(case, t):
+    s = case["subject"]
+    d, ro = s["dims"], s["router"]
+    args = MoEArgs(num_experts=d["experts"], num_shared_experts=0, score_func=ro["score_func"],
+                   route_norm=ro["route_norm"], route_scale=ro["route_scale"], score_before_experts=ro["score_before_experts"],
+                   top_k=d["top_k"], use_grouped_mm=False, load_balance_coeff=s["load_balance_coeff"])
+    moe = MoE(args, dim=d["model"], hidden_dim=d["hidden"])
+    with torch.no_grad():
+        moe.router.gate.weight.copy_(t["gate"])
+        for n in ("w1", "w2", "w3"):
+            getattr(moe.experts, n).copy_(t[n])
+        moe.expert_bias.copy_(t["expert_bias"])
+        moe.tokens_per_expert.zero_()
+    return moe
+
+
+def outputs(moe, y, xg):
+    o = {"y": tj(y), "x_grad": tj(xg), "tokens_per_expert": tj(moe.tokens_per_expert)}
+    o["grad.gate"] = tj(moe.router.gate.weight.grad)
+    for n in ("w1", "w2", "w3"):
+        o["grad." + n] = tj(getattr(moe.experts, n).grad)
+    return o
+
+
+def reference(case, t):
+    try:
+        moe = build(case, t)
+        x = t["x"].clone().requires_grad_(True)
+        y = moe(x)
+        y.backward(t["grad_y"])
+        return {"ok": True, "outputs": outputs(moe, y, x.grad)}
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+
+class Block(torch.nn.Module):
+    def __init__(self, moe):
+        super().__init__()
+        self.moe_enabled = True
+        self.moe = moe
+
+
+class Model(torch.nn.Module):
+    def __init__(self, moe):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({"0": Block(moe)})
+
+
+def sharded(rank, case, t):
+    from torch.distributed.device_mesh import init_device_mesh
+    ep = case["subject"]["parallel"]["ep"]
+    tp_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
+    ep_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("ep",)) if ep == 2 else None
+    moe = build(case, t)
+    stage = "parallelize"
+    try:
+        apply_moe_ep_tp(Model(moe), tp_mesh, ep_mesh, None, None)
+        stage = "forward"
+        x_full = t["x"]
+        L = x_full.shape[1]
+        c = -(-L // 2)
+        x = x_full[:, rank * c:(rank + 1) * c].clone().requires_grad_(True)
+        y = moe(x)
+        stage = "backward"
+        y_loc = y.to_local() if isinstance(y, DTensor) else y
+        gy = t["grad_y"][:, rank * c:(rank + 1) * c]
+        y_loc.backward(gy)
+        stage = "collect"
+        o = outputs(moe, y_loc, x.grad)  # y, x_grad local S(1) blocks; params full_tensor
+        return {"ok": True, "stage": None, "error": None, "locals": {"y": o.pop("y"), "x_grad": o.pop("x_grad")},
+                "outputs": o, "y_type": type(y).__name__}
+    except Exception as e:
+        return {"ok": False, "stage": stage, "error": f"{type(e).__name__}: {e}",
+                "tb": traceback.format_exc()[-1500:]}
+
+
+def worker(rank, world, cases, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    res = []
+    for case, t in cases:
+        res.append(sharded(rank, case, t))
+        dist.barrier()
+    torch.save(res, f"{out}.rank{rank}")
+    dist.destroy_process_group()
+
+
+def cat_seq(a, b):
+    ta = torch.tensor(a["values"]).reshape(a["shape"])
+    tb = torch.tensor(b["values"]).reshape(b["shape"])
+    return tj(torch.cat([ta, tb], dim=1))
+
+
+SB = ("sbe-" if os.environ.get("SBE", "0") == "1" else "") + ("L%s-" % os.environ["LFORCE"] if os.environ.get("LFORCE") else "")
+
+
+def main():
+    out = sys.argv[1]
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    cases = [make_case(i, 1000 + i) for i in range(n)]
+    mp.spawn(worker, args=(2, cases, out, 29611), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{out}.rank0"), torch.load(f"{out}.rank1")
+    with open(out, "w") as f:
+        for i, ((case, t), a, b) in enumerate(zip(cases, r0, r1)):
+            oc = {"ok": a["ok"] and b["ok"], "stage": a.get("stage") or b.get("stage"),
+                  "error": a.get("error") or b.get("error"), "rank_errors": None if a["ok"] and b["ok"] else
+                  [a.get("error"), b.get("error")], "outputs": {}}
+            if oc["ok"]:
+                oc["outputs"]["y"] = {"locals": [a["locals"]["y"], b["locals"]["y"]],
+                                      "value": cat_seq(a["locals"]["y"], b["locals"]["y"])}
+                oc["outputs"]["x_grad"] = {"locals": [a["locals"]["x_grad"], b["locals"]["x_grad"]],
+                                           "value": cat_seq(a["locals"]["x_grad"], b["locals"]["x_grad"])}
+                for k in a["outputs"]:
+                    oc["outputs"][k] = {"locals": [a["outputs"][k], b["outputs"][k]], "value": a["outputs"][k]}
+            else:
+                oc["tb"] = a.get("tb") or b.get("tb")
+            rec = {"id": f"G022-{SB}{i}-dtensor_hooks", "config_id": f"G022-{SB}{i}", "format": "shardfuzz.outcome/2",
+                   "case": case, "outcome": oc, "reference": reference(case, t),
+                   "pytorch": {"torch": torch.__version__.split("+")[0], "torchtitan": "0.2.2",
+                               "backend": "dtensor_hooks", "engine": "gloo", "world": 2, "notes": NOTES}}
+            f.write(json.dumps(rec) + "\n")
+    for r in ("rank0", "rank1"):
+        os.remove(f"{out}.{r}")
+
+
+if __name__ == "__main__":
+    main()
