@@ -144,7 +144,8 @@ pub fn noise_only(s: &MoeSpec, name: &str) -> bool {
     name == "grad.gate" && s.router.route_norm && s.dims.top_k == 1
 }
 
-/// The value oracle: every sharded output, gathered, against the reference. Not with the
+/// The value oracle: every sharded output, gathered, against the reference within [`bound`],
+/// and, where that fails, within [`rounding_bound`] before it is a verdict. Not with the
 /// force-load-balance debug override: it hands each rank's own tokens to the experts round robin,
 /// so a sharded run routes differently from the one-rank reference by design (an expected
 /// limitation; its errors and shapes are still compared).
