@@ -145,7 +145,7 @@ pub fn noise_only(s: &MoeSpec, name: &str) -> bool {
 }
 
 /// The value oracle: every sharded output, gathered, against the reference within [`bound`],
-/// and, where that fails, within [`rounding_bound`] before it is a verdict. Not with the
+/// and, where that fails, within `rounding_bound` before it is a verdict. Not with the
 /// force-load-balance debug override: it hands each rank's own tokens to the experts round robin,
 /// so a sharded run routes differently from the one-rank reference by design (an expected
 /// limitation; its errors and shapes are still compared).
