@@ -220,6 +220,15 @@ mod tests {
     use placement::Mesh;
     use std::sync::Arc;
 
+    /// Every kind of placement the layout oracle reads, strided shards included.
+    const PLACEMENTS: [Placement; 5] = [
+        Placement::Replicate,
+        Placement::Shard(0),
+        Placement::Shard(1),
+        Placement::StridedShard { dim: 0, sf: 2 },
+        Placement::StridedShard { dim: 1, sf: 3 },
+    ];
+
     fn ints(t: &Tensor) -> Vec<i64> {
         Vec::<i64>::try_from(t).unwrap()
     }
@@ -242,13 +251,7 @@ mod tests {
 
     #[test]
     fn plain_indices_are_libtorchs_chunks() {
-        let ps = [
-            Placement::Replicate,
-            Placement::Shard(0),
-            Placement::Shard(1),
-            Placement::StridedShard { dim: 0, sf: 2 },
-            Placement::StridedShard { dim: 1, sf: 3 },
-        ];
+        let ps = PLACEMENTS;
         for mesh_shape in [vec![3], vec![4], vec![2, 3], vec![3, 2, 2]] {
             for a in 0..ps.len().pow(mesh_shape.len() as u32) {
                 let pl: Vec<Placement> =
@@ -282,13 +285,7 @@ mod tests {
     #[test]
     fn agrees_with_the_models_layout_on_small_cases() {
         use placement::layout::local_indices;
-        let ps = [
-            Placement::Replicate,
-            Placement::Shard(0),
-            Placement::Shard(1),
-            Placement::StridedShard { dim: 0, sf: 2 },
-            Placement::StridedShard { dim: 1, sf: 3 },
-        ];
+        let ps = PLACEMENTS;
         for mesh_shape in [vec![3], vec![2, 3], vec![2, 1, 2]] {
             let mesh = Mesh::new(mesh_shape.clone(), (0..mesh_shape.len()).map(|i| format!("m{i}")).collect()).unwrap();
             for a in 0..ps.len().pow(mesh_shape.len() as u32) {

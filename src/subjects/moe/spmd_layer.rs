@@ -354,7 +354,7 @@ impl<'a> Layer<'a> {
     /// EP off: the block replicated over tp through the router, the tp-sharded experts, the
     /// shared experts, and the exit.
     fn tensor_parallel(&mut self, c: &Common) -> Result<(), Fail> {
-        let (sp_on, d) = (self.sp.parallel.sp, self.sp.dims);
+        let sp_on = self.sp.parallel.sp;
         let x = self.x.clone();
         let xr = match self.mutant {
             Some(Mutant::EntryKeepsInvariant) => x.clone(),
@@ -369,16 +369,8 @@ impl<'a> Layer<'a> {
                 self.spmd.mutate_type(&mut sizes, a, P, V).map_err(fwd)?;
             }
         }
-        let k = d.top_k;
-        let (dm, kk) = (d.model as i64, k as i64);
         let (w1, w2, w3) = (self.w("routed_w1"), self.w("routed_w2"), self.w("routed_w3"));
-        let re = self.spmd.local_op(&NL("reorder"), &[&xr, &scores, &ids], |a| {
-            let s = a[0].size();
-            let x_td = a[0].reshape([s[0] * s[1], dm]);
-            let (tok, ss, rows) = kernels::reorder(&x_td, &a[1].reshape([-1, kk]), &a[2].reshape([-1, kk]), k);
-            vec![tok, ss, rows]
-        });
-        let re = re.map_err(fwd)?;
+        let re = self.reorder("reorder", &xr, &scores, &ids)?;
         let y = self.experts(&re[2], &sizes, [&w1, &w2, &w3])?;
         let routed = self.combine_local(&y, &re[1], &re[0], &xr)?;
         let mut routed = routed;
@@ -388,6 +380,26 @@ impl<'a> Layer<'a> {
     }
 
     /// The combine: rows scaled by their scores, scatter-added to their tokens of `x`'s shape.
+    /// `_local_reorder` on each rank's (b, l, D) tokens: (token index per slot, scores, rows) in
+    /// expert order.
+    fn reorder(
+        &mut self,
+        name: &'static str,
+        x: &STensor,
+        scores: &STensor,
+        ids: &STensor,
+    ) -> Result<Vec<STensor>, Fail> {
+        let (dm, k) = (self.sp.dims.model as i64, self.sp.dims.top_k);
+        let kk = k as i64;
+        let re = self.spmd.local_op(&NL(name), &[x, scores, ids], |a| {
+            let s = a[0].size();
+            let x_td = a[0].reshape([s[0] * s[1], dm]);
+            let (tok, ss, rows) = kernels::reorder(&x_td, &a[1].reshape([-1, kk]), &a[2].reshape([-1, kk]), k);
+            vec![tok, ss, rows]
+        });
+        re.map_err(fwd)
+    }
+
     fn combine_local(&mut self, y: &STensor, ss: &STensor, tok: &STensor, x: &STensor) -> Result<STensor, Fail> {
         let dm = self.sp.dims.model as i64;
         self.spmd
@@ -460,21 +472,14 @@ impl<'a> Layer<'a> {
     /// EP on: route the rank's tp chunk, exchange rows inside the ep group of the sparse mesh,
     /// run the local experts, send the rows back, combine; then the shared experts and the exit.
     fn expert_parallel(&mut self, c: &Common) -> Result<(), Fail> {
-        let (sp_on, d) = (self.sp.parallel.sp, self.sp.dims);
+        let sp_on = self.sp.parallel.sp;
         let x = self.x.clone();
         let entry = if sp_on { S(1) } else { I };
         let xs = self.on_tp(&x, entry, S(1))?;
         self.after_entry(c)?;
         let (scores, ids, counts) = self.route(&xs, true)?;
         let xs = self.on_tp(&x, entry, S(1))?;
-        let (dm, k, kk) = (d.model as i64, d.top_k, d.top_k as i64);
-        let re = self.spmd.local_op(&NL("_local_reorder"), &[&xs, &scores, &ids], |a| {
-            let s = a[0].size();
-            let x_td = a[0].reshape([s[0] * s[1], dm]);
-            let (tok, ss, rows) = kernels::reorder(&x_td, &a[1].reshape([-1, kk]), &a[2].reshape([-1, kk]), k);
-            vec![tok, ss, rows]
-        });
-        let re = re.map_err(fwd)?;
+        let re = self.reorder("_local_reorder", &xs, &scores, &ids)?;
         let back = self.dispatch_and_back(c, &counts, &re[2])?;
         let mut routed = self.combine_local(&back, &re[1], &re[0], &xs)?;
         self.spmd.stamp(&mut routed, &[("tp", S(1))]).map_err(fwd)?;
