@@ -98,6 +98,22 @@ pub fn flat_exit(batch: usize, seq: usize, n: usize, d: usize, shared: bool) -> 
     Err(Fail::new(Stage::Forward, "RuntimeError", text))
 }
 
+/// `tt-0.2.2`'s reorderer input hook (EP on, etp = 1): the flat token count of a block must be
+/// a multiple of tp (the hook's mesh is tp's, though its text names the EP degree); raised in
+/// the forward on every rank. The package's text, "of is" included. The model meets it only
+/// with uneven tp chunks of the sequence, which it answers "not modelled" first (the real
+/// 0.2.2 layer's all-gather of an uneven sequence aborts before).
+pub fn uneven_split(tokens: usize, tp: usize) -> Result<(), Fail> {
+    if tp <= 1 || tokens.is_multiple_of(tp) {
+        return Ok(());
+    }
+    Err(Fail::new(
+        Stage::Forward,
+        "ValueError",
+        "Uneven split of tokens of is not supported yet. Requires EP degree dividing batch size * seq len.",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +144,14 @@ mod tests {
         let none = Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu));
         let out = into_buffer(&buf, &y, &none.to_kind(Kind::Float), &none, 0, 1).unwrap();
         assert_eq!(out.size(), [0, 1, 8]);
+    }
+
+    #[test]
+    fn the_0_2_2_reorderer_refuses_an_uneven_flat_split() {
+        assert!(uneven_split(4, 2).is_ok() && uneven_split(3, 1).is_ok());
+        let e = uneven_split(3, 2).unwrap_err();
+        assert_eq!(e.kind, "ValueError");
+        assert!(e.message.starts_with("Uneven split of tokens of is not supported yet."), "{e:?}");
     }
 
     #[test]

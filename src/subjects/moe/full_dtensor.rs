@@ -17,10 +17,11 @@ use crate::revision::Backend;
 use crate::spec::MoeSpec;
 
 /// Whether the router runs on DTensors (their dispatch words the errors): partial_dtensor when
-/// tp > 1, full_dtensor on any mesh of more than one rank, spmd_types never.
+/// tp > 1, full_dtensor on any mesh of more than one rank, spmd_types never, nor 0.2.x's
+/// dtensor_hooks (its `NoParallel` gate hands plain tensors to the router's topk and gather).
 pub fn router_on_dtensor(backend: Backend, dp: usize, cp: usize, tp: usize) -> bool {
     match backend {
-        Backend::SpmdTypes => false,
+        Backend::SpmdTypes | Backend::DtensorHooks => false,
         Backend::PartialDtensor => tp > 1,
         Backend::FullDtensor => dp * cp * tp > 1,
     }

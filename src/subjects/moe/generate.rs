@@ -1,7 +1,8 @@
 //! Random MoE cases: a dense mesh (dp, cp, tp) of at most 16 ranks (4 for the small class),
 //! parallel settings, dims, router options, coefficient, backward, drawn per the case contract.
 //! Only what the sharded side models is drawn: the partial_dtensor backend at every modelled
-//! revision, and the spmd_types backend (upstream's default, most cases where it is modelled) at
+//! revision (`tt-0.2.2`: its dtensor_hooks, SP on, `score_before_experts` half the time; drawn
+//! only when asked for), and the spmd_types backend (upstream's default, most cases where it is modelled) at
 //! the revisions that model it. Configurations torchtitan rejects are drawn now and then on
 //! purpose: their verdict is the error. Each revision's sequence check decides which lengths are
 //! usual; the revisions before 565cb810c also get the unchecked uneven lengths of eval and direct
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 /// The MoE subject's generator settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MoeGen {
-    /// Revisions to draw from (default: every modelled one).
+    /// Revisions to draw from (default: every modelled one in the default list,
+    /// [`MoeRev::in_default`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moe_revisions: Vec<MoeRev>,
 }
@@ -27,7 +29,7 @@ impl MoeGen {
     pub fn revisions(&self) -> Vec<MoeRev> {
         let v: Vec<MoeRev> = self.moe_revisions.iter().copied().filter(|r| r.modelled()).collect();
         if v.is_empty() {
-            MoeRev::ALL.iter().copied().filter(|r| r.modelled()).collect()
+            MoeRev::ALL.iter().copied().filter(|r| r.modelled() && r.in_default()).collect()
         } else {
             v
         }
@@ -69,7 +71,9 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     };
     let sp = s.chance(60);
     let revision = s.pick(&own.revisions());
-    let old = revision.seq_check() == SeqCheck::Old;
+    // tt-0.2.2 has no SP switch (always on) and only its parallelize assertion on L.
+    let sp = sp || revision == MoeRev::Tt022;
+    let old = matches!(revision.seq_check(), SeqCheck::Old | SeqCheck::Assert);
     let trainer_checks = s.chance(if old { 50 } else { 90 });
     let parallel = Parallel { dp_replicate, ep, sp };
     // Dims: D and the local F multiples of 8 (bf16 grouped GEMM rows), now and then not.
@@ -96,12 +100,13 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     } else {
         None
     };
-    let router = RouterOpts {
+    let mut router = RouterOpts {
         score_func: s.pick(&[ScoreFunc::Softmax, ScoreFunc::Sigmoid]),
         route_norm: s.chance(35),
         route_scale: s.weighted(&[(60, 1.0), (20, 2.5), (20, 0.5)]),
         groups,
         force_load_balance: s.chance(3),
+        score_before_experts: false,
     };
     let load_balance_coeff = if s.chance(70) { Some(if s.chance(3) { 0.0 } else { 1e-3 }) } else { None };
     let backward = match cfg.backward {
@@ -112,10 +117,19 @@ pub fn generate<S: Source>(s: &mut S, cfg: &GenCommon, own: &MoeGen) -> Case<Moe
     let rules = s.pick(cfg.rule_sets());
     let dtype = s.weighted(&[(70, DType::F32), (30, DType::BF16)]);
     let style = s.weighted(&[(85, Style::Normal), (15, Style::SmallInt)]);
-    let backend =
-        if revision.models_backend(Backend::SpmdTypes) { s.weighted(&BACKENDS) } else { Backend::PartialDtensor };
+    let backend = if revision == MoeRev::Tt022 {
+        Backend::DtensorHooks
+    } else if revision.models_backend(Backend::SpmdTypes) {
+        s.weighted(&BACKENDS)
+    } else {
+        Backend::PartialDtensor
+    };
     let typecheck = backend == Backend::SpmdTypes && s.chance(30);
     let data = Data::drawn(s.u64() >> 11, style);
+    if revision == MoeRev::Tt022 {
+        // Drawn last, so that the other revisions' cases draw what they always drew.
+        router.score_before_experts = s.chance(50);
+    }
     let mesh = MeshSpec { shape: vec![dp, cp, tp], names: MESH_NAMES.iter().map(|n| n.to_string()).collect() };
     let common = Common { mesh, rules, dtype, device: cfg.device, data };
     let subject =

@@ -101,6 +101,20 @@ pub fn reorder(x_td: &Tensor, scores_tk: &Tensor, ids_tk: &Tensor, k: usize) -> 
     (tok, s, rows)
 }
 
+/// `score_before_experts` (torchtitan 0.2.x's switch, `tt-0.2.2` only): the routed rows scaled
+/// by their scores before the experts (in `p`'s accumulation kind, cast back), and scores of one
+/// for the combine, which then sums the K outputs of a token. Otherwise the rows and scores as
+/// they are.
+pub fn score_first(p: Precision, sp: &crate::MoeSpec, rows: Tensor, ss: Tensor) -> (Tensor, Tensor) {
+    if !sp.router.score_before_experts {
+        return (rows, ss);
+    }
+    let acc = p.acc();
+    let scaled = (rows.to_kind(acc) * ss.to_kind(acc).reshape([-1, 1])).to_kind(rows.kind());
+    let ones = ss.ones_like().detach();
+    (scaled, ones)
+}
+
 /// The three grouped GEMMs of GroupedExperts.forward on rows sorted by local expert, with
 /// `sizes[i]` rows for local expert i: bf16 inputs and weights, bf16 products (float32
 /// accumulation rounded once), silu and the product in bf16, the result cast to x's dtype.

@@ -91,6 +91,7 @@ fn run_in(s: &MoeSpec, inputs: &Inputs, p: Precision, ids: Option<&Tensor>) -> R
     let x_td = x.reshape([b * l, dm]);
     let (tok, ss, rows) =
         kernels::reorder(&x_td, &r.topk_scores.reshape([b * l, k]), &r.ids.reshape([b * l, k]), d.top_k);
+    let (rows, ss) = kernels::score_first(p, s, rows, ss);
     let sizes = Vec::<i64>::try_from(&counts).expect("int counts");
     let y_rows = kernels::experts_in(p, &rows, &sizes, &w.w1, &w.w2, &w.w3)?;
     let mut y = kernels::combine_in(p, &y_rows, &ss, &tok, &x_td).reshape([b, l, dm]);

@@ -1,8 +1,8 @@
 //! Which torchtitan MoE code a case runs (`subject.revision`) and through which SPMD backend
 //! (`subject.backend`). Revision names follow docs/moe-revisions.md. A revision is a handful of
 //! facts the sharded run reads ([`MoeRev::combine`], [`MoeRev::reduces_expert_input_grads`],
-//! [`MoeRev::seq_check`], [`MoeRev::folds_batch`]); revisions not modelled yet run as "not
-//! modelled yet".
+//! [`MoeRev::seq_check`], [`MoeRev::folds_batch`], [`MoeRev::reduces_router_grads`]); revisions
+//! not modelled yet run as "not modelled yet".
 
 names::named_enum! {
     /// A torchtitan revision of the MoE layer.
@@ -33,6 +33,11 @@ names::named_enum! {
         TtPre4154 = "tt-pre4154",
         /// The fix of #4154.
         Tt4154 = "tt-4154",
+        /// PyPI `torchtitan==0.2.2` (73a0e6979, 2026-02-20): DTensor module hooks only; the
+        /// `tt-3386` forward (flat token split over tp under EP, a global combine buffer) and
+        /// the backward of #2387 (the router's score gradient never reduced over tp). Not in
+        /// the generator's default revision list ([`MoeRev::in_default`]).
+        Tt022 = "tt-0.2.2",
     }
 }
 
@@ -45,6 +50,15 @@ names::named_enum! {
         PartialDtensor = "partial_dtensor",
         /// DTensor on every mesh axis.
         FullDtensor = "full_dtensor",
+        /// torchtitan 0.2.x's only backend: `parallelize_module` plans of DTensor module hooks
+        /// on tp (the MoE input all-gathered, the output reduce-scattered, the gate a
+        /// replicated `NoParallel` module, the experts' TensorParallel / ExpertParallel input
+        /// and output hooks); dp and cp are FSDP's business. Its own value, not
+        /// `partial_dtensor` under an older name: partial_dtensor is the local_map code of
+        /// 2026 with other gradient labels (the 0.2.x hooks label the gate's output and the
+        /// MoE input Replicate, which is #2387), so the program names stay apart
+        /// (`moe/tt-0.2.2/dtensor_hooks`). Valid only at `tt-0.2.2` (`MoeSpec::validate`).
+        DtensorHooks = "dtensor_hooks",
     }
 }
 
@@ -73,6 +87,9 @@ pub enum Combine {
 /// The sequence-length checks before the layer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeqCheck {
+    /// torchtitan 0.2.x: no trainer check; the model's parallelize asserts L divisible by
+    /// tp·2·cp (the `Old` assertion alone).
+    Assert,
     /// Until 565cb810c: the trainer refuses L not divisible by tp (SP on, tp > 1), then the
     /// model's parallelize asserts L divisible by tp·2·cp, always.
     Old,
@@ -99,9 +116,28 @@ impl MoeRev {
     pub fn models_backend(self, backend: Backend) -> bool {
         match self {
             MoeRev::TtHead => backend != Backend::FullDtensor,
+            MoeRev::Tt022 => backend == Backend::DtensorHooks,
             MoeRev::Tt030 | MoeRev::Tt4154 | MoeRev::TtPre4154 => true,
             _ => backend == Backend::PartialDtensor,
         }
+    }
+
+    /// Whether the generator draws this revision when no revision list is given. `tt-0.2.2`
+    /// only on request (`--moe-revisions tt-0.2.2`): a 2026 campaign tests 2026 code, and an
+    /// extra revision in the default draw would change every default campaign's cases.
+    pub fn in_default(self) -> bool {
+        self != MoeRev::Tt022
+    }
+
+    /// Whether the router's score gradient is reduced over tp. False at `tt-0.2.2` (#2387,
+    /// fixed by #2416): the gate is a replicated `NoParallel` module whose output `to_local()`
+    /// labels the gradient Replicate, and the MoE input's `to_local()` does the same, so each
+    /// tp rank keeps the part of the gradients of x and the gate that its own work produced
+    /// (its slice of the flat tokens under EP; its hidden-dim share of the experts' output
+    /// without EP, where the experts' input gradient itself is all-reduced) and nothing sums
+    /// them.
+    pub fn reduces_router_grads(self) -> bool {
+        self != MoeRev::Tt022
     }
 
     /// Whether x is (T, D) with the batch folded into the tokens (#4121; `crate::head`).
@@ -118,7 +154,7 @@ impl MoeRev {
     /// The EP combine of this revision.
     pub fn combine(self) -> Combine {
         match self {
-            MoeRev::Tt3386 => Combine::Flat,
+            MoeRev::Tt3386 | MoeRev::Tt022 => Combine::Flat,
             MoeRev::TtPre3604 => Combine::RankOffset,
             MoeRev::Tt3604 => Combine::BatchAware,
             MoeRev::Tt3662 | MoeRev::Tt3654 | MoeRev::Tt4054 => Combine::RowPadded,
@@ -137,6 +173,7 @@ impl MoeRev {
         match self {
             MoeRev::Tt3386 | MoeRev::TtPre3604 | MoeRev::Tt3604 | MoeRev::Tt3662 => SeqCheck::Old,
             MoeRev::TtHead => SeqCheck::Tokens,
+            MoeRev::Tt022 => SeqCheck::Assert,
             _ => SeqCheck::Current,
         }
     }
@@ -145,6 +182,6 @@ impl MoeRev {
 impl Backend {
     /// Whether the sharded side models this backend.
     pub fn modelled(self) -> bool {
-        matches!(self, Backend::PartialDtensor | Backend::SpmdTypes | Backend::FullDtensor)
+        matches!(self, Backend::PartialDtensor | Backend::SpmdTypes | Backend::FullDtensor | Backend::DtensorHooks)
     }
 }

@@ -77,6 +77,10 @@ pub fn config_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
     let dense = (dp / p.dp_replicate) * cp * tp;
     let efsdp = dense / p.ep;
     if efsdp * p.ep != dense {
+        if sp.revision == crate::MoeRev::Tt022 {
+            // 0.2.x builds a five-axis sparse mesh (pp, dp_replicate, efsdp, ep, etp).
+            return Err(Fail::not_modelled("tt-0.2.2 with ep not dividing dp_shard·cp·tp (its mesh error)"));
+        }
         let prod = p.dp_replicate * efsdp * p.ep;
         return Err(Fail::new(
             Stage::Mesh,
@@ -180,6 +184,16 @@ fn flat_checks(sp: &MoeSpec, c: &Common, lens: &[usize]) -> Result<(), Fail> {
     let (dp, _, tp) = MoeSpec::axes(c);
     let d = &sp.dims;
     let rows: Vec<usize> = (0..dp).map(|di| chunk(d.batch, dp, di).1).collect();
+    if sp.revision == crate::MoeRev::Tt022 {
+        // 0.2.x flattens the all-gathered local x (no DTensor flatten); its reorderer hook
+        // refuses a flat token count tp does not divide.
+        for &b in &rows {
+            for &l in lens {
+                buffer_combine::uneven_split(b * l, tp)?;
+            }
+        }
+        return Ok(());
+    }
     if sp.parallel.sp && tp > 1 && rows.iter().any(|&b| b >= 2) {
         return Err(Fail::not_modelled(
             "tt-3386 with EP and SP on and two or more batch rows per rank (the flatten of a sequence-sharded x)",
@@ -217,8 +231,9 @@ fn seq_checks(sp: &MoeSpec, c: &Common) -> Result<(), Fail> {
                 ));
             }
         }
-        SeqCheck::Old => {
-            if sp.parallel.sp && tp > 1 && !l.is_multiple_of(tp) {
+        SeqCheck::Old | SeqCheck::Assert => {
+            let old = sp.revision.seq_check() == SeqCheck::Old;
+            if old && sp.parallel.sp && tp > 1 && !l.is_multiple_of(tp) {
                 return Err(Fail::new(
                     Stage::Config,
                     "ValueError",
@@ -377,20 +392,23 @@ impl Prog<'_> {
         Some(out)
     }
 
-    /// Block `bi`'s router on `x` with a fresh gate leaf, its counts, its rows in expert order.
-    fn chain(&self, bi: usize, x: &Tensor) -> Result<Chain, Fail> {
+    /// Block `bi`'s router on `x` with a fresh gate leaf, its counts, its rows in expert order
+    /// (taken from `rows_of`: x itself, or at `tt-0.2.2` the block's x where x is the rank's
+    /// own copy for its router).
+    fn chain(&self, bi: usize, x: &Tensor, rows_of: &Tensor) -> Result<Chain, Fail> {
         let d = self.sp.dims;
         let gate = self.leaf("gate", 0, None);
         let b = &self.blocks[bi];
         let (bl, ll, dm, k) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64, d.top_k as i64);
         let routed = kernels::route(&self.cfg, x, &gate, self.bias.as_ref())?;
         let counts = kernels::counts(&routed.ids, d.experts);
-        let x_td = x.reshape([bl * ll, dm]);
+        let x_td = rows_of.reshape([bl * ll, dm]);
         // Recorded (0.3.0, partial_dtensor, EP off, SP on, tp > 1, one batch row per rank):
         // x's gradient leaves out the routed experts' part.
         let xr = if drops_routed_x_grad(self.sp, self.tp, b.rows.1) { x_td.detach() } else { x_td.shallow_clone() };
         let scores = routed.topk_scores.reshape([bl * ll, k]);
         let (tok, ss, rows) = kernels::reorder(&xr, &scores, &routed.ids.reshape([bl * ll, k]), d.top_k);
+        let (rows, ss) = kernels::score_first(kernels::Precision::Upstream, self.sp, rows, ss);
         Ok(Chain { gate, counts, tok, ss, rows, x_td })
     }
 
@@ -400,16 +418,22 @@ impl Prog<'_> {
     fn tensor_parallel_block(&mut self, bi: usize) -> Result<(), Fail> {
         let (d, tp) = (self.sp.dims, self.tp);
         let own = !self.sp.revision.reduces_expert_input_grads() && self.sp.backward && tp > 1;
+        // tt-0.2.2 (#2387), scores after the experts: each rank's router gets its own copy of x
+        // (its score gradient is its hidden-dim share); the experts' rows come from the block's
+        // x (their input gradient is all-reduced). Scores before the experts: the all-reduced
+        // input gradient carries the whole score gradient, one router serves every rank.
+        let own_router =
+            !self.sp.revision.reduces_router_grads() && !self.sp.router.score_before_experts && self.sp.backward && tp > 1;
         let b = &self.blocks[bi];
         let (bl, ll, dm) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64);
         let (mut routed_parts, mut shared_parts, mut chain) = (Vec::new(), Vec::new(), None);
         for t in 0..tp {
             let r = bi * tp + t;
-            if own || chain.is_none() {
-                let x = self.blocks[bi].x.shallow_clone();
-                let x = if own { x.detach().set_requires_grad(true) } else { x };
-                chain = Some(self.chain(bi, &x)?);
-                if own {
+            if own || own_router || chain.is_none() {
+                let block_x = self.blocks[bi].x.shallow_clone();
+                let x = if own || own_router { block_x.detach().set_requires_grad(true) } else { block_x.shallow_clone() };
+                chain = Some(self.chain(bi, &x, if own_router { &block_x } else { &x })?);
+                if own || own_router {
                     self.x_shares[r] = Some(x);
                 }
             }
@@ -483,10 +507,20 @@ impl Prog<'_> {
     /// EP on: each rank routes its tp chunk of its block's sequence, exchanges rows with its ep
     /// group, runs its local experts and gets its rows back; then the shared experts and exits.
     fn expert_parallel(&mut self, _c: &Common) -> Result<(), Fail> {
+        let tp = self.tp;
         let srcs = self.dispatch()?;
+        if self.sp.revision == crate::MoeRev::Tt022 {
+            // 0.2.x's router counts every token of the block on every tp rank (the reorderer's
+            // split comes after it): the block's counts, the same on each tp rank.
+            for bi in 0..self.blocks.len() {
+                let total = sum(&(0..tp).map(|t| self.tokens[bi * tp + t].as_ref().expect("counts").shallow_clone()).collect::<Vec<_>>());
+                for t in 0..tp {
+                    self.tokens[bi * tp + t] = Some(total.shallow_clone());
+                }
+            }
+        }
         let (outs, at) = self.local_experts(&srcs)?;
         let routed = self.combine(&srcs, &outs, &at)?;
-        let tp = self.tp;
         let local = self.sp.revision.combine() == Combine::Local;
         for bi in 0..self.blocks.len() {
             let shared: Vec<Tensor> = (0..tp).filter_map(|t| self.shared_out(bi, t)).collect();
@@ -515,13 +549,21 @@ impl Prog<'_> {
         let (d, tp) = (self.sp.dims, self.tp);
         let (dm, k) = (d.model as i64, d.top_k as i64);
         let mut srcs = Vec::with_capacity(self.ys.len());
+        // tt-0.2.2 (#2387): a rank's router and rows read its own copy of x, whose gradient
+        // (its slice of the flat tokens only) no one sums over tp.
+        let own = !self.sp.revision.reduces_router_grads() && self.sp.backward && tp > 1;
         for r in 0..self.ys.len() {
+            let b = &self.blocks[r / tp];
+            let bx = if own { b.x.detach().set_requires_grad(true) } else { b.x.shallow_clone() };
+            if own {
+                self.x_shares[r] = Some(bx.shallow_clone());
+            }
             let b = &self.blocks[r / tp];
             let (bl, lr, xr) = if self.sp.revision.combine() == Combine::Flat {
                 // tt-3386: the flat tokens of the block, split over tp; one (1, T_r) row.
                 let t = b.rows.1 * b.seq.1;
                 let piece = chunk(t, tp, r % tp);
-                (1, piece.1 as i64, narrow(&b.x.reshape([t as i64, dm]), 0, piece).unsqueeze(0))
+                (1, piece.1 as i64, narrow(&bx.reshape([t as i64, dm]), 0, piece).unsqueeze(0))
             } else {
                 let piece = chunk(b.seq.1, tp, r % tp);
                 (b.rows.1 as i64, piece.1 as i64, narrow(&b.x, 1, piece))
@@ -534,6 +576,7 @@ impl Prog<'_> {
             let x_td = xr.reshape([bl * lr, dm]);
             let scores = routed.topk_scores.reshape([bl * lr, k]);
             let (tok, ss, rows) = kernels::reorder(&x_td, &scores, &routed.ids.reshape([bl * lr, k]), d.top_k);
+            let (rows, ss) = kernels::score_first(kernels::Precision::Upstream, self.sp, rows, ss);
             let counts = Vec::<i64>::try_from(&counts).expect("int counts");
             let mut offs = vec![0i64; counts.len() + 1];
             for i in 0..counts.len() {
@@ -627,6 +670,12 @@ impl Prog<'_> {
     fn x_grad(&self, bi: usize, r: usize) -> Tensor {
         let b = &self.blocks[bi];
         let Some(own) = &self.x_shares[r] else { return grad_of(&b.x) };
+        if !self.sp.revision.reduces_router_grads() {
+            // tt-0.2.2: plain tensors add up on the rank (the shared experts' and, without EP,
+            // the experts' all-reduced parts, plus what the rank's own router and, under EP, its
+            // own rows produced), labelled Replicate at the MoE input: never summed over tp.
+            return grad_of(&b.x) + grad_of(own);
+        }
         if self.sp.dims.shared_hidden.is_none() {
             return grad_of(own);
         }
@@ -663,13 +712,15 @@ impl Prog<'_> {
                 .collect();
             out.push("x_grad", dt_shaped(xg, mesh, &y_ps, whole)?);
             let ep_on = sp.parallel.ep > 1;
+            // tt-0.2.2: the gate is a replicated NoParallel module on tp, EP or not.
+            let gate_tp = if sp.revision == crate::MoeRev::Tt022 { R } else { P };
             let sparse = Arc::new(sparse_mesh(sp, c)?);
             for (name, leaves) in &self.params {
                 let locals: Vec<Tensor> =
                     leaves.iter().map(|t| grad_of(t.as_ref().expect("a leaf per rank"))).collect();
                 let (ps, m): (Vec<Placement>, &Arc<Mesh>) = match (*name, ep_on) {
                     ("gate", false) => (vec![P, P, R], mesh),
-                    ("gate", true) => (vec![P, P, P], mesh),
+                    ("gate", true) => (vec![P, P, gate_tp], mesh),
                     ("w1" | "w3", false) => (vec![P, P, s(1)], mesh),
                     ("w2", false) => (vec![P, P, s(2)], mesh),
                     ("w1" | "w2" | "w3", true) => (vec![P, P, s(0)], &sparse),
@@ -683,7 +734,7 @@ impl Prog<'_> {
         // The hook's reductions: over tp when EP is on (the counts are partial there), then over
         // the loss mesh (dp x cp).
         let global = crate::spmd_backend::hook_counts(sp, tp, &tokens);
-        let tpe_ps = if sp.parallel.ep > 1 { [P, P, P] } else { [P, P, R] };
+        let tpe_ps = if sp.parallel.ep > 1 && sp.revision != crate::MoeRev::Tt022 { [P, P, P] } else { [P, P, R] };
         out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
         if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
             let after: Vec<Tensor> = global.iter().map(|g| kernels::hook(b, g, coeff)).collect();

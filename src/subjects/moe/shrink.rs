@@ -41,7 +41,7 @@ fn seq_unit(c: &MCase) -> usize {
     }
     let (_, cp, tp) = MoeSpec::axes(c);
     match s.revision.seq_check() {
-        SeqCheck::Old => tp * cp * 2,
+        SeqCheck::Old | SeqCheck::Assert => tp * cp * 2,
         SeqCheck::Current | SeqCheck::Tokens => s.seq_divisor(c),
     }
 }

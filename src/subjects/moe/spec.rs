@@ -63,6 +63,12 @@ pub struct RouterOpts {
     pub route_scale: f64,
     pub groups: Option<Groups>,
     pub force_load_balance: bool,
+    /// `MoEArgs.score_before_experts` of torchtitan 0.2.x: the top-k scores multiply the routed
+    /// rows before the experts (float32, cast back) and the combine sums the K outputs, instead
+    /// of scaling the outputs. 2026 torchtitan has no such switch (its models scale the
+    /// outputs), so only `tt-0.2.2` accepts true; false is left out of the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub score_before_experts: bool,
 }
 
 fn yes() -> bool {
@@ -192,6 +198,7 @@ impl MoeSpec {
         if self.revision.folds_batch() {
             self.validate_tokens(dp)?;
         }
+        self.validate_revision()?;
         if self.typecheck && self.backend != Backend::SpmdTypes {
             return err(format!("subject.typecheck: only the spmd_types backend type-checks, found {}", self.backend));
         }
@@ -204,6 +211,36 @@ impl MoeSpec {
             .map(|(what, formula, dims, copies)| TensorSize { what, formula, dims, copies: *copies })
             .collect();
         check_sizes(mesh.size(), &tensors).map_err(|e| CaseError(format!("subject.{e}")))
+    }
+
+    /// What only `tt-0.2.2` has or lacks: its one backend (`dtensor_hooks`, and no other
+    /// revision's), `score_before_experts`, and no sequence-parallel switch (TP always shards
+    /// the MoE input's sequence there).
+    fn validate_revision(&self) -> Result<(), CaseError> {
+        let old = self.revision == MoeRev::Tt022;
+        if old != (self.backend == Backend::DtensorHooks) {
+            return err(format!(
+                "subject.backend: {} runs on dtensor_hooks only and dtensor_hooks is {}'s only backend, found {} at {}",
+                MoeRev::Tt022,
+                MoeRev::Tt022,
+                self.backend,
+                self.revision
+            ));
+        }
+        if self.router.score_before_experts && !old {
+            return err(format!(
+                "subject.router.score_before_experts: only {} has this switch (later revisions scale the experts' outputs), found it true at {}",
+                MoeRev::Tt022,
+                self.revision
+            ));
+        }
+        if old && !self.parallel.sp {
+            return err(format!(
+                "subject.parallel.sp: {} has no sequence-parallel switch (TP always shards the MoE input's sequence); set it true",
+                MoeRev::Tt022
+            ));
+        }
+        Ok(())
     }
 
     /// `tt-head`: the batch is folded into the tokens and every dp rank holds `seq` of them, so

@@ -44,9 +44,11 @@ pub fn not_modelled(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail>
 /// mesh. At 0.3.0 every backend does so when EP is on and tp > 1. Before #4154 (`tt-pre4154`)
 /// the spmd_types counts are a plain tensor and only the loss mesh is reduced; the DTensor
 /// backends reduce tp through `full_tensor()` / `redistribute` in every revision.
+/// At `tt-0.2.2` the router runs replicated on tp even under EP, so its counts are the same on
+/// every tp rank already and the hook reduces the loss mesh only (correctly).
 pub fn hook_reduces_counts_over_tp(rev: MoeRev, backend: Backend, ep: usize, tp: usize) -> bool {
     let pre4154_spmd = rev == MoeRev::TtPre4154 && backend == Backend::SpmdTypes;
-    ep > 1 && tp > 1 && !pre4154_spmd
+    ep > 1 && tp > 1 && !pre4154_spmd && rev != MoeRev::Tt022
 }
 
 /// The counts each rank's hook step sees: its counts summed over the loss mesh (the ranks with
