@@ -54,10 +54,17 @@ pub enum Known {
     /// raises (a broadcast error against the shared experts' output, or the reshape). No
     /// upstream report (#3423 and #3619 replaced the split).
     UnevenFlat3386,
+    /// tt-0.2.2 (torchtitan 0.2.2 on PyPI, dtensor_hooks): the replicated gate's output and
+    /// the MoE input are `to_local()`-ed with the default Replicate label, so each tp rank's
+    /// partial gradients of the scores (its flat token slice under EP, its hidden-dim share of
+    /// the experts without EP) and of x are never summed: x.grad and the gate's gradient are
+    /// wrong and the gate's differs across tp ranks (torchtitan#2387, fixed by #2416; the router
+    /// subject's `tt-pre2416`). Recorded on the real package (tests/pytorch/moe-0.2.2).
+    RouterGrad2387,
 }
 
 impl Known {
-    pub const ALL: [Known; 10] = [
+    pub const ALL: [Known; 11] = [
         Known::CombineOffset3604,
         Known::UnevenIndex3604,
         Known::UnevenRows3662,
@@ -68,6 +75,7 @@ impl Known {
         Known::SpmdUnevenEpExit,
         Known::BiasTp4154,
         Known::UnevenFlat3386,
+        Known::RouterGrad2387,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +98,7 @@ impl Known {
             Known::UnevenFlat3386 => {
                 "flat EP combine buffer of the wrong size at uneven T (tt-3386; no upstream report)"
             }
+            Known::RouterGrad2387 => "router gradient never reduced, ranks diverge (#2387, tt-0.2.2)",
         }
     }
 
@@ -100,6 +109,7 @@ impl Known {
             Known::NoInGrad4054 => Some("https://github.com/pytorch/torchtitan/pull/4054"),
             Known::ExpertsNotDivisibleByEp => Some("https://github.com/pytorch/torchtitan/pull/4258"),
             Known::BiasTp4154 => Some("https://github.com/pytorch/torchtitan/pull/4154"),
+            Known::RouterGrad2387 => Some("https://github.com/pytorch/torchtitan/pull/2416"),
             _ => None,
         }
     }
@@ -163,6 +173,11 @@ impl Known {
                     && (p.key.contains("broadcast") || p.key.contains("invalid_for_input"))
                     && s.dims.experts.is_multiple_of(s.parallel.ep);
                 at(MoeRev::Tt3386) && ep_on && t_uneven && exit
+            }
+            Known::RouterGrad2387 => {
+                let grads = matches!(p.output.as_deref(), Some("x_grad" | "grad.gate"));
+                let diverge = matches!(p.class, Class::Value | Class::Replica);
+                at(MoeRev::Tt022) && tp > 1 && s.backward && grads && diverge
             }
         }
     }

@@ -88,12 +88,13 @@ pub fn run(s: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<(Run, Extra), Cas
 /// The layer's declared output layouts on the dense mesh (dp, cp, tp), as DTensor placements:
 /// y leaves as x came in (SP: the sequence sharded over tp; from `tt-head` on the (T, D)
 /// tokens sharded by dp, cp and, with SP, tp); the token counts are partial over dp and cp, and
-/// over tp when EP is on.
+/// over tp when EP is on (not at `tt-0.2.2`, whose router counts every token of the block on
+/// every tp rank).
 pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
     let (sh, r, p) = (Placement::Shard, Placement::Replicate, Placement::Partial(ReduceOp::Sum));
     let seq = if s.revision.folds_batch() { 0 } else { 1 };
     let y = if s.parallel.sp { vec![sh(0), sh(seq), sh(seq)] } else { vec![sh(0), sh(seq), r] };
-    let tokens = if s.parallel.ep > 1 { vec![p, p, p] } else { vec![p, p, r] };
+    let tokens = if s.parallel.ep > 1 && s.revision != crate::MoeRev::Tt022 { vec![p, p, p] } else { vec![p, p, r] };
     let mode = if s.parallel.sp { "SP" } else { "I" };
     vec![
         Contract {
