@@ -38,7 +38,8 @@ pub enum Known {
     ForceLoadBalanceTp,
     /// Up to 0.3.0 (before #4258): nothing checks that ep divides the number of experts, so the
     /// dispatcher's count exchange fails reshaping the E counts to (ep, -1) (confirmed on
-    /// torchtitan 0.3.0; #4258 adds the check at configuration time).
+    /// torchtitan 0.3.0; #4258 adds the check at configuration time). At 0.2.2 the exchange of
+    /// the counts comes first and fails on its equal split.
     ExpertsNotDivisibleByEp,
     /// spmd_types, EP on, SP off, with shared experts and a sequence block tp does not divide:
     /// the routed output's zero-filled S(1) -> P is tp·ceil(L/tp) long, the shared experts'
@@ -147,7 +148,9 @@ impl Known {
                 s.router.force_load_balance && tp > 1 && dtensor && mixed
             }
             Known::ExpertsNotDivisibleByEp => {
-                let view = p.class == Class::Error && p.key.contains("shape_is_invalid_for_input");
+                // tt-0.2.2: the count exchange before the view refuses the uneven split.
+                let split = p.key.contains("split_sizes") && s.revision == MoeRev::Tt022;
+                let view = p.class == Class::Error && (p.key.contains("shape_is_invalid_for_input") || split);
                 view && s.parallel.ep > 1 && !s.dims.experts.is_multiple_of(s.parallel.ep)
             }
             Known::SpmdUnevenEpExit => {

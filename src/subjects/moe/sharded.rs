@@ -162,6 +162,12 @@ pub fn forward_checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, 
         // a shape error. Its extent is not known yet.
         return Err(Fail::not_modelled("the backward's shape error with shared experts and one batch row per rank"));
     }
+    if p.ep > 1 && !d.experts.is_multiple_of(p.ep) && sp.revision == crate::MoeRev::Tt022 {
+        // 0.2.x's ExpertParallel exchanges the E counts (equal splits) before it views them:
+        // the functional all_to_all_single refuses E not divisible by ep (checked on 2 gloo
+        // ranks, torch 2.14.0).
+        return Err(Fail::new(Stage::Forward, "RuntimeError", "Split sizes doesn't match total dim 0 size"));
+    }
     if p.ep > 1 && !d.experts.is_multiple_of(p.ep) && !spmd {
         // spmd_types: the dispatcher's view on the runtime raises torch's error.
         return Err(Fail::new(

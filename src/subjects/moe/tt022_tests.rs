@@ -117,3 +117,15 @@ fn generation_and_classification() {
     assert_eq!(sbe.len(), 2);
     assert!(classified > 0, "some generated tt-0.2.2 case diverges");
 }
+
+/// E not divisible by ep: 0.2.2's ExpertParallel exchanges the counts before viewing them, and
+/// the equal-split all-to-all refuses; the same known bug as the later view error.
+#[test]
+fn experts_not_divisible_by_ep() {
+    let mut c = case(2, 2, false);
+    c.subject.dims.experts = 3;
+    let j = verdicts(&c);
+    let errors: Vec<String> = j.verdicts.iter().map(|v| v.signature(&c).key.clone()).collect();
+    assert!(errors.iter().any(|k| k.contains("split_sizes")), "{errors:?}");
+    assert_eq!(known(&c, &j), [Known::ExpertsNotDivisibleByEp.name()]);
+}
