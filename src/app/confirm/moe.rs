@@ -70,6 +70,14 @@ pub fn moe_case(case: &AnyCase) -> Option<Case<MoeSpec>> {
 
 /// Why a case is not sent to the recorder, if it is not.
 pub fn skip_reason(case: &Case<MoeSpec>, engine: Engine) -> Option<String> {
+    if case.subject.revision == MoeRev::Tt022 {
+        return Some(format!(
+            "revision {} is torchtitan 0.2.2, whose recorder is python/moe_recorder_022 (its outcomes replay in the \
+             moe crate's tests): confirm runs torchtitan {} only",
+            case.subject.revision,
+            moe_venv::TORCHTITAN
+        ));
+    }
     if case.subject.revision != MoeRev::Tt030 {
         return Some(format!(
             "revision {} is a torchtitan git commit, not a release in the package registry: confirm runs \
