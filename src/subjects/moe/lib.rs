@@ -31,6 +31,6 @@ pub use spec::MoeSpec;
 #[cfg(test)]
 mod revision_tests;
 #[cfg(test)]
-mod tt022_tests;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tt022_tests;

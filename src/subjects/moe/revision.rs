@@ -123,7 +123,7 @@ impl MoeRev {
     }
 
     /// Whether the generator draws this revision when no revision list is given. `tt-0.2.2`
-    /// only on request (`--moe-revisions tt-0.2.2`): a 2026 campaign tests 2026 code, and an
+    /// only on request (`--moe-revision tt-0.2.2`): a 2026 campaign tests 2026 code, and an
     /// extra revision in the default draw would change every default campaign's cases.
     pub fn in_default(self) -> bool {
         self != MoeRev::Tt022

@@ -14,6 +14,10 @@
 //!   buffer of the whole tp group instead ([`crate::combine`]), a partial sum over tp.
 //! - Without EP at `tt-3654` each tp rank routes its own copy of x: the gradients of x and the
 //!   gate stay per-rank shares, as the Replicate label on them leaves them.
+//! - `tt-0.2.2` (torchtitan 0.2.2's DTensor module hooks) runs the `tt-3386` flat split with the
+//!   router's counts taken over the whole block, and the backward of #2387: each tp rank's
+//!   router (and, under EP, its rows) read the rank's own copy of x, so what the rank computes
+//!   for x and the gate stays on the rank ([`crate::MoeRev::reduces_router_grads`]).
 //!
 //! All ranks live in one process, so one libtorch autograd graph spans them: a collective is the
 //! tensor op that moves the data (a sum, a concatenation, a row selection), and its backward is
@@ -428,8 +432,10 @@ impl Prog<'_> {
         // (its score gradient is its hidden-dim share); the experts' rows come from the block's
         // x (their input gradient is all-reduced). Scores before the experts: the all-reduced
         // input gradient carries the whole score gradient, one router serves every rank.
-        let own_router =
-            !self.sp.revision.reduces_router_grads() && !self.sp.router.score_before_experts && self.sp.backward && tp > 1;
+        let own_router = !self.sp.revision.reduces_router_grads()
+            && !self.sp.router.score_before_experts
+            && self.sp.backward
+            && tp > 1;
         let b = &self.blocks[bi];
         let (bl, ll, dm) = (b.rows.1 as i64, b.seq.1 as i64, d.model as i64);
         let (mut routed_parts, mut shared_parts, mut chain) = (Vec::new(), Vec::new(), None);
@@ -437,7 +443,8 @@ impl Prog<'_> {
             let r = bi * tp + t;
             if own || own_router || chain.is_none() {
                 let block_x = self.blocks[bi].x.shallow_clone();
-                let x = if own || own_router { block_x.detach().set_requires_grad(true) } else { block_x.shallow_clone() };
+                let x =
+                    if own || own_router { block_x.detach().set_requires_grad(true) } else { block_x.shallow_clone() };
                 chain = Some(self.chain(bi, &x, if own_router { &block_x } else { &x })?);
                 if own || own_router {
                     self.x_shares[r] = Some(x);
@@ -519,7 +526,9 @@ impl Prog<'_> {
             // 0.2.x's router counts every token of the block on every tp rank (the reorderer's
             // split comes after it): the block's counts, the same on each tp rank.
             for bi in 0..self.blocks.len() {
-                let total = sum(&(0..tp).map(|t| self.tokens[bi * tp + t].as_ref().expect("counts").shallow_clone()).collect::<Vec<_>>());
+                let total = sum(&(0..tp)
+                    .map(|t| self.tokens[bi * tp + t].as_ref().expect("counts").shallow_clone())
+                    .collect::<Vec<_>>());
                 for t in 0..tp {
                     self.tokens[bi * tp + t] = Some(total.shallow_clone());
                 }

@@ -105,7 +105,10 @@ fn generation_and_classification() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4000 + i);
         let c = MoeSpec::generate(&mut rng, &GenCommon::default(), &own);
         c.validate().unwrap();
-        assert_eq!((c.subject.revision, c.subject.backend, c.subject.parallel.sp), (MoeRev::Tt022, Backend::DtensorHooks, true));
+        assert_eq!(
+            (c.subject.revision, c.subject.backend, c.subject.parallel.sp),
+            (MoeRev::Tt022, Backend::DtensorHooks, true)
+        );
         sbe.insert(c.subject.router.score_before_experts);
         let j = verdicts(&c);
         for v in j.verdicts.iter().filter(|v| v.class != Class::Error) {
