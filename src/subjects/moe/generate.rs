@@ -1,8 +1,7 @@
 //! Random MoE cases: a dense mesh (dp, cp, tp) of at most 16 ranks (4 for the small class),
 //! parallel settings, dims, router options, coefficient, backward, drawn per the case contract.
 //! Only what the sharded side models is drawn: the partial_dtensor backend at every modelled
-//! revision (`tt-0.2.2`: its dtensor_hooks, SP on, `score_before_experts` half the time; drawn
-//! only when asked for), and the spmd_types backend (upstream's default, most cases where it is modelled) at
+//! revision (`tt-0.2.2`: its dtensor_hooks, SP on, `score_before_experts` half the time), and the spmd_types backend (upstream's default, most cases where it is modelled) at
 //! the revisions that model it. Configurations torchtitan rejects are drawn now and then on
 //! purpose: their verdict is the error. Each revision's sequence check decides which lengths are
 //! usual; the revisions before 565cb810c also get the unchecked uneven lengths of eval and direct
@@ -19,8 +18,7 @@ use serde::{Deserialize, Serialize};
 /// The MoE subject's generator settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MoeGen {
-    /// Revisions to draw from (default: every modelled one in the default list,
-    /// [`MoeRev::in_default`]).
+    /// Revisions to draw from (default: every modelled one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moe_revisions: Vec<MoeRev>,
 }
@@ -29,7 +27,7 @@ impl MoeGen {
     pub fn revisions(&self) -> Vec<MoeRev> {
         let v: Vec<MoeRev> = self.moe_revisions.iter().copied().filter(|r| r.modelled()).collect();
         if v.is_empty() {
-            MoeRev::ALL.iter().copied().filter(|r| r.modelled() && r.in_default()).collect()
+            MoeRev::ALL.iter().copied().filter(|r| r.modelled()).collect()
         } else {
             v
         }

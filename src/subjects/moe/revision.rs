@@ -35,8 +35,7 @@ names::named_enum! {
         Tt4154 = "tt-4154",
         /// PyPI `torchtitan==0.2.2` (73a0e6979, 2026-02-20): DTensor module hooks only; the
         /// `tt-3386` forward (flat token split over tp under EP, a global combine buffer) and
-        /// the backward of #2387 (the router's score gradient never reduced over tp). Not in
-        /// the generator's default revision list ([`MoeRev::in_default`]).
+        /// the backward of #2387 (the router's score gradient never reduced over tp).
         Tt022 = "tt-0.2.2",
     }
 }
@@ -120,13 +119,6 @@ impl MoeRev {
             MoeRev::Tt030 | MoeRev::Tt4154 | MoeRev::TtPre4154 => true,
             _ => backend == Backend::PartialDtensor,
         }
-    }
-
-    /// Whether the generator draws this revision when no revision list is given. `tt-0.2.2`
-    /// only on request (`--moe-revision tt-0.2.2`): a 2026 campaign tests 2026 code, and an
-    /// extra revision in the default draw would change every default campaign's cases.
-    pub fn in_default(self) -> bool {
-        self != MoeRev::Tt022
     }
 
     /// Whether the router's score gradient is reduced over tp. False at `tt-0.2.2` (#2387,

@@ -92,13 +92,13 @@ fn validation_and_file_shape() {
     assert_eq!(MoeRev::Tt022.program(Backend::DtensorHooks), "moe/tt-0.2.2/dtensor_hooks");
 }
 
-/// Not drawn by default; drawn on request, valid, on dtensor_hooks with SP on and both
+/// Drawn by default and on request: valid, on dtensor_hooks with SP on and both
 /// `score_before_experts` values; a generated case that diverges is #2387 and nothing else.
 #[test]
 fn generation_and_classification() {
     use harness::generate::GenCommon;
     use rand::SeedableRng;
-    assert!(!crate::generate::MoeGen::default().revisions().contains(&MoeRev::Tt022));
+    assert!(crate::generate::MoeGen::default().revisions().contains(&MoeRev::Tt022));
     let own = crate::generate::MoeGen { moe_revisions: vec![MoeRev::Tt022] };
     let (mut sbe, mut classified) = (std::collections::BTreeSet::new(), 0);
     for i in 0..40u64 {
