@@ -120,14 +120,16 @@ pub fn score_first(p: Precision, sp: &crate::MoeSpec, rows: Tensor, ss: Tensor) 
 /// accumulation rounded once), silu and the product in bf16, the result cast to x's dtype.
 /// Rows past the last group (never on the standard path) come out zero.
 ///
-/// Few libtorch calls, as the per-op cost dominates at these sizes: each weight is cast (bf16,
-/// then float32) and transposed once for all experts, the rows likewise, and the elementwise
-/// steps run once on all experts' rows; only the products are per expert. Every value, and
-/// every gradient, is the same bit for bit as one call chain per expert (the test
-/// `experts_batched_casts_are_bitwise_the_per_expert_chain`): casts and bf16 products are
-/// exact per element, bf16 silu and its backward take no path that depends on the
-/// tensor's length, and the two GEMMs on the rows each cast their own float32 copy, so the
-/// rows' gradient rounds each GEMM's part to bf16 and adds them in bf16, as per expert.
+/// Few autograd nodes, as libtorch's fixed cost per node dominates at these sizes: the rows go
+/// into one zero-padded (E, M, D) buffer (M the largest group) by one `index_put`, each GEMM is
+/// one `bmm` over all experts with each weight cast (bf16, then float32) and transposed once,
+/// the elementwise steps run once on the padded buffer, and one `index` takes the rows back.
+/// Every value, and every gradient, is the same bit for bit as one call chain per expert (the
+/// test `experts_batched_casts_are_bitwise_the_per_expert_chain`): casts and bf16 products are
+/// exact per element, the padding rows are exact zeros (zero products, zero gradients, which
+/// add nothing to a weight's gradient), bf16 silu and its backward take no path that depends
+/// on the tensor's length, and the two GEMMs on the rows each cast their own float32 copy, so
+/// the rows' gradient rounds each GEMM's part to bf16 and adds them in bf16, as per expert.
 pub fn experts(x: &Tensor, sizes: &[i64], w1: &Tensor, w2: &Tensor, w3: &Tensor) -> Result<Tensor, Fail> {
     experts_in(Precision::Upstream, x, sizes, w1, w2, w3)
 }
@@ -172,29 +174,27 @@ pub fn experts_in(
     if d % 8 != 0 || f % 8 != 0 {
         return Err(Fail::new(Stage::Forward, "RuntimeError", "strides should be multiple of 16 bytes"));
     }
-    let total = x.size()[0];
+    let (total, e) = (x.size()[0], w1.size()[0]);
     let used: i64 = sizes.iter().sum();
-    let mut split = sizes.to_vec();
-    if used < total {
-        split.push(total - used);
-    }
     let (low, acc) = (p.low(), p.acc());
-    let xb = x.to_kind(low);
-    let rows1 = xb.to_kind(acc).split_with_sizes(split.as_slice(), 0);
-    let rows3 = xb.to_kind(acc).split_with_sizes(split.as_slice(), 0);
-    let wt = |w: &Tensor| w.to_kind(low).to_kind(acc).transpose(1, 2).unbind(0);
-    let (w1t, w2t, w3t) = (wt(w1), wt(w2), wt(w3));
-    let groups: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] > 0).collect();
-    let mut out = if groups.is_empty() {
+    let m = sizes.iter().copied().max().unwrap_or(0);
+    let mut out = if m == 0 {
         Tensor::zeros([0, d], (low, x.device()))
     } else {
-        let h1: Vec<Tensor> = groups.iter().map(|&i| rows1[i].mm(&w1t[i])).collect();
-        let h3: Vec<Tensor> = groups.iter().map(|&i| rows3[i].mm(&w3t[i])).collect();
-        let h = Tensor::cat(&h1, 0).to_kind(low).silu() * Tensor::cat(&h3, 0).to_kind(low);
-        let lens: Vec<i64> = groups.iter().map(|&i| sizes[i]).collect();
-        let hf = h.to_kind(acc).split_with_sizes(lens.as_slice(), 0);
-        let y: Vec<Tensor> = groups.iter().zip(&hf).map(|(&i, h)| h.mm(&w2t[i])).collect();
-        Tensor::cat(&y, 0).to_kind(low)
+        // Row r of expert i's group sits at (i, r - start_i) of the padded (E, M, ·) buffers.
+        let (mut gi, mut gj) = (Vec::with_capacity(used as usize), Vec::with_capacity(used as usize));
+        for (i, &n) in sizes.iter().enumerate() {
+            gi.extend(std::iter::repeat_n(i as i64, n as usize));
+            gj.extend(0..n);
+        }
+        let at = [Some(Tensor::from_slice(&gi).to(x.device())), Some(Tensor::from_slice(&gj).to(x.device()))];
+        let rows = if used < total { x.narrow(0, 0, used) } else { x.shallow_clone() };
+        let padded = Tensor::zeros([e, m, d], (low, x.device())).index_put(&at, &rows.to_kind(low), false);
+        let wt = |w: &Tensor| w.to_kind(low).to_kind(acc).transpose(1, 2);
+        let h1 = padded.to_kind(acc).bmm(&wt(w1));
+        let h3 = padded.to_kind(acc).bmm(&wt(w3));
+        let h = h1.to_kind(low).silu() * h3.to_kind(low);
+        h.to_kind(acc).bmm(&wt(w2)).index(&at).to_kind(low)
     };
     if used < total {
         out = Tensor::cat(&[out, Tensor::zeros([total - used, d], (low, x.device()))], 0);
