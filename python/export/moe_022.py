@@ -4,17 +4,26 @@
 # module built from the case, run on one rank and sharded by the package's own apply_moe_ep_tp on gloo
 # CPU ranks, with two CPU shims: integer histc, the package's CPU permute path), RECORDER the
 # plain-torch math of the layer (python/moe_recorder/reference.py, honouring score_before_experts).
-# Both are unpacked into a temporary folder at start. Needs torch; the real run needs torchtitan 0.2.2.
+# Both are unpacked into a temporary folder at start (removed at exit). Needs torch; the real run needs torchtitan 0.2.2.
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 
 
+def scratch(prefix):
+    """A temporary folder, removed when the script exits."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def unpack():
     """The two packages in a temporary folder, importable as `moe_recorder` and `moe_recorder_022`."""
-    root = tempfile.mkdtemp(prefix="shardfuzz-moe-022-")
+    root = scratch("shardfuzz-moe-022-")
     for pkg, files in (("moe_recorder", RECORDER), ("moe_recorder_022", RECORDER_022)):
         os.makedirs(os.path.join(root, pkg))
         for name, text in files.items():
@@ -99,7 +108,7 @@ def sharded():
     """The case on WORLD gloo ranks of torchtitan 0.2.2's module, against its one-rank run."""
     import torch
     from moe_recorder_022.confirm import assemble, run_world
-    out = os.path.join(tempfile.mkdtemp(prefix="shardfuzz-moe-022-run-"), "outcome")
+    out = os.path.join(scratch("shardfuzz-moe-022-run-"), "outcome")
     per_rank, note = run_world(WORLD, [("c0", CASE)], out, TIMEOUT)
     results = [got.get("c0") for got in per_rank]
     if any(r is None for r in results):
