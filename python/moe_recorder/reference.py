@@ -13,6 +13,9 @@ It follows what torchtitan 0.3.0 computes on CPU, op for op where rounding matte
   in bf16, then @ w2_bf16^T, cast back to the case dtype (the grouped GEMM's casts);
 - combine: (expert output in float32 * score) cast back to the case dtype, summed per token in
   expert-id order (the stable expert-major order of the dispatch);
+- router.score_before_experts (torchtitan 0.2.x's switch; absent or false: the above): each routed
+  row is scaled by its score before the experts ((row in float32 * score) cast back to the case
+  dtype), and the combine sums the K expert outputs of a token unscaled;
 - shared experts: w2(silu(w1 x) * w3 x) in the case dtype; y = routed + shared;
 - backward: autograd through all of it with grad_y;
 - hook: n = global counts, delta = coeff * sign(mean(n) - n), delta -= mean(delta), bias += delta.
@@ -34,6 +37,7 @@ def compute(case):
         Fs = dims.get("shared_hidden")
         router = subj.get("router", {})
         groups = router.get("groups")
+        sbe = bool(router.get("score_before_experts", False))
         coeff = subj.get("load_balance_coeff")
         backward = bool(subj.get("backward", True))
         dtype = torch.float32 if case.get("dtype", "f32") == "f32" else torch.bfloat16
@@ -101,11 +105,11 @@ def compute(case):
             tok, kk = (ids == e).nonzero(as_tuple=True)
             if tok.numel() == 0:
                 continue
-            a = xb[tok]
+            s = top[tok, kk].reshape(-1, 1)
+            a = (xt[tok].float() * s).to(dtype).bfloat16() if sbe else xb[tok]
             h = F.silu(a @ w1[e].bfloat16().t()) * (a @ w3[e].bfloat16().t())
             ye = (h @ w2[e].bfloat16().t()).to(dtype)
-            s = top[tok, kk].reshape(-1, 1)
-            contrib.append((tok, (ye.float() * s).to(dtype)))
+            contrib.append((tok, ye if sbe else (ye.float() * s).to(dtype)))
         for tok, v in contrib:
             routed = routed.index_add(0, tok, v)
         y = routed

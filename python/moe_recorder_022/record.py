@@ -1,55 +1,22 @@
 """Record torchtitan 0.2.2 MoE outcomes on 2 gloo CPU ranks (replayed against the model's tt-0.2.2 by the moe crate's tests/replay.rs; docs/moe-revisions.md, "torchtitan 0.2.x").
 
 Run: ~/.cache/shardfuzz/venv-torchtitan-0.2.2-torch-2.14.0/bin/python python/moe_recorder_022/record.py OUT.jsonl
-Uses the package's own apply_moe_ep_tp (llama4 parallelize) with tp=2, ep in {1, 2} (ep borrows tp),
+The layer and its runs are in core.py (shared with the confirm entry, __main__.py). Uses the package's own apply_moe_ep_tp (llama4 parallelize) with tp=2, ep in {1, 2} (ep borrows tp),
 sequence-parallel input Shard(1) as 0.2.2's plan demands. Two CPU shims (both stated in each record):
   * torch.histc on integer ids -> histc of the float copy, cast back (CUDA behaviour; CPU has no Long histc)
   * generate_permute_indices(use_cpu=True) (the package's own CPU path; default is a Triton kernel)
 """
-import functools
 import json
 import os
 import random
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-_orig_histc = torch.histc
-
-
-def _histc(x, *a, **k):
-    if not x.dtype.is_floating_point:
-        return _orig_histc(x.float(), *a, **k).to(x.dtype)
-    return _orig_histc(x, *a, **k)
-
-
-torch.histc = _histc
-import torchtitan.models.moe.utils as mu  # noqa: E402
-from torchtitan.models.moe.kernels import generate_permute_indices  # noqa: E402
-
-mu.generate_permute_indices = functools.partial(generate_permute_indices, use_cpu=True)
-from torch.distributed.tensor import DTensor  # noqa: E402
-from torchtitan.models.llama4.infra.parallelize import apply_moe_ep_tp  # noqa: E402
-from torchtitan.models.moe.moe import MoE, MoEArgs  # noqa: E402
-
-NOTES = ["torch.histc shim: integer ids counted via float histc, cast back to int64 (CUDA behaviour)",
-         "generate_permute_indices called with use_cpu=True (package CPU path)",
-         "use_grouped_mm=False (for-loop experts, f32), score_before_experts from router field, no shared experts",
-         "no optimizer hook run: expert_bias not updated"]
-
-
-def tj(t):
-    if isinstance(t, DTensor):
-        t = t.full_tensor()
-    t = t.detach()
-    dt = {torch.float32: "f32", torch.int64: "i64"}.get(t.dtype, str(t.dtype))
-    vals = t.reshape(-1).tolist()
-    if dt == "f32":
-        vals = [float("%.9g" % v) for v in vals]
-    return {"shape": list(t.shape), "dtype": dt, "values": vals}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from moe_recorder_022.core import NOTES, cat_seq, reference, sharded, tj  # noqa: E402  (installs the shims)
 
 
 def rnd(g, shape, scale=1.0):
@@ -87,82 +54,6 @@ def make_case(i, seed):
     return case, t
 
 
-def build(case, t):
-    s = case["subject"]
-    d, ro = s["dims"], s["router"]
-    args = MoEArgs(num_experts=d["experts"], num_shared_experts=0, score_func=ro["score_func"],
-                   route_norm=ro["route_norm"], route_scale=ro["route_scale"], score_before_experts=ro["score_before_experts"],
-                   top_k=d["top_k"], use_grouped_mm=False, load_balance_coeff=s["load_balance_coeff"])
-    moe = MoE(args, dim=d["model"], hidden_dim=d["hidden"])
-    with torch.no_grad():
-        moe.router.gate.weight.copy_(t["gate"])
-        for n in ("w1", "w2", "w3"):
-            getattr(moe.experts, n).copy_(t[n])
-        moe.expert_bias.copy_(t["expert_bias"])
-        moe.tokens_per_expert.zero_()
-    return moe
-
-
-def outputs(moe, y, xg):
-    o = {"y": tj(y), "x_grad": tj(xg), "tokens_per_expert": tj(moe.tokens_per_expert)}
-    o["grad.gate"] = tj(moe.router.gate.weight.grad)
-    for n in ("w1", "w2", "w3"):
-        o["grad." + n] = tj(getattr(moe.experts, n).grad)
-    return o
-
-
-def reference(case, t):
-    try:
-        moe = build(case, t)
-        x = t["x"].clone().requires_grad_(True)
-        y = moe(x)
-        y.backward(t["grad_y"])
-        return {"ok": True, "outputs": outputs(moe, y, x.grad)}
-    except Exception as e:
-        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
-
-
-class Block(torch.nn.Module):
-    def __init__(self, moe):
-        super().__init__()
-        self.moe_enabled = True
-        self.moe = moe
-
-
-class Model(torch.nn.Module):
-    def __init__(self, moe):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": Block(moe)})
-
-
-def sharded(rank, case, t):
-    from torch.distributed.device_mesh import init_device_mesh
-    ep = case["subject"]["parallel"]["ep"]
-    tp_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
-    ep_mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("ep",)) if ep == 2 else None
-    moe = build(case, t)
-    stage = "parallelize"
-    try:
-        apply_moe_ep_tp(Model(moe), tp_mesh, ep_mesh, None, None)
-        stage = "forward"
-        x_full = t["x"]
-        L = x_full.shape[1]
-        c = -(-L // 2)
-        x = x_full[:, rank * c:(rank + 1) * c].clone().requires_grad_(True)
-        y = moe(x)
-        stage = "backward"
-        y_loc = y.to_local() if isinstance(y, DTensor) else y
-        gy = t["grad_y"][:, rank * c:(rank + 1) * c]
-        y_loc.backward(gy)
-        stage = "collect"
-        o = outputs(moe, y_loc, x.grad)  # y, x_grad local S(1) blocks; params full_tensor
-        return {"ok": True, "stage": None, "error": None, "locals": {"y": o.pop("y"), "x_grad": o.pop("x_grad")},
-                "outputs": o, "y_type": type(y).__name__}
-    except Exception as e:
-        return {"ok": False, "stage": stage, "error": f"{type(e).__name__}: {e}",
-                "tb": traceback.format_exc()[-1500:]}
-
-
 def worker(rank, world, cases, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -172,12 +63,6 @@ def worker(rank, world, cases, out, port):
         dist.barrier()
     torch.save(res, f"{out}.rank{rank}")
     dist.destroy_process_group()
-
-
-def cat_seq(a, b):
-    ta = torch.tensor(a["values"]).reshape(a["shape"])
-    tb = torch.tensor(b["values"]).reshape(b["shape"])
-    return tj(torch.cat([ta, tb], dim=1))
 
 
 SB = ("sbe-" if os.environ.get("SBE", "0") == "1" else "") + ("L%s-" % os.environ["LFORCE"] if os.environ.get("LFORCE") else "")
@@ -196,9 +81,9 @@ def main():
                   [a.get("error"), b.get("error")], "outputs": {}}
             if oc["ok"]:
                 oc["outputs"]["y"] = {"locals": [a["locals"]["y"], b["locals"]["y"]],
-                                      "value": cat_seq(a["locals"]["y"], b["locals"]["y"])}
+                                      "value": cat_seq([a["locals"]["y"], b["locals"]["y"]])}
                 oc["outputs"]["x_grad"] = {"locals": [a["locals"]["x_grad"], b["locals"]["x_grad"]],
-                                           "value": cat_seq(a["locals"]["x_grad"], b["locals"]["x_grad"])}
+                                           "value": cat_seq([a["locals"]["x_grad"], b["locals"]["x_grad"]])}
                 for k in a["outputs"]:
                     oc["outputs"][k] = {"locals": [a["outputs"][k], b["outputs"][k]], "value": a["outputs"][k]}
             else:

@@ -23,7 +23,13 @@ pub fn run(a: Args) -> CliResult {
     } else {
         std::fs::write(&a.pytorch, script).map_err(|e| anyhow::anyhow!("{}: {e}", a.pytorch.display()))?;
         let n: usize = case.mesh.shape.iter().product();
-        eprintln!("wrote {} (torchrun --nproc-per-node {n} {0}, or python {0})", a.pytorch.display());
+        let own_ranks = matches!(&case.subject, crate::subjects::AnySpec::Moe(m) if m.revision == moe::MoeRev::Tt022);
+        if own_ranks {
+            // The tt-0.2.2 script starts its ranks itself (torch.multiprocessing), not under torchrun.
+            eprintln!("wrote {} (python {0}: it starts its {n} gloo ranks itself)", a.pytorch.display());
+        } else {
+            eprintln!("wrote {} (torchrun --nproc-per-node {n} {0}, or python {0})", a.pytorch.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

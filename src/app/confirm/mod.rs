@@ -200,7 +200,15 @@ impl Confirmer {
             .cloned()
             .collect();
         if !run.is_empty() {
-            moe_venv::ensure(release)?;
+            let mut titans = Vec::new();
+            for t in run.iter().filter_map(|c| moe::moe_case(c).and_then(|m| moe_venv::Titan::of(m.subject.revision))) {
+                if !titans.contains(&t) {
+                    titans.push(t);
+                }
+            }
+            for titan in titans {
+                moe_venv::ensure(titan, release)?;
+            }
             self.moe.record(&run, release, engine, self.timeout);
         }
         Ok(())
