@@ -70,7 +70,7 @@ def build(case, t):
     g = ro.get("groups") or {}
     args = MoEArgs(num_experts=d["experts"], num_shared_experts=1 if d.get("shared_hidden") else 0,
                    score_func=ro["score_func"], route_norm=ro["route_norm"], route_scale=ro["route_scale"],
-                   score_before_experts=ro["score_before_experts"], top_k=d["top_k"],
+                   score_before_experts=ro.get("score_before_experts", False), top_k=d["top_k"],
                    num_expert_groups=g.get("num_groups"), num_limited_groups=g.get("num_limited"),
                    use_grouped_mm=False, load_balance_coeff=s["load_balance_coeff"],
                    _debug_force_load_balance=ro.get("force_load_balance", False))

@@ -560,6 +560,22 @@ impl Prog<'_> {
     }
 
     /// Every rank's router on its chunk, its counts, and its rows in expert order.
+    /// The router on a rank's piece of tokens, the first of which is token `first` of its block.
+    /// 0.2.x (`tt-0.2.2`) routes every token of the block before the flat split, so the
+    /// force-load-balance override's round robin counts from the block's first token there
+    /// (recorded on torchtitan 0.2.2); elsewhere each rank's router counts from its own first.
+    fn route_piece(&self, xr: &Tensor, gate: &Tensor, first: usize) -> Result<kernels::Routed, Fail> {
+        if self.sp.revision != crate::MoeRev::Tt022 || !self.cfg.options.force_load_balance || first == 0 {
+            return kernels::route(&self.cfg, xr, gate, self.bias.as_ref());
+        }
+        let (s, k) = (xr.size(), self.sp.dims.top_k as i64);
+        let n = s[0] * s[1] * k;
+        let ids = (Tensor::arange(n, (Kind::Int64, xr.device())) + first as i64 * k)
+            .remainder(self.sp.dims.experts as i64)
+            .reshape([s[0], s[1], k]);
+        kernels::route_at(&self.cfg, xr, gate, &ids)
+    }
+
     fn dispatch(&mut self) -> Result<Vec<Src>, Fail> {
         let (d, tp) = (self.sp.dims, self.tp);
         let (dm, k) = (d.model as i64, d.top_k as i64);
@@ -574,17 +590,17 @@ impl Prog<'_> {
                 self.x_shares[r] = Some(bx.shallow_clone());
             }
             let b = &self.blocks[r / tp];
-            let (bl, lr, xr) = if self.sp.revision.combine() == Combine::Flat {
+            let (bl, lr, xr, first) = if self.sp.revision.combine() == Combine::Flat {
                 // tt-3386: the flat tokens of the block, split over tp; one (1, T_r) row.
                 let t = b.rows.1 * b.seq.1;
                 let piece = chunk(t, tp, r % tp);
-                (1, piece.1 as i64, narrow(&bx.reshape([t as i64, dm]), 0, piece).unsqueeze(0))
+                (1, piece.1 as i64, narrow(&bx.reshape([t as i64, dm]), 0, piece).unsqueeze(0), piece.0)
             } else {
                 let piece = chunk(b.seq.1, tp, r % tp);
-                (b.rows.1 as i64, piece.1 as i64, narrow(&b.x, 1, piece))
+                (b.rows.1 as i64, piece.1 as i64, narrow(&b.x, 1, piece), 0)
             };
             let gate = self.leaf("gate", 0, None);
-            let routed = kernels::route(&self.cfg, &xr, &gate, self.bias.as_ref())?;
+            let routed = self.route_piece(&xr, &gate, first)?;
             self.put("gate", r, gate);
             let counts = kernels::counts(&routed.ids, d.experts);
             self.tokens[r] = Some(counts.to_kind(Kind::Float));

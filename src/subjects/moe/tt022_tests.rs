@@ -132,3 +132,25 @@ fn experts_not_divisible_by_ep() {
     assert!(errors.iter().any(|k| k.contains("split_sizes")), "{errors:?}");
     assert_eq!(known(&c, &j), [Known::ExpertsNotDivisibleByEp.name()]);
 }
+
+/// The force-load-balance override under EP: 0.2.2 routes every token of the block before the
+/// flat split, so its round robin counts from the block's first token and each tp rank's
+/// counts are the whole block's, the reference's (recorded on torchtitan 0.2.2: a generated
+/// B = 2, L = 8, E = 6, K = 1 case agrees only so). Counting from each rank's own first token
+/// would give other ids, hence other counts, on the second rank.
+#[test]
+fn force_load_balance_counts_from_the_blocks_first_token() {
+    let mut c = case(2, 2, false);
+    c.subject.router.force_load_balance = true;
+    c.subject.dims.seq = 8;
+    c.subject.dims.experts = 6;
+    c.subject.dims.top_k = 1;
+    c.subject.backward = false;
+    c.validate().unwrap();
+    let (run, _) = harness::runner::run(&c, Device::Cpu).unwrap();
+    let want = run.reference.as_ref().unwrap().get("tokens_per_expert").unwrap().shallow_clone();
+    let got = run.sharded.as_ref().unwrap().get("tokens_per_expert").unwrap();
+    for (r, local) in got.locals.iter().enumerate() {
+        assert!(local.equal(&want), "rank {r}: {local} vs {want}");
+    }
+}
