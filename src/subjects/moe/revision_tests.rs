@@ -38,17 +38,17 @@ fn case(
     Case::from_json(&text).map_err(|e| e.0).unwrap()
 }
 
-fn verdicts(c: &Case<MoeSpec>) -> Judgement {
+pub(crate) fn verdicts(c: &Case<MoeSpec>) -> Judgement {
     c.validate().unwrap();
     let (run, extra) = harness::runner::run(c, Device::Cpu).unwrap();
     judge(c, &run, &extra)
 }
 
-fn outputs(j: &Judgement) -> Vec<String> {
+pub(crate) fn outputs(j: &Judgement) -> Vec<String> {
     j.verdicts.iter().map(|v| format!("{}:{}", v.class, v.output.as_deref().unwrap_or("-"))).collect()
 }
 
-fn known(c: &Case<MoeSpec>, j: &Judgement) -> Vec<&'static str> {
+pub(crate) fn known(c: &Case<MoeSpec>, j: &Judgement) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = j.verdicts.iter().flat_map(|v| c.subject.known(c, &v.signature(c))).collect();
     v.sort();
     v.dedup();

@@ -3,10 +3,11 @@
 //! tests/replay.rs).
 
 use crate::known::Known;
+use crate::revision_tests::{known, outputs, verdicts};
 use crate::spec::MoeSpec;
 use crate::{Backend, MoeRev};
 use harness::case::Case;
-use harness::oracle::{judge, Class, Judgement};
+use harness::oracle::Class;
 use harness::subject::Subject;
 use tch::Device;
 
@@ -26,23 +27,6 @@ fn case(ep: usize, b: usize, sbe: bool) -> Case<MoeSpec> {
     "load_balance_coeff": 0.001, "backward": true, "trainer_checks": false}}}}"#
     );
     Case::from_json(&text).map_err(|e| e.0).unwrap()
-}
-
-fn verdicts(c: &Case<MoeSpec>) -> Judgement {
-    c.validate().unwrap();
-    let (run, extra) = harness::runner::run(c, Device::Cpu).unwrap();
-    judge(c, &run, &extra)
-}
-
-fn outputs(j: &Judgement) -> Vec<String> {
-    j.verdicts.iter().map(|v| format!("{}:{}", v.class, v.output.as_deref().unwrap_or("-"))).collect()
-}
-
-fn known(c: &Case<MoeSpec>, j: &Judgement) -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = j.verdicts.iter().flat_map(|v| c.subject.known(c, &v.signature(c))).collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 /// #2387 with the scores after the experts: EP off, each rank's gate gradient is its
