@@ -143,38 +143,7 @@ impl Spmd {
         let n_out = graphs[0].len();
         let outs: Vec<Vec<Tensor>> = (0..n_out).map(|k| graphs.iter().map(|g| g[k].detach()).collect()).collect();
         let track2 = track.clone();
-        let back: crate::tape::BackFn = Box::new(move |_comm, gouts| {
-            let mut per_input: Vec<Option<Vec<Tensor>>> =
-                track2.iter().map(|t| if *t { Some(Vec::new()) } else { None }).collect();
-            for r in 0..leaves.len() {
-                let mut s: Option<Tensor> = None;
-                for (k, g) in gouts.iter().enumerate() {
-                    let Some(g) = g else { continue };
-                    let o = &graphs[r][k];
-                    if !is_float(o.kind()) || !o.requires_grad() {
-                        continue;
-                    }
-                    let term = (o.to_kind(Kind::Double) * g[r].to_kind(Kind::Double)).sum(Kind::Double);
-                    s = Some(match s {
-                        Some(a) => a + term,
-                        None => term,
-                    });
-                }
-                let want: Vec<&Tensor> = leaves[r].iter().zip(&track2).filter(|(_, t)| **t).map(|(l, _)| l).collect();
-                let gs: Vec<Tensor> = match s {
-                    Some(s) if s.requires_grad() => {
-                        let res = Tensor::run_backward(&[&s], &want, true, false);
-                        res.into_iter().zip(&want).map(|(g, l)| if g.defined() { g } else { l.zeros_like() }).collect()
-                    }
-                    _ => want.iter().map(|l| l.zeros_like()).collect(),
-                };
-                let mut it = gs.into_iter();
-                for pi in per_input.iter_mut().flatten() {
-                    pi.push(it.next().expect("one gradient per tracked input"));
-                }
-            }
-            Ok(per_input)
-        });
+        let back: crate::tape::BackFn = Box::new(move |_comm, gouts| backward_all(&leaves, &graphs, &track2, gouts));
         let ids = self.tape.record(
             inputs.iter().zip(&track).map(|(x, t)| if *t { x.id } else { None }).collect(),
             n_out,
@@ -339,5 +308,103 @@ impl Spmd {
     /// `torch.zeros_like(a)`: with a typed input the checker types it like a NONLINEAR op of a.
     pub fn zeros_like(&mut self, a: &STensor) -> Result<STensor> {
         self.local1(&OpSpec::nonlinear("zeros_like"), &[a], |x| x[0].zeros_like())
+    }
+}
+
+/// One op's backward on every rank: the gradients of each rank's tracked inputs given the
+/// gradients of its outputs, through libtorch's autograd. One engine call for all ranks: the
+/// root is the sum over ranks of `sum(output * gradient)` (float64), whose gradient reaches each
+/// rank's graph as that rank's own term's would (the ranks' graphs share no node, and the engine
+/// orders a graph's nodes by their creation, so every value is the same bit for bit as one call
+/// per rank); the engine's fixed cost per call is most of a small op's backward.
+fn backward_all(
+    leaves: &[Vec<Tensor>],
+    graphs: &[Vec<Tensor>],
+    track: &[bool],
+    gouts: &[Option<Vec<Tensor>>],
+) -> Result<Vec<Option<Vec<Tensor>>>> {
+    let want: Vec<Vec<&Tensor>> =
+        leaves.iter().map(|l| l.iter().zip(track).filter(|(_, t)| **t).map(|(l, _)| l).collect()).collect();
+    let terms: Vec<Option<Tensor>> =
+        (0..graphs.len()).map(|r| rank_term(&graphs[r], gouts, r).filter(Tensor::requires_grad)).collect();
+    let root = terms.iter().flatten().fold(None, |a: Option<Tensor>, t| Some(a.map_or(t.shallow_clone(), |a| a + t)));
+    let inputs: Vec<&Tensor> =
+        terms.iter().zip(&want).filter(|(t, _)| t.is_some()).flat_map(|(_, w)| w.iter().copied()).collect();
+    let mut got = root.map(|root| Tensor::run_backward(&[&root], &inputs, true, false)).unwrap_or_default().into_iter();
+    let mut per_input: Vec<Option<Vec<Tensor>>> =
+        track.iter().map(|t| if *t { Some(Vec::new()) } else { None }).collect();
+    for (term, w) in terms.iter().zip(&want) {
+        let mut it = w.iter().map(|l| match term.as_ref().and_then(|_| got.next()) {
+            Some(g) if g.defined() => g,
+            _ => l.zeros_like(),
+        });
+        for pi in per_input.iter_mut().flatten() {
+            pi.push(it.next().expect("one gradient per tracked input"));
+        }
+    }
+    Ok(per_input)
+}
+
+/// Rank `r`'s `sum(output * gradient)` in float64 over the float outputs that need a gradient
+/// and got one; `None` where none did.
+fn rank_term(graph: &[Tensor], gouts: &[Option<Vec<Tensor>>], r: usize) -> Option<Tensor> {
+    let mut s: Option<Tensor> = None;
+    for (k, g) in gouts.iter().enumerate() {
+        let Some(g) = g else { continue };
+        let o = &graph[k];
+        if !is_float(o.kind()) || !o.requires_grad() {
+            continue;
+        }
+        let term = (o.to_kind(Kind::Double) * g[r].to_kind(Kind::Double)).sum(Kind::Double);
+        s = Some(match s {
+            Some(a) => a + term,
+            None => term,
+        });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One engine call for all ranks gives every rank's input gradients bit for bit as one call
+    /// per rank on the same graphs, with an output that has no gradient, a rank whose outputs
+    /// need none (detached: zeros), and an untracked input.
+    #[test]
+    fn one_backward_for_all_ranks_is_the_per_rank_backward_bit_for_bit() {
+        tch::manual_seed(3);
+        let ranks = 4;
+        let track = [true, false, true];
+        let (mut leaves, mut graphs, mut gs) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..ranks {
+            let a = Tensor::randn([6, 8], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let b = Tensor::randn([8, 5], (Kind::Float, tch::Device::Cpu));
+            let w = Tensor::randn([5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+            let h = a.matmul(&b).to_kind(Kind::BFloat16).silu().to_kind(Kind::Float);
+            let outs = vec![&h * &w + h.sum_dim_intlist([0i64].as_slice(), true, Kind::Float), a.sum(Kind::Float)];
+            graphs.push(if r == 2 { outs.iter().map(Tensor::detach).collect() } else { outs });
+            gs.push(Tensor::randn([6, 5], (Kind::Float, tch::Device::Cpu)));
+            leaves.push(vec![a, b, w]);
+        }
+        let gouts = vec![Some(gs), None];
+        let all = backward_all(&leaves, &graphs, &track, &gouts).unwrap();
+        for r in 0..ranks {
+            let want: Vec<&Tensor> = [&leaves[r][0], &leaves[r][2]].into();
+            let one: Vec<Tensor> = match rank_term(&graphs[r], &gouts, r).filter(Tensor::requires_grad) {
+                Some(s) => Tensor::run_backward(&[&s], &want, true, false),
+                None => want.iter().map(|l| l.zeros_like()).collect(),
+            };
+            let one: Vec<Tensor> =
+                one.into_iter().zip(&want).map(|(g, l)| if g.defined() { g } else { l.zeros_like() }).collect();
+            for (i, k) in [0usize, 2].into_iter().enumerate() {
+                let got = &all[k].as_ref().unwrap()[r];
+                assert!(got.equal(&one[i]), "rank {r}, input {k}");
+            }
+            assert!(all[1].is_none());
+        }
+        // The detached rank gets zeros; the others real gradients.
+        assert!(all[0].as_ref().unwrap()[2].equal(&leaves[2][0].zeros_like()));
+        assert!(all[2].as_ref().unwrap()[1].abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }
