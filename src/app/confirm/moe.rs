@@ -425,16 +425,9 @@ mod tests {
         assert_ne!(a, b);
     }
 
-    /// A tt-0.2.2 case on 2 tp ranks (`trainer_checks` false: the layer sharded directly).
-    const CASE_022: &str = r#"{"format": "shardfuzz.case/2",
-      "mesh": {"shape": [1, 1, 2], "names": ["dp", "cp", "tp"]},
-      "rules": "torch-2.14", "dtype": "f32", "device": "cpu", "data": {"seed": 11, "style": "normal"},
-      "subject": {"kind": "moe", "revision": "tt-0.2.2", "backend": "dtensor_hooks",
-        "parallel": {"dp_replicate": 1, "ep": 1, "sp": true},
-        "dims": {"batch": 2, "seq": 4, "model": 8, "hidden": 16, "experts": 4, "top_k": 2, "shared_hidden": null},
-        "router": {"score_func": "softmax", "route_norm": false, "route_scale": 1.0, "groups": null,
-                   "force_load_balance": false, "score_before_experts": true},
-        "load_balance_coeff": 0.001, "backward": true, "trainer_checks": false}}"#;
+    /// A tt-0.2.2 case on 2 tp ranks, EP on, scores before the experts (`trainer_checks` false:
+    /// the layer sharded directly); the export tests' case.
+    const CASE_022: &str = include_str!("../../subjects/moe/tests/case_022.json");
 
     fn case_022(edits: &[(&str, &str)]) -> AnyCase {
         let text = edits.iter().fold(CASE_022.to_string(), |t, (a, b)| t.replace(a, b));
@@ -445,7 +438,7 @@ mod tests {
     fn what_the_022_recorder_does_not_run_says_why() {
         let why = |edits: &[(&str, &str)]| skip_reason(&moe_case(&case_022(edits)).unwrap(), Engine::Auto);
         assert_eq!(why(&[]), None);
-        assert_eq!(why(&[(r#""ep": 1"#, r#""ep": 2"#)]), None);
+        assert_eq!(why(&[(r#""ep": 2"#, r#""ep": 1"#)]), None);
         let uneven = why(&[(r#""seq": 4"#, r#""seq": 3"#)]).unwrap();
         assert!(uneven.contains("uneven sequence (seq 3 not divisible by tp 2) aborts the gloo ranks"), "{uneven}");
         let bf16 = why(&[(r#""dtype": "f32""#, r#""dtype": "bf16""#)]).unwrap();
@@ -486,9 +479,9 @@ mod tests {
             return;
         }
         let cases = [
-            case_022(&[]),
-            case_022(&[(r#""ep": 1"#, r#""ep": 2"#), (r#""shared_hidden": null"#, r#""shared_hidden": 16"#)]),
-            case_022(&[(r#""ep": 1"#, r#""ep": 2"#), (r#""experts": 4"#, r#""experts": 3"#)]),
+            case_022(&[(r#""ep": 2"#, r#""ep": 1"#)]),
+            case_022(&[(r#""shared_hidden": null"#, r#""shared_hidden": 16"#)]),
+            case_022(&[(r#""experts": 4"#, r#""experts": 3"#)]),
         ];
         let mut rec = Recorded::default();
         rec.record(&cases, &release, Engine::Auto, Duration::from_secs(120));

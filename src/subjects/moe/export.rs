@@ -165,16 +165,8 @@ mod tests {
         assert!(s.contains("def rank_main():") && s.contains("sys.exit(main())"));
     }
 
-    /// A tt-0.2.2 case with score_before_experts, EP on 2 tp ranks.
-    const CASE_022: &str = r#"{"format": "shardfuzz.case/2",
-      "mesh": {"shape": [1, 1, 2], "names": ["dp", "cp", "tp"]},
-      "rules": "torch-2.14", "dtype": "f32", "device": "cpu", "data": {"seed": 5, "style": "normal"},
-      "subject": {"kind": "moe", "revision": "tt-0.2.2", "backend": "dtensor_hooks",
-        "parallel": {"dp_replicate": 1, "ep": 2, "sp": true},
-        "dims": {"batch": 1, "seq": 4, "model": 8, "hidden": 16, "experts": 4, "top_k": 2, "shared_hidden": null},
-        "router": {"score_func": "softmax", "route_norm": false, "route_scale": 1.0, "groups": null,
-                   "force_load_balance": false, "score_before_experts": true},
-        "load_balance_coeff": 0.001, "backward": true, "trainer_checks": false}}"#;
+    /// A tt-0.2.2 case with score_before_experts, EP on 2 tp ranks (also confirm's tests' case).
+    const CASE_022: &str = include_str!("tests/case_022.json");
 
     #[test]
     fn a_022_case_gets_the_022_script() {

@@ -70,13 +70,20 @@ fn the_plain_torch_math_runs_without_torchtitan() {
     assert!(text.contains("reference y: shape") && text.contains("reference x_grad"), "{text}");
 }
 
-fn titan_python() -> PathBuf {
-    match std::env::var_os("SHARDFUZZ_TORCHTITAN_0_3_0_TORCH_2_14_0") {
+/// The python of torchtitan `version`'s managed venv for torch 2.14.0 (`$SHARDFUZZ_TORCHTITAN_<V>_TORCH_2_14_0`
+/// overrides it, as for `confirm`).
+fn titan_python_of(version: &str) -> PathBuf {
+    let var = format!("SHARDFUZZ_TORCHTITAN_{}_TORCH_2_14_0", version.replace('.', "_"));
+    match std::env::var_os(var) {
         Some(p) if Path::new(&p).is_dir() => PathBuf::from(p).join("bin/python"),
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/shardfuzz/venv-torchtitan-0.3.0-torch-2.14.0/bin/python"),
+            .join(format!(".cache/shardfuzz/venv-torchtitan-{version}-torch-2.14.0/bin/python")),
     }
+}
+
+fn titan_python() -> PathBuf {
+    titan_python_of("0.3.0")
 }
 
 fn real_run(ep_on: bool) {
@@ -135,12 +142,7 @@ fn the_022_plain_torch_math_runs_without_torchtitan() {
 }
 
 fn titan_022_python() -> PathBuf {
-    match std::env::var_os("SHARDFUZZ_TORCHTITAN_0_2_2_TORCH_2_14_0") {
-        Some(p) if Path::new(&p).is_dir() => PathBuf::from(p).join("bin/python"),
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var("HOME").unwrap_or_default())
-            .join(".cache/shardfuzz/venv-torchtitan-0.2.2-torch-2.14.0/bin/python"),
-    }
+    titan_python_of("0.2.2")
 }
 
 /// The exported script of a recorded 0.2.2 case (score_before_experts, EP on) runs torchtitan
