@@ -473,8 +473,7 @@ mod tests {
     fn confirm_022_runs_the_real_layer() {
         let release: Release = "2.14.0".parse().unwrap();
         let v = moe_venv::locate(Titan::V022, &release);
-        let ready = super::super::moe_venv::ready_022(&v);
-        if !ready {
+        if !super::super::venv::Managed::ready(&v) {
             eprintln!("skipped: no torchtitan 0.2.2 venv for torch 2.14.0 ({})", v.python.display());
             return;
         }

@@ -99,7 +99,7 @@ fn torch_via_pth(python: &Path) -> Option<String> {
                     // `torch_version` wants DIR/bin/python with DIR/lib/*/site-packages: read the file itself.
                     let file = Path::new(dir).join("torch/version.py");
                     let Ok(t) = std::fs::read_to_string(&file) else { continue };
-                    let line = t.lines().find(|l| l.starts_with("__version__"))?;
+                    let Some(line) = t.lines().find(|l| l.starts_with("__version__")) else { continue };
                     return line.split(['\'', '"']).nth(1).map(str::to_string);
                 }
             }
@@ -146,11 +146,6 @@ pub fn ensure(titan: Titan, release: &Release) -> anyhow::Result<TitanVenv> {
         Titan::V030 => ensure_managed(release),
         Titan::V022 => ensure_managed::<Titan022>(release).map(|v| v.0),
     }
-}
-
-/// Whether a located 0.2.2 venv holds what it should (for tests that need it).
-pub fn ready_022(v: &TitanVenv) -> bool {
-    v.titan == Titan::V022 && v.ready()
 }
 
 /// The 0.2.2 venv, for [`ensure_managed`] (which locates by release alone).
