@@ -1,8 +1,8 @@
 //! Which torchtitan MoE code a case runs (`subject.revision`) and through which SPMD backend
 //! (`subject.backend`). Revision names follow docs/moe-revisions.md. A revision is a handful of
 //! facts the sharded run reads ([`MoeRev::combine`], [`MoeRev::reduces_expert_input_grads`],
-//! [`MoeRev::seq_check`], [`MoeRev::folds_batch`], [`MoeRev::reduces_router_grads`]); revisions
-//! not modelled yet run as "not modelled yet".
+//! [`MoeRev::seq_check`], [`MoeRev::folds_batch`], [`MoeRev::reduces_router_grads`],
+//! [`MoeRev::routes_whole_block`]); revisions not modelled yet run as "not modelled yet".
 
 names::named_enum! {
     /// A torchtitan revision of the MoE layer.
@@ -130,6 +130,15 @@ impl MoeRev {
     /// them.
     pub fn reduces_router_grads(self) -> bool {
         self != MoeRev::Tt022
+    }
+
+    /// Whether the router sees every token of the block on each tp rank even with EP on (0.2.x:
+    /// the MoE input is all-gathered, the gate a replicated `NoParallel` module, and the
+    /// reorderer splits the flat tokens only after routing): the counts are the block's on
+    /// every tp rank (not partial over tp), the gate's gradient is labelled Replicate on tp, and
+    /// the force-load-balance round robin counts from the block's first token.
+    pub fn routes_whole_block(self) -> bool {
+        self == MoeRev::Tt022
     }
 
     /// Whether x is (T, D) with the batch folded into the tokens (#4121; `crate::head`).

@@ -94,7 +94,7 @@ pub fn contracts(s: &MoeSpec) -> Vec<Contract> {
     let (sh, r, p) = (Placement::Shard, Placement::Replicate, Placement::Partial(ReduceOp::Sum));
     let seq = if s.revision.folds_batch() { 0 } else { 1 };
     let y = if s.parallel.sp { vec![sh(0), sh(seq), sh(seq)] } else { vec![sh(0), sh(seq), r] };
-    let tokens = if s.parallel.ep > 1 && s.revision != crate::MoeRev::Tt022 { vec![p, p, p] } else { vec![p, p, r] };
+    let tokens = if s.parallel.ep > 1 && !s.revision.routes_whole_block() { vec![p, p, p] } else { vec![p, p, r] };
     let mode = if s.parallel.sp { "SP" } else { "I" };
     vec![
         Contract {

@@ -522,7 +522,7 @@ impl Prog<'_> {
     fn expert_parallel(&mut self, _c: &Common) -> Result<(), Fail> {
         let tp = self.tp;
         let srcs = self.dispatch()?;
-        if self.sp.revision == crate::MoeRev::Tt022 {
+        if self.sp.revision.routes_whole_block() {
             // 0.2.x's router counts every token of the block on every tp rank (the reorderer's
             // split comes after it): the block's counts, the same on each tp rank.
             for bi in 0..self.blocks.len() {
@@ -565,7 +565,7 @@ impl Prog<'_> {
     /// force-load-balance override's round robin counts from the block's first token there
     /// (recorded on torchtitan 0.2.2); elsewhere each rank's router counts from its own first.
     fn route_piece(&self, xr: &Tensor, gate: &Tensor, first: usize) -> Result<kernels::Routed, Fail> {
-        if self.sp.revision != crate::MoeRev::Tt022 || !self.cfg.options.force_load_balance || first == 0 {
+        if !self.sp.revision.routes_whole_block() || !self.cfg.options.force_load_balance || first == 0 {
             return kernels::route(&self.cfg, xr, gate, self.bias.as_ref());
         }
         let (s, k) = (xr.size(), self.sp.dims.top_k as i64);
@@ -744,7 +744,7 @@ impl Prog<'_> {
             out.push("x_grad", dt_shaped(xg, mesh, &y_ps, whole)?);
             let ep_on = sp.parallel.ep > 1;
             // tt-0.2.2: the gate is a replicated NoParallel module on tp, EP or not.
-            let gate_tp = if sp.revision == crate::MoeRev::Tt022 { R } else { P };
+            let gate_tp = if sp.revision.routes_whole_block() { R } else { P };
             let sparse = Arc::new(sparse_mesh(sp, c)?);
             for (name, leaves) in &self.params {
                 let locals: Vec<Tensor> =
@@ -765,7 +765,7 @@ impl Prog<'_> {
         // The hook's reductions: over tp when EP is on (the counts are partial there), then over
         // the loss mesh (dp x cp).
         let global = crate::spmd_backend::hook_counts(sp, tp, &tokens);
-        let tpe_ps = if sp.parallel.ep > 1 && sp.revision != crate::MoeRev::Tt022 { [P, P, P] } else { [P, P, R] };
+        let tpe_ps = if sp.parallel.ep > 1 && !sp.revision.routes_whole_block() { [P, P, P] } else { [P, P, R] };
         out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
         if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
             let after: Vec<Tensor> = global.iter().map(|g| kernels::hook(b, g, coeff)).collect();

@@ -48,7 +48,7 @@ pub fn not_modelled(sp: &MoeSpec, tp: usize, lens: &[usize]) -> Result<(), Fail>
 /// every tp rank already and the hook reduces the loss mesh only (correctly).
 pub fn hook_reduces_counts_over_tp(rev: MoeRev, backend: Backend, ep: usize, tp: usize) -> bool {
     let pre4154_spmd = rev == MoeRev::TtPre4154 && backend == Backend::SpmdTypes;
-    ep > 1 && tp > 1 && !pre4154_spmd && rev != MoeRev::Tt022
+    ep > 1 && tp > 1 && !pre4154_spmd && !rev.routes_whole_block()
 }
 
 /// The counts each rank's hook step sees: its counts summed over the loss mesh (the ranks with
