@@ -1,7 +1,7 @@
 //! Bakes the libtorch library directory into the binaries' run path, so that a built
 //! `shardfuzz` runs in a fresh shell without `LD_LIBRARY_PATH`, and records it for `doctor`.
 
-fn main() {
+pub fn main() {
     // torch-sys (links = "tch") publishes the directory it linked against.
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

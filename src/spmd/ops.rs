@@ -312,11 +312,10 @@ impl Spmd {
 }
 
 /// One op's backward on every rank: the gradients of each rank's tracked inputs given the
-/// gradients of its outputs, through libtorch's autograd. One engine call for all ranks: the
-/// root is the sum over ranks of `sum(output * gradient)` (float64), whose gradient reaches each
-/// rank's graph as that rank's own term's would (the ranks' graphs share no node, and the engine
-/// orders a graph's nodes by their creation, so every value is the same bit for bit as one call
-/// per rank); the engine's fixed cost per call is most of a small op's backward.
+/// gradients of its outputs, through libtorch's autograd. One engine call for all ranks, started
+/// at every rank's outputs with their gradients ([`vjp`]; the ranks' graphs share no node, and
+/// the engine orders a graph's nodes by their creation, so every value is the same bit for bit
+/// as one call per rank); the engine's fixed cost per call is most of a small op's backward.
 fn backward_all(
     leaves: &[Vec<Tensor>],
     graphs: &[Vec<Tensor>],
@@ -325,16 +324,23 @@ fn backward_all(
 ) -> Result<Vec<Option<Vec<Tensor>>>> {
     let want: Vec<Vec<&Tensor>> =
         leaves.iter().map(|l| l.iter().zip(track).filter(|(_, t)| **t).map(|(l, _)| l).collect()).collect();
-    let terms: Vec<Option<Tensor>> =
-        (0..graphs.len()).map(|r| rank_term(&graphs[r], gouts, r).filter(Tensor::requires_grad)).collect();
-    let root = terms.iter().flatten().fold(None, |a: Option<Tensor>, t| Some(a.map_or(t.shallow_clone(), |a| a + t)));
-    let inputs: Vec<&Tensor> =
-        terms.iter().zip(&want).filter(|(t, _)| t.is_some()).flat_map(|(_, w)| w.iter().copied()).collect();
-    let mut got = root.map(|root| Tensor::run_backward(&[&root], &inputs, true, false)).unwrap_or_default().into_iter();
+    let seeds: Vec<Vec<(&Tensor, &Tensor)>> = (0..graphs.len()).map(|r| rank_seeds(&graphs[r], gouts, r)).collect();
+    let (mut outs, mut grads, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, w) in seeds.iter().zip(&want).filter(|(s, _)| !s.is_empty()) {
+        outs.extend(s.iter().map(|(o, _)| *o));
+        grads.extend(s.iter().map(|(_, g)| *g));
+        inputs.extend(w.iter().copied());
+    }
+    let got = if outs.is_empty() {
+        Vec::new()
+    } else {
+        vjp(&outs, &grads, &inputs).unwrap_or_else(|| scalar_root_backward(graphs, gouts, &inputs, &seeds))
+    };
+    let mut got = got.into_iter();
     let mut per_input: Vec<Option<Vec<Tensor>>> =
         track.iter().map(|t| if *t { Some(Vec::new()) } else { None }).collect();
-    for (term, w) in terms.iter().zip(&want) {
-        let mut it = w.iter().map(|l| match term.as_ref().and_then(|_| got.next()) {
+    for (s, w) in seeds.iter().zip(&want) {
+        let mut it = w.iter().map(|l| match (!s.is_empty()).then(|| got.next()).flatten() {
             Some(g) if g.defined() => g,
             _ => l.zeros_like(),
         });
@@ -343,6 +349,51 @@ fn backward_all(
         }
     }
     Ok(per_input)
+}
+
+/// Rank `r`'s float outputs that need a gradient and got one, with their gradients.
+fn rank_seeds<'a>(graph: &'a [Tensor], gouts: &'a [Option<Vec<Tensor>>], r: usize) -> Vec<(&'a Tensor, &'a Tensor)> {
+    let seeded = gouts.iter().enumerate().filter_map(|(k, g)| Some((&graph[k], &g.as_ref()?[r])));
+    seeded.filter(|(o, _)| is_float(o.kind()) && o.requires_grad()).collect()
+}
+
+extern "C" {
+    fn shardfuzz_vjp(
+        outputs: *const *mut torch_sys::C_tensor,
+        grads: *const *mut torch_sys::C_tensor,
+        n: i32,
+        inputs: *const *mut torch_sys::C_tensor,
+        ni: i32,
+        results: *mut *mut torch_sys::C_tensor,
+    ) -> i32;
+}
+
+/// The gradients of `inputs` from one engine call started at `outputs` with `grads` (the shim
+/// in vjp.cpp; undefined where an input takes none); `None` where the engine refused (a
+/// gradient whose shape does not fit its output), for the caller's fallback.
+fn vjp(outputs: &[&Tensor], grads: &[&Tensor], inputs: &[&Tensor]) -> Option<Vec<Tensor>> {
+    let ptrs = |v: &[&Tensor]| v.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect::<Vec<_>>();
+    let (o, g, i) = (ptrs(outputs), ptrs(grads), ptrs(inputs));
+    let mut results = vec![std::ptr::null_mut(); inputs.len()];
+    // SAFETY: every pointer is a live tensor borrowed for the call; the shim writes one new
+    // tensor per input into `results` (owned here from then on) and only when it returns 0.
+    let rc = unsafe {
+        shardfuzz_vjp(o.as_ptr(), g.as_ptr(), o.len() as i32, i.as_ptr(), i.len() as i32, results.as_mut_ptr())
+    };
+    (rc == 0).then(|| results.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect())
+}
+
+/// The engine started from ones at a scalar root, the sum over ranks of `sum(output *
+/// gradient)` in float64: what [`vjp`] gives, where it refuses.
+fn scalar_root_backward(
+    graphs: &[Vec<Tensor>],
+    gouts: &[Option<Vec<Tensor>>],
+    inputs: &[&Tensor],
+    seeds: &[Vec<(&Tensor, &Tensor)>],
+) -> Vec<Tensor> {
+    let terms = (0..graphs.len()).filter(|r| !seeds[*r].is_empty()).filter_map(|r| rank_term(&graphs[r], gouts, r));
+    let root = terms.reduce(|a, t| a + t).expect("a seeded rank");
+    Tensor::run_backward(&[&root], inputs, true, false)
 }
 
 /// Rank `r`'s `sum(output * gradient)` in float64 over the float outputs that need a gradient
@@ -384,11 +435,25 @@ mod tests {
             let h = a.matmul(&b).to_kind(Kind::BFloat16).silu().to_kind(Kind::Float);
             let outs = vec![&h * &w + h.sum_dim_intlist([0i64].as_slice(), true, Kind::Float), a.sum(Kind::Float)];
             graphs.push(if r == 2 { outs.iter().map(Tensor::detach).collect() } else { outs });
-            gs.push(Tensor::randn([6, 5], (Kind::Float, tch::Device::Cpu)));
+            // Rank 1's gradient is transposed: it reaches its output with its own strides.
+            let g = if r == 1 {
+                Tensor::randn([5, 6], (Kind::Double, tch::Device::Cpu)).tr()
+            } else {
+                Tensor::randn([6, 5], (Kind::Float, tch::Device::Cpu))
+            };
+            gs.push(g);
             leaves.push(vec![a, b, w]);
         }
         let gouts = vec![Some(gs), None];
         let all = backward_all(&leaves, &graphs, &track, &gouts).unwrap();
+        // ... through the shim, not its fallback.
+        let seeded = [0usize, 1, 3];
+        let (outs, grads, ins): (Vec<&Tensor>, Vec<&Tensor>, Vec<&Tensor>) = (
+            seeded.iter().map(|r| &graphs[*r][0]).collect(),
+            seeded.iter().map(|r| &gouts[0].as_ref().unwrap()[*r]).collect(),
+            seeded.iter().flat_map(|r| [&leaves[*r][0], &leaves[*r][2]]).collect(),
+        );
+        assert!(vjp(&outs, &grads, &ins).is_some());
         for r in 0..ranks {
             let want: Vec<&Tensor> = [&leaves[r][0], &leaves[r][2]].into();
             let one: Vec<Tensor> = match rank_term(&graphs[r], &gouts, r).filter(Tensor::requires_grad) {
@@ -406,5 +471,19 @@ mod tests {
         // The detached rank gets zeros; the others real gradients.
         assert!(all[0].as_ref().unwrap()[2].equal(&leaves[2][0].zeros_like()));
         assert!(all[2].as_ref().unwrap()[1].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    /// A gradient the engine refuses (broadcast up to its output's shape, which `sum(output *
+    /// gradient)` accepts) takes the scalar root instead, with the same result.
+    #[test]
+    fn a_gradient_the_engine_refuses_takes_the_scalar_root() {
+        let a = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let graphs = vec![vec![a.exp()]];
+        let g = Tensor::randn([4], (Kind::Float, tch::Device::Cpu));
+        assert!(vjp(&[&graphs[0][0]], &[&g], &[&a]).is_none());
+        let gouts = vec![Some(vec![g.shallow_clone()])];
+        let got = backward_all(&[vec![a.shallow_clone()]], &graphs, &[true], &gouts).unwrap();
+        let want = &g.expand([3, 4], false) * a.exp();
+        assert!(got[0].as_ref().unwrap()[0].allclose(&want, 1e-6, 1e-6, false));
     }
 }

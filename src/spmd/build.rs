@@ -1,0 +1,12 @@
+//! The root build script's run path, plus the C++ shim in vjp.cpp: libtorch's autograd engine
+//! started from given output gradients, which tch does not expose (ops.rs, `backward_all`).
+
+#[path = "../../build.rs"]
+mod run_path;
+#[path = "../dtensor/shim_build.rs"]
+mod shim;
+
+fn main() {
+    run_path::main();
+    shim::compile("vjp.cpp", "shardfuzz_vjp");
+}
