@@ -1,5 +1,5 @@
 //! The root build script's run path, plus the C++ shim in vjp.cpp: libtorch's autograd engine
-//! started from given output gradients, which tch does not expose (ops.rs, `backward_all`).
+//! started from given output gradients, which tch does not expose (engine.rs).
 
 #[path = "../../build.rs"]
 mod run_path;

@@ -11,6 +11,7 @@
 
 pub mod collectives;
 pub mod comm;
+pub mod engine;
 pub mod error;
 pub mod infer;
 pub mod mesh;

@@ -313,7 +313,7 @@ impl Spmd {
 
 /// One op's backward on every rank: the gradients of each rank's tracked inputs given the
 /// gradients of its outputs, through libtorch's autograd. One engine call for all ranks, started
-/// at every rank's outputs with their gradients ([`vjp`]; the ranks' graphs share no node, and
+/// at every rank's outputs with their gradients ([`crate::engine::vjp`]; the ranks' graphs share no node, and
 /// the engine orders a graph's nodes by their creation, so every value is the same bit for bit
 /// as one call per rank); the engine's fixed cost per call is most of a small op's backward.
 fn backward_all(
@@ -334,7 +334,8 @@ fn backward_all(
     let got = if outs.is_empty() {
         Vec::new()
     } else {
-        vjp(&outs, &grads, &inputs).unwrap_or_else(|| scalar_root_backward(graphs, gouts, &inputs, &seeds))
+        crate::engine::vjp(&outs, &grads, &inputs)
+            .unwrap_or_else(|| scalar_root_backward(graphs, gouts, &inputs, &seeds))
     };
     let mut got = got.into_iter();
     let mut per_input: Vec<Option<Vec<Tensor>>> =
@@ -357,34 +358,8 @@ fn rank_seeds<'a>(graph: &'a [Tensor], gouts: &'a [Option<Vec<Tensor>>], r: usiz
     seeded.filter(|(o, _)| is_float(o.kind()) && o.requires_grad()).collect()
 }
 
-extern "C" {
-    fn shardfuzz_vjp(
-        outputs: *const *mut torch_sys::C_tensor,
-        grads: *const *mut torch_sys::C_tensor,
-        n: i32,
-        inputs: *const *mut torch_sys::C_tensor,
-        ni: i32,
-        results: *mut *mut torch_sys::C_tensor,
-    ) -> i32;
-}
-
-/// The gradients of `inputs` from one engine call started at `outputs` with `grads` (the shim
-/// in vjp.cpp; undefined where an input takes none); `None` where the engine refused (a
-/// gradient whose shape does not fit its output), for the caller's fallback.
-fn vjp(outputs: &[&Tensor], grads: &[&Tensor], inputs: &[&Tensor]) -> Option<Vec<Tensor>> {
-    let ptrs = |v: &[&Tensor]| v.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect::<Vec<_>>();
-    let (o, g, i) = (ptrs(outputs), ptrs(grads), ptrs(inputs));
-    let mut results = vec![std::ptr::null_mut(); inputs.len()];
-    // SAFETY: every pointer is a live tensor borrowed for the call; the shim writes one new
-    // tensor per input into `results` (owned here from then on) and only when it returns 0.
-    let rc = unsafe {
-        shardfuzz_vjp(o.as_ptr(), g.as_ptr(), o.len() as i32, i.as_ptr(), i.len() as i32, results.as_mut_ptr())
-    };
-    (rc == 0).then(|| results.into_iter().map(|p| unsafe { Tensor::from_ptr(p) }).collect())
-}
-
 /// The engine started from ones at a scalar root, the sum over ranks of `sum(output *
-/// gradient)` in float64: what [`vjp`] gives, where it refuses.
+/// gradient)` in float64: what [`crate::engine::vjp`] gives, where it refuses.
 fn scalar_root_backward(
     graphs: &[Vec<Tensor>],
     gouts: &[Option<Vec<Tensor>>],
@@ -453,7 +428,7 @@ mod tests {
             seeded.iter().map(|r| &gouts[0].as_ref().unwrap()[*r]).collect(),
             seeded.iter().flat_map(|r| [&leaves[*r][0], &leaves[*r][2]]).collect(),
         );
-        assert!(vjp(&outs, &grads, &ins).is_some());
+        assert!(crate::engine::vjp(&outs, &grads, &ins).is_some());
         for r in 0..ranks {
             let want: Vec<&Tensor> = [&leaves[r][0], &leaves[r][2]].into();
             let one: Vec<Tensor> = match rank_term(&graphs[r], &gouts, r).filter(Tensor::requires_grad) {
@@ -480,7 +455,7 @@ mod tests {
         let a = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let graphs = vec![vec![a.exp()]];
         let g = Tensor::randn([4], (Kind::Float, tch::Device::Cpu));
-        assert!(vjp(&[&graphs[0][0]], &[&g], &[&a]).is_none());
+        assert!(crate::engine::vjp(&[&graphs[0][0]], &[&g], &[&a]).is_none());
         let gouts = vec![Some(vec![g.shallow_clone()])];
         let got = backward_all(&[vec![a.shallow_clone()]], &graphs, &[true], &gouts).unwrap();
         let want = &g.expand([3, 4], false) * a.exp();

@@ -101,7 +101,7 @@ fn run_in(s: &MoeSpec, inputs: &Inputs, p: Precision, ids: Option<&Tensor>) -> R
     let mut out = Named::default();
     out.push("y", y.detach());
     if s.backward {
-        backward(&y, inputs.req("grad_y"));
+        backward(&[(&y, inputs.req("grad_y"))]);
         out.push("x_grad", grad_of(&x));
         for (name, t) in w.named() {
             out.push(&format!("grad.{name}"), grad_of(t));
@@ -115,12 +115,22 @@ fn run_in(s: &MoeSpec, inputs: &Inputs, p: Precision, ids: Option<&Tensor>) -> R
     Ok((out, r.ids))
 }
 
-/// `y.backward(g)`: the gradient of `sum(y · g)` with respect to y is g, exactly.
-pub fn backward(y: &Tensor, g: &Tensor) {
-    if y.requires_grad() {
-        // Float64 for the exact shadow; float32 otherwise (the gradient of a sum is exact).
-        let kind = if y.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-        (y * g).sum(kind).backward();
+/// `torch.autograd.backward(ys, gs)`: every leaf accumulates its gradient of `sum(y · g)` over
+/// the pairs, whose gradient with respect to each y is its g, exactly. One engine call started
+/// at the ys themselves ([`spmd::engine::backward_from`]); where the engine refuses a g, the
+/// scalar root `Σ sum(y · g)` (float64 for the exact shadow; float32 otherwise).
+pub fn backward(pairs: &[(&Tensor, &Tensor)]) {
+    let seeded: Vec<&(&Tensor, &Tensor)> = pairs.iter().filter(|(y, _)| y.requires_grad()).collect();
+    if seeded.is_empty() {
+        return;
+    }
+    let ys: Vec<&Tensor> = seeded.iter().map(|(y, _)| *y).collect();
+    let gs: Vec<&Tensor> = seeded.iter().map(|(_, g)| *g).collect();
+    if !spmd::engine::backward_from(&ys, &gs) {
+        let term = |(y, g): &&(&Tensor, &Tensor)| {
+            (*y * *g).sum(if y.kind() == Kind::Double { Kind::Double } else { Kind::Float })
+        };
+        seeded.iter().map(term).reduce(|a, b| a + b).expect("a seeded pair").backward();
     }
 }
 

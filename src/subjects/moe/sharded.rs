@@ -292,7 +292,8 @@ struct Prog<'a> {
     params: Vec<(&'static str, Vec<Option<Tensor>>)>,
     ys: Vec<Option<Tensor>>,
     tokens: Vec<Option<Tensor>>,
-    losses: Vec<Tensor>,
+    /// Each rank's output and its gradient (`grad_y`'s piece), for the backward.
+    losses: Vec<(Tensor, Tensor)>,
     /// Per rank, the x leaf of its own router and experts when their input gradients stay on
     /// the rank (EP off at `tt-3654`): the rank's share of x's gradient.
     x_shares: Vec<Option<Tensor>>,
@@ -350,11 +351,9 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, 
     } else {
         p.expert_parallel(c)?;
     }
-    if sp.backward && !p.losses.is_empty() {
-        let total = std::mem::take(&mut p.losses).into_iter().reduce(|a, b| a + b).expect("a loss");
-        if total.requires_grad() {
-            total.backward();
-        }
+    if sp.backward {
+        let pairs: Vec<(&Tensor, &Tensor)> = p.losses.iter().map(|(y, g)| (y, g)).collect();
+        crate::reference::backward(&pairs);
     }
     p.outputs(c, &mesh)
 }
@@ -492,7 +491,7 @@ impl Prog<'_> {
                 y = &y + narrow(s, 1, piece);
             }
             if self.sp.backward {
-                self.losses.push(loss(&y, &narrow(&self.grad_block(bi), 1, piece)));
+                self.losses.push((y.shallow_clone(), narrow(&self.grad_block(bi), 1, piece)));
             }
             self.ys[bi * self.tp + t] = Some(y);
         }
@@ -510,7 +509,7 @@ impl Prog<'_> {
             .collect();
         let y = sum(&outs);
         if self.sp.backward {
-            self.losses.push(loss(&y, &self.grad_block(bi)));
+            self.losses.push((y.shallow_clone(), self.grad_block(bi)));
         }
         for t in 0..self.tp {
             self.ys[bi * self.tp + t] = Some(y.shallow_clone());
@@ -798,11 +797,6 @@ fn sum(v: &[Tensor]) -> Tensor {
     let mut it = v.iter();
     let first = it.next().expect("at least one rank").shallow_clone();
     it.fold(first, |a, b| a + b)
-}
-
-/// The loss term whose gradient with respect to `y` is `g`.
-fn loss(y: &Tensor, g: &Tensor) -> Tensor {
-    (y * g).sum(Kind::Float)
 }
 
 fn dt(locals: Vec<Tensor>, mesh: &Arc<Mesh>, ps: &[Placement]) -> Result<DTensor, Fail> {
