@@ -1,8 +1,15 @@
-//! The memory of a long-lived process (a campaign worker, the soak): the C heap's figures, and
-//! the bounds on libtorch's kernel caches that keep it flat.
+//! The memory of a long-lived process (a campaign worker, the soak): the allocator, its
+//! figures, and the bounds on libtorch's kernel caches that keep the heap flat.
 
-/// What the C allocator holds, in MiB: `used` is in live allocations (heap and mmapped
-/// chunks), `free` is freed but still held by the allocator.
+/// jemalloc is the process's malloc, libtorch's allocations included (the crate exports the
+/// unprefixed `malloc` family, which the executable's symbols give precedence over glibc's):
+/// a case allocates and frees thousands of small tensors, and glibc's malloc, free and
+/// consolidation were about a tenth of a MoE case's time (docs/guide.md, Speed).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// What the C allocator holds, in MiB: `used` is in live allocations, `free` is resident but
+/// not allocated (freed and still held, and the allocator's own metadata).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HeapStats {
     pub used_mib: f64,
@@ -11,18 +18,13 @@ pub struct HeapStats {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The allocator's figures (`mallinfo2`); `None` where the C library is not glibc.
+/// jemalloc's figures (`stats.allocated`, `stats.resident`, refreshed first); `None` where it
+/// cannot give them.
 pub fn stats() -> Option<HeapStats> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 has no preconditions; it only reads the allocator's counters.
-        let m = unsafe { libc::mallinfo2() };
-        Some(HeapStats { used_mib: (m.uordblks + m.hblkhd) as f64 / MIB, free_mib: m.fordblks as f64 / MIB })
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        None
-    }
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let (used, resident) = (stats::allocated::read().ok()?, stats::resident::read().ok()?);
+    Some(HeapStats { used_mib: used as f64 / MIB, free_mib: resident.saturating_sub(used) as f64 / MIB })
 }
 
 /// libtorch's CPU matmuls in bfloat16 (the MoE subject's experts) go through oneDNN, which

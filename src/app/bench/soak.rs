@@ -33,7 +33,7 @@ pub struct SoakRow {
     /// Resident memory not backed by files (RSS less statm's `shared`): the heap. RSS also
     /// counts libtorch's code pages, which grow as new kernels are first run.
     pub anon_mib: f64,
-    /// The C allocator's live and freed-but-held memory (glibc's `mallinfo2`; 0 elsewhere).
+    /// The C allocator's live and resident-but-unallocated memory (jemalloc's statistics).
     pub heap_used_mib: f64,
     pub heap_free_mib: f64,
     pub open_files: usize,
