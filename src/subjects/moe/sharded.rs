@@ -292,8 +292,8 @@ struct Prog<'a> {
     params: Vec<(&'static str, Vec<Option<Tensor>>)>,
     ys: Vec<Option<Tensor>>,
     tokens: Vec<Option<Tensor>>,
-    /// Each rank's output and its gradient (`grad_y`'s piece), for the backward.
-    losses: Vec<(Tensor, Tensor)>,
+    /// Each rank's output and its gradient (`grad_y`'s piece): where the backward starts.
+    seeds: Vec<(Tensor, Tensor)>,
     /// Per rank, the x leaf of its own router and experts when their input gradients stay on
     /// the rank (EP off at `tt-3654`): the rank's share of x's gradient.
     x_shares: Vec<Option<Tensor>>,
@@ -341,7 +341,7 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, 
         params: Vec::new(),
         ys: none(),
         tokens: none(),
-        losses: Vec::new(),
+        seeds: Vec::new(),
         x_shares: none(),
     };
     if sp.parallel.ep == 1 {
@@ -352,7 +352,7 @@ pub fn run(sp: &MoeSpec, c: &Common, inputs: &Inputs) -> Result<Named<DTensor>, 
         p.expert_parallel(c)?;
     }
     if sp.backward {
-        let pairs: Vec<(&Tensor, &Tensor)> = p.losses.iter().map(|(y, g)| (y, g)).collect();
+        let pairs: Vec<(&Tensor, &Tensor)> = p.seeds.iter().map(|(y, g)| (y, g)).collect();
         crate::reference::backward(&pairs);
     }
     p.outputs(c, &mesh)
@@ -491,7 +491,7 @@ impl Prog<'_> {
                 y = &y + narrow(s, 1, piece);
             }
             if self.sp.backward {
-                self.losses.push((y.shallow_clone(), narrow(&self.grad_block(bi), 1, piece)));
+                self.seeds.push((y.shallow_clone(), narrow(&self.grad_block(bi), 1, piece)));
             }
             self.ys[bi * self.tp + t] = Some(y);
         }
@@ -509,7 +509,7 @@ impl Prog<'_> {
             .collect();
         let y = sum(&outs);
         if self.sp.backward {
-            self.losses.push((y.shallow_clone(), self.grad_block(bi)));
+            self.seeds.push((y.shallow_clone(), self.grad_block(bi)));
         }
         for t in 0..self.tp {
             self.ys[bi * self.tp + t] = Some(y.shallow_clone());
