@@ -57,13 +57,18 @@ fn run(python: &Path, script: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The build venv's python (torch without torchtitan); `None`, saying so, where it is unset.
+fn build_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("SHARDFUZZ_VENV");
+    if venv.is_none() {
+        eprintln!("SHARDFUZZ_VENV unset: skipped");
+    }
+    Some(PathBuf::from(venv?).join("bin/python"))
+}
+
 #[test]
 fn the_plain_torch_math_runs_without_torchtitan() {
-    let Some(venv) = std::env::var_os("SHARDFUZZ_VENV") else {
-        eprintln!("SHARDFUZZ_VENV unset: skipped");
-        return;
-    };
-    let python = PathBuf::from(venv).join("bin/python");
+    let Some(python) = build_python() else { return };
     let script = write(&recorded(true), "reference.py");
     let (ok, text) = run(&python, &script, &["--reference-only"]);
     assert!(ok, "{text}");
@@ -129,11 +134,7 @@ fn recorded_022(edit: Option<(&str, Value)>) -> Case<MoeSpec> {
 
 #[test]
 fn the_022_plain_torch_math_runs_without_torchtitan() {
-    let Some(venv) = std::env::var_os("SHARDFUZZ_VENV") else {
-        eprintln!("SHARDFUZZ_VENV unset: skipped");
-        return;
-    };
-    let python = PathBuf::from(venv).join("bin/python");
+    let Some(python) = build_python() else { return };
     let script = write(&recorded_022(None), "reference_022.py");
     let (ok, text) = run(&python, &script, &[]);
     assert!(ok, "{text}");
