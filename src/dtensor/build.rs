@@ -9,5 +9,5 @@ mod shim;
 
 fn main() {
     run_path::main();
-    shim::compile("backtrace.cpp", "shardfuzz_backtrace");
+    shim::compile(&["backtrace.cpp"], &[], "shardfuzz_backtrace");
 }

@@ -23,5 +23,9 @@ pub(crate) fn run_inputs<S: Subject>(
     inputs: &Inputs,
     device: Device,
 ) -> Result<(Run, S::Extra), CaseError> {
+    // Every subject's errors are read as Python shows them (their first line); a program that
+    // never builds a DTensor context (the MoE layer on spmd_types) must not pay for libtorch
+    // symbolizing a C++ backtrace per error either.
+    dtensor::local::skip_cpp_backtraces();
     case.subject.run(case, inputs, device)
 }

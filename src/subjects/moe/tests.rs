@@ -109,6 +109,57 @@ fn generated_cases_are_valid_and_both_sides_agree() {
     assert!(ran >= 20, "ran {ran}, raised {raised}, not modelled {skipped}");
 }
 
+/// A tensor's bits in its own width (NaNs compare by their bits too).
+fn raw_bits(t: &Tensor) -> Tensor {
+    let t = t.contiguous();
+    match t.kind() {
+        Kind::Double => t.view_dtype(Kind::Int64),
+        Kind::Float => t.view_dtype(Kind::Int),
+        Kind::BFloat16 | Kind::Half => t.view_dtype(Kind::Int16),
+        _ => t,
+    }
+}
+
+/// Every output of a case as plain tensors, in order: the reference's, then each rank's local
+/// of each sharded output (an error as its text).
+fn outputs_of(c: &Case<MoeSpec>) -> Vec<Result<Tensor, String>> {
+    let (run, _) = harness::runner::run(c, Device::Cpu).unwrap();
+    let mut v: Vec<Result<Tensor, String>> = match &run.reference {
+        Ok(r) => r.iter().map(|(_, t)| Ok(t.shallow_clone())).collect(),
+        Err(e) => vec![Err(format!("{e:?}"))],
+    };
+    match &run.sharded {
+        Ok(s) => v.extend(s.iter().flat_map(|(_, d)| d.locals.iter().map(|t| Ok(t.shallow_clone())))),
+        Err(e) => v.push(Err(format!("{e:?}"))),
+    }
+    v
+}
+
+/// Both sides' backward give the same bits through the sweep as through libtorch's engine, on
+/// generated backward cases of every backend (the sweep ran on the cases that reached one).
+#[test]
+fn the_backward_sweep_is_the_engines_on_generated_cases() {
+    let mut swept = 0;
+    for mut c in generated(40) {
+        c.subject.backward = true;
+        let before = spmd::engine::use_sweep(false);
+        let engine = outputs_of(&c);
+        spmd::engine::use_sweep(true);
+        let sweep = outputs_of(&c);
+        swept += spmd::engine::use_sweep(true) - before;
+        assert_eq!(engine.len(), sweep.len(), "{}", c.to_json());
+        for (a, b) in engine.iter().zip(&sweep) {
+            let same = match (a, b) {
+                (Ok(a), Ok(b)) => a.kind() == b.kind() && a.size() == b.size() && raw_bits(a).equal(&raw_bits(b)),
+                (Err(a), Err(b)) => a == b,
+                _ => false,
+            };
+            assert!(same, "{a:?} != {b:?}\n{}", c.to_json());
+        }
+    }
+    assert!(swept >= 20, "the sweep ran {swept} backward calls");
+}
+
 #[test]
 fn shrink_candidates_are_valid() {
     for c in generated(20) {
