@@ -767,7 +767,17 @@ impl Prog<'_> {
         let tpe_ps = if sp.parallel.ep > 1 && !sp.revision.routes_whole_block() { [P, P, P] } else { [P, P, R] };
         out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
         if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
-            let after: Vec<Tensor> = global.iter().map(|g| kernels::hook(b, g, coeff)).collect();
+            // Ranks whose counts are one tensor (the reduction's result, shared) take one step.
+            let mut steps: Vec<(usize, Tensor)> = Vec::new();
+            let mut step = |g: &Tensor| match steps.iter().find(|(p, _)| *p == g.data_ptr() as usize) {
+                Some((_, t)) => t.shallow_clone(),
+                None => {
+                    let t = kernels::hook(b, g, coeff);
+                    steps.push((g.data_ptr() as usize, t.shallow_clone()));
+                    t
+                }
+            };
+            let after: Vec<Tensor> = global.iter().map(&mut step).collect();
             out.push("expert_bias", dt(after, mesh, &[R, R, R])?);
         }
         Ok(out)
