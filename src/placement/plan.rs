@@ -223,18 +223,18 @@ struct State {
 }
 
 impl std::hash::Hash for State {
-    /// A two-word fingerprint (equality stays exact).
+    /// A two-word fingerprint over fixed words (equality stays exact): the packed placements,
+    /// and the order table's bytes with their lengths. Unused order slots are kept zero, so
+    /// equal states give equal words.
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         let mut a = 0u64;
         for p in self.placements() {
             a = a.rotate_left(16) ^ pack(*p);
         }
-        let mut b = 0u64;
-        for d in 0..DIMS_MAX {
-            for i in 0..self.order_len[d] as usize {
-                b = b.rotate_left(3) ^ (self.order[d][i] as u64 + 1) ^ (d as u64) << 40;
-            }
-            b = b.rotate_left(2) ^ self.order_len[d] as u64;
+        let mut b = u64::from_ne_bytes(self.order_len);
+        for rows in self.order.chunks_exact(2) {
+            let w = u32::from_ne_bytes(rows[0]) as u64 | (u32::from_ne_bytes(rows[1]) as u64) << 32;
+            b = b.rotate_left(23) ^ w;
         }
         h.write_u64(a);
         h.write_u64(b);
@@ -295,8 +295,9 @@ struct Graph<'a> {
 }
 
 impl Graph<'_> {
-    /// `one_step_redistribute_cost`: the step's cost from the current local shard size.
-    fn weight(&self, cur: &State, md: usize, to: Placement) -> f64 {
+    /// The bytes (GB) of one local shard in state `cur`, which every step out of it is charged
+    /// for (`one_step_redistribute_cost`); computed once per state, not per step.
+    fn shard_gb(&self, cur: &State) -> f64 {
         let num_shards: usize = cur
             .placements()
             .iter()
@@ -304,19 +305,19 @@ impl Graph<'_> {
             .filter(|(_, p)| p.is_shard())
             .map(|(i, _)| self.mesh.dim_size(i))
             .product();
-        let bytes = (self.t.itemsize * self.t.shape.iter().product::<usize>()) as f64
+        (self.t.itemsize * self.t.shape.iter().product::<usize>()) as f64
             / num_shards as f64
-            / (1024.0 * 1024.0 * 1024.0);
-        step_cost(cur.placements[md], to, self.mesh.dim_size(md), bytes).0
+            / (1024.0 * 1024.0 * 1024.0)
     }
 
     /// `get_next_state`: the states one step away, in PyTorch's order.
     fn next(&self, cur: &State) -> Vec<(State, f64)> {
         use Placement::*;
         let nd = self.t.shape.len();
-        let mut out = Vec::new();
+        let gb = self.shard_gb(cur);
+        let mut out = Vec::with_capacity(32);
         let mut push = |s: State, md: usize, to: Placement| {
-            let w = self.weight(cur, md, to);
+            let w = step_cost(cur.placements[md], to, self.mesh.dim_size(md), gb).0;
             out.push((s, w));
         };
         let last = |d: usize| cur.last(d);
@@ -468,12 +469,16 @@ fn graph(
     if first.iter().any(|(s, w)| *s == goal && *w == 0.0) {
         return Ok(vec![step_between(&start, &goal)]);
     }
-    let mut nodes: Vec<(State, Option<usize>)> = vec![(start, None)];
+    // Sized for the searches the router's cases make (a hundred-odd states), so that neither
+    // grows while it runs.
+    let mut nodes: Vec<(State, Option<usize>)> = Vec::with_capacity(256);
+    nodes.push((start, None));
     let mut heap = BinaryHeap::from([Entry { cost: 0.0, counter: 0, node: 0 }]);
     let mut counter = 0usize;
     // Per state: the cheapest cost pushed so far, or None once popped. A push that cannot beat
     // an earlier one would only ever be popped after it and skipped, so it is left out.
-    let mut seen: HashMap<State, Option<f64>, std::hash::BuildHasherDefault<WordHasher>> = HashMap::default();
+    let mut seen: HashMap<State, Option<f64>, std::hash::BuildHasherDefault<WordHasher>> =
+        HashMap::with_capacity_and_hasher(256, Default::default());
     let mut next = Some(first);
     while let Some(Entry { cost, node, .. }) = heap.pop() {
         let state = nodes[node].0;
