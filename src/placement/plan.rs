@@ -211,56 +211,70 @@ fn greedy(mesh: &Mesh, src: &[Placement], dst: &[Placement]) -> Result<Vec<Trans
 const MESH_MAX: usize = 4;
 const DIMS_MAX: usize = 8;
 
-/// A planner state: placements plus, per tensor dim, the mesh dims sharding it in the order they
-/// were applied (PyTorch's `DistState`). Fixed arrays, so states copy and hash without
-/// allocating.
+/// The placements one search can reach, numbered: a state holds their numbers (a byte each),
+/// not the placements themselves, so that states copy, compare and hash as a few words.
+struct Table(Vec<Placement>);
+
+impl Table {
+    /// Every placement a search from `src` to `dst` on a tensor of `nd` dims steps through:
+    /// theirs, Replicate, a Shard of each tensor dim and a Partial of each reduce op in play.
+    fn new(src: &[Placement], dst: &[Placement], nd: usize, ops: &[ReduceOp]) -> Table {
+        let mut t = Table(Vec::with_capacity(24));
+        let more = [Placement::Replicate].into_iter().chain((0..nd).map(|e| Placement::Shard(e as i64)));
+        for p in src.iter().chain(dst).copied().chain(more).chain(ops.iter().map(|&op| Placement::Partial(op))) {
+            if !t.0.contains(&p) {
+                t.0.push(p);
+            }
+        }
+        t
+    }
+
+    fn code(&self, p: Placement) -> u8 {
+        self.0.iter().position(|&q| q == p).expect("a placement of the search's table") as u8
+    }
+}
+
+/// A planner state: placements (as [`Table`] numbers) plus, per tensor dim, the mesh dims
+/// sharding it in the order they were applied (PyTorch's `DistState`). Fixed byte arrays, so
+/// states copy and hash without allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
-    placements: [Placement; MESH_MAX],
+    codes: [u8; MESH_MAX],
     n: u8,
     order: [[u8; MESH_MAX]; DIMS_MAX],
     order_len: [u8; DIMS_MAX],
 }
 
 impl std::hash::Hash for State {
-    /// A two-word fingerprint over fixed words (equality stays exact): the packed placements,
-    /// and the order table's bytes with their lengths. Unused order slots are kept zero, so
-    /// equal states give equal words.
+    /// Two words (equality stays exact): the placements' numbers, and the order table's bytes
+    /// with their lengths. Unused slots are kept zero, so equal states give equal words.
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        let mut a = 0u64;
-        for p in self.placements() {
-            a = a.rotate_left(16) ^ pack(*p);
-        }
         let mut b = u64::from_ne_bytes(self.order_len);
         for rows in self.order.chunks_exact(2) {
             let w = u32::from_ne_bytes(rows[0]) as u64 | (u32::from_ne_bytes(rows[1]) as u64) << 32;
             b = b.rotate_left(23) ^ w;
         }
-        h.write_u64(a);
+        h.write_u64(u32::from_ne_bytes(self.codes) as u64 | (self.n as u64) << 32);
         h.write_u64(b);
     }
 }
 
 impl State {
     /// The default (left to right) shard order of a spec.
-    fn new(placements: &[Placement]) -> State {
+    fn new(placements: &[Placement], table: &Table) -> State {
         let mut s = State {
-            placements: [Placement::Replicate; MESH_MAX],
+            codes: [0; MESH_MAX],
             n: placements.len() as u8,
             order: [[0; MESH_MAX]; DIMS_MAX],
             order_len: [0; DIMS_MAX],
         };
-        s.placements[..placements.len()].copy_from_slice(placements);
         for (md, p) in placements.iter().enumerate() {
+            s.codes[md] = table.code(*p);
             if let Some(d) = p.shard_dim() {
                 s.push(d as usize, md);
             }
         }
         s
-    }
-
-    fn placements(&self) -> &[Placement] {
-        &self.placements[..self.n as usize]
     }
 
     fn last(&self, d: usize) -> Option<usize> {
@@ -272,9 +286,10 @@ impl State {
         self.order_len[d] += 1;
     }
 
-    fn with(&self, md: usize, p: Placement, pop: Option<usize>, push: Option<usize>) -> State {
+    /// This state with mesh dim `md` holding placement number `code`.
+    fn with(&self, md: usize, code: u8, pop: Option<usize>, push: Option<usize>) -> State {
         let mut s = *self;
-        s.placements[md] = p;
+        s.codes[md] = code;
         if let Some(d) = pop {
             // Clear the slot so that equal states compare (and hash) equal.
             s.order_len[d] -= 1;
@@ -292,19 +307,29 @@ struct Graph<'a> {
     t: Footprint<'a>,
     strided_targets: Vec<Placement>,
     reduce_ops: Vec<ReduceOp>,
+    table: Table,
+    /// The numbers of Replicate and of Shard(e), per tensor dim e.
+    r: u8,
+    shard: [u8; DIMS_MAX],
 }
 
 impl Graph<'_> {
+    /// The placement of mesh dim `md` in state `s`.
+    fn at(&self, s: &State, md: usize) -> Placement {
+        self.table.0[s.codes[md] as usize]
+    }
+
+    /// The mesh dim a step from `a` to `b` changes, and its placements before and after.
+    fn step_between(&self, a: &State, b: &State) -> (usize, Placement, Placement) {
+        let md = (0..a.n as usize).find(|&i| a.codes[i] != b.codes[i]).expect("a step changes a mesh dim");
+        (md, self.at(a, md), self.at(b, md))
+    }
+
     /// The bytes (GB) of one local shard in state `cur`, which every step out of it is charged
     /// for (`one_step_redistribute_cost`); computed once per state, not per step.
     fn shard_gb(&self, cur: &State) -> f64 {
-        let num_shards: usize = cur
-            .placements()
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.is_shard())
-            .map(|(i, _)| self.mesh.dim_size(i))
-            .product();
+        let num_shards: usize =
+            (0..cur.n as usize).filter(|&i| self.at(cur, i).is_shard()).map(|i| self.mesh.dim_size(i)).product();
         (self.t.itemsize * self.t.shape.iter().product::<usize>()) as f64
             / num_shards as f64
             / (1024.0 * 1024.0 * 1024.0)
@@ -313,82 +338,72 @@ impl Graph<'_> {
     /// `get_next_state`: the states one step away, in PyTorch's order.
     fn next(&self, cur: &State) -> Vec<(State, f64)> {
         use Placement::*;
-        let nd = self.t.shape.len();
+        let (nd, n) = (self.t.shape.len(), cur.n as usize);
         let gb = self.shard_gb(cur);
+        let p = |md: usize| self.at(cur, md);
         let mut out = Vec::with_capacity(32);
         let mut push = |s: State, md: usize, to: Placement| {
-            let w = step_cost(cur.placements[md], to, self.mesh.dim_size(md), gb).0;
+            let w = step_cost(p(md), to, self.mesh.dim_size(md), gb).0;
             out.push((s, w));
         };
         let last = |d: usize| cur.last(d);
         // case 1: the innermost Shard of a tensor dim moves to another tensor dim (all-to-all)
         for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
             let md = last(d).expect("non-empty");
-            if let Shard(_) = cur.placements[md] {
+            if let Shard(_) = p(md) {
                 for e in (0..nd).filter(|&e| e != d) {
-                    push(cur.with(md, Shard(e as i64), Some(d), Some(e)), md, Shard(e as i64));
+                    push(cur.with(md, self.shard[e], Some(d), Some(e)), md, Shard(e as i64));
                 }
             }
         }
         // case 2: the innermost Shard of a tensor dim is gathered
         for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
             let md = last(d).expect("non-empty");
-            if let Shard(_) = cur.placements[md] {
-                push(cur.with(md, Replicate, Some(d), None), md, Replicate);
+            if let Shard(_) = p(md) {
+                push(cur.with(md, self.r, Some(d), None), md, Replicate);
             }
         }
         // case 3: a Partial is reduced
-        for (md, p) in cur.placements().iter().enumerate() {
-            if p.is_partial() {
-                push(cur.with(md, Replicate, None, None), md, Replicate);
-            }
+        for md in (0..n).filter(|&md| p(md).is_partial()) {
+            push(cur.with(md, self.r, None, None), md, Replicate);
         }
         // case 4: a Replicate is chunked
-        for (md, p) in cur.placements().iter().enumerate() {
-            if p.is_replicate() {
-                for e in 0..nd {
-                    push(cur.with(md, Shard(e as i64), None, Some(e)), md, Shard(e as i64));
-                }
+        for md in (0..n).filter(|&md| p(md).is_replicate()) {
+            for e in 0..nd {
+                push(cur.with(md, self.shard[e], None, Some(e)), md, Shard(e as i64));
             }
         }
         // case 5: a Partial is reduce-scattered
-        for (md, p) in cur.placements().iter().enumerate() {
-            if p.is_partial() {
-                for e in 0..nd {
-                    push(cur.with(md, Shard(e as i64), None, Some(e)), md, Shard(e as i64));
-                }
+        for md in (0..n).filter(|&md| p(md).is_partial()) {
+            for e in 0..nd {
+                push(cur.with(md, self.shard[e], None, Some(e)), md, Shard(e as i64));
             }
         }
         // case 6: a Replicate becomes a Partial of an op the source or target uses
-        for (md, p) in cur.placements().iter().enumerate() {
-            if !p.is_replicate() {
-                continue;
-            }
+        for md in (0..n).filter(|&md| p(md).is_replicate()) {
             for &op in &self.reduce_ops {
-                let mut ops: Vec<ReduceOp> = cur.placements().iter().filter_map(|q| q.reduce_op()).collect();
+                let mut ops: Vec<ReduceOp> = (0..n).filter_map(|i| p(i).reduce_op()).collect();
                 ops.push(op);
                 ops.sort_unstable();
                 ops.dedup();
                 if ops.len() > 1 && ops != [ReduceOp::Sum, ReduceOp::Avg] {
                     continue;
                 }
-                push(cur.with(md, Partial(op), None, None), md, Partial(op));
+                push(cur.with(md, self.table.code(Partial(op)), None, None), md, Partial(op));
             }
         }
         // case 8 (9 in 2.14): the innermost _StridedShard of a tensor dim is gathered
         for d in (0..nd).filter(|&d| cur.order_len[d] > 0) {
             let md = last(d).expect("non-empty");
-            if let StridedShard { .. } = cur.placements[md] {
-                push(cur.with(md, Replicate, Some(d), None), md, Replicate);
+            if let StridedShard { .. } = p(md) {
+                push(cur.with(md, self.r, Some(d), None), md, Replicate);
             }
         }
         // case 11 (12 in 2.14): a Replicate becomes a _StridedShard the target holds
-        for (md, p) in cur.placements().iter().enumerate() {
-            if p.is_replicate() {
-                for &s in &self.strided_targets {
-                    let e = s.shard_dim().expect("strided") as usize;
-                    push(cur.with(md, s, None, Some(e)), md, s);
-                }
+        for md in (0..n).filter(|&md| p(md).is_replicate()) {
+            for &s in &self.strided_targets {
+                let e = s.shard_dim().expect("strided") as usize;
+                push(cur.with(md, self.table.code(s), None, Some(e)), md, s);
             }
         }
         out
@@ -399,10 +414,9 @@ impl Graph<'_> {
         let mut out = Vec::new();
         for d in (0..DIMS_MAX).filter(|&d| cur.order_len[d] > 0) {
             let md = cur.last(d).expect("non-empty");
-            if matches!(cur.placements[md], Placement::Shard(_))
-                && dst.placements[md] == Placement::Partial(ReduceOp::Sum)
+            if matches!(self.at(cur, md), Placement::Shard(_)) && self.at(dst, md) == Placement::Partial(ReduceOp::Sum)
             {
-                out.push((cur.with(md, dst.placements[md], Some(d), None), 0.0));
+                out.push((cur.with(md, dst.codes[md], Some(d), None), 0.0));
             }
         }
         out
@@ -431,6 +445,30 @@ impl PartialOrd for Entry {
 
 type Steps = Vec<(usize, Placement, Placement)>;
 
+/// The graph of one search: the target's `_StridedShard`s, the reduce ops in play and the
+/// placement table they give.
+fn searched<'a>(mesh: &'a Mesh, src: &[Placement], dst: &[Placement], t: Footprint<'a>) -> Graph<'a> {
+    let mut strided_targets = Vec::new();
+    for &p in dst {
+        if matches!(p, Placement::StridedShard { .. }) && !strided_targets.contains(&p) {
+            strided_targets.push(p);
+        }
+    }
+    let mut reduce_ops = Vec::new();
+    for op in src.iter().chain(dst).filter_map(|p| p.reduce_op()) {
+        if !reduce_ops.contains(&op) {
+            reduce_ops.push(op);
+        }
+    }
+    let table = Table::new(src, dst, t.shape.len(), &reduce_ops);
+    let r = table.code(Placement::Replicate);
+    let mut shard = [0u8; DIMS_MAX];
+    for (e, c) in shard.iter_mut().enumerate().take(t.shape.len()) {
+        *c = table.code(Placement::Shard(e as i64));
+    }
+    Graph { mesh, t, strided_targets, reduce_ops, table, r, shard }
+}
+
 /// `generate_graph_based_transform_infos`: the Dijkstra path, as (mesh dim, from, to) steps.
 /// The planner's sets of strided targets and reduce ops come from this source and target only
 /// (PyTorch's cached planner object accumulates them across calls for one mesh and tensor meta).
@@ -444,18 +482,8 @@ fn graph(
     if t.shape.len() > DIMS_MAX || src.len() > MESH_MAX {
         return Err(PlacementError::NoPath { from: src.to_vec(), to: dst.to_vec() });
     }
-    let mut g = Graph { mesh, t, strided_targets: Vec::new(), reduce_ops: Vec::new() };
-    for &p in dst {
-        if matches!(p, Placement::StridedShard { .. }) && !g.strided_targets.contains(&p) {
-            g.strided_targets.push(p);
-        }
-    }
-    for op in src.iter().chain(dst).filter_map(|p| p.reduce_op()) {
-        if !g.reduce_ops.contains(&op) {
-            g.reduce_ops.push(op);
-        }
-    }
-    let (start, goal) = (State::new(src), State::new(dst));
+    let g = searched(mesh, src, dst, t);
+    let (start, goal) = (State::new(src, &g.table), State::new(dst, &g.table));
     let neighbors = |g: &Graph, s: &State| {
         let mut next = g.next(s);
         if rules.shard_to_partial {
@@ -467,7 +495,7 @@ fn graph(
     // costs 0 too and was pushed earlier, and what they push comes later.
     let first = neighbors(&g, &start);
     if first.iter().any(|(s, w)| *s == goal && *w == 0.0) {
-        return Ok(vec![step_between(&start, &goal)]);
+        return Ok(vec![g.step_between(&start, &goal)]);
     }
     // Sized for the searches the router's cases make (a hundred-odd states), so that neither
     // grows while it runs.
@@ -488,7 +516,7 @@ fn graph(
                 path.push(p);
             }
             path.reverse();
-            return Ok(path.windows(2).map(|w| step_between(&nodes[w[0]].0, &nodes[w[1]].0)).collect());
+            return Ok(path.windows(2).map(|w| g.step_between(&nodes[w[0]].0, &nodes[w[1]].0)).collect());
         }
         if seen.insert(state, None) == Some(None) {
             continue;
@@ -519,11 +547,6 @@ fn one_dim_graph(from: Placement, to: Placement) -> Steps {
         return vec![(0, from, to)];
     }
     vec![(0, from, Placement::Replicate), (0, Placement::Replicate, to)]
-}
-
-fn step_between(a: &State, b: &State) -> (usize, Placement, Placement) {
-    let md = (0..a.n as usize).find(|&i| a.placements[i] != b.placements[i]).expect("a step changes a mesh dim");
-    (md, a.placements[md], b.placements[md])
 }
 
 /// A plan's inputs packed into words: the cache key, built without allocating.
