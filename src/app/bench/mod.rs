@@ -237,13 +237,19 @@ pub struct Settings {
 pub fn measure(s: &Settings) -> Result<Bench> {
     let mut b =
         Bench { format: "shardfuzz.bench/1", machine: machine(), throughput: vec![], detect: vec![], shrink: vec![] };
+    let mut mixes = Vec::new();
     for &dev in &s.devices {
         for &subject in &s.subjects {
             for size in sizes_for(s, dev) {
                 for backward in [BackwardMix::Off, BackwardMix::Only] {
-                    b.throughput.push(median_throughput(s, Mix { subject, dev, size, backward })?);
+                    mixes.push(Mix { subject, dev, size, backward });
                 }
             }
+        }
+    }
+    b.throughput = median_throughputs(s, &mixes)?;
+    for &dev in &s.devices {
+        for &subject in &s.subjects {
             detect_and_shrink(s, subject, dev, &mut b)?;
         }
     }
@@ -286,27 +292,48 @@ fn sizes_for(s: &Settings, dev: Dev) -> Vec<SizeClass> {
     }
 }
 
-/// The median of `repeat` runs (shared machines are noisy), after a short warm-up that keeps
-/// libtorch's one-time costs (allocator, CUDA context) out.
-fn median_throughput(s: &Settings, mix: Mix) -> Result<Throughput> {
-    let n = match mix.size {
+/// How many cases one run of a size class takes.
+fn cases_of(s: &Settings, size: SizeClass) -> u64 {
+    match size {
         SizeClass::Small => s.cases,
         SizeClass::Medium => (s.cases / 4).max(5),
         SizeClass::Large => (s.cases / 100).max(5),
-    };
-    let what = format!("{} {} {} backward={}", mix.subject, mix.dev, mix.size, mix.backward);
-    eprintln!("bench: {what}: {n} cases");
-    throughput(mix, n.min(20), 999, &s.scratch)?;
-    let mut runs = Vec::new();
-    for _ in 0..s.repeat.max(1) {
-        let t = throughput(mix, n, 1, &s.scratch)?;
-        eprintln!("bench: {what}: {:.0} cases/s", t.cases_per_s);
-        runs.push(t);
     }
-    runs.sort_by(|x, y| x.cases_per_s.total_cmp(&y.cases_per_s));
-    let mut t = runs.swap_remove(runs.len() / 2);
-    t.runs = s.repeat.max(1);
-    Ok(t)
+}
+
+fn label(mix: Mix) -> String {
+    format!("{} {} {} backward={}", mix.subject, mix.dev, mix.size, mix.backward)
+}
+
+/// The median of `repeat` runs of every mix (shared machines are noisy), after a short warm-up
+/// of each that keeps libtorch's one-time costs (allocator, CUDA context) out. The runs go in
+/// rounds, each round running every mix once, so that a stretch of time in which the machine
+/// is slower falls on every mix alike, not on one subject's rows: the ratios between rows (a
+/// MoE case against a router case) then compare like with like.
+fn median_throughputs(s: &Settings, mixes: &[Mix]) -> Result<Vec<Throughput>> {
+    for &mix in mixes {
+        eprintln!("bench: {}: warm-up", label(mix));
+        throughput(mix, cases_of(s, mix.size).min(20), 999, &s.scratch)?;
+    }
+    let rounds = s.repeat.max(1);
+    let mut runs: Vec<Vec<Throughput>> = mixes.iter().map(|_| Vec::with_capacity(rounds)).collect();
+    for round in 1..=rounds {
+        for (mix, runs) in mixes.iter().zip(&mut runs) {
+            let n = cases_of(s, mix.size);
+            let t = throughput(*mix, n, 1, &s.scratch)?;
+            eprintln!("bench: round {round}/{rounds}: {}: {n} cases, {:.0} cases/s", label(*mix), t.cases_per_s);
+            runs.push(t);
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|x, y| x.cases_per_s.total_cmp(&y.cases_per_s));
+            let mut t = runs.swap_remove(runs.len() / 2);
+            t.runs = rounds;
+            t
+        })
+        .collect())
 }
 
 fn machine() -> Machine {

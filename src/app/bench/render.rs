@@ -61,7 +61,8 @@ impl Bench {
         header.extend(["I/O", "floor", "time/floor"]);
         format!(
             "## Cases per second and where a case's time goes (mean µs per case)\n\n\
-             Each row is the median of `runs` runs of the same cases. floor = 2 x reference: libtorch computing the \
+             Each row is the median of `runs` runs of the same cases, taken in rounds that run every row once (a \
+             slower stretch of a shared machine then falls on every row alike). floor = 2 x reference: libtorch computing the \
              subject's program once unsharded and once for the sharded side.\n\n{}\n\n",
             md_table(&header, &rows)
         )

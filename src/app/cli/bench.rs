@@ -25,7 +25,7 @@ pub struct Args {
     /// Cases per small-class measurement (medium runs a quarter, large 1/100, at least 5)
     #[arg(long, default_value_t = 2000)]
     pub cases: u64,
-    /// Throughput runs per device and size; the median one is reported (shared machines are noisy)
+    /// Throughput runs per device and size, taken in rounds over every row; the median one is reported (shared machines are noisy)
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     /// How many seeds (0, 1, ...) the time-to-detect medians take
