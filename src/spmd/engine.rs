@@ -91,9 +91,9 @@ mod tests {
     }
 
     /// A graph with what the sweep must reproduce of the engine: bf16 casts and a mixed-dtype
-    /// product (validate_outputs casts), a broadcast bias (sum_to), a value feeding three ops
-    /// (gradients meeting in one buffer), index_put, scatter_add and an indexed read, and a
-    /// second output downstream of the first. Returns the outputs.
+    /// product (validate_outputs casts), a broadcast bias (sum_to), a value feeding five ops
+    /// (gradients meeting in one buffer, where their order shows in the rounding), index_put,
+    /// scatter_add and an indexed read, and a second output downstream of the first.
     fn tangled(a: &Tensor, w: &Tensor, bias: &Tensor) -> Vec<Tensor> {
         let h = (a.to_kind(Kind::BFloat16).matmul(&w.to_kind(Kind::BFloat16)) * w.mean(Kind::Float)) + bias;
         let n = a.size()[0];
@@ -101,7 +101,6 @@ mod tests {
         let placed = h.zeros_like().index_put(&[Some(idx.shallow_clone())], &h.silu(), false);
         let wide = idx.reshape([n, 1]).expand([n, h.size()[1]], false);
         let spread = h.zeros_like().scatter_add(0, &wide, &(&h * &h));
-        // h meets five gradients of different sizes: their order shows in the rounding.
         let y1 = placed.index(&[Some(idx)]) + spread + &h * 1e3 + (&h * 0.37).exp();
         let y2 = y1.softmax(1, Kind::Float) * &h;
         vec![y1, y2]
