@@ -20,16 +20,22 @@ extern "C" {
         results: *mut Raw,
     ) -> i32;
     fn shardfuzz_backward(outputs: *const Raw, grads: *const Raw, n: i32) -> i32;
-    fn shardfuzz_use_sweep(on: i32) -> std::os::raw::c_long;
+    fn shardfuzz_use_sweep(on: i32);
+    fn shardfuzz_swept() -> std::os::raw::c_long;
 }
 
 /// Whether this thread's backward calls run the sweep (sweep.cpp: the engine's result without
 /// its per-node bookkeeping, on plain CPU graphs) or libtorch's engine itself. On unless a
-/// caller turns it off, which only the comparisons of the two do. Returns how many backward
-/// calls of this thread the sweep has run so far.
-pub fn use_sweep(on: bool) -> i64 {
-    // SAFETY: sets a thread-local flag and reads a thread-local count.
-    unsafe { shardfuzz_use_sweep(on as i32) as i64 }
+/// caller turns it off, which only the comparisons of the two do.
+pub fn use_sweep(on: bool) {
+    // SAFETY: sets a thread-local flag.
+    unsafe { shardfuzz_use_sweep(on as i32) }
+}
+
+/// How many backward calls of this thread the sweep has run (the comparisons' check that it ran).
+pub fn sweeps_run() -> i64 {
+    // SAFETY: reads a thread-local count.
+    unsafe { shardfuzz_swept() as i64 }
 }
 
 fn raw(v: &[&Tensor]) -> Vec<Raw> {
@@ -120,7 +126,8 @@ mod tests {
         let gs = [Tensor::randn([32, 16], opts), Tensor::randn([32, 16], opts)];
         let grads: Vec<&Tensor> = gs.iter().collect();
         let run = |sweep: bool| {
-            let before = use_sweep(sweep);
+            let before = sweeps_run();
+            use_sweep(sweep);
             let l = fresh(&base.iter().collect::<Vec<_>>());
             let unused = Tensor::ones([2], opts).set_requires_grad(true);
             let ys = tangled(&l[0], &l[1], &l[2]);
@@ -128,7 +135,8 @@ mod tests {
             let k = fresh(&base.iter().collect::<Vec<_>>());
             let zs = tangled(&k[0], &k[1], &k[2]);
             assert!(backward_from(&[&zs[0], &zs[1]], &grads));
-            let swept = use_sweep(true) - before;
+            use_sweep(true);
+            let swept = sweeps_run() - before;
             assert_eq!(swept, if sweep { 2 } else { 0 }, "calls the sweep ran");
             (got, k.iter().map(|t| t.grad()).collect::<Vec<_>>())
         };

@@ -312,11 +312,11 @@ impl Spmd {
 }
 
 /// One op's backward on every rank: the gradients of each rank's tracked inputs given the
-/// gradients of its outputs, through libtorch's autograd. One engine call for all ranks,
+/// gradients of its outputs, through libtorch's autograd. One backward call for all ranks,
 /// started at every rank's outputs with their gradients ([`crate::engine::vjp`]; the ranks'
-/// graphs share no node, and the engine orders a graph's nodes by their creation, so every
-/// value is the same bit for bit as one call per rank); the engine's fixed cost per call is
-/// most of a small op's backward.
+/// graphs share no node, and a graph's nodes run in the order of their creation, so every
+/// value is the same bit for bit as one call per rank); a call's fixed cost is most of a small
+/// op's backward.
 fn backward_all(
     leaves: &[Vec<Tensor>],
     graphs: &[Vec<Tensor>],

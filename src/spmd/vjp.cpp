@@ -47,10 +47,9 @@ bool try_sweep(const std::vector<torch::autograd::Edge>& roots, const std::vecto
 
 }  // namespace
 
-extern "C" long shardfuzz_use_sweep(int on) {
-  use_sweep = on != 0;
-  return swept;
-}
+extern "C" void shardfuzz_use_sweep(int on) { use_sweep = on != 0; }
+
+extern "C" long shardfuzz_swept() { return swept; }
 
 extern "C" int shardfuzz_vjp(at::Tensor** outputs, at::Tensor** grads, int n, at::Tensor** inputs, int ni,
                              at::Tensor** results) {

@@ -61,21 +61,6 @@ fn narrow(t: &Tensor, dim: i64, (start, size): (usize, usize)) -> Tensor {
     t.narrow(dim, start as i64, size as i64)
 }
 
-/// Each rank's bias after one hook step on its counts. Ranks whose counts are one tensor (the
-/// reduction's result, shared) take one step and share its result: the same values.
-fn hook_steps(bias: &Tensor, counts: &[Tensor], coeff: f64) -> Vec<Tensor> {
-    let mut steps: Vec<(usize, Tensor)> = Vec::new();
-    let mut step = |g: &Tensor| match steps.iter().find(|(p, _)| *p == g.data_ptr() as usize) {
-        Some((_, t)) => t.shallow_clone(),
-        None => {
-            let t = kernels::hook(bias, g, coeff);
-            steps.push((g.data_ptr() as usize, t.shallow_clone()));
-            t
-        }
-    };
-    counts.iter().map(&mut step).collect()
-}
-
 /// The errors the case raises before the layer runs, in the order the real run meets them: the
 /// trainer's sequence check, the MoE constructor's assertion, the mesh, then the forward's own.
 pub fn checks(sp: &MoeSpec, c: &Common) -> Result<router::RouterConfig, Fail> {
@@ -782,7 +767,7 @@ impl Prog<'_> {
         let tpe_ps = if sp.parallel.ep > 1 && !sp.revision.routes_whole_block() { [P, P, P] } else { [P, P, R] };
         out.push("tokens_per_expert", dt(tokens, mesh, &tpe_ps)?);
         if let (Some(coeff), Some(b)) = (sp.load_balance_coeff, &self.bias) {
-            let after = hook_steps(b, &global, coeff);
+            let after: Vec<Tensor> = global.iter().map(|g| kernels::hook(b, g, coeff)).collect();
             out.push("expert_bias", dt(after, mesh, &[R, R, R])?);
         }
         Ok(out)

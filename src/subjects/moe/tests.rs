@@ -142,11 +142,12 @@ fn the_backward_sweep_is_the_engines_on_generated_cases() {
     let mut swept = 0;
     for mut c in generated(40) {
         c.subject.backward = true;
-        let before = spmd::engine::use_sweep(false);
+        let before = spmd::engine::sweeps_run();
+        spmd::engine::use_sweep(false);
         let engine = outputs_of(&c);
         spmd::engine::use_sweep(true);
         let sweep = outputs_of(&c);
-        swept += spmd::engine::use_sweep(true) - before;
+        swept += spmd::engine::sweeps_run() - before;
         assert_eq!(engine.len(), sweep.len(), "{}", c.to_json());
         for (a, b) in engine.iter().zip(&sweep) {
             let same = match (a, b) {
